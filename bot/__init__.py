@@ -1,0 +1,68 @@
+"""Consent-first WhatsApp bot: the application factory."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import redis
+import sqlalchemy as sa
+from dotenv import load_dotenv
+from flask import Flask
+
+from bot.config import ConfigError, settings_from_env
+from bot.db import init_schema, make_engine
+from bot.keywords import KeywordFileError, load_keywords
+from bot.ledger import Ledger
+from bot.policy import ImplicitCoverage
+from bot.replies import Replies, ReplyTextError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# What create_app raises for a configuration that cannot work; the message is the one-line reason.
+STARTUP_ERRORS = (ConfigError, KeywordFileError, ReplyTextError)
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app. Bad configuration (env, keyword file, reply texts) stops it here, with the reason."""
+    app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"), template_folder=str(PROJECT_ROOT / "templates"))
+    if test_config is None:
+        load_dotenv(PROJECT_ROOT / ".env")
+        app.config.from_mapping(settings_from_env(os.environ))
+    else:
+        app.config.from_mapping(settings_from_env({}))
+        app.config.from_mapping(test_config)
+
+    if not app.config["DATABASE_URL"]:
+        os.makedirs(app.instance_path, exist_ok=True)
+        app.config["DATABASE_URL"] = f"sqlite:///{Path(app.instance_path) / 'ledger.db'}"
+    keywords_path = Path(app.config["KEYWORDS_FILE"])
+    if not keywords_path.is_absolute():
+        keywords_path = PROJECT_ROOT / keywords_path
+
+    keywords = load_keywords(keywords_path)
+    replies = Replies(PROJECT_ROOT / "templates" / "replies", app.config["BUSINESS_NAME"], keywords)
+    replies.check()
+    engine = make_engine(app.config["DATABASE_URL"])
+    try:
+        init_schema(engine)
+    except sa.exc.OperationalError as error:
+        location = engine.url.render_as_string(hide_password=True)
+        raise ConfigError(f"cannot open the ledger database {location}: {str(error.orig).strip().splitlines()[0]}") from None
+
+    app.extensions["keywords"] = keywords
+    app.extensions["replies"] = replies
+    app.extensions["ledger"] = Ledger(engine)
+    app.extensions["redis"] = redis.Redis.from_url(
+        app.config["REDIS_URL"], socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
+    )
+    app.extensions["coverage"] = ImplicitCoverage(
+        utility=app.config["IMPLICIT_CONSENT_COVERS_UTILITY"],
+        authentication=app.config["IMPLICIT_CONSENT_COVERS_AUTHENTICATION"],
+    )
+
+    from bot import health
+    from bot.cli import consent_cli, keywords_cli
+
+    app.register_blueprint(health.bp)
+    app.cli.add_command(consent_cli)
+    app.cli.add_command(keywords_cli)
+    return app

@@ -1,0 +1,100 @@
+"""Command line for staff: `flask consent ...` and `flask keywords ...` (SPEC §4)."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from bot.audit import FORMATS, export_lines
+from bot.consent import ConsentEvent, InvalidEvent
+from bot.keywords import Intent
+from bot.ledger import Ledger, utc_now
+
+
+def _ledger() -> Ledger:
+    return current_app.extensions["ledger"]
+
+
+def _describe(event: ConsentEvent | None) -> str:
+    if event is None:
+        return "-"
+    return f"seq {event.seq} ({event.action.value}, {event.channel.value}, {event.occurred_at.isoformat()})"
+
+
+@click.group("consent")
+def consent_cli() -> None:
+    """Look at, export and verify the consent ledger."""
+
+
+@consent_cli.command("show")
+@click.argument("wa_id")
+@with_appcontext
+def show(wa_id: str) -> None:
+    """Print a user's current consent state and full history."""
+    try:
+        state = _ledger().state(wa_id)
+        history = _ledger().history(wa_id)
+    except InvalidEvent as error:
+        raise click.ClickException(str(error)) from None
+    window = state.window_open_until(utc_now())
+    click.echo(f"wa_id:        {state.wa_id}")
+    click.echo(f"state:        {state.state.value}")
+    click.echo(f"marketing:    {state.marketing.value}")
+    click.echo(f"window:       {'open until ' + window.isoformat() if window else 'closed'}")
+    click.echo(f"based on:     {_describe(state.consent_event)}")
+    click.echo(f"stop notice:  {_describe(state.notice_event)}")
+    click.echo(f"history:      {len(history)} event(s)")
+    for event in history:
+        click.echo(
+            f"  {event.seq:>8}  {event.occurred_at.isoformat()}  {event.action.value:<20} {event.scope.value:<9} "
+            f"{event.channel.value:<20} by {event.recorded_by}  ref {event.source_ref}"
+        )
+
+
+@consent_cli.command("export")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
+@click.option("-o", "--output", default="-", help="File to write (default: standard output).")
+@click.option("--since", type=click.DateTime(), help="Only events that occurred at or after this UTC time.")
+@click.option("--until", type=click.DateTime(), help="Only events that occurred before this UTC time.")
+@click.option("--wa-id", help="Only this user's events.")
+@with_appcontext
+def export(fmt: str, output: str, since: datetime | None, until: datetime | None, wa_id: str | None) -> None:
+    """Export the ledger (every event with its evidence and hashes) as CSV or JSON Lines."""
+    try:
+        lines = export_lines(_ledger().events(since, until, wa_id), fmt)
+        with click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
+            for line in lines:
+                out.write(line)
+    except InvalidEvent as error:
+        raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot write {output}: {error.strerror}") from None
+
+
+@consent_cli.command("verify")
+@with_appcontext
+def verify() -> None:
+    """Check the ledger's hash chain; exit 1 naming the first event that was tampered with."""
+    result = _ledger().verify()
+    if not result.ok:
+        raise click.ClickException(f"ledger verification FAILED after {result.checked} good event(s): {result.problem}")
+    click.echo(f"ledger OK: {result.checked} event(s), hash chain intact")
+
+
+@click.group("keywords")
+def keywords_cli() -> None:
+    """Inspect the keyword configuration."""
+
+
+@keywords_cli.command("check")
+@with_appcontext
+def check() -> None:
+    """Validate the keyword file and the reply texts (the app refuses to start when they are broken)."""
+    book = current_app.extensions["keywords"]
+    click.echo(f"{book.path}: OK")
+    for language in book.languages:
+        counts = ", ".join(f"{len(book.words(language, intent))} {intent.value}" for intent in (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP))
+        click.echo(f"  {language}: {counts}")
+    click.echo("reply texts: every reply renders in every language and names the business")

@@ -1,0 +1,57 @@
+"""Configuration from the environment (SPEC §4), validated once at start-up."""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+DEFAULT_GRAPH_API_VERSION = "v25.0"
+
+
+class ConfigError(ValueError):
+    """An environment variable has a value the bot cannot use."""
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (true/false), got {raw!r}")
+
+
+def settings_from_env(env: Mapping[str, str] = os.environ) -> dict:
+    """Flask config keys read from environment variables; unset optional ones stay None."""
+    text = lambda name, default=None: env.get(name, "").strip() or default  # noqa: E731
+    return {
+        "WHATSAPP_TOKEN": text("WHATSAPP_TOKEN"),
+        "WHATSAPP_PHONE_NUMBER_ID": text("WHATSAPP_PHONE_NUMBER_ID"),
+        "WHATSAPP_APP_SECRET": text("WHATSAPP_APP_SECRET"),
+        "WHATSAPP_VERIFY_TOKEN": text("WHATSAPP_VERIFY_TOKEN"),
+        "WEBHOOK_INSECURE_DEV": _flag(env, "WEBHOOK_INSECURE_DEV", False),
+        "GRAPH_API_URL": text("GRAPH_API_URL", "https://graph.facebook.com").rstrip("/"),
+        "GRAPH_API_VERSION": text("GRAPH_API_VERSION", DEFAULT_GRAPH_API_VERSION),
+        "BUSINESS_NAME": text("BUSINESS_NAME", "Our business"),
+        "DATABASE_URL": text("DATABASE_URL"),
+        "REDIS_URL": text("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "ADMIN_API_TOKEN": text("ADMIN_API_TOKEN"),
+        "KEYWORDS_FILE": text("KEYWORDS_FILE", "keywords.yml"),
+        "SEND_RATE_LIMIT": _positive_int(env, "SEND_RATE_LIMIT", 80),
+        "IMPLICIT_CONSENT_COVERS_UTILITY": _flag(env, "IMPLICIT_CONSENT_COVERS_UTILITY", True),
+        "IMPLICIT_CONSENT_COVERS_AUTHENTICATION": _flag(env, "IMPLICIT_CONSENT_COVERS_AUTHENTICATION", True),
+    }

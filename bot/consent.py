@@ -1,0 +1,225 @@
+"""The consent vocabulary and the pure fold from ledger events to a user's current state.
+
+Nothing here touches a database or Flask: the ledger stores events, this module says
+what they mean.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+SERVICE_WINDOW = timedelta(hours=24)
+
+
+class Action(str, enum.Enum):
+    OPT_IN = "opt_in"
+    OPT_OUT = "opt_out"
+    IMPLICIT = "implicit"
+    OPT_OUT_NOTICE_GIVEN = "opt_out_notice_given"
+    POSSIBLE_OPT_OUT = "possible_opt_out"
+
+
+class Scope(str, enum.Enum):
+    ALL = "all"
+    MARKETING = "marketing"
+
+
+class Basis(str, enum.Enum):
+    EXPLICIT = "explicit"
+    IMPLICIT = "implicit"
+
+
+class Channel(str, enum.Enum):
+    """How an event was collected. The first block is what staff may record (R1, R5)."""
+
+    WEB = "web"
+    IVR = "ivr"
+    PAPER = "paper"
+    SMS = "sms"
+    EMAIL = "email"
+    IN_PERSON = "in_person"
+    API = "api"
+    # Recorded by the bot itself from user-initiated WhatsApp traffic, never by staff (R5).
+    WHATSAPP_KEYWORD = "whatsapp_keyword"
+    WHATSAPP_SESSION = "whatsapp_session"
+    WHATSAPP_BUTTON = "whatsapp_button"
+    WHATSAPP_PREFERENCES = "whatsapp_preferences"
+    WHATSAPP_DELIVERY = "whatsapp_delivery"
+
+
+STAFF_CHANNELS = frozenset(
+    {Channel.WEB, Channel.IVR, Channel.PAPER, Channel.SMS, Channel.EMAIL, Channel.IN_PERSON, Channel.API}
+)
+
+
+class State(str, enum.Enum):
+    NONE = "none"
+    IMPLICIT = "implicit"
+    OPTED_IN = "opted_in"
+    OPTED_OUT = "opted_out"
+
+
+class Marketing(str, enum.Enum):
+    """Marketing consent, tracked apart from the overall state (Meta's marketing opt-out)."""
+
+    NONE = "none"
+    ALLOWED = "allowed"
+    OPTED_OUT = "opted_out"
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    """An event as a caller asks for it to be recorded; the ledger adds ids, times and hashes.
+
+    `source_ref` makes recording idempotent: the same inbound message id or API request id
+    recorded twice yields one event.
+    """
+
+    wa_id: str
+    action: Action
+    channel: Channel
+    source_ref: str
+    recorded_by: str
+    scope: Scope = Scope.ALL
+    consent_text: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ConsentEvent:
+    """One stored, hash-chained ledger event."""
+
+    seq: int
+    event_id: str
+    wa_id: str
+    action: Action
+    scope: Scope
+    basis: Basis | None
+    channel: Channel
+    consent_text: str | None
+    evidence: dict[str, Any]
+    source_ref: str
+    occurred_at: datetime
+    recorded_at: datetime
+    recorded_by: str
+    prev_hash: str
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form, used by the API, the CLI and the audit export."""
+        return {
+            "seq": self.seq,
+            "event_id": self.event_id,
+            "wa_id": self.wa_id,
+            "action": self.action.value,
+            "scope": self.scope.value,
+            "basis": self.basis.value if self.basis else None,
+            "channel": self.channel.value,
+            "consent_text": self.consent_text,
+            "evidence": self.evidence,
+            "source_ref": self.source_ref,
+            "occurred_at": self.occurred_at.isoformat(),
+            "recorded_at": self.recorded_at.isoformat(),
+            "recorded_by": self.recorded_by,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+@dataclass(frozen=True)
+class ConsentState:
+    """What a user's events add up to, with the events that justify it."""
+
+    wa_id: str
+    state: State = State.NONE
+    marketing: Marketing = Marketing.NONE
+    last_inbound_at: datetime | None = None
+    consent_event: ConsentEvent | None = None  # the event behind the current state
+    session_event: ConsentEvent | None = None  # latest implicit consent (user-initiated session)
+    opt_out_event: ConsentEvent | None = None  # latest opt-out of any scope
+    notice_event: ConsentEvent | None = None  # when the user was told how to stop (R9)
+
+    def window_open_until(self, now: datetime) -> datetime | None:
+        """End of the 24-hour customer service window, or None when it is closed."""
+        if self.last_inbound_at is None:
+            return None
+        closes = self.last_inbound_at + SERVICE_WINDOW
+        return closes if closes > now else None
+
+
+def derive_state(
+    wa_id: str, events: Iterable[ConsentEvent], last_inbound_at: datetime | None = None
+) -> ConsentState:
+    """Fold a user's events, oldest first, into their current state.
+
+    The latest event that speaks about a scope wins: an opt-out of all also stops marketing,
+    an opt-in of all also allows it again, a marketing-scope event touches marketing only.
+    A user-initiated session gives implicit consent unless a stronger state already holds:
+    it never undoes an opt-out (R10) or downgrades an explicit opt-in.
+    """
+    state, marketing_out = State.NONE, False
+    consent = session = opt_out = notice = None
+    for event in events:
+        if event.action is Action.OPT_IN:
+            marketing_out = False
+            if event.scope is Scope.ALL:
+                state, consent = State.OPTED_IN, event
+        elif event.action is Action.OPT_OUT:
+            marketing_out, opt_out = True, event
+            if event.scope is Scope.ALL:
+                state, consent = State.OPTED_OUT, event
+        elif event.action is Action.IMPLICIT:
+            session = event
+            if state in (State.NONE, State.IMPLICIT):
+                state, consent = State.IMPLICIT, event
+        elif event.action is Action.OPT_OUT_NOTICE_GIVEN and notice is None:
+            notice = event
+    if marketing_out:
+        marketing = Marketing.OPTED_OUT
+    elif state is State.OPTED_IN:
+        marketing = Marketing.ALLOWED
+    else:
+        marketing = Marketing.NONE
+    return ConsentState(wa_id, state, marketing, last_inbound_at, consent, session, opt_out, notice)
+
+
+class InvalidEvent(ValueError):
+    """An event the ledger refuses to record; the message is the one-line reason."""
+
+
+MAX_CONSENT_TEXT = 10_000
+MAX_EVIDENCE_BYTES = 64 * 1024
+
+
+def basis_of(action: Action) -> Basis | None:
+    """Opt-ins are explicit consent, sessions implicit; other events grant nothing."""
+    return {Action.OPT_IN: Basis.EXPLICIT, Action.IMPLICIT: Basis.IMPLICIT}.get(action)
+
+
+def check_draft(draft: EventDraft, now: datetime) -> None:
+    """Enforce what every recorded event must carry, whoever records it (R4, R5)."""
+    if not draft.source_ref or len(draft.source_ref) > 255:
+        raise InvalidEvent("source_ref must be 1 to 255 characters")
+    if not draft.recorded_by or len(draft.recorded_by) > 64:
+        raise InvalidEvent("recorded_by must be 1 to 64 characters")
+    if not isinstance(draft.evidence, dict):
+        raise InvalidEvent("evidence must be a JSON object")
+    if draft.consent_text is not None and len(draft.consent_text) > MAX_CONSENT_TEXT:
+        raise InvalidEvent(f"consent_text is longer than {MAX_CONSENT_TEXT} characters")
+    if draft.occurred_at is not None:
+        if draft.occurred_at.tzinfo is None:
+            raise InvalidEvent("occurred_at must carry a time zone")
+        if draft.occurred_at > now + timedelta(minutes=5):
+            raise InvalidEvent("occurred_at is in the future")
+    if draft.action is Action.OPT_IN:
+        if not (draft.consent_text or "").strip():
+            raise InvalidEvent("an opt-in needs the consent_text the person agreed to")
+        if not draft.evidence:
+            raise InvalidEvent("an opt-in needs evidence of how it was collected")
+        if draft.channel is Channel.WHATSAPP_SESSION:
+            raise InvalidEvent("a WhatsApp session is implicit consent, not an opt-in")
+    if draft.action is Action.IMPLICIT and draft.channel is not Channel.WHATSAPP_SESSION:
+        raise InvalidEvent("implicit consent comes only from a user-initiated WhatsApp session")

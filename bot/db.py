@@ -1,0 +1,113 @@
+"""Database engine and schema for the consent ledger (SQLite by default, PostgreSQL in production)."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+
+GENESIS_HASH = "0" * 64
+WRITE_OPTION = "ledger_write"  # execution option marking a transaction that will write
+
+consent_events = sa.Table(
+    "consent_events",
+    metadata,
+    # seq is gapless and assigned under the chain lock, so a deleted event leaves a hole.
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("wa_id", sa.String(15), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("basis", sa.String(16)),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("consent_text", sa.Text),
+    # Kept as the exact canonical JSON text that was hashed (JSONB would reorder keys).
+    sa.Column("evidence", sa.Text, nullable=False),
+    sa.Column("source_ref", sa.String(255), nullable=False, unique=True),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("recorded_by", sa.String(64), nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index("ix_consent_events_wa_id_seq", "wa_id", "seq"),
+    sa.Index("ix_consent_events_occurred_at", "occurred_at"),
+)
+
+# One row: the newest event's seq and hash. Writers lock it to extend the chain one at a time,
+# and verification compares it with the last event, so truncating the tail is detected too.
+ledger_head = sa.Table(
+    "ledger_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# Conversation facts that are not consent evidence: when the user last wrote (the 24-hour window).
+contacts = sa.Table(
+    "contacts",
+    metadata,
+    sa.Column("wa_id", sa.String(15), primary_key=True),
+    sa.Column("last_inbound_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+_APPEND_ONLY_TRIGGERS = {
+    "sqlite": [
+        f"CREATE TRIGGER IF NOT EXISTS consent_events_no_{op} BEFORE {op.upper()} ON consent_events "
+        "BEGIN SELECT RAISE(ABORT, 'consent_events is append-only'); END"
+        for op in ("update", "delete")
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION consent_events_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'consent_events is append-only'; END $$",
+        "DROP TRIGGER IF EXISTS consent_events_append_only ON consent_events",
+        "CREATE TRIGGER consent_events_append_only BEFORE UPDATE OR DELETE ON consent_events "
+        "FOR EACH ROW EXECUTE FUNCTION consent_events_append_only()",
+    ],
+}
+
+
+def engine_url(url: str) -> str:
+    """Accept the usual PaaS spellings of a PostgreSQL URL and use the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine whose commits are durable and whose writers queue instead of failing."""
+    url = engine_url(url)
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _configure(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # let the begin hook below issue BEGIN
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(connection):
+        # Writers take the lock up front (two readers upgrading to writers would deadlock);
+        # readers stay concurrent under WAL.
+        write = connection.get_execution_options().get(WRITE_OPTION)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def init_schema(engine: Engine) -> None:
+    """Create missing tables, the append-only triggers and the chain head. Safe to run at every start."""
+    with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Several processes may start at once; serialise their schema creation.
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
+        metadata.create_all(conn)
+        for statement in _APPEND_ONLY_TRIGGERS.get(engine.dialect.name, []):
+            conn.exec_driver_sql(statement)
+        if conn.execute(sa.select(ledger_head.c.id)).first() is None:
+            conn.execute(ledger_head.insert().values(id=1, seq=0, hash=GENESIS_HASH))

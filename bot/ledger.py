@@ -1,0 +1,305 @@
+"""The append-only, hash-chained consent ledger.
+
+One global chain: every event stores the hash of the event before it and a gapless sequence
+number, and a one-row head keeps the newest seq and hash. Editing, deleting, reordering or
+truncating stored events therefore breaks the chain somewhere `verify` looks. A global chain
+(rather than one per user) also detects the removal of a user's whole history and gives an
+auditor one order for all records; the price is that writers take turns on the head row,
+which costs one short lock per transaction (see bench/ledger.py for the rate it allows).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from bot.consent import (
+    SERVICE_WINDOW,
+    Action,
+    Basis,
+    Channel,
+    ConsentEvent,
+    ConsentState,
+    EventDraft,
+    InvalidEvent,
+    MAX_EVIDENCE_BYTES,
+    Scope,
+    basis_of,
+    check_draft,
+    derive_state,
+)
+from bot.db import GENESIS_HASH, WRITE_OPTION, consent_events, contacts, ledger_head
+from bot.phone import InvalidNumber, normalize_wa_id
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Databases hand back naive (SQLite) or zoned (PostgreSQL) times; the ledger speaks UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def canonical_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def event_hash(row: dict) -> str:
+    """Hash of an event's recorded fields and its predecessor's hash."""
+    fields = [
+        row["seq"], row["event_id"], row["wa_id"], row["action"], row["scope"], row["basis"],
+        row["channel"], row["consent_text"], row["evidence"], row["source_ref"],
+        as_utc(row["occurred_at"]).isoformat(timespec="microseconds"),
+        as_utc(row["recorded_at"]).isoformat(timespec="microseconds"),
+        row["recorded_by"], row["prev_hash"],
+    ]
+    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
+
+
+def to_event(row: sa.RowMapping) -> ConsentEvent:
+    return ConsentEvent(
+        seq=row["seq"],
+        event_id=row["event_id"],
+        wa_id=row["wa_id"],
+        action=Action(row["action"]),
+        scope=Scope(row["scope"]),
+        basis=Basis(row["basis"]) if row["basis"] else None,
+        channel=Channel(row["channel"]),
+        consent_text=row["consent_text"],
+        evidence=json.loads(row["evidence"]),
+        source_ref=row["source_ref"],
+        occurred_at=as_utc(row["occurred_at"]),
+        recorded_at=as_utc(row["recorded_at"]),
+        recorded_by=row["recorded_by"],
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
+class SourceRefConflict(InvalidEvent):
+    """The same source reference was already used for a different event."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    checked: int
+    problem: str | None = None
+    bad_seq: int | None = None
+
+
+class Ledger:
+    """Records consent events and answers what they add up to. Knows nothing of Flask."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utc_now):
+        self.engine = engine
+        self._writer = engine.execution_options(**{WRITE_OPTION: True})
+        self.clock = clock
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append(self, draft: EventDraft) -> ConsentEvent:
+        """Record one event, or return the one already recorded under its source_ref."""
+        return self.append_many([draft])[0]
+
+    def append_many(self, drafts: Iterable[EventDraft]) -> list[ConsentEvent]:
+        """Record several events in one durable transaction: all of them or none."""
+        now = self.clock()
+        rows = [self._prepare(draft, now) for draft in drafts]
+        with self._writer.begin() as conn:
+            return self._extend_chain(conn, rows)
+
+    def record_inbound(self, wa_id: str, message_id: str, at: datetime) -> ConsentEvent | None:
+        """Note an inbound message; when it opens a new session, log implicit consent (R6).
+
+        A session starts with the user's first message ever, or the first one after the
+        24-hour window closed. Returns the implicit-consent event, or None when the message
+        belongs to a session already open (including a redelivery of the same message).
+        """
+        wa_id = _valid_wa_id(wa_id)
+        at = as_utc(at)
+        with self._writer.begin() as conn:
+            previous = self._lock_contact(conn, wa_id, at)
+            if previous is not None:
+                if at > previous:
+                    conn.execute(contacts.update().where(contacts.c.wa_id == wa_id).values(last_inbound_at=at))
+                if at - previous < SERVICE_WINDOW:
+                    return None
+            draft = EventDraft(
+                wa_id=wa_id,
+                action=Action.IMPLICIT,
+                channel=Channel.WHATSAPP_SESSION,
+                source_ref=f"implicit:{message_id}",
+                recorded_by="webhook",
+                evidence={"message_id": message_id},
+                occurred_at=at,
+            )
+            return self._extend_chain(conn, [self._prepare(draft, self.clock())])[0]
+
+    def _lock_contact(self, conn: Connection, wa_id: str, at: datetime) -> datetime | None:
+        """Create the contact or lock its row; return the previous last-inbound time."""
+        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(contacts)
+        created = conn.execute(
+            insert.values(wa_id=wa_id, last_inbound_at=at)
+            .on_conflict_do_nothing(index_elements=["wa_id"])
+            .returning(contacts.c.wa_id)
+        ).first()
+        if created is not None:
+            return None
+        query = sa.select(contacts.c.last_inbound_at).where(contacts.c.wa_id == wa_id).with_for_update()
+        return as_utc(conn.execute(query).scalar_one())
+
+    def _prepare(self, draft: EventDraft, now: datetime) -> dict:
+        check_draft(draft, now)
+        try:
+            evidence = canonical_json(draft.evidence)
+        except (TypeError, ValueError):
+            raise InvalidEvent("evidence must be plain JSON (objects, lists, strings, finite numbers)") from None
+        if len(evidence.encode()) > MAX_EVIDENCE_BYTES:
+            raise InvalidEvent(f"evidence is larger than {MAX_EVIDENCE_BYTES // 1024} KiB")
+        return {
+            "event_id": str(uuid.uuid4()),
+            "wa_id": _valid_wa_id(draft.wa_id),
+            "action": draft.action.value,
+            "scope": draft.scope.value,
+            "basis": basis.value if (basis := basis_of(draft.action)) else None,
+            "channel": draft.channel.value,
+            "consent_text": draft.consent_text,
+            "evidence": evidence,
+            "source_ref": draft.source_ref,
+            "occurred_at": as_utc(draft.occurred_at or now),
+            "recorded_at": now,
+            "recorded_by": draft.recorded_by,
+        }
+
+    def _extend_chain(self, conn: Connection, rows: list[dict]) -> list[ConsentEvent]:
+        head = conn.execute(
+            sa.select(ledger_head.c.seq, ledger_head.c.hash).where(ledger_head.c.id == 1).with_for_update()
+        ).one()
+        seq, prev_hash = head.seq, head.hash
+        stored: list[ConsentEvent] = []
+        new_by_ref: dict[str, ConsentEvent] = {}
+        for row in rows:
+            existing = new_by_ref.get(row["source_ref"]) or self._by_source_ref(conn, row["source_ref"])
+            if existing is not None:
+                _check_same_event(existing, row)
+                stored.append(existing)
+                continue
+            seq += 1
+            row = {**row, "seq": seq, "prev_hash": prev_hash}
+            row["hash"] = prev_hash = event_hash(row)
+            conn.execute(consent_events.insert().values(**row))
+            event = to_event(row)
+            new_by_ref[row["source_ref"]] = event
+            stored.append(event)
+        if new_by_ref:
+            conn.execute(ledger_head.update().where(ledger_head.c.id == 1).values(seq=seq, hash=prev_hash))
+        return stored
+
+    @staticmethod
+    def _by_source_ref(conn: Connection, source_ref: str) -> ConsentEvent | None:
+        row = conn.execute(sa.select(consent_events).where(consent_events.c.source_ref == source_ref)).mappings().first()
+        return to_event(row) if row else None
+
+    # -- reading -------------------------------------------------------------------------
+
+    def history(self, wa_id: str) -> list[ConsentEvent]:
+        """A user's events, oldest first."""
+        with self.engine.connect() as conn:
+            return self._history(conn, _valid_wa_id(wa_id))
+
+    def state(self, wa_id: str) -> ConsentState:
+        """What a user's events add up to now, with the 24-hour window."""
+        wa_id = _valid_wa_id(wa_id)
+        with self.engine.connect() as conn:
+            events = self._history(conn, wa_id)
+            last_inbound = conn.execute(
+                sa.select(contacts.c.last_inbound_at).where(contacts.c.wa_id == wa_id)
+            ).scalar()
+        return derive_state(wa_id, events, as_utc(last_inbound) if last_inbound else None)
+
+    @staticmethod
+    def _history(conn: Connection, wa_id: str) -> list[ConsentEvent]:
+        query = sa.select(consent_events).where(consent_events.c.wa_id == wa_id).order_by(consent_events.c.seq)
+        return [to_event(row) for row in conn.execute(query).mappings()]
+
+    def events(
+        self, since: datetime | None = None, until: datetime | None = None, wa_id: str | None = None
+    ) -> Iterator[ConsentEvent]:
+        """Stream events in chain order without loading the ledger into memory."""
+        query = sa.select(consent_events).order_by(consent_events.c.seq)
+        if since is not None:
+            query = query.where(consent_events.c.occurred_at >= as_utc(since))
+        if until is not None:
+            query = query.where(consent_events.c.occurred_at < as_utc(until))
+        if wa_id is not None:
+            query = query.where(consent_events.c.wa_id == _valid_wa_id(wa_id))
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=1000).execute(query)
+            for row in result.mappings():
+                yield to_event(row)
+
+    def verify(self) -> Verification:
+        """Walk the whole chain; report the first event that was edited, removed or moved."""
+        expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")  # head and events from one snapshot
+            head = conn.execute(sa.select(ledger_head.c.seq, ledger_head.c.hash)).one()
+            query = sa.select(consent_events).order_by(consent_events.c.seq)
+            rows = conn.execution_options(stream_results=True, yield_per=1000).execute(query).mappings()
+            for row in rows:
+                seq = row["seq"]
+                if seq != expected_seq:
+                    return _broken(checked, expected_seq, f"event seq {expected_seq} is missing (next found: seq {seq})")
+                if row["prev_hash"] != prev_hash:
+                    return _broken(
+                        checked, seq,
+                        f"event seq {seq} ({row['event_id']}) does not follow seq {seq - 1}: "
+                        "an event was removed, inserted or reordered",
+                    )
+                if event_hash(row) != row["hash"]:
+                    return _broken(
+                        checked, seq, f"event seq {seq} ({row['event_id']}) was altered: its content does not match its hash"
+                    )
+                expected_seq, prev_hash, checked = seq + 1, row["hash"], checked + 1
+        if checked < head.seq or (checked == head.seq and prev_hash != head.hash):
+            return _broken(
+                checked, checked + 1,
+                f"the ledger head records {head.seq} events but only {checked} chain up to it: events were removed from the end",
+            )
+        if checked > head.seq:
+            return _broken(
+                checked, head.seq + 1,
+                f"events after seq {head.seq} are not covered by the ledger head: they were added outside the application",
+            )
+        return Verification(ok=True, checked=checked)
+
+
+def _broken(checked: int, seq: int, problem: str) -> Verification:
+    return Verification(ok=False, checked=checked, problem=problem, bad_seq=seq)
+
+
+def _valid_wa_id(wa_id: str) -> str:
+    try:
+        normalized = normalize_wa_id(wa_id)
+    except InvalidNumber as error:
+        raise InvalidEvent(str(error)) from None
+    if normalized != wa_id:
+        raise InvalidEvent("wa_id must be digits only (country code first, no + or spaces)")
+    return wa_id
+
+
+def _check_same_event(existing: ConsentEvent, row: dict) -> None:
+    if (existing.wa_id, existing.action.value, existing.scope.value) != (row["wa_id"], row["action"], row["scope"]):
+        raise SourceRefConflict(f"source_ref {row['source_ref']!r} was already used for a different event")

@@ -1,0 +1,51 @@
+"""Developer entry point, needing only Python 3.11+.
+
+    python3 dev.py start            serve the bot on http://127.0.0.1:$PORT (default 8000)
+    python3 dev.py test [options]   run the test suite (options go to pytest)
+
+It keeps a virtualenv in .venv in step with the pinned requirements, then runs the command in it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / "bin" / "python"
+
+
+def ensure_virtualenv(requirements: str) -> None:
+    """Create .venv and install `requirements` when they changed since the last install."""
+    files = [ROOT / "requirements.txt", ROOT / requirements]
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in files)).hexdigest()
+    stamp = VENV / f".installed-{requirements}"  # one stamp per file: start and test install different sets
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    if not PYTHON.exists():
+        print(f"creating virtualenv in {VENV.name}/", flush=True)
+        venv.create(VENV, with_pip=True)
+    subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(ROOT / requirements)], check=True)
+    stamp.write_text(digest)
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else ""
+    os.chdir(ROOT)
+    if command == "test":
+        ensure_virtualenv("requirements-dev.txt")
+        os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *argv[1:]])
+    if command == "start":
+        ensure_virtualenv("requirements.txt")
+        bind = f"127.0.0.1:{os.environ.get('PORT', '8000')}"
+        os.execv(PYTHON, [str(PYTHON), "-m", "gunicorn", "wsgi:app", "--bind", bind, "--workers", "2"])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

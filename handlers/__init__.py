@@ -1,0 +1,1 @@
+"""What the bot does for each kind of webhook event: keywords, welcome, statuses, preferences."""

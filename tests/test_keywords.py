@@ -1,0 +1,168 @@
+"""The keyword engine: what acts, what is only a possible opt-out, and broken files."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from bot import PROJECT_ROOT
+from bot.consent import Scope
+from bot.keywords import Intent, KeywordFileError, load_keywords, normalize
+
+BOOK = load_keywords(PROJECT_ROOT / "keywords.yml")
+ALL_WORDS = [
+    (word, intent, language)
+    for language in BOOK.languages
+    for intent in (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP)
+    for word in BOOK.words(language, intent)
+]
+
+
+@pytest.mark.parametrize(
+    "text, intent, language",
+    [
+        ("STOP", Intent.OPT_OUT, "en"),
+        ("Stop", Intent.OPT_OUT, "en"),
+        (" stop! ", Intent.OPT_OUT, "en"),
+        ("ＳＴＯＰ", Intent.OPT_OUT, "en"),
+        ("🛑 stop 🛑", Intent.OPT_OUT, "en"),
+        ("Opt-out.", Intent.OPT_OUT, "en"),
+        ("opt   out", Intent.OPT_OUT, "en"),
+        ("UNSUBSCRIBE", Intent.OPT_OUT, "en"),
+        ("start", Intent.OPT_IN, "en"),
+        ("Yes!", Intent.OPT_IN, "en"),
+        ("help?", Intent.HELP, "en"),
+        ("¡Ayuda!", Intent.HELP, "es"),
+        ("parar", Intent.OPT_OUT, "es"),  # shared with Portuguese: the language listed first wins
+        ("Sair", Intent.OPT_OUT, "pt"),
+        ("começar", Intent.OPT_IN, "pt"),
+        ("रोकें", Intent.OPT_OUT, "hi"),
+        ("बंद करें।", Intent.OPT_OUT, "hi"),
+        ("मदद", Intent.HELP, "hi"),
+        ("please stop sending me these ads", Intent.POSSIBLE_OPT_OUT, "en"),
+        ("Quiero dar de baja mi cuenta", Intent.POSSIBLE_OPT_OUT, "es"),
+    ],
+)
+def test_whole_messages_match_with_their_language(text, intent, language):
+    match = BOOK.match_text(text)
+    assert (match.intent, match.language) == (intent, language)
+
+
+@pytest.mark.parametrize("text", ["hello", "Hi, do you deliver on Sundays?", "stopwatch", "starting soon", "helpful", ""])
+def test_ordinary_text_does_not_match(text):
+    assert BOOK.match_text(text) is None
+
+
+def test_buttons_match_by_payload_id_or_title_with_their_scope():
+    promotions = BOOK.match_button("Stop promotions")
+    assert (promotions.intent, promotions.scope) == (Intent.OPT_OUT, Scope.MARKETING)
+    assert BOOK.match_button(None, "unknown", "UNSUBSCRIBE").scope is Scope.ALL
+    assert BOOK.match_button("RESUME_PROMOTIONS").intent is Intent.OPT_IN
+    assert BOOK.match_button("Yes please", None) is None
+
+
+# -- properties ------------------------------------------------------------------------
+
+NOISE = st.text(alphabet=" \t!?.,;:¡¿\"'()*…🛑😀👍🏽❤️✋", max_size=5)
+
+
+def fullwidth(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+@settings(max_examples=300)
+@given(
+    entry=st.sampled_from(ALL_WORDS),
+    cases=st.lists(st.booleans(), min_size=40, max_size=40),
+    wide=st.booleans(),
+    before=NOISE,
+    after=NOISE,
+)
+def test_case_width_and_surrounding_noise_never_change_the_intent(entry, cases, wide, before, after):
+    word, intent, language = entry
+    text = "".join(c.upper() if flip else c.lower() for c, flip in zip(word, cases + [False] * len(word)))
+    if wide:
+        text = fullwidth(text)
+    match = BOOK.match_text(before + text + after)
+    assert match is not None
+    assert (match.intent, match.language) == (intent, BOOK.match_text(word).language)
+
+
+@settings(max_examples=300)
+@given(
+    entry=st.sampled_from(ALL_WORDS),
+    other=st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8),
+    other_first=st.booleans(),
+)
+def test_text_that_merely_contains_a_keyword_never_acts(entry, other, other_first):
+    word, intent, _ = entry
+    text = f"{other} {word}" if other_first else f"{word} {other}"
+    assume(normalize(text) not in {normalize(w) for w, _, _ in ALL_WORDS})
+    match = BOOK.match_text(text)
+    acting = {Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP}
+    assert match is None or match.intent not in acting
+    if intent is Intent.OPT_OUT:
+        assert match is not None and match.intent is Intent.POSSIBLE_OPT_OUT
+
+
+# -- broken files -----------------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str, name: str = "keywords.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+VALID = "languages:\n  en:\n    opt_out: [STOP]\n    opt_in: [START]\n    help: [HELP]\n"
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (VALID + "\tfr: [X]\n", ":6: invalid YAML: found character '\\t' that cannot start any token"),
+        (VALID.replace("help: [HELP]", "help: [HELP, Stop!]"), ":5: word 'Stop!' is listed under both opt_out (line 3) and help"),
+        (VALID + "    stop: [X]\n", ":6: unknown intent 'stop'"),
+        (VALID.replace("help: [HELP]", "help: []"), ":5: en.help must be a non-empty list"),
+        (VALID.replace("help: [HELP]", "help: ['!!']"), "word '!!' in en.help is empty"),
+        (VALID.replace("    help: [HELP]\n", ""), "language en has no help words"),
+        (VALID.replace("en:", "english:"), ":2: 'english' is not a language code"),
+        (VALID + "  en:\n    opt_out: [X]\n", ":6: 'en' appears twice in languages"),
+        (VALID + "buttons:\n  - {match: [STOP IT], intent: opt_out, language: en}\n"
+                 "  - {match: [stop it], intent: opt_in, language: en}\n", ":8: button 'stop it' is listed as both opt_out and opt_in"),
+        (VALID + "buttons:\n  - {match: [X], intent: help, language: en}\n", ":7: button intent must be opt_out or opt_in"),
+        (VALID + "buttons:\n  - {match: [X], intent: opt_out, language: fr}\n", ":7: button language 'fr' is not one of"),
+        ("", "file is empty"),
+        ("- just a list\n", ":1: the keyword file must be a mapping"),
+    ],
+)
+def test_broken_keyword_files_name_file_line_and_word(tmp_path, body, expected):
+    path = write(tmp_path, body)
+    with pytest.raises(KeywordFileError) as raised:
+        load_keywords(path)
+    message = str(raised.value)
+    assert message.startswith(str(path)) and expected in message
+    assert "\n" not in message
+
+
+def test_unreadable_keyword_files(tmp_path):
+    with pytest.raises(KeywordFileError, match="cannot read keyword file"):
+        load_keywords(tmp_path / "missing.yml")
+    (tmp_path / "latin1.yml").write_bytes("languages: {en: {opt_out: [PAR\xc9]}}".encode("latin-1"))
+    with pytest.raises(KeywordFileError, match="not UTF-8"):
+        load_keywords(tmp_path / "latin1.yml")
+
+
+def test_a_broken_keyword_file_stops_start_up_with_one_line(tmp_path):
+    path = write(tmp_path, VALID.replace("help: [HELP]", "help: [stop]"))
+    result = subprocess.run(
+        [sys.executable, "-c", "import wsgi"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+        env={"KEYWORDS_FILE": str(path), "DATABASE_URL": f"sqlite:///{tmp_path / 'l.db'}", "PATH": ""},
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"error: {path}:5: word 'stop' is listed under both opt_out (line 3) and help\n"

@@ -1,0 +1,192 @@
+"""The consent ledger, against SQLite and PostgreSQL: recording, idempotency, derived state, integrity."""
+from __future__ import annotations
+
+import multiprocessing
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from bot.consent import Action, Basis, Channel, EventDraft, InvalidEvent, Marketing, Scope, State
+from bot.db import consent_events, make_engine
+from bot.ledger import Ledger, SourceRefConflict
+from tests.helpers import OTHER_USER, USER, keyword_opt_in, notice_given, opt_out, web_opt_in
+
+
+def count_events(ledger: Ledger) -> int:
+    with ledger.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(consent_events)).scalar_one()
+
+
+def test_opt_in_is_recorded_with_evidence_basis_and_chain(ledger, clock):
+    event = ledger.append(web_opt_in())
+    assert (event.seq, event.action, event.basis, event.channel) == (1, Action.OPT_IN, Basis.EXPLICIT, Channel.WEB)
+    assert event.evidence == {"form": "signup", "ip": "203.0.113.9"}
+    assert event.occurred_at == event.recorded_at == clock.now
+    assert event.prev_hash == "0" * 64 and len(event.hash) == 64
+    second = ledger.append(opt_out())
+    assert second.prev_hash == event.hash
+    assert [e.event_id for e in ledger.history(USER)] == [event.event_id, second.event_id]
+    assert ledger.verify().ok
+
+
+def test_same_source_ref_records_once(ledger):
+    first = ledger.append(web_opt_in(ref="req-42"))
+    again = ledger.append(web_opt_in(ref="req-42"))
+    both = ledger.append_many([web_opt_in(ref="req-43"), web_opt_in(ref="req-43")])
+    assert again.event_id == first.event_id
+    assert both[0].event_id == both[1].event_id
+    assert count_events(ledger) == 2
+
+
+def test_source_ref_reused_for_another_event_is_refused(ledger):
+    ledger.append(web_opt_in(ref="req-1"))
+    with pytest.raises(SourceRefConflict, match="req-1"):
+        ledger.append(opt_out(ref="req-1"))
+    assert count_events(ledger) == 1
+
+
+@pytest.mark.parametrize(
+    "draft, reason",
+    [
+        (EventDraft(USER, Action.OPT_IN, Channel.WEB, "r", "staff", evidence={"a": 1}), "consent_text"),
+        (EventDraft(USER, Action.OPT_IN, Channel.EMAIL, "r", "staff", consent_text="   ", evidence={"a": 1}), "consent_text"),
+        (EventDraft(USER, Action.OPT_IN, Channel.PAPER, "r", "staff", consent_text="I agree"), "evidence"),
+        (EventDraft(USER, Action.IMPLICIT, Channel.WEB, "r", "staff"), "user-initiated"),
+        (EventDraft("+16505551234", Action.OPT_OUT, Channel.API, "r", "staff"), "digits only"),
+        (EventDraft("0650555", Action.OPT_OUT, Channel.API, "r", "staff"), "invalid phone number"),
+        (EventDraft("12345", Action.OPT_OUT, Channel.API, "r", "staff"), "invalid phone number"),
+        (EventDraft("1650555123456789", Action.OPT_OUT, Channel.API, "r", "staff"), "invalid phone number"),
+        (EventDraft("16505551234", Action.OPT_OUT, Channel.API, "", "staff"), "source_ref"),
+        (EventDraft(USER, Action.OPT_OUT, Channel.API, "r", "staff", evidence={"x": float("nan")}), "JSON"),
+    ],
+)
+def test_invalid_events_are_refused_and_nothing_is_written(ledger, draft, reason):
+    with pytest.raises(InvalidEvent) as raised:
+        ledger.append_many([opt_out(ref="fine"), draft])
+    assert reason in str(raised.value)
+    assert "\n" not in str(raised.value)
+    assert count_events(ledger) == 0
+
+
+def test_occurred_at_must_be_zoned_and_not_in_the_future(ledger, clock):
+    with pytest.raises(InvalidEvent, match="time zone"):
+        ledger.append(web_opt_in(occurred_at=clock.now.replace(tzinfo=None)))
+    with pytest.raises(InvalidEvent, match="future"):
+        ledger.append(web_opt_in(occurred_at=clock.now + timedelta(hours=1)))
+    past = clock.now - timedelta(days=30)
+    assert ledger.append(web_opt_in(occurred_at=past)).occurred_at == past
+
+
+def test_first_message_opens_a_session_with_implicit_consent(ledger, clock):
+    event = ledger.record_inbound(USER, "wamid.A", clock.now)
+    assert (event.action, event.basis, event.channel) == (Action.IMPLICIT, Basis.IMPLICIT, Channel.WHATSAPP_SESSION)
+    assert event.evidence == {"message_id": "wamid.A"}
+    state = ledger.state(USER)
+    assert state.state is State.IMPLICIT and state.consent_event == event
+    assert state.window_open_until(clock.now) == clock.now + timedelta(hours=24)
+
+
+def test_session_logging_is_idempotent_and_only_at_session_start(ledger, clock):
+    first = clock.now
+    assert ledger.record_inbound(USER, "wamid.A", first) is not None
+    assert ledger.record_inbound(USER, "wamid.A", first) is None  # redelivery
+    assert ledger.record_inbound(USER, "wamid.B", clock.advance(hours=23)) is None  # same session
+    # The window runs from the last message, so 30 h after the first is still inside it.
+    assert ledger.record_inbound(USER, "wamid.C", clock.advance(hours=7)) is None
+    later = ledger.record_inbound(USER, "wamid.D", clock.advance(hours=25))
+    assert later is not None and later.evidence == {"message_id": "wamid.D"}
+    assert ledger.record_inbound(USER, "wamid.A", first) is None  # a days-late redelivery opens nothing
+    assert [e.action for e in ledger.history(USER)] == [Action.IMPLICIT, Action.IMPLICIT]
+
+
+def test_window_follows_the_last_inbound_message(ledger, clock):
+    first = clock.now
+    ledger.record_inbound(USER, "wamid.A", first)
+    ledger.record_inbound(USER, "wamid.B", clock.advance(hours=5))
+    ledger.record_inbound(USER, "wamid.late", first + timedelta(hours=1))  # late delivery of an older message
+    state = ledger.state(USER)
+    assert state.window_open_until(clock.now) == first + timedelta(hours=29)
+    assert state.window_open_until(first + timedelta(hours=29, seconds=1)) is None
+
+
+def test_stop_start_and_sessions_after_stop(ledger, clock):
+    ledger.record_inbound(USER, "wamid.A", clock.now)
+    ledger.append(opt_out(ref="wamid.STOP"))
+    assert ledger.state(USER).state is State.OPTED_OUT
+    clock.advance(days=3)
+    ledger.record_inbound(USER, "wamid.B", clock.now)  # writing again is not START (R10)
+    state = ledger.state(USER)
+    assert state.state is State.OPTED_OUT and state.marketing is Marketing.OPTED_OUT
+    assert state.session_event.evidence == {"message_id": "wamid.B"}
+    start = ledger.append(keyword_opt_in(ref="wamid.START"))  # R8
+    state = ledger.state(USER)
+    assert (state.state, state.marketing, state.consent_event) == (State.OPTED_IN, Marketing.ALLOWED, start)
+    assert start.channel is Channel.WHATSAPP_KEYWORD and start.basis is Basis.EXPLICIT
+
+
+def test_marketing_scope_is_tracked_apart(ledger):
+    opt_in = ledger.append(web_opt_in())
+    ledger.append(opt_out(ref="prefs-1", scope=Scope.MARKETING, channel=Channel.WHATSAPP_PREFERENCES))
+    state = ledger.state(USER)
+    assert (state.state, state.marketing, state.consent_event) == (State.OPTED_IN, Marketing.OPTED_OUT, opt_in)
+    ledger.append(web_opt_in(ref="prefs-2", scope=Scope.MARKETING))
+    assert ledger.state(USER).marketing is Marketing.ALLOWED
+    assert ledger.state(OTHER_USER).state is State.NONE
+
+
+def test_a_session_never_downgrades_an_explicit_opt_in(ledger, clock):
+    opt_in = ledger.append(web_opt_in())
+    ledger.record_inbound(USER, "wamid.A", clock.now)
+    state = ledger.state(USER)
+    assert state.state is State.OPTED_IN and state.consent_event == opt_in
+
+
+def test_opt_out_notice_is_recorded_once(ledger):
+    first = ledger.append(notice_given(ref="welcome-1"))
+    ledger.append(notice_given(ref="help-2"))
+    assert ledger.state(USER).notice_event == first
+
+
+def test_events_can_be_filtered_by_time_and_user(ledger, clock):
+    ledger.append(web_opt_in(ref="a"))
+    clock.advance(days=1)
+    ledger.append(web_opt_in(OTHER_USER, ref="b"))
+    clock.advance(days=1)
+    ledger.append(opt_out(ref="c"))
+    day_two = clock.now - timedelta(days=1)
+    assert [e.source_ref for e in ledger.events()] == ["a", "b", "c"]
+    assert [e.source_ref for e in ledger.events(since=day_two)] == ["b", "c"]
+    assert [e.source_ref for e in ledger.events(until=day_two)] == ["a"]
+    assert [e.source_ref for e in ledger.events(wa_id=USER)] == ["a", "c"]
+
+
+@pytest.mark.parametrize("statement", ["UPDATE consent_events SET consent_text = 'x'", "DELETE FROM consent_events"])
+def test_the_database_refuses_updates_and_deletes(ledger, statement):
+    ledger.append(web_opt_in())
+    with pytest.raises(sa.exc.DatabaseError, match="append-only"):
+        with ledger.engine.begin() as conn:
+            conn.exec_driver_sql(statement)
+    assert count_events(ledger) == 1 and ledger.verify().ok
+
+
+def _write_concurrently(url: str, worker: int, count: int) -> None:
+    ledger = Ledger(make_engine(url))
+    for i in range(count):
+        wa_id = f"1555000{worker:02d}{i:03d}"
+        ledger.append(web_opt_in(wa_id, ref=f"w{worker}-{i}"))
+        ledger.record_inbound(wa_id, f"wamid.w{worker}-{i}", ledger.clock())
+    ledger.engine.dispose()
+
+
+def test_two_processes_writing_at_once_keep_the_chain_valid(ledger, database_url):
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_concurrently, args=(database_url, n, 100)) for n in (1, 2)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    result = ledger.verify()
+    assert result.ok, result.problem
+    assert result.checked == count_events(ledger) == 400
