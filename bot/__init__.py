@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import redis
@@ -11,10 +12,15 @@ from flask import Flask
 
 from bot.config import ConfigError, settings_from_env
 from bot.db import init_schema, make_engine
+from bot.cloud_api import CloudApi
 from bot.keywords import KeywordFileError, load_keywords
 from bot.ledger import Ledger
+from bot.limiter import RateLimiter
+from bot.outbox import Outbox
 from bot.policy import ImplicitCoverage
+from bot.queues import enqueuer, make_queues
 from bot.replies import Replies, ReplyTextError
+from bot.sender import PACING_MARGIN, PAIR_BURST, PAIR_RATE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # What create_app raises for a configuration that cannot work; the message is the one-line reason.
@@ -48,15 +54,29 @@ def create_app(test_config: dict | None = None) -> Flask:
         location = engine.url.render_as_string(hide_password=True)
         raise ConfigError(f"cannot open the ledger database {location}: {str(error.orig).strip().splitlines()[0]}") from None
 
-    app.extensions["keywords"] = keywords
-    app.extensions["replies"] = replies
-    app.extensions["ledger"] = Ledger(engine)
-    app.extensions["redis"] = redis.Redis.from_url(
-        app.config["REDIS_URL"], socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
+    ledger = Ledger(engine)
+    connection = redis.Redis.from_url(
+        app.config["REDIS_URL"], socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
     )
-    app.extensions["coverage"] = ImplicitCoverage(
+    coverage = ImplicitCoverage(
         utility=app.config["IMPLICIT_CONSENT_COVERS_UTILITY"],
         authentication=app.config["IMPLICIT_CONSENT_COVERS_AUTHENTICATION"],
+    )
+    app.extensions.update(
+        keywords=keywords,
+        replies=replies,
+        ledger=ledger,
+        redis=connection,
+        outbox=Outbox(
+            engine, ledger, enqueuer(make_queues(connection)), coverage,
+            lease=timedelta(seconds=app.config["SEND_LEASE_SECONDS"]),
+        ),
+        cloud_api=CloudApi(
+            app.config["WHATSAPP_TOKEN"], app.config["WHATSAPP_PHONE_NUMBER_ID"], app.config["GRAPH_API_URL"],
+            app.config["GRAPH_API_VERSION"], pool_size=app.config["SEND_CONCURRENCY"],
+        ),
+        throughput_limiter=RateLimiter(connection, rate=app.config["SEND_RATE_LIMIT"] * PACING_MARGIN),
+        pair_limiter=RateLimiter(connection, rate=PAIR_RATE[0], per=PAIR_RATE[1], burst=PAIR_BURST),
     )
 
     from bot import health

@@ -8,13 +8,22 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from bot.audit import FORMATS, export_lines
-from bot.consent import ConsentEvent, InvalidEvent
+from bot.consent import ConsentEvent
 from bot.keywords import Intent
 from bot.ledger import Ledger, utc_now
+from bot.phone import InvalidNumber, normalize_wa_id
 
 
 def _ledger() -> Ledger:
     return current_app.extensions["ledger"]
+
+
+def _wa_id(raw: str | None) -> str | None:
+    """Staff may type numbers as they write them: +1 (650) 555-1234."""
+    try:
+        return normalize_wa_id(raw) if raw is not None else None
+    except InvalidNumber as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _describe(event: ConsentEvent | None) -> str:
@@ -33,11 +42,8 @@ def consent_cli() -> None:
 @with_appcontext
 def show(wa_id: str) -> None:
     """Print a user's current consent state and full history."""
-    try:
-        state = _ledger().state(wa_id)
-        history = _ledger().history(wa_id)
-    except InvalidEvent as error:
-        raise click.ClickException(str(error)) from None
+    wa_id = _wa_id(wa_id)
+    state, history = _ledger().state(wa_id), _ledger().history(wa_id)
     window = state.window_open_until(utc_now())
     click.echo(f"wa_id:        {state.wa_id}")
     click.echo(f"state:        {state.state.value}")
@@ -62,13 +68,11 @@ def show(wa_id: str) -> None:
 @with_appcontext
 def export(fmt: str, output: str, since: datetime | None, until: datetime | None, wa_id: str | None) -> None:
     """Export the ledger (every event with its evidence and hashes) as CSV or JSON Lines."""
+    lines = export_lines(_ledger().events(since, until, _wa_id(wa_id)), fmt)
     try:
-        lines = export_lines(_ledger().events(since, until, wa_id), fmt)
         with click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
             for line in lines:
                 out.write(line)
-    except InvalidEvent as error:
-        raise click.ClickException(str(error)) from None
     except OSError as error:
         raise click.ClickException(f"cannot write {output}: {error.strerror}") from None
 

@@ -52,6 +52,9 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> dict:
         "ADMIN_API_TOKEN": text("ADMIN_API_TOKEN"),
         "KEYWORDS_FILE": text("KEYWORDS_FILE", "keywords.yml"),
         "SEND_RATE_LIMIT": _positive_int(env, "SEND_RATE_LIMIT", 80),
+        "SEND_CONCURRENCY": _positive_int(env, "SEND_CONCURRENCY", 100),
+        "SEND_LEASE_SECONDS": _positive_int(env, "SEND_LEASE_SECONDS", 60),
+        "SWEEP_INTERVAL_SECONDS": _positive_int(env, "SWEEP_INTERVAL_SECONDS", 5),
         "IMPLICIT_CONSENT_COVERS_UTILITY": _flag(env, "IMPLICIT_CONSENT_COVERS_UTILITY", True),
         "IMPLICIT_CONSENT_COVERS_AUTHENTICATION": _flag(env, "IMPLICIT_CONSENT_COVERS_AUTHENTICATION", True),
     }

@@ -32,7 +32,11 @@ class Basis(str, enum.Enum):
 
 
 class Channel(str, enum.Enum):
-    """How an event was collected. The first block is what staff may record (R1, R5)."""
+    """How an event was collected: off WhatsApp by staff (R1), or from the user on WhatsApp.
+
+    There is deliberately no channel for a business-initiated WhatsApp message: explicit
+    opt-in cannot be collected that way (R5).
+    """
 
     WEB = "web"
     IVR = "ivr"
@@ -47,11 +51,6 @@ class Channel(str, enum.Enum):
     WHATSAPP_BUTTON = "whatsapp_button"
     WHATSAPP_PREFERENCES = "whatsapp_preferences"
     WHATSAPP_DELIVERY = "whatsapp_delivery"
-
-
-STAFF_CHANNELS = frozenset(
-    {Channel.WEB, Channel.IVR, Channel.PAPER, Channel.SMS, Channel.EMAIL, Channel.IN_PERSON, Channel.API}
-)
 
 
 class State(str, enum.Enum):

@@ -51,6 +51,36 @@ contacts = sa.Table(
     sa.Column("last_inbound_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# What the business sends, one row per message: the outbox the queue and the workers work from.
+# Rows change state (queued -> sent -> delivered -> read, or failed / blocked); the consent
+# ledger stays append-only. A claim is a lease: a worker that dies mid-send lets it expire.
+outbound_messages = sa.Table(
+    "outbound_messages",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("idempotency_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("wa_id", sa.String(15), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),  # JSON: {"text": ...} or {"template": {...}}
+    sa.Column("queue", sa.String(16), nullable=False),
+    sa.Column("campaign_id", sa.String(64)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(32)),  # why it was blocked or failed, in SPEC's vocabulary
+    sa.Column("error_code", sa.Integer),
+    sa.Column("error_detail", sa.Text),
+    sa.Column("consent_event_id", sa.String(36)),  # the ledger event that allowed it
+    sa.Column("meta_message_id", sa.String(255), unique=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("not_before", sa.DateTime(timezone=True)),
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("requested_by", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_outbound_messages_state_not_before", "state", "not_before"),
+    sa.Index("ix_outbound_messages_campaign_id", "campaign_id"),
+)
+
 _APPEND_ONLY_TRIGGERS = {
     "sqlite": [
         f"CREATE TRIGGER IF NOT EXISTS consent_events_no_{op} BEFORE {op.upper()} ON consent_events "
@@ -67,6 +97,11 @@ _APPEND_ONLY_TRIGGERS = {
 }
 
 
+def writer(engine: Engine) -> Engine:
+    """The engine for transactions that write: on SQLite they take the write lock up front."""
+    return engine.execution_options(**{WRITE_OPTION: True})
+
+
 def engine_url(url: str) -> str:
     """Accept the usual PaaS spellings of a PostgreSQL URL and use the psycopg 3 driver."""
     for prefix in ("postgres://", "postgresql://"):
@@ -79,7 +114,8 @@ def make_engine(url: str) -> Engine:
     """Create an engine whose commits are durable and whose writers queue instead of failing."""
     url = engine_url(url)
     if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True)
+        # Send workers run many threads; each holds a connection only for one short statement.
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     engine = sa.create_engine(url, connect_args={"timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
@@ -102,7 +138,7 @@ def make_engine(url: str) -> Engine:
 
 def init_schema(engine: Engine) -> None:
     """Create missing tables, the append-only triggers and the chain head. Safe to run at every start."""
-    with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+    with writer(engine).begin() as conn:
         if engine.dialect.name == "postgresql":
             # Several processes may start at once; serialise their schema creation.
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")

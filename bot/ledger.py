@@ -35,7 +35,7 @@ from bot.consent import (
     check_draft,
     derive_state,
 )
-from bot.db import GENESIS_HASH, WRITE_OPTION, consent_events, contacts, ledger_head
+from bot.db import GENESIS_HASH, consent_events, contacts, ledger_head, writer
 from bot.phone import InvalidNumber, normalize_wa_id
 
 
@@ -103,7 +103,7 @@ class Ledger:
 
     def __init__(self, engine: Engine, clock: Callable[[], datetime] = utc_now):
         self.engine = engine
-        self._writer = engine.execution_options(**{WRITE_OPTION: True})
+        self._writer = writer(engine)
         self.clock = clock
 
     # -- writing -------------------------------------------------------------------------

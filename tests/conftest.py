@@ -5,14 +5,18 @@ import os
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import redis
 import sqlalchemy as sa
 
 from bot import create_app
 from bot.ledger import Ledger
+from tests.graph_imitation import GraphImitation
 
 POSTGRES_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TEST_SCHEMA = "bot_test"
 BUSINESS = "Acme Bakery"
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+PHONE_NUMBER_ID = "106540352242922"
 
 
 class FakeClock:
@@ -47,8 +51,33 @@ def database_url(request, tmp_path) -> str:
 
 
 @pytest.fixture
-def app(database_url):
-    app = create_app({"TESTING": True, "DATABASE_URL": database_url, "BUSINESS_NAME": BUSINESS})
+def redis_url() -> str:
+    """A Redis database of the tests' own, emptied before each test."""
+    connection = redis.Redis.from_url(TEST_REDIS_URL)
+    connection.flushdb()
+    connection.close()
+    return TEST_REDIS_URL
+
+
+@pytest.fixture
+def graph():
+    """The Graph API imitation the app sends to."""
+    imitation = GraphImitation().start()
+    yield imitation
+    imitation.stop()
+
+
+def app_config(database_url: str, redis_url: str, graph: GraphImitation, **extra) -> dict:
+    return {
+        "TESTING": True, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BUSINESS_NAME": BUSINESS,
+        "GRAPH_API_URL": graph.url, "WHATSAPP_TOKEN": "test-token", "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
+        **extra,
+    }
+
+
+@pytest.fixture
+def app(database_url, redis_url, graph):
+    app = create_app(app_config(database_url, redis_url, graph))
     yield app
     app.extensions["ledger"].engine.dispose()
 

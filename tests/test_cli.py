@@ -81,12 +81,13 @@ def test_verify_catches_a_well_hashed_event_added_behind_the_apps_back(runner, f
 def test_show_prints_state_and_history(runner, ledger):
     ledger.append(web_opt_in())
     ledger.append(opt_out(ref="wamid.STOP"))
-    result = runner.invoke(args=["consent", "show", USER])
+    result = runner.invoke(args=["consent", "show", "+1 (650) 555-1234"])
     assert result.exit_code == 0
     assert "state:        opted_out" in result.output
     assert "marketing:    opted_out" in result.output
     assert "history:      2 event(s)" in result.output
     assert "ref wamid.STOP" in result.output
+    assert f"wa_id:        {USER}" in result.output
 
 
 def test_show_refuses_a_malformed_number(runner):

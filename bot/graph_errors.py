@@ -1,0 +1,127 @@
+"""Cloud API errors as types, keyed on Meta's `error.code` (never on the HTTP status).
+
+Each class says whether a send may be retried and how long to wait first, so the send job
+never has to know Meta's numbers.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+
+class CloudApiError(Exception):
+    """A send the Cloud API did not accept. `retry_after` None means retrying cannot help."""
+
+    retry_after: timedelta | None = None
+
+    def __init__(self, message: str, code: int | None = None, details: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+    @property
+    def retryable(self) -> bool:
+        return self.retry_after is not None
+
+
+class NotConfigured(CloudApiError):
+    """No WHATSAPP_TOKEN / WHATSAPP_PHONE_NUMBER_ID: nothing can be sent."""
+
+
+class TransientError(CloudApiError):
+    """Timeouts, connection failures, 5xx and Meta's temporary errors (1, 2, 131000, 131016, 133004)."""
+
+    retry_after = timedelta(seconds=5)
+
+
+class ThroughputLimited(TransientError):
+    """130429: the phone number's messages/second cap was exceeded."""
+
+    retry_after = timedelta(seconds=2)
+
+
+class AppRateLimited(TransientError):
+    """4 / 80007: the app's or the business account's call rate was exceeded."""
+
+    retry_after = timedelta(minutes=1)
+
+
+class PairRateLimited(TransientError):
+    """131056: too many messages to the same user in a short time (about one per 6 s)."""
+
+    retry_after = timedelta(seconds=6)
+
+
+class SpamRateLimited(TransientError):
+    """131048: Meta limits this number because of quality; back off for a long while."""
+
+    retry_after = timedelta(minutes=30)
+
+
+class EcosystemLimited(TransientError):
+    """131049: Meta chose not to deliver this marketing message now; retry not before 24 h."""
+
+    retry_after = timedelta(hours=24)
+
+
+class WindowClosed(CloudApiError):
+    """131047: more than 24 hours since the user last wrote; only templates may be sent."""
+
+
+class MarketingOptedOut(CloudApiError):
+    """131050: the user stopped marketing messages from this business inside WhatsApp."""
+
+
+class Undeliverable(CloudApiError):
+    """131026: the number is not on WhatsApp, or cannot receive this message."""
+
+
+class TemplateError(CloudApiError):
+    """132000-132999: the template does not exist, is paused, or its parameters do not fit."""
+
+
+class AccessTokenInvalid(CloudApiError):
+    """190: the access token expired or was revoked; fix WHATSAPP_TOKEN, then resend."""
+
+
+class RequestRejected(CloudApiError):
+    """Any other code: the request itself is wrong and would fail again."""
+
+
+_BY_CODE: dict[int, type[CloudApiError]] = {
+    1: TransientError,
+    2: TransientError,
+    4: AppRateLimited,
+    80007: AppRateLimited,
+    130429: ThroughputLimited,
+    131000: TransientError,
+    131016: TransientError,
+    133004: TransientError,
+    131056: PairRateLimited,
+    131048: SpamRateLimited,
+    131049: EcosystemLimited,
+    131047: WindowClosed,
+    131050: MarketingOptedOut,
+    131026: Undeliverable,
+    190: AccessTokenInvalid,
+}
+
+
+def error_class(code: int | None) -> type[CloudApiError]:
+    """The class for a Meta error code."""
+    if code is None:
+        return TransientError
+    if 132000 <= code <= 132999:
+        return TemplateError
+    return _BY_CODE.get(code, RequestRejected)
+
+
+def from_error_body(body: Any) -> CloudApiError:
+    """Turn Meta's `{"error": {...}}` answer into its typed error."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return TransientError("the Cloud API answered without a message id or an error")
+    code = error.get("code") if isinstance(error.get("code"), int) else None
+    details = (error.get("error_data") or {}).get("details") if isinstance(error.get("error_data"), dict) else None
+    message = str(error.get("message") or "Cloud API error")
+    return error_class(code)(message, code=code, details=details)

@@ -1,0 +1,78 @@
+"""RQ jobs, and the per-process runtime they use (the app, its pools and the send threads).
+
+A worker process builds the app once; each `send_messages` job hands its ids to a bounded
+pool of send threads and returns once they are all taken, so the pool never runs dry between
+jobs and a process keeps many Cloud API calls in flight while the shared limiter paces them.
+A worker killed mid-job loses nothing: the sweeper (bot.worker) queues again the messages it
+had claimed once their lease expires, and those it had not yet claimed.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+
+from flask import Flask
+
+from bot.queues import make_queues
+from bot.sender import Outcome, Sender
+
+log = logging.getLogger(__name__)
+
+
+class SendRuntime:
+    """What one worker process needs to send: built once, shared by all its jobs and threads."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+        concurrency = app.config["SEND_CONCURRENCY"]
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
+        self._slots = threading.BoundedSemaphore(concurrency * 2)  # ids waiting or sending, at most
+        self.queues = make_queues(app.extensions["redis"])
+
+    @cached_property
+    def sender(self) -> Sender:
+        ext = self.app.extensions
+        return Sender(ext["outbox"], ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"])
+
+    def dispatch(self, message_ids: list[str]) -> None:
+        """Hand ids to the send threads; blocks while the pool is full."""
+        for message_id in message_ids:
+            self._slots.acquire()
+            self.pool.submit(self._send, message_id)
+
+    def _send(self, message_id: str) -> Outcome | None:
+        try:
+            return self.sender.send(message_id)
+        except Exception:  # the lease brings the message back; keep the thread alive
+            log.exception("send of message %s failed unexpectedly; it will be retried", message_id)
+            return None
+        finally:
+            self._slots.release()
+
+
+_runtime: SendRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> SendRuntime:
+    """This process's runtime, built on first use (`python -m bot.worker` builds it up front)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            from bot import create_app
+
+            _runtime = SendRuntime(create_app())
+        return _runtime
+
+
+def use_runtime(send_runtime: SendRuntime) -> None:
+    global _runtime
+    _runtime = send_runtime
+
+
+def send_messages(message_ids: list[str]) -> int:
+    """RQ job: send these outbox messages. Returns how many were handed to the send threads."""
+    runtime().dispatch(message_ids)
+    return len(message_ids)

@@ -1,0 +1,54 @@
+"""Send pacing shared by every worker on every host, kept in Redis.
+
+A generic cell-rate algorithm (GCRA) run as one Lua script: each caller *reserves* the next
+free slot and is told how long to wait for it, so many threads and processes spread their
+sends evenly instead of retrying in bursts. Two limits use it: the phone number's
+messages/second and Meta's pair rate to a single user.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+# Reserve a slot unless the wait would exceed ARGV[3] (-1: always reserve).
+# KEYS[1]: the limit's key. ARGV: interval between sends (us), burst size, max wait (us).
+# Returns {reserved 0|1, wait in us}. Times come from the Redis server, one clock for all hosts.
+_RESERVE = """
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat - (burst - 1) * interval - now
+if wait < 0 then wait = 0 end
+if max_wait >= 0 and wait > max_wait then return {0, wait} end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+return {1, wait}
+"""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    reserved: bool
+    wait: float  # seconds until the slot (or, when not reserved, until one would be free)
+
+
+class RateLimiter:
+    """`rate` sends per `per` seconds for each key, allowing `burst` at once."""
+
+    def __init__(self, connection: redis.Redis, rate: float, per: float = 1.0, burst: int = 1):
+        if rate <= 0 or per <= 0 or burst < 1:
+            raise ValueError("rate and per must be positive, burst at least 1")
+        self._interval_us = per / rate * 1_000_000
+        self._burst = burst
+        self._script = connection.register_script(_RESERVE)
+
+    def reserve(self, key: str, max_wait: float | None = None) -> Reservation:
+        """Take the next slot under `key`, unless it is further away than `max_wait` seconds."""
+        limit = -1 if max_wait is None else max_wait * 1_000_000
+        reserved, wait_us = self._script(keys=[key], args=[self._interval_us, self._burst, limit])
+        return Reservation(bool(reserved), int(wait_us) / 1_000_000)

@@ -1,0 +1,262 @@
+"""The outbox: every message the business sends is asked of the policy, stored, then queued.
+
+`Outbox.submit` is the one entry point for handlers, the staff API and campaigns. A refusal is
+stored with its reason (state `blocked`) and returned; an allowed message is stored with the
+consent event that allowed it and handed to the queue. The same idempotency key submitted
+twice is one message. The send-side methods (claim, mark_*) are used by the send job.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from bot.db import outbound_messages as messages, writer
+from bot.ledger import Ledger, as_utc, utc_now
+from bot.phone import InvalidNumber, normalize_wa_id
+from bot.policy import Decision, ImplicitCoverage, MessageKind, Refusal, decide
+
+
+
+class QueueName(str, enum.Enum):
+    REPLIES = "replies"  # answers to users: small, latency matters
+    BULK = "bulk"  # campaigns and staff sends
+
+
+class MessageState(str, enum.Enum):
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    language: str
+    components: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Message:
+    """What to send to whom: a text or a template, and its kind for the policy."""
+
+    to: str
+    kind: MessageKind
+    text: str | None = None
+    template: Template | None = None
+
+    def content(self) -> dict[str, Any]:
+        if self.template is not None:
+            t = self.template
+            return {"template": {"name": t.name, "language": t.language, "components": t.components}}
+        return {"text": self.text}
+
+
+@dataclass(frozen=True)
+class Submission:
+    message_id: str | None
+    queued: bool
+    reason: Refusal | None = None
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: str
+    wa_id: str
+    kind: MessageKind
+    content: dict[str, Any]
+    queue: QueueName
+    state: MessageState
+    attempts: int
+    campaign_id: str | None
+    reason: str | None
+    error_code: int | None
+    consent_event_id: str | None
+    meta_message_id: str | None
+
+    @classmethod
+    def from_row(cls, row: sa.RowMapping) -> "StoredMessage":
+        return cls(
+            id=row["id"], wa_id=row["wa_id"], kind=MessageKind(row["kind"]), content=json.loads(row["content"]),
+            queue=QueueName(row["queue"]), state=MessageState(row["state"]), attempts=row["attempts"], campaign_id=row["campaign_id"],
+            reason=row["reason"], error_code=row["error_code"], consent_event_id=row["consent_event_id"],
+            meta_message_id=row["meta_message_id"],
+        )
+
+
+Enqueue = Callable[[QueueName, list[str]], None]
+
+
+class Outbox:
+    def __init__(
+        self,
+        engine: Engine,
+        ledger: Ledger,
+        enqueue: Enqueue,
+        coverage: ImplicitCoverage = ImplicitCoverage(),
+        lease: timedelta = timedelta(seconds=60),
+        clock: Callable[[], datetime] = utc_now,
+    ):
+        """`lease`: how long a claimed message is a worker's; longer than pacing plus one HTTP timeout."""
+        self.engine = engine
+        self.lease = lease
+        self._writer = writer(engine)
+        self.ledger = ledger
+        self.enqueue = enqueue
+        self.coverage = coverage
+        self.clock = clock
+
+    # -- submitting ----------------------------------------------------------------------
+
+    def decide(self, wa_id: str, kind: MessageKind) -> Decision:
+        """The policy's answer for this user and kind right now."""
+        return decide(self.ledger.state(wa_id), kind, self.clock(), self.coverage)
+
+    def submit(
+        self, message: Message, idempotency_key: str, requested_by: str,
+        queue: QueueName = QueueName.REPLIES, campaign_id: str | None = None,
+    ) -> Submission:
+        """Ask the policy, store the outcome, queue what is allowed. Safe to repeat."""
+        return self.submit_many([(message, idempotency_key)], requested_by, queue, campaign_id)[0]
+
+    def submit_many(
+        self, items: Iterable[tuple[Message, str]], requested_by: str,
+        queue: QueueName = QueueName.BULK, campaign_id: str | None = None,
+    ) -> list[Submission]:
+        """Submit several messages in one transaction; queue the allowed ones after it commits."""
+        now = self.clock()
+        rows, submissions, to_queue = [], [], []
+        with self._writer.begin() as conn:
+            for message, key in items:
+                existing = conn.execute(
+                    sa.select(messages.c.id, messages.c.state, messages.c.reason).where(messages.c.idempotency_key == key)
+                ).first()
+                if existing is not None:
+                    submissions.append(_submission(existing.id, MessageState(existing.state), existing.reason))
+                    if existing.state == MessageState.QUEUED.value:
+                        to_queue.append(existing.id)  # its first enqueue may have failed; a claim dedupes
+                    continue
+                try:
+                    wa_id = normalize_wa_id(message.to)
+                except InvalidNumber:
+                    submissions.append(Submission(None, False, Refusal.INVALID_RECIPIENT))
+                    continue
+                decision = decide(self.ledger.state(wa_id), message.kind, now, self.coverage)
+                state = MessageState.QUEUED if decision.allowed else MessageState.BLOCKED
+                row = {
+                    "id": str(uuid.uuid4()), "idempotency_key": key, "wa_id": wa_id, "kind": message.kind.value,
+                    "content": json.dumps(message.content(), ensure_ascii=False), "queue": queue.value,
+                    "campaign_id": campaign_id, "state": state.value,
+                    "reason": decision.reason.value if decision.reason else None,
+                    "consent_event_id": decision.consent_event_id, "attempts": 0, "requested_by": requested_by,
+                    "created_at": now, "updated_at": now,
+                }
+                rows.append(row)
+                submissions.append(Submission(row["id"], decision.allowed, decision.reason))
+                if decision.allowed:
+                    to_queue.append(row["id"])
+            if rows:
+                conn.execute(messages.insert(), rows)
+        if to_queue:
+            self.enqueue(queue, to_queue)  # a failure here leaves rows queued: the sweeper re-queues them
+        return submissions
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get(self, message_id: str) -> StoredMessage | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(messages).where(messages.c.id == message_id)).mappings().first()
+        return StoredMessage.from_row(row) if row else None
+
+    # -- the send job's side -------------------------------------------------------------
+
+    def claim(self, message_id: str) -> StoredMessage | None:
+        """Lease a due, queued message to this worker; None when another has it or it is done."""
+        now = self.clock()
+        with self._writer.begin() as conn:
+            claimed = conn.execute(
+                messages.update()
+                .where(
+                    messages.c.id == message_id,
+                    messages.c.state == MessageState.QUEUED.value,
+                    sa.or_(messages.c.not_before.is_(None), messages.c.not_before <= now),
+                    sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until < now),
+                )
+                .values(lease_until=now + self.lease, attempts=messages.c.attempts + 1, updated_at=now)
+                .returning(*messages.c)
+            ).mappings().first()
+        return StoredMessage.from_row(claimed) if claimed else None
+
+    def mark_sent(self, message_id: str, meta_message_id: str, consent_event_id: str | None) -> None:
+        now = self.clock()
+        self._update(
+            message_id, state=MessageState.SENT.value, meta_message_id=meta_message_id,
+            consent_event_id=consent_event_id, sent_at=now, lease_until=None, error_code=None, error_detail=None,
+        )
+
+    def mark_blocked(self, message_id: str, reason: Refusal) -> None:
+        self._update(message_id, state=MessageState.BLOCKED.value, reason=reason.value, lease_until=None)
+
+    def mark_failed(self, message_id: str, reason: str, code: int | None, detail: str | None) -> None:
+        self._update(
+            message_id, state=MessageState.FAILED.value, reason=reason, error_code=code,
+            error_detail=detail, lease_until=None,
+        )
+
+    def release(self, message_id: str, retry_at: datetime, code: int | None = None, detail: str | None = None) -> None:
+        """Give a claimed message back to the queue, due again at `retry_at`."""
+        self._update(message_id, not_before=retry_at, lease_until=None, error_code=code, error_detail=detail)
+
+    def due_for_recovery(self, stale_after: timedelta, limit: int = 5000) -> list[tuple[str, QueueName, bool]]:
+        """Queued, due messages that may have no job: (id, queue, was it claimed?).
+
+        A claimed one's worker died mid-send (its lease ran out). An unclaimed one is a retry
+        that came due, or one whose job was lost or is still waiting in a long queue, which the
+        caller tells apart.
+        """
+        now = self.clock()
+        query = (
+            sa.select(messages.c.id, messages.c.queue, messages.c.lease_until)
+            .where(
+                messages.c.state == MessageState.QUEUED.value,
+                sa.or_(messages.c.not_before.is_(None), messages.c.not_before <= now),
+                sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until < now),
+                sa.or_(messages.c.not_before.is_not(None), messages.c.updated_at < now - stale_after),
+            )
+            .order_by(messages.c.created_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [(row.id, QueueName(row.queue), row.lease_until is not None) for row in conn.execute(query)]
+
+    def requeued(self, message_ids: list[str]) -> None:
+        """Note that these messages got a new job, so the sweeper leaves them alone for a while."""
+        now = self.clock()
+        with self._writer.begin() as conn:
+            conn.execute(
+                messages.update()
+                .where(messages.c.id.in_(message_ids), messages.c.state == MessageState.QUEUED.value)
+                .where(sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until < now))
+                .values(not_before=None, lease_until=None, updated_at=now)
+            )
+
+    def _update(self, message_id: str, **values: Any) -> None:
+        with self._writer.begin() as conn:
+            conn.execute(
+                messages.update().where(messages.c.id == message_id).values(updated_at=self.clock(), **values)
+            )
+
+
+def _submission(message_id: str, state: MessageState, reason: str | None) -> Submission:
+    if state is MessageState.BLOCKED:
+        return Submission(message_id, False, Refusal(reason))
+    return Submission(message_id, True)

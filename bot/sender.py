@@ -1,0 +1,115 @@
+"""Sending one queued message: the last consent check, pacing, the Cloud API call, the outcome.
+
+Policy is asked again here, just before the call, so a STOP recorded after queuing wins
+(the message becomes `blocked`). Pacing has two limits shared through Redis: the phone
+number's messages/second and Meta's pair rate to one user. A message waiting longer for the
+pair rate than `PAIR_MAX_WAIT` goes back to the queue instead of holding a send slot.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from datetime import timedelta
+from typing import Callable
+
+from bot.cloud_api import CloudApi
+from bot.consent import Action, Channel, EventDraft, Scope
+from bot.graph_errors import CloudApiError, MarketingOptedOut, WindowClosed
+from bot.ledger import utc_now
+from bot.limiter import RateLimiter
+from bot.outbox import Outbox, StoredMessage
+from bot.phone import mask
+from bot.policy import Refusal
+
+log = logging.getLogger(__name__)
+
+PAIR_RATE = (1, 6.0)  # Meta: about one message every 6 seconds to the same user...
+PAIR_BURST = 5  # ...with short bursts tolerated (a reply right after a welcome)
+PAIR_MAX_WAIT = 2.0  # seconds a worker thread may wait for the pair rate
+PACING_MARGIN = 0.97  # pace a little under the cap: network jitter must not push a second over it
+MAX_ATTEMPTS = 8
+MAX_BACKOFF = timedelta(hours=1)
+
+
+class Outcome(str, enum.Enum):
+    SENT = "sent"
+    BLOCKED = "blocked"
+    FAILED = "failed"
+    RETRY = "retry"  # back in the queue, due later
+    SKIPPED = "skipped"  # not due, already done, or claimed by another worker
+
+
+class Sender:
+    def __init__(
+        self,
+        outbox: Outbox,
+        api: CloudApi,
+        throughput: RateLimiter,
+        pair: RateLimiter,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.outbox = outbox
+        self.api = api
+        self.throughput = throughput
+        self.pair = pair
+        self.sleep = sleep
+        self._number = api.phone_number_id or "unconfigured"
+
+    def send(self, message_id: str) -> Outcome:
+        message = self.outbox.claim(message_id)
+        if message is None:
+            return Outcome.SKIPPED
+        decision = self.outbox.decide(message.wa_id, message.kind)
+        if not decision.allowed:
+            self.outbox.mark_blocked(message.id, decision.reason)
+            log.info("message %s to %s blocked at send time: %s", message.id, mask(message.wa_id), decision.reason.value)
+            return Outcome.BLOCKED
+        pair_slot = self.pair.reserve(f"whatsapp:pair:{self._number}:{message.wa_id}", max_wait=PAIR_MAX_WAIT)
+        if not pair_slot.reserved:
+            return self._retry(message, timedelta(seconds=pair_slot.wait))
+        self.sleep(pair_slot.wait)
+        self.sleep(self.throughput.reserve(f"whatsapp:rate:{self._number}").wait)
+        try:
+            meta_id = self._call(message)
+        except CloudApiError as error:
+            return self._failed(message, error)
+        self.outbox.mark_sent(message.id, meta_id, decision.consent_event_id)
+        return Outcome.SENT
+
+    def _call(self, message: StoredMessage) -> str:
+        if "template" in message.content:
+            template = message.content["template"]
+            return self.api.send_template(message.wa_id, template["name"], template["language"], template["components"])
+        return self.api.send_text(message.wa_id, message.content["text"])
+
+    def _failed(self, message: StoredMessage, error: CloudApiError) -> Outcome:
+        if error.retryable and message.attempts < MAX_ATTEMPTS:
+            backoff = min(error.retry_after * 2 ** (message.attempts - 1), max(MAX_BACKOFF, error.retry_after))
+            return self._retry(message, backoff, error)
+        reason = Refusal.WINDOW_CLOSED.value if isinstance(error, WindowClosed) else "send_error"
+        self.outbox.mark_failed(message.id, reason, error.code, error.details or str(error))
+        if isinstance(error, MarketingOptedOut):
+            self._record_marketing_opt_out(message, error)
+        log.warning("message %s to %s failed: %s (code %s)", message.id, mask(message.wa_id), type(error).__name__, error.code)
+        return Outcome.FAILED
+
+    def _retry(self, message: StoredMessage, delay: timedelta, error: CloudApiError | None = None) -> Outcome:
+        """Back to the queue, due after `delay`; the sweeper queues it again then."""
+        due = utc_now() + delay
+        self.outbox.release(message.id, due, error.code if error else None, str(error) if error else None)
+        return Outcome.RETRY
+
+    def _record_marketing_opt_out(self, message: StoredMessage, error: CloudApiError) -> None:
+        """131050: Meta says the user stopped marketing messages; the ledger must say so too."""
+        self.outbox.ledger.append(
+            EventDraft(
+                wa_id=message.wa_id,
+                action=Action.OPT_OUT,
+                scope=Scope.MARKETING,
+                channel=Channel.WHATSAPP_DELIVERY,
+                source_ref=f"send-error-131050:{message.id}",
+                recorded_by="sender",
+                evidence={"message_id": message.id, "error_code": error.code, "details": error.details},
+            )
+        )

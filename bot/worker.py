@@ -1,0 +1,82 @@
+"""`python -m bot.worker`: an RQ worker for the replies and bulk queues, and the sweeper.
+
+The sweeper is the worker's scheduler: every SWEEP_INTERVAL_SECONDS it queues the messages
+whose retry came due, whose worker died mid-send, or whose job was lost. The outbox row, not
+a job in Redis, is what says a message still has to go, so nothing is lost with a job or a
+worker. RQ's own scheduler is not used: it forks a child that inherits the worker's database
+connections and outlives a worker killed with SIGKILL.
+
+Workers are `SimpleWorker`s (no fork per job): each keeps its app, pools and send threads.
+Several may run on one host or many; they share the queues, the limiter and the sweeper lock.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from datetime import timedelta
+
+import redis
+from rq import Queue, SimpleWorker
+
+from bot import STARTUP_ERRORS, create_app
+from bot.jobs import SendRuntime, use_runtime
+from bot.outbox import Outbox, QueueName
+
+log = logging.getLogger(__name__)
+
+SWEEPER_LOCK = "whatsapp:sweeper"
+
+
+def sweep(outbox: Outbox, queues: dict[QueueName, Queue], connection: redis.Redis, every: float) -> int:
+    """Queue due retries and lost messages; one sweeper per round across all workers. Returns how many."""
+    if not connection.set(SWEEPER_LOCK, "1", nx=True, px=int(every * 900)):
+        return 0
+    idle = {name: queue.count == 0 for name, queue in queues.items()}
+    lost: dict[QueueName, list[str]] = {}
+    for message_id, queue, was_claimed in outbox.due_for_recovery(timedelta(seconds=2 * every)):
+        # An unclaimed message may simply be waiting in a long queue: only an idle queue proves it lost.
+        if was_claimed or idle[queue]:
+            lost.setdefault(queue, []).append(message_id)
+    for queue, message_ids in lost.items():
+        outbox.enqueue(queue, message_ids)
+        outbox.requeued(message_ids)
+    count = sum(map(len, lost.values()))
+    if count:
+        log.info("sweeper queued %d due or lost message(s)", count)
+    return count
+
+
+def _sweep_forever(send_runtime: SendRuntime, stop: threading.Event) -> None:
+    ext, every = send_runtime.app.extensions, send_runtime.app.config["SWEEP_INTERVAL_SECONDS"]
+    while not stop.wait(every):
+        try:
+            sweep(ext["outbox"], send_runtime.queues, ext["redis"], every)
+        except Exception:  # a database or Redis outage: try again next round
+            log.exception("sweep failed")
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = create_app()
+    except STARTUP_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    send_runtime = SendRuntime(app)
+    use_runtime(send_runtime)
+    stop = threading.Event()
+    threading.Thread(target=_sweep_forever, args=(send_runtime, stop), name="sweeper", daemon=True).start()
+    queues = [send_runtime.queues[QueueName.REPLIES], send_runtime.queues[QueueName.BULK]]  # replies first
+    # Its own connection: RQ's blocking dequeue outlasts the app client's socket timeout.
+    worker = SimpleWorker(queues, connection=redis.Redis.from_url(app.config["REDIS_URL"]))
+    try:
+        worker.work()
+    finally:
+        stop.set()
+        send_runtime.pool.shutdown(wait=True)  # let sends in flight finish and record their outcome
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""A local HTTP server that imitates the Graph API's send endpoint, for end-to-end tests and benchmarks.
+
+It answers POST /{version}/{phone-number-id}/messages like Meta: a message id after `latency`
+seconds, or an error body. It records every request, answers 130429 once more than `cap`
+requests arrived within one second, can fail chosen recipients with a Meta error code, and can
+answer 5xx for a while. Run it alone with `python -m tests.graph_imitation --port 8990`.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Received:
+    at: float
+    to: str
+    body: dict
+    status: int
+    code: int | None = None  # the Meta error code answered, if any
+
+
+@dataclass
+class GraphImitation:
+    latency: float = 0.0
+    cap: int | None = None  # requests per second before 130429
+    fail: dict[str, int] = field(default_factory=dict)  # recipient -> Meta error code
+    requests: list[Received] = field(default_factory=list)
+    server_errors_until: float = 0.0  # answer 503 until this time.monotonic()
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._window: collections.deque[float] = collections.deque()
+        self._ids = itertools.count(1)
+        self._in_flight = 0
+        self._answered: collections.deque[float] = collections.deque(maxlen=10_000)
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "GraphImitation":
+        imitation = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                imitation._handle(self)
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer((self.host, self.port), Handler)
+        server.daemon_threads = True
+        server.handle_error = lambda request, address: None  # clients killed mid-request are expected
+        server.request_queue_size = 1024
+        self._server = server
+        self.port = server.server_port
+        threading.Thread(target=server.serve_forever, name="graph-imitation", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def in_flight(self, grace: float = 0.05) -> int:
+        """Requests a client killed now may not have recorded: unanswered, or answered within `grace` s."""
+        with self._lock:
+            recent = sum(1 for at in self._answered if at > time.monotonic() - grace)
+            return self._in_flight + recent
+
+    def sent_to(self) -> collections.Counter:
+        """How many accepted sends each recipient got."""
+        with self._lock:
+            return collections.Counter(r.to for r in self.requests if r.status == 200)
+
+    def count(self, code: int) -> int:
+        with self._lock:
+            return sum(1 for r in self.requests if r.code == code)
+
+    def _admit(self, now: float) -> bool:
+        if self.cap is None:
+            return True
+        while self._window and self._window[0] <= now - 1.0:
+            self._window.popleft()
+        if len(self._window) >= self.cap:
+            return False
+        self._window.append(now)
+        return True
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        raw = handler.rfile.read(int(handler.headers.get("Content-Length", 0)))
+        try:
+            body = json.loads(raw)
+            to = str(body["to"])
+        except (ValueError, KeyError, TypeError):  # a client killed while writing its request
+            body, to = {}, ""
+        now = time.monotonic()
+        with self._lock:
+            if not to:
+                status, answer, code = 400, _error(100, "Invalid parameter"), 100
+            elif now < self.server_errors_until:
+                status, answer, code = 503, {"error": {"message": "Service temporarily unavailable", "code": 2}}, 2
+            elif not self._admit(now):
+                status, answer, code = 400, _error(130429, "Rate limit hit"), 130429
+            elif to in self.fail:
+                status, answer, code = 400, _error(self.fail[to], "Failed for this recipient"), self.fail[to]
+            else:
+                status, code = 200, None
+                answer = {
+                    "messaging_product": "whatsapp",
+                    "contacts": [{"input": to, "wa_id": to}],
+                    "messages": [{"id": f"wamid.IMITATION{next(self._ids):012d}"}],
+                }
+            self.requests.append(Received(time.time(), to, body, status, code))
+            self._in_flight += 1
+        try:
+            if status == 200 and self.latency:
+                time.sleep(self.latency)
+            payload = json.dumps(answer).encode()
+            handler.send_response(status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._answered.append(time.monotonic())
+
+
+def _error(code: int, message: str) -> dict:
+    return {"error": {"message": f"(#{code}) {message}", "type": "OAuthException", "code": code, "fbtrace_id": "imitation"}}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8990)
+    parser.add_argument("--latency", type=float, default=0.15)
+    parser.add_argument("--cap", type=int)
+    options = parser.parse_args()
+    imitation = GraphImitation(latency=options.latency, cap=options.cap, port=options.port).start()
+    print(f"Graph API imitation on {imitation.url} (latency {options.latency}s, cap {options.cap})", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        imitation.stop()

@@ -1,0 +1,169 @@
+"""The outbox and the send job, against the real database, the real Redis and a real local HTTP
+Graph API imitation: policy at queue time and again at send time, pacing, retries, outcomes."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from rq import Queue
+
+from bot.consent import Action, Channel, Marketing, Scope
+from bot.jobs import SendRuntime
+from bot.ledger import utc_now
+from bot.outbox import Message, MessageState, Outbox, QueueName, Template
+from bot.queues import make_queues
+from bot.worker import SWEEPER_LOCK, sweep
+from bot.policy import MessageKind, Refusal
+from bot.sender import Outcome
+from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
+
+UTILITY = Message(USER, MessageKind.UTILITY_TEMPLATE, template=Template("order_update", "en_US", [{"type": "body"}]))
+MARKETING = Message(USER, MessageKind.MARKETING_TEMPLATE, template=Template("spring_sale", "en_US"))
+
+
+@pytest.fixture
+def outbox(app):
+    return app.extensions["outbox"]
+
+
+@pytest.fixture
+def clock_outbox(outbox):
+    """The same outbox with a clock the test can move."""
+    return Outbox(outbox.engine, outbox.ledger, outbox.enqueue, lease=outbox.lease, clock=utc_now)
+
+
+@pytest.fixture
+def sender(app):
+    return SendRuntime(app).sender
+
+
+def test_allowed_message_is_stored_with_its_consent_event_and_queued(app, outbox):
+    opt_in = app.extensions["ledger"].append(web_opt_in())
+    submission = outbox.submit(UTILITY, "req-1", "staff:test", QueueName.BULK)
+    assert submission.queued and submission.reason is None
+    stored = outbox.get(submission.message_id)
+    assert (stored.state, stored.consent_event_id, stored.wa_id) == (MessageState.QUEUED, opt_in.event_id, USER)
+    jobs = Queue("bulk", connection=app.extensions["redis"]).jobs
+    assert [job.args for job in jobs] == [([submission.message_id],)]
+
+
+def test_refusal_is_recorded_with_its_reason_and_not_queued(app, outbox):
+    app.extensions["ledger"].record_inbound(USER, "wamid.A", app.extensions["ledger"].clock())
+    submission = outbox.submit(MARKETING, "req-1", "staff:test")
+    assert (submission.queued, submission.reason) == (False, Refusal.NO_CONSENT)
+    assert outbox.get(submission.message_id).state is MessageState.BLOCKED
+    assert Queue("replies", connection=app.extensions["redis"]).count == 0
+
+
+def test_invalid_recipient_is_refused(outbox):
+    submission = outbox.submit(Message("12ab", MessageKind.UTILITY_TEMPLATE, template=Template("x", "en")), "r", "staff")
+    assert (submission.message_id, submission.reason) == (None, Refusal.INVALID_RECIPIENT)
+
+
+def test_same_idempotency_key_is_one_message_sent_once(app, outbox, sender, graph):
+    app.extensions["ledger"].append(web_opt_in())
+    first = outbox.submit(UTILITY, "req-1", "staff:test")
+    again = outbox.submit(UTILITY, "req-1", "staff:test")
+    assert first.message_id == again.message_id
+    assert sender.send(first.message_id) is Outcome.SENT
+    assert sender.send(first.message_id) is Outcome.SKIPPED
+    assert graph.sent_to() == {USER: 1}
+
+
+def test_send_records_meta_id_and_sends_the_template(app, outbox, sender, graph):
+    app.extensions["ledger"].append(web_opt_in())
+    message_id = outbox.submit(UTILITY, "req-1", "staff:test").message_id
+    assert sender.send(message_id) is Outcome.SENT
+    stored = outbox.get(message_id)
+    assert stored.state is MessageState.SENT and stored.meta_message_id.startswith("wamid.IMITATION")
+    assert graph.requests[0].body["template"] == {"name": "order_update", "language": {"code": "en_US"}, "components": [{"type": "body"}]}
+
+
+def test_stop_between_queuing_and_sending_wins(app, outbox, sender, graph):
+    ledger = app.extensions["ledger"]
+    ledger.append(web_opt_in())
+    message_id = outbox.submit(UTILITY, "req-1", "staff:test").message_id
+    ledger.append(opt_out(ref="wamid.STOP"))
+    assert sender.send(message_id) is Outcome.BLOCKED
+    stored = outbox.get(message_id)
+    assert (stored.state, stored.reason) == (MessageState.BLOCKED, "opted_out")
+    assert graph.requests == []
+
+
+def test_transient_errors_go_back_to_the_queue_for_later(app, outbox, sender, graph, clock_outbox):
+    app.extensions["ledger"].append(web_opt_in())
+    message_id = outbox.submit(UTILITY, "req-1", "staff:test").message_id
+    graph.server_errors_until = float("inf")
+    assert sender.send(message_id) is Outcome.RETRY
+    stored = outbox.get(message_id)
+    assert (stored.state, stored.attempts, stored.error_code) == (MessageState.QUEUED, 1, 2)
+    assert sender.send(message_id) is Outcome.SKIPPED  # not due yet
+    assert clock_outbox.due_for_recovery(timedelta(seconds=10)) == []
+    clock_outbox.clock = lambda: utc_now() + timedelta(seconds=6)  # TransientError waits 5 s
+    assert clock_outbox.due_for_recovery(timedelta(seconds=10)) == [(message_id, QueueName.REPLIES, False)]
+
+
+def test_sweeper_queues_due_retries_expired_leases_and_lost_jobs_once(app, outbox, sender, graph):
+    ledger, connection = app.extensions["ledger"], app.extensions["redis"]
+    ledger.append(web_opt_in())
+    queues = make_queues(connection)
+    claimed = outbox.submit(UTILITY, "req-1", "staff:test").message_id
+    never_claimed = outbox.submit(UTILITY, "req-2", "staff:test").message_id
+    outbox.claim(claimed)  # its worker then dies
+    later = Outbox(outbox.engine, ledger, outbox.enqueue, lease=outbox.lease, clock=lambda: utc_now() + timedelta(minutes=2))
+    # The replies queue still holds both jobs: only the expired lease is certainly lost.
+    assert sweep(later, queues, connection, every=5) == 1
+    connection.delete(SWEEPER_LOCK)
+    assert sweep(later, queues, connection, every=5) == 0  # just re-queued: left alone
+    queues[QueueName.REPLIES].empty()
+    later.clock = lambda: utc_now() + timedelta(minutes=4)
+    connection.delete(SWEEPER_LOCK)
+    assert sweep(later, queues, connection, every=5) == 2  # an idle queue proves both jobs lost
+    assert [sorted(job.args[0]) for job in queues[QueueName.REPLIES].jobs] == [sorted([claimed, never_claimed])]
+
+
+@pytest.mark.parametrize(
+    "code, reason",
+    [(131026, "send_error"), (131047, "window_closed"), (132001, "send_error"), (190, "send_error")],
+)
+def test_permanent_errors_fail_with_their_code(app, outbox, sender, graph, code, reason):
+    app.extensions["ledger"].append(web_opt_in())
+    graph.fail[USER] = code
+    message_id = outbox.submit(UTILITY, "req-1", "staff:test").message_id
+    assert sender.send(message_id) is Outcome.FAILED
+    stored = outbox.get(message_id)
+    assert (stored.state, stored.error_code, stored.reason) == (MessageState.FAILED, code, reason)
+
+
+def test_131050_records_a_marketing_opt_out(app, outbox, sender, graph):
+    ledger = app.extensions["ledger"]
+    ledger.append(web_opt_in())
+    graph.fail[USER] = 131050
+    message_id = outbox.submit(MARKETING, "req-1", "staff:test").message_id
+    assert sender.send(message_id) is Outcome.FAILED
+    state = ledger.state(USER)
+    assert state.marketing is Marketing.OPTED_OUT and state.state.value == "opted_in"
+    event = ledger.history(USER)[-1]
+    assert (event.action, event.scope, event.channel) == (Action.OPT_OUT, Scope.MARKETING, Channel.WHATSAPP_DELIVERY)
+    assert event.evidence["message_id"] == message_id
+    # The next marketing message is refused before it is queued; utility still goes.
+    assert outbox.submit(MARKETING, "req-2", "staff:test").reason is Refusal.MARKETING_OPTED_OUT
+    assert outbox.submit(UTILITY, "req-3", "staff:test").queued
+
+
+def test_pair_rate_defers_a_burst_to_one_user(app, outbox, sender, graph):
+    app.extensions["ledger"].append(web_opt_in())
+    ids = [outbox.submit(UTILITY, f"req-{n}", "staff:test").message_id for n in range(6)]
+    outcomes = [sender.send(message_id) for message_id in ids]
+    assert outcomes == [Outcome.SENT] * 5 + [Outcome.RETRY]
+    assert graph.sent_to() == {USER: 5}
+
+
+def test_campaign_submission_skips_and_counts_by_reason(app, outbox):
+    ledger = app.extensions["ledger"]
+    ledger.append(web_opt_in())
+    ledger.append(web_opt_in(OTHER_USER, ref="form-2"))
+    ledger.append(opt_out(OTHER_USER, ref="stop-2"))
+    items = [(Message(to, MessageKind.MARKETING_TEMPLATE, template=Template("sale", "en")), f"c1:{to}") for to in (USER, OTHER_USER, "15550001111", "bad")]
+    submissions = outbox.submit_many(items, "staff:test", QueueName.BULK, campaign_id="c1")
+    assert [s.reason for s in submissions] == [None, Refusal.OPTED_OUT, Refusal.NO_CONSENT, Refusal.INVALID_RECIPIENT]
