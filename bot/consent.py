@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any, Callable, Sequence
 
 SERVICE_WINDOW = timedelta(hours=24)
 
@@ -149,40 +149,70 @@ class ConsentState:
         return closes if closes > now else None
 
 
-def derive_state(
-    wa_id: str, events: Iterable[ConsentEvent], last_inbound_at: datetime | None = None
-) -> ConsentState:
-    """Fold a user's events, oldest first, into their current state.
+@dataclass(frozen=True)
+class Fold:
+    """What a user's events add up to, with the positions of the events that justify it."""
+
+    state: State = State.NONE
+    marketing: Marketing = Marketing.NONE
+    consent: int | None = None
+    session: int | None = None
+    opt_out: int | None = None
+    notice: int | None = None
+
+
+def fold(events: Sequence[tuple[str, str]]) -> Fold:
+    """Fold (action, scope) pairs, oldest first, into a state.
 
     The latest event that speaks about a scope wins: an opt-out of all also stops marketing,
     an opt-in of all also allows it again, a marketing-scope event touches marketing only.
     A user-initiated session gives implicit consent unless a stronger state already holds:
-    it never undoes an opt-out (R10) or downgrades an explicit opt-in.
+    it never undoes an opt-out (R10) or downgrades an explicit opt-in. Works on plain strings
+    so that the ledger can fold database rows without building an object per event.
     """
     state, marketing_out = State.NONE, False
     consent = session = opt_out = notice = None
-    for event in events:
-        if event.action is Action.OPT_IN:
+    for position, (action, scope) in enumerate(events):
+        if action == Action.OPT_IN:
             marketing_out = False
-            if event.scope is Scope.ALL:
-                state, consent = State.OPTED_IN, event
-        elif event.action is Action.OPT_OUT:
-            marketing_out, opt_out = True, event
-            if event.scope is Scope.ALL:
-                state, consent = State.OPTED_OUT, event
-        elif event.action is Action.IMPLICIT:
-            session = event
+            if scope == Scope.ALL:
+                state, consent = State.OPTED_IN, position
+        elif action == Action.OPT_OUT:
+            marketing_out, opt_out = True, position
+            if scope == Scope.ALL:
+                state, consent = State.OPTED_OUT, position
+        elif action == Action.IMPLICIT:
+            session = position
             if state in (State.NONE, State.IMPLICIT):
-                state, consent = State.IMPLICIT, event
-        elif event.action is Action.OPT_OUT_NOTICE_GIVEN and notice is None:
-            notice = event
+                state, consent = State.IMPLICIT, position
+        elif action == Action.OPT_OUT_NOTICE_GIVEN and notice is None:
+            notice = position
     if marketing_out:
         marketing = Marketing.OPTED_OUT
     elif state is State.OPTED_IN:
         marketing = Marketing.ALLOWED
     else:
         marketing = Marketing.NONE
-    return ConsentState(wa_id, state, marketing, last_inbound_at, consent, session, opt_out, notice)
+    return Fold(state, marketing, consent, session, opt_out, notice)
+
+
+def derive_state(
+    wa_id: str, events: Sequence[ConsentEvent], last_inbound_at: datetime | None = None
+) -> ConsentState:
+    """A user's current state from their events, oldest first."""
+    folded = fold([(event.action, event.scope) for event in events])
+    return state_from_fold(wa_id, folded, lambda position: events[position], last_inbound_at)
+
+
+def state_from_fold(
+    wa_id: str, folded: Fold, event_at: Callable[[int], ConsentEvent], last_inbound_at: datetime | None
+) -> ConsentState:
+    """Build the state, turning only the few positions the fold kept into events."""
+    pick = lambda position: None if position is None else event_at(position)  # noqa: E731
+    return ConsentState(
+        wa_id, folded.state, folded.marketing, last_inbound_at,
+        pick(folded.consent), pick(folded.session), pick(folded.opt_out), pick(folded.notice),
+    )
 
 
 class InvalidEvent(ValueError):

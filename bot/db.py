@@ -114,8 +114,10 @@ def make_engine(url: str) -> Engine:
     """Create an engine whose commits are durable and whose writers queue instead of failing."""
     url = engine_url(url)
     if not url.startswith("sqlite"):
-        # Send workers run many threads; each holds a connection only for one short statement.
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        # Send workers run many threads, each holding a connection for one short statement: a
+        # fixed pool (no overflow churn of new server processes). No pre-ping round trip per
+        # checkout: a connection found dead invalidates the pool and the caller's work is retried.
+        return sa.create_engine(url, pool_size=20, max_overflow=0, pool_timeout=30, pool_recycle=1800)
     engine = sa.create_engine(url, connect_args={"timeout": 30})
 
     @sa.event.listens_for(engine, "connect")

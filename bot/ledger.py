@@ -33,7 +33,8 @@ from bot.consent import (
     Scope,
     basis_of,
     check_draft,
-    derive_state,
+    fold,
+    state_from_fold,
 )
 from bot.db import GENESIS_HASH, consent_events, contacts, ledger_head, writer
 from bot.phone import InvalidNumber, normalize_wa_id
@@ -84,6 +85,30 @@ def to_event(row: sa.RowMapping) -> ConsentEvent:
         prev_hash=row["prev_hash"],
         hash=row["hash"],
     )
+
+
+# Statements are built once: building SQLAlchemy statements per call costs more than running them.
+_HEAD_FOR_UPDATE = sa.select(ledger_head.c.seq, ledger_head.c.hash).where(ledger_head.c.id == 1).with_for_update()
+_MOVE_HEAD = (
+    ledger_head.update().where(ledger_head.c.id == 1).values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
+)
+# Idempotency without a look-up first: the unique source_ref turns a repeat into "no row".
+_INSERT_IF_NEW = {
+    name: dialect_insert(consent_events).on_conflict_do_nothing(index_elements=["source_ref"]).returning(consent_events.c.seq)
+    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+_BY_SOURCE_REF = sa.select(consent_events).where(consent_events.c.source_ref == sa.bindparam("ref"))
+# One round trip for a user's state: their events plus, on every row, their last inbound time.
+_STATE = (
+    sa.select(
+        *consent_events.c,
+        sa.select(contacts.c.last_inbound_at).where(contacts.c.wa_id == sa.bindparam("wa_id")).scalar_subquery().label("last_inbound_at"),
+    )
+    .where(consent_events.c.wa_id == sa.bindparam("wa_id"))
+    .order_by(consent_events.c.seq)
+)
+_LAST_INBOUND = sa.select(contacts.c.last_inbound_at).where(contacts.c.wa_id == sa.bindparam("wa_id"))
+_HISTORY = sa.select(consent_events).where(consent_events.c.wa_id == sa.bindparam("wa_id")).order_by(consent_events.c.seq)
 
 
 class SourceRefConflict(InvalidEvent):
@@ -183,55 +208,56 @@ class Ledger:
         }
 
     def _extend_chain(self, conn: Connection, rows: list[dict]) -> list[ConsentEvent]:
-        head = conn.execute(
-            sa.select(ledger_head.c.seq, ledger_head.c.hash).where(ledger_head.c.id == 1).with_for_update()
-        ).one()
+        """Append rows after the head, which stays locked until the transaction ends."""
+        head = conn.execute(_HEAD_FOR_UPDATE).one()
         seq, prev_hash = head.seq, head.hash
+        insert = _INSERT_IF_NEW[conn.dialect.name]
         stored: list[ConsentEvent] = []
-        new_by_ref: dict[str, ConsentEvent] = {}
         for row in rows:
-            existing = new_by_ref.get(row["source_ref"]) or self._by_source_ref(conn, row["source_ref"])
-            if existing is not None:
+            row = {**row, "seq": seq + 1, "prev_hash": prev_hash}
+            row["hash"] = event_hash(row)
+            if conn.execute(insert, row).first() is None:  # this source_ref is recorded already
+                existing = self._by_source_ref(conn, row["source_ref"])
                 _check_same_event(existing, row)
                 stored.append(existing)
                 continue
-            seq += 1
-            row = {**row, "seq": seq, "prev_hash": prev_hash}
-            row["hash"] = prev_hash = event_hash(row)
-            conn.execute(consent_events.insert().values(**row))
-            event = to_event(row)
-            new_by_ref[row["source_ref"]] = event
-            stored.append(event)
-        if new_by_ref:
-            conn.execute(ledger_head.update().where(ledger_head.c.id == 1).values(seq=seq, hash=prev_hash))
+            seq, prev_hash = row["seq"], row["hash"]
+            stored.append(to_event(row))
+        if seq != head.seq:
+            conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev_hash})
         return stored
 
     @staticmethod
     def _by_source_ref(conn: Connection, source_ref: str) -> ConsentEvent | None:
-        row = conn.execute(sa.select(consent_events).where(consent_events.c.source_ref == source_ref)).mappings().first()
+        row = conn.execute(_BY_SOURCE_REF, {"ref": source_ref}).mappings().first()
         return to_event(row) if row else None
 
     # -- reading -------------------------------------------------------------------------
 
     def history(self, wa_id: str) -> list[ConsentEvent]:
         """A user's events, oldest first."""
-        with self.engine.connect() as conn:
-            return self._history(conn, _valid_wa_id(wa_id))
+        with self._reader() as conn:
+            return [to_event(row) for row in conn.execute(_HISTORY, {"wa_id": _valid_wa_id(wa_id)}).mappings()]
 
     def state(self, wa_id: str) -> ConsentState:
-        """What a user's events add up to now, with the 24-hour window."""
-        wa_id = _valid_wa_id(wa_id)
-        with self.engine.connect() as conn:
-            events = self._history(conn, wa_id)
-            last_inbound = conn.execute(
-                sa.select(contacts.c.last_inbound_at).where(contacts.c.wa_id == wa_id)
-            ).scalar()
-        return derive_state(wa_id, events, as_utc(last_inbound) if last_inbound else None)
+        """What a user's events add up to now, with the 24-hour window.
 
-    @staticmethod
-    def _history(conn: Connection, wa_id: str) -> list[ConsentEvent]:
-        query = sa.select(consent_events).where(consent_events.c.wa_id == wa_id).order_by(consent_events.c.seq)
-        return [to_event(row) for row in conn.execute(query).mappings()]
+        Asked before every send, so it is lean: one query, and only the few events the state
+        rests on become objects.
+        """
+        wa_id = _valid_wa_id(wa_id)
+        with self._reader() as conn:
+            rows = conn.execute(_STATE, {"wa_id": wa_id}).mappings().all()
+            last_inbound = rows[0]["last_inbound_at"] if rows else conn.execute(_LAST_INBOUND, {"wa_id": wa_id}).scalar()
+        folded = fold([(row["action"], row["scope"]) for row in rows])
+        return state_from_fold(wa_id, folded, lambda at: to_event(rows[at]), as_utc(last_inbound) if last_inbound else None)
+
+    def _reader(self) -> Connection:
+        """A connection for a single read: on PostgreSQL without BEGIN/ROLLBACK round trips."""
+        conn = self.engine.connect()
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        return conn
 
     def events(
         self, since: datetime | None = None, until: datetime | None = None, wa_id: str | None = None

@@ -24,7 +24,10 @@ def enqueuer(queues: dict[QueueName, Queue]) -> Enqueue:
     def enqueue(queue: QueueName, message_ids: list[str]) -> None:
         target = queues[queue]
         jobs = [
-            Queue.prepare_data(SEND_JOB, args=(message_ids[start : start + JOB_SIZE],), result_ttl=600, failure_ttl=86400)
+            # A job waits while its worker's send threads are busy: at a low rate cap that can be minutes.
+            Queue.prepare_data(
+                SEND_JOB, args=(message_ids[start : start + JOB_SIZE],), timeout=3600, result_ttl=600, failure_ttl=86400
+            )
             for start in range(0, len(message_ids), JOB_SIZE)
         ]
         target.enqueue_many(jobs)

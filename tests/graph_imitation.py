@@ -53,9 +53,18 @@ class GraphImitation:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
 
             def do_POST(self):
                 imitation._handle(self)
+
+            def do_GET(self):  # GET /_stats: what a benchmark in another process needs to know
+                payload = json.dumps(imitation.stats()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def log_message(self, *args):
                 pass
@@ -84,6 +93,19 @@ class GraphImitation:
         """How many accepted sends each recipient got."""
         with self._lock:
             return collections.Counter(r.to for r in self.requests if r.status == 200)
+
+    def stats(self) -> dict:
+        """Accepted sends per recipient, error counts, and the first and last accepted times."""
+        with self._lock:
+            accepted = [r for r in self.requests if r.status == 200]
+            errors = collections.Counter(str(r.code) for r in self.requests if r.code is not None)
+            return {
+                "accepted": len(accepted),
+                "sent_to": dict(collections.Counter(r.to for r in accepted)),
+                "errors": dict(errors),
+                "first": accepted[0].at if accepted else None,
+                "last": accepted[-1].at if accepted else None,
+            }
 
     def count(self, code: int) -> int:
         with self._lock:

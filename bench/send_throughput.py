@@ -1,0 +1,196 @@
+"""Send throughput: campaigns through the real outbox, RQ queue and worker processes.
+
+A local HTTP server imitates the Graph API (tests/graph_imitation.py, in its own process):
+150 ms per call, 130429 once more than the cap arrived within a second, every request
+recorded. For each cap, the bench opts in a set of users, starts two `python -m bot.worker`
+processes with SEND_RATE_LIMIT set to the cap, submits one campaign, waits until every
+message has a final state and prints the achieved messages/second against the cap, the 130429
+answers, duplicates and losses. Then a plain sequential heyoo loop runs against the same
+server, for comparison. Needs PostgreSQL and Redis as the tests do.
+
+    python bench/send_throughput.py              # caps 80 and 1000, about 15 s of sending each
+    python bench/send_throughput.py --quick      # a few seconds each, for CI
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+import requests  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+from bot import create_app  # noqa: E402
+from bot.consent import Action, Channel, EventDraft  # noqa: E402
+from bot.db import outbound_messages  # noqa: E402
+from bot.outbox import Message, QueueName, Template  # noqa: E402
+from bot.policy import MessageKind  # noqa: E402
+
+POSTGRES = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SCHEMA = "bench_send"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+PHONE_NUMBER_ID = "106540352242922"
+LATENCY = 0.15
+WORKERS = 2
+
+HEYOO_LOOP = """
+import sys, time, heyoo
+client = heyoo.WhatsApp("token", "%s")
+client.url = sys.argv[1] + "/v25.0/%s/messages"
+seconds, sent = float(sys.argv[2]), 0
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    client.send_template("order_update", "1666%%07d" %% sent, [], lang="en_US")
+    sent += 1
+print(sent / seconds)
+""" % (PHONE_NUMBER_ID, PHONE_NUMBER_ID)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def fresh_database() -> str:
+    engine = sa.create_engine(POSTGRES)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        conn.exec_driver_sql(f"CREATE SCHEMA {SCHEMA}")
+    engine.dispose()
+    return f"{POSTGRES}?options=-csearch_path%3D{SCHEMA}"
+
+
+def start(command: list[str], env: dict[str, str] | None = None, log=None) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def start_imitation(cap: int | None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "tests.graph_imitation", "--port", str(port), "--latency", str(LATENCY)]
+    process = start(command + (["--cap", str(cap)] if cap else []), log=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            requests.get(f"{url}/_stats", timeout=1)
+            return process, url
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError("the Graph API imitation did not start")
+
+
+def final_states(engine: sa.Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        query = sa.select(outbound_messages.c.state, sa.func.count()).group_by(outbound_messages.c.state)
+        return dict(conn.execute(query).all())
+
+
+def run_campaign(cap: int, count: int, log_dir: Path) -> dict:
+    database_url = fresh_database()
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    imitation, graph_url = start_imitation(cap)
+    concurrency = max(16, math.ceil(cap * LATENCY * 1.5 / WORKERS))
+    settings = {
+        "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "GRAPH_API_URL": graph_url,
+        "WHATSAPP_TOKEN": "bench-token", "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
+        "SEND_RATE_LIMIT": str(cap), "SEND_CONCURRENCY": str(concurrency),
+    }
+    app = create_app({**settings, "SEND_RATE_LIMIT": cap, "SEND_CONCURRENCY": concurrency})
+    ledger, outbox = app.extensions["ledger"], app.extensions["outbox"]
+    users = [f"1555{n:07d}" for n in range(count)]
+    for start_at in range(0, count, 5000):
+        ledger.append_many(
+            EventDraft(u, Action.OPT_IN, Channel.WEB, f"bench-{u}", "bench", consent_text="Send me offers", evidence={"bench": True})
+            for u in users[start_at : start_at + 5000]
+        )
+    env = {"PATH": os.environ.get("PATH", ""), **settings}
+    workers = [start([sys.executable, "-m", "bot.worker"], env, open(log_dir / f"worker-{cap}-{n}.log", "w")) for n in range(WORKERS)]
+    try:
+        template = Template("spring_sale", "en_US")
+        submitted = time.monotonic()
+        items = [(Message(u, MessageKind.MARKETING_TEMPLATE, template=template), f"bench:{u}") for u in users]
+        outbox.submit_many(items, "bench", QueueName.BULK, campaign_id=f"bench-{cap}")
+        submit_seconds = time.monotonic() - submitted
+        deadline = time.monotonic() + count / cap * 3 + 60
+        while time.monotonic() < deadline:
+            states = final_states(ledger.engine)
+            if states.get("queued", 0) == 0:
+                break
+            time.sleep(0.5)
+        stats = requests.get(f"{graph_url}/_stats", timeout=10).json()
+    finally:
+        for process in workers:
+            stop(process)
+        stop(imitation)
+        ledger.engine.dispose()
+    sent_to = stats["sent_to"]
+    span = (stats["last"] - stats["first"]) if stats["accepted"] > 1 else float("nan")
+    return {
+        "cap": cap,
+        "messages": count,
+        "concurrency": concurrency,
+        "submit_seconds": submit_seconds,
+        "rate": (stats["accepted"] - 1) / span if span else float("nan"),
+        "errors_130429": stats["errors"].get("130429", 0),
+        "duplicates": sum(n - 1 for n in sent_to.values()),
+        "lost": sum(1 for u in users if u not in sent_to),
+        "states": final_states_summary(states),
+    }
+
+
+def final_states_summary(states: dict[str, int]) -> str:
+    return ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
+
+
+def heyoo_rate(seconds: float) -> float:
+    imitation, url = start_imitation(None)
+    try:
+        result = subprocess.run([sys.executable, "-c", HEYOO_LOOP, url, str(seconds)], capture_output=True, text=True, check=True)
+        return float(result.stdout.strip())
+    finally:
+        stop(imitation)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Campaign send throughput against a Graph API imitation.")
+    parser.add_argument("--caps", default="80,1000", help="comma-separated SEND_RATE_LIMIT values")
+    parser.add_argument("--seconds", type=float, default=15, help="campaign size, in seconds of sending at the cap")
+    parser.add_argument("--quick", action="store_true", help="3 s campaigns and a 3 s heyoo loop (CI)")
+    options = parser.parse_args()
+    seconds = 3 if options.quick else options.seconds
+    log_dir = Path(tempfile.mkdtemp(prefix="send-bench-"))
+    print(f"Graph API imitation: {LATENCY * 1000:.0f} ms per call; {WORKERS} worker processes; logs in {log_dir}")
+    results = [run_campaign(int(cap), int(int(cap) * seconds), log_dir) for cap in options.caps.split(",")]
+    print(f"{'cap':>6} {'messages':>9} {'in flight':>9} {'msg/s':>8} {'of cap':>7} {'130429':>7} {'dupes':>6} {'lost':>5}  final states")
+    for r in results:
+        print(
+            f"{r['cap']:>6} {r['messages']:>9} {r['concurrency'] * WORKERS:>9} {r['rate']:>8.1f} {r['rate'] / r['cap']:>7.1%} "
+            f"{r['errors_130429']:>7} {r['duplicates']:>6} {r['lost']:>5}  {r['states']}"
+        )
+        verdict = "PASS" if r["rate"] >= 0.95 * r["cap"] and not (r["errors_130429"] or r["duplicates"] or r["lost"]) else "FAIL"
+        print(f"       target >= 95% of cap, zero 130429, zero duplicates, zero lost: {verdict}"
+              f" (submitting the campaign took {r['submit_seconds']:.1f} s)")
+    baseline = heyoo_rate(seconds)
+    best = max(r["rate"] for r in results)
+    print(f"plain sequential heyoo loop: {baseline:.1f} msg/s; the pipeline's best is {best / baseline:.0f}x that")
+
+
+if __name__ == "__main__":
+    main()
