@@ -2,6 +2,7 @@
 
     python3 dev.py start            serve the bot on http://127.0.0.1:$PORT (default 8000)
     python3 dev.py test [options]   run the test suite (options go to pytest)
+    python3 dev.py bench            run the benchmarks in their short form (bench/*.py --quick)
 
 It keeps a virtualenv in .venv in step with the pinned requirements, then runs the command in it.
 """
@@ -39,6 +40,11 @@ def main(argv: list[str]) -> int:
     if command == "test":
         ensure_virtualenv("requirements-dev.txt")
         os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *argv[1:]])
+    if command == "bench":
+        ensure_virtualenv("requirements-dev.txt")
+        for script in ("bench/ledger.py", "bench/send_throughput.py"):
+            subprocess.run([str(PYTHON), script, "--quick"], check=True)
+        return 0
     if command == "start":
         ensure_virtualenv("requirements.txt")
         bind = f"127.0.0.1:{os.environ.get('PORT', '8000')}"

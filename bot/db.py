@@ -1,8 +1,11 @@
 """Database engine and schema for the consent ledger (SQLite by default, PostgreSQL in production)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 metadata = sa.MetaData()
 
@@ -95,6 +98,29 @@ _APPEND_ONLY_TRIGGERS = {
         "FOR EACH ROW EXECUTE FUNCTION consent_events_append_only()",
     ],
 }
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads that need no snapshot across statements: on PostgreSQL in
+    autocommit, without BEGIN and ROLLBACK round trips."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
+@contextmanager
+def one_statement(engine: Engine) -> Iterator[Connection]:
+    """A connection for one writing statement. On PostgreSQL it runs in autocommit, so the
+    statement is its own durable transaction without BEGIN and COMMIT round trips; on SQLite
+    it is a write transaction."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+    else:
+        with writer(engine).begin() as conn:
+            yield conn
 
 
 def writer(engine: Engine) -> Engine:

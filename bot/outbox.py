@@ -8,6 +8,7 @@ twice is one message. The send-side methods (claim, mark_*) are used by the send
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from bot.db import outbound_messages as messages, writer
+from bot.db import one_statement, outbound_messages as messages, writer
 from bot.ledger import Ledger, as_utc, utc_now
 from bot.phone import InvalidNumber, normalize_wa_id
 from bot.policy import Decision, ImplicitCoverage, MessageKind, Refusal, decide
@@ -96,6 +97,7 @@ class StoredMessage:
 Enqueue = Callable[[QueueName, list[str]], None]
 
 
+
 class Outbox:
     def __init__(
         self,
@@ -134,23 +136,29 @@ class Outbox:
     ) -> list[Submission]:
         """Submit several messages in one transaction; queue the allowed ones after it commits."""
         now = self.clock()
+        items = list(items)
+        recipients: dict[str, str | None] = {}
+        for message, _ in items:
+            try:
+                recipients[message.to] = normalize_wa_id(message.to)
+            except InvalidNumber:
+                recipients[message.to] = None
+        consents = self.ledger.states(wa_id for wa_id in recipients.values() if wa_id)
         rows, submissions, to_queue = [], [], []
         with self._writer.begin() as conn:
+            known = _existing(conn, [key for _, key in items])
             for message, key in items:
-                existing = conn.execute(
-                    sa.select(messages.c.id, messages.c.state, messages.c.reason).where(messages.c.idempotency_key == key)
-                ).first()
-                if existing is not None:
-                    submissions.append(_submission(existing.id, MessageState(existing.state), existing.reason))
-                    if existing.state == MessageState.QUEUED.value:
-                        to_queue.append(existing.id)  # its first enqueue may have failed; a claim dedupes
+                if key in known:
+                    submission, still_queued = known[key]
+                    submissions.append(submission)
+                    if still_queued:
+                        to_queue.append(submission.message_id)  # its first enqueue may have failed; a claim dedupes
                     continue
-                try:
-                    wa_id = normalize_wa_id(message.to)
-                except InvalidNumber:
+                wa_id = recipients[message.to]
+                if wa_id is None:
                     submissions.append(Submission(None, False, Refusal.INVALID_RECIPIENT))
                     continue
-                decision = decide(self.ledger.state(wa_id), message.kind, now, self.coverage)
+                decision = decide(consents[wa_id], message.kind, now, self.coverage)
                 state = MessageState.QUEUED if decision.allowed else MessageState.BLOCKED
                 row = {
                     "id": str(uuid.uuid4()), "idempotency_key": key, "wa_id": wa_id, "kind": message.kind.value,
@@ -162,6 +170,7 @@ class Outbox:
                 }
                 rows.append(row)
                 submissions.append(Submission(row["id"], decision.allowed, decision.reason))
+                known[key] = (submissions[-1], False)
                 if decision.allowed:
                     to_queue.append(row["id"])
             if rows:
@@ -182,19 +191,10 @@ class Outbox:
     def claim(self, message_id: str) -> StoredMessage | None:
         """Lease a due, queued message to this worker; None when another has it or it is done."""
         now = self.clock()
-        with self._writer.begin() as conn:
-            claimed = conn.execute(
-                messages.update()
-                .where(
-                    messages.c.id == message_id,
-                    messages.c.state == MessageState.QUEUED.value,
-                    sa.or_(messages.c.not_before.is_(None), messages.c.not_before <= now),
-                    sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until < now),
-                )
-                .values(lease_until=now + self.lease, attempts=messages.c.attempts + 1, updated_at=now)
-                .returning(*messages.c)
-            ).mappings().first()
-        return StoredMessage.from_row(claimed) if claimed else None
+        with one_statement(self.engine) as conn:
+            claimed = conn.execute(_CLAIM, {"message_id": message_id, "now": now, "until": now + self.lease})
+            row = claimed.mappings().first()
+        return StoredMessage.from_row(row) if row else None
 
     def mark_sent(self, message_id: str, meta_message_id: str, consent_event_id: str | None) -> None:
         now = self.clock()
@@ -241,7 +241,7 @@ class Outbox:
     def requeued(self, message_ids: list[str]) -> None:
         """Note that these messages got a new job, so the sweeper leaves them alone for a while."""
         now = self.clock()
-        with self._writer.begin() as conn:
+        with one_statement(self.engine) as conn:
             conn.execute(
                 messages.update()
                 .where(messages.c.id.in_(message_ids), messages.c.state == MessageState.QUEUED.value)
@@ -250,13 +250,44 @@ class Outbox:
             )
 
     def _update(self, message_id: str, **values: Any) -> None:
-        with self._writer.begin() as conn:
-            conn.execute(
-                messages.update().where(messages.c.id == message_id).values(updated_at=self.clock(), **values)
-            )
+        values["updated_at"] = self.clock()
+        with one_statement(self.engine) as conn:
+            conn.execute(_update_by_id(frozenset(values)), {"message_id": message_id, **{f"new_{k}": v for k, v in values.items()}})
 
 
-def _submission(message_id: str, state: MessageState, reason: str | None) -> Submission:
-    if state is MessageState.BLOCKED:
-        return Submission(message_id, False, Refusal(reason))
-    return Submission(message_id, True)
+# Statements are built once: building them per call costs more than running them.
+_CLAIM = (
+    messages.update()
+    .where(
+        messages.c.id == sa.bindparam("message_id"),
+        messages.c.state == MessageState.QUEUED.value,
+        sa.or_(messages.c.not_before.is_(None), messages.c.not_before <= sa.bindparam("now")),
+        sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until < sa.bindparam("now")),
+    )
+    .values(lease_until=sa.bindparam("until"), attempts=messages.c.attempts + 1, updated_at=sa.bindparam("now"))
+    .returning(*messages.c)
+)
+
+
+@functools.cache
+def _update_by_id(columns: frozenset[str]) -> sa.Update:
+    """UPDATE of these columns of one message, one cached statement per set of columns."""
+    return (
+        messages.update()
+        .where(messages.c.id == sa.bindparam("message_id"))
+        .values({column: sa.bindparam(f"new_{column}") for column in columns})
+    )
+
+
+def _existing(conn: sa.Connection, keys: list[str]) -> dict[str, tuple[Submission, bool]]:
+    """What was already submitted under these idempotency keys, and whether it is still queued."""
+    found = {}
+    for start in range(0, len(keys), 1000):
+        query = sa.select(messages.c.idempotency_key, messages.c.id, messages.c.state, messages.c.reason).where(
+            messages.c.idempotency_key.in_(keys[start : start + 1000])
+        )
+        for key, message_id, state, reason in conn.execute(query):
+            blocked = state == MessageState.BLOCKED.value
+            submission = Submission(message_id, not blocked, Refusal(reason) if blocked else None)
+            found[key] = (submission, state == MessageState.QUEUED.value)
+    return found

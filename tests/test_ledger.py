@@ -190,3 +190,14 @@ def test_two_processes_writing_at_once_keep_the_chain_valid(ledger, database_url
     result = ledger.verify()
     assert result.ok, result.problem
     assert result.checked == count_events(ledger) == 400
+
+
+def test_states_of_many_users_match_their_states_one_by_one(ledger, clock):
+    ledger.record_inbound(USER, "wamid.A", clock.now)
+    ledger.append(opt_out(ref="wamid.STOP"))
+    ledger.append(web_opt_in(OTHER_USER, ref="form-2"))
+    ledger.append(notice_given(OTHER_USER, ref="welcome-2"))
+    never_seen = "15550009999"
+    states = ledger.states([USER, OTHER_USER, never_seen, USER])
+    assert states == {wa_id: ledger.state(wa_id) for wa_id in (USER, OTHER_USER, never_seen)}
+    assert states[USER].last_inbound_at == clock.now and states[never_seen].state is State.NONE

@@ -167,3 +167,11 @@ def test_campaign_submission_skips_and_counts_by_reason(app, outbox):
     items = [(Message(to, MessageKind.MARKETING_TEMPLATE, template=Template("sale", "en")), f"c1:{to}") for to in (USER, OTHER_USER, "15550001111", "bad")]
     submissions = outbox.submit_many(items, "staff:test", QueueName.BULK, campaign_id="c1")
     assert [s.reason for s in submissions] == [None, Refusal.OPTED_OUT, Refusal.NO_CONSENT, Refusal.INVALID_RECIPIENT]
+
+
+def test_a_key_repeated_within_one_submission_is_one_message(app, outbox):
+    app.extensions["ledger"].append(web_opt_in())
+    first, again = outbox.submit_many([(UTILITY, "dup"), (UTILITY, "dup")], "staff:test")
+    assert first == again and first.queued
+    jobs = Queue("bulk", connection=app.extensions["redis"]).jobs
+    assert [job.args for job in jobs] == [([first.message_id],)]
