@@ -61,16 +61,17 @@ class Sender:
         message = self.outbox.claim(message_id)
         if message is None:
             return Outcome.SKIPPED
-        decision = self.outbox.decide(message.wa_id, message.kind)
-        if not decision.allowed:
-            self.outbox.mark_blocked(message.id, decision.reason)
-            log.info("message %s to %s blocked at send time: %s", message.id, mask(message.wa_id), decision.reason.value)
-            return Outcome.BLOCKED
         pair_slot = self.pair.reserve(f"whatsapp:pair:{self._number}:{message.wa_id}", max_wait=PAIR_MAX_WAIT)
         if not pair_slot.reserved:
             return self._retry(message, timedelta(seconds=pair_slot.wait))
         self.sleep(pair_slot.wait)
         self._wait_for_send_slot()
+        # Consent is asked after the waits, right before the call: a STOP that landed meanwhile wins.
+        decision = self.outbox.decide(message.wa_id, message.kind)
+        if not decision.allowed:
+            self.outbox.mark_blocked(message.id, decision.reason)
+            log.info("message %s to %s blocked at send time: %s", message.id, mask(message.wa_id), decision.reason.value)
+            return Outcome.BLOCKED
         try:
             meta_id = self._call(message)
         except CloudApiError as error:

@@ -14,7 +14,7 @@ from bot.outbox import Message, MessageState, Outbox, QueueName, Template
 from bot.queues import make_queues
 from bot.worker import SWEEPER_LOCK, sweep
 from bot.policy import MessageKind, Refusal
-from bot.sender import Outcome
+from bot.sender import Outcome, Sender
 from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
 
 UTILITY = Message(USER, MessageKind.UTILITY_TEMPLATE, template=Template("order_update", "en_US", [{"type": "body"}]))
@@ -175,3 +175,16 @@ def test_a_key_repeated_within_one_submission_is_one_message(app, outbox):
     assert first == again and first.queued
     jobs = Queue("bulk", connection=app.extensions["redis"]).jobs
     assert [job.args for job in jobs] == [([first.message_id],)]
+
+
+def test_stop_while_a_message_waits_for_its_send_slot_wins(app, outbox, graph):
+    ledger, ext = app.extensions["ledger"], app.extensions
+    ledger.append(web_opt_in())
+    message_id = outbox.submit(UTILITY, "req-1", "staff:test").message_id
+
+    def stop_arrives_while_sleeping(seconds: float) -> None:
+        ledger.append(opt_out(ref="wamid.STOP-while-waiting"))
+
+    sender = Sender(outbox, ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"], sleep=stop_arrives_while_sleeping)
+    assert sender.send(message_id) is Outcome.BLOCKED
+    assert outbox.get(message_id).reason == "opted_out" and graph.requests == []
