@@ -8,7 +8,8 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 from dotenv import load_dotenv
-from flask import Flask
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
 
 from bot.config import ConfigError, settings_from_env
 from bot.db import init_schema, make_engine
@@ -21,6 +22,7 @@ from bot.policy import ImplicitCoverage
 from bot.queues import enqueuer, make_queues
 from bot.replies import Replies, ReplyTextError
 from bot.sender import PACING_MARGIN, PAIR_BURST, PAIR_RATE
+from handlers import Context
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # What create_app raises for a configuration that cannot work; the message is the one-line reason.
@@ -79,10 +81,21 @@ def create_app(test_config: dict | None = None) -> Flask:
         pair_limiter=RateLimiter(connection, rate=PAIR_RATE[0], per=PAIR_RATE[1], burst=PAIR_BURST),
     )
 
-    from bot import health
+    app.extensions["handlers"] = Context(ledger, app.extensions["outbox"], keywords, replies)
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_CONTENT_LENGTH"] or 4 * 1024 * 1024  # Meta's batches are far smaller
+
+    from bot import health, webhook
     from bot.cli import consent_cli, keywords_cli
 
     app.register_blueprint(health.bp)
+    app.register_blueprint(webhook.bp)
+    app.register_error_handler(HTTPException, _json_error)
     app.cli.add_command(consent_cli)
     app.cli.add_command(keywords_cli)
     return app
+
+
+def _json_error(failure: HTTPException):
+    """Errors are `{"error", "detail"}` JSON, never an HTML page or a traceback."""
+    code = (failure.name or "error").lower().replace(" ", "_")
+    return jsonify(error=code, detail=failure.description), failure.code

@@ -84,6 +84,16 @@ outbound_messages = sa.Table(
     sa.Index("ix_outbound_messages_campaign_id", "campaign_id"),
 )
 
+# Signed webhook items we could not read, kept as they came so that nothing is silently dropped.
+unread_webhooks = sa.Table(
+    "unread_webhooks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("reason", sa.String(255), nullable=False),
+    sa.Column("raw", sa.Text, nullable=False),
+)
+
 _APPEND_ONLY_TRIGGERS = {
     "sqlite": [
         f"CREATE TRIGGER IF NOT EXISTS consent_events_no_{op} BEFORE {op.upper()} ON consent_events "

@@ -216,6 +216,19 @@ class Outbox:
         """Give a claimed message back to the queue, due again at `retry_at`."""
         self._update(message_id, not_before=retry_at, lease_until=None, error_code=code, error_detail=detail)
 
+    def apply_status(self, meta_message_id: str, status: str, error_codes: tuple[int, ...] | None = None) -> bool:
+        """A delivery status from Meta. States only move forward (late or repeated statuses change
+        nothing); failed is final. Returns whether the message changed."""
+        with one_statement(self.engine) as conn:
+            changed = conn.execute(
+                _APPLY_STATUS,
+                {
+                    "meta_id": meta_message_id, "status": status, "earlier": list(_EARLIER[status]),
+                    "code": error_codes[0] if error_codes else None, "now": self.clock(),
+                },
+            )
+            return changed.rowcount == 1
+
     def due_for_recovery(self, stale_after: timedelta, limit: int = 5000) -> list[tuple[str, QueueName, bool]]:
         """Queued, due messages that may have no job: (id, queue, was it claimed?).
 
@@ -266,6 +279,23 @@ _CLAIM = (
     )
     .values(lease_until=sa.bindparam("until"), attempts=messages.c.attempts + 1, updated_at=sa.bindparam("now"))
     .returning(*messages.c)
+)
+
+
+# The states a message may be in for a status to move it on.
+_EARLIER = {
+    "sent": ("queued",),
+    "delivered": ("queued", "sent"),
+    "read": ("queued", "sent", "delivered"),
+    "failed": ("queued", "sent", "delivered"),
+}
+_APPLY_STATUS = (
+    messages.update()
+    .where(messages.c.meta_message_id == sa.bindparam("meta_id"), messages.c.state.in_(sa.bindparam("earlier", expanding=True)))
+    .values(
+        state=sa.bindparam("status"), updated_at=sa.bindparam("now"),
+        error_code=sa.func.coalesce(sa.bindparam("code", type_=sa.Integer), messages.c.error_code),
+    )
 )
 
 

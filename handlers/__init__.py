@@ -1,1 +1,22 @@
-"""What the bot does for each kind of webhook event: keywords, welcome, statuses, preferences."""
+"""What the bot does for each kind of webhook event: the conversation, statuses, preferences, account notices.
+
+Every effect is idempotent, keyed on what Meta sent (message ids, status ids): the ledger
+records an event once per source reference and the outbox sends once per idempotency key,
+so a redelivered webhook, even to several processes at once, has its effects once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.keywords import KeywordBook
+from bot.ledger import Ledger
+from bot.outbox import Outbox
+from bot.replies import Replies
+
+
+@dataclass(frozen=True)
+class Context:
+    ledger: Ledger
+    outbox: Outbox
+    keywords: KeywordBook
+    replies: Replies

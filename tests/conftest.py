@@ -17,6 +17,8 @@ TEST_SCHEMA = "bot_test"
 BUSINESS = "Acme Bakery"
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PHONE_NUMBER_ID = "106540352242922"
+APP_SECRET = "test-app-secret"
+VERIFY_TOKEN = "test-verify-token"
 
 
 class FakeClock:
@@ -71,6 +73,7 @@ def app_config(database_url: str, redis_url: str, graph: GraphImitation, **extra
     return {
         "TESTING": True, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BUSINESS_NAME": BUSINESS,
         "GRAPH_API_URL": graph.url, "WHATSAPP_TOKEN": "test-token", "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
+        "WHATSAPP_APP_SECRET": APP_SECRET, "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
         **extra,
     }
 

@@ -1,0 +1,27 @@
+"""Delivery statuses: message states move forward only; 131050 is a marketing opt-out."""
+from __future__ import annotations
+
+import logging
+
+from bot.consent import Action, Channel, EventDraft, Scope
+from bot.ledger import utc_now
+from bot.webhook_events import StatusUpdate
+from handlers import Context
+
+log = logging.getLogger(__name__)
+
+MARKETING_STOPPED = 131050
+
+
+def on_status(ctx: Context, status: StatusUpdate) -> None:
+    if not ctx.outbox.apply_status(status.meta_message_id, status.status.value, status.error_codes[:1] or None):
+        log.debug("status %s for %s changed nothing (unknown, late or out of order)", status.status.value, status.meta_message_id)
+    if MARKETING_STOPPED in status.error_codes and status.recipient:
+        ctx.ledger.append(
+            EventDraft(
+                wa_id=status.recipient, action=Action.OPT_OUT, scope=Scope.MARKETING, channel=Channel.WHATSAPP_DELIVERY,
+                source_ref=f"status-{MARKETING_STOPPED}:{status.meta_message_id}", recorded_by="webhook",
+                evidence={"meta_message_id": status.meta_message_id, "error_code": MARKETING_STOPPED},
+                occurred_at=min(status.timestamp, utc_now()),
+            )
+        )

@@ -1,0 +1,313 @@
+"""POST /webhook with the sample payloads, signed and tampered: what the ledger records, what
+replies are queued, how message states move, and that odd or hostile bodies never give a 500."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot.consent import Action, Channel, Marketing, Scope, State
+from bot.db import outbound_messages, unread_webhooks
+from bot.outbox import Message, MessageState, QueueName, Template
+from bot.policy import MessageKind
+from bot.queues import enqueuer, make_queues
+from tests.conftest import APP_SECRET, VERIFY_TOKEN
+from tests.helpers import OTHER_USER, USER, web_opt_in
+
+PAYLOADS = Path(__file__).parent / "fixtures" / "payloads"
+
+
+def payload(name: str) -> dict:
+    """A sample body with its timestamps moved to now, so that the 24-hour window is open."""
+    now = int(time.time())
+
+    def refresh(node):
+        if isinstance(node, dict):
+            return {k: (str(now) if k == "timestamp" and isinstance(v, str) else now if k == "timestamp" else refresh(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [refresh(item) for item in node]
+        return node
+
+    return refresh(json.loads((PAYLOADS / name).read_text(encoding="utf-8")))
+
+
+def sign(body: bytes, secret: str = APP_SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def post(client, body: dict | bytes, signature: str | None = None):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": signature or sign(raw)}
+    return client.post("/webhook", data=raw, headers=headers)
+
+
+def replies(app, wa_id: str = USER) -> list[tuple[str, str]]:
+    """(kind, text) of the messages queued for a user, oldest first."""
+    with app.extensions["ledger"].engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(outbound_messages.c.kind, outbound_messages.c.content, outbound_messages.c.state)
+            .where(outbound_messages.c.wa_id == wa_id)
+            .order_by(outbound_messages.c.created_at)
+        ).all()
+    return [(kind, json.loads(content).get("text")) for kind, content, state in rows if state == "queued"]
+
+
+def actions(app, wa_id: str = USER) -> list[tuple[Action, Scope, Channel]]:
+    return [(e.action, e.scope, e.channel) for e in app.extensions["ledger"].history(wa_id)]
+
+
+def unread(app) -> list[str]:
+    with app.extensions["ledger"].engine.connect() as conn:
+        return list(conn.execute(sa.select(unread_webhooks.c.reason)).scalars())
+
+
+# -- handshake and signatures -----------------------------------------------------------
+
+
+def test_handshake_answers_the_challenge_only_with_the_token(client):
+    ok = client.get(f"/webhook?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1158201444")
+    assert (ok.status_code, ok.mimetype, ok.get_data(as_text=True)) == (200, "text/plain", "1158201444")
+    wrong = client.get("/webhook?hub.mode=subscribe&hub.verify_token=guess&hub.challenge=1")
+    assert wrong.status_code == 403 and wrong.get_json()["error"] == "forbidden"
+
+
+def test_handshake_is_refused_when_no_token_is_configured(app, client):
+    app.config["WHATSAPP_VERIFY_TOKEN"] = None
+    response = client.get("/webhook?hub.mode=subscribe&hub.verify_token=&hub.challenge=1")
+    assert response.status_code == 403 and "WHATSAPP_VERIFY_TOKEN" in response.get_json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [None, "", "sha256=", "sha1=abc", sign(b"other body"), sign(b"x", secret="wrong-secret")],
+    ids=["missing", "empty", "no-digest", "sha1", "other-body", "wrong-secret"],
+)
+def test_bad_signatures_are_refused_and_nothing_is_recorded(app, client, signature):
+    raw = json.dumps(payload("stop_message.json")).encode()
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["X-Hub-Signature-256"] = signature
+    response = client.post("/webhook", data=raw, headers=headers)
+    assert response.status_code == 401 and response.get_json()["error"] == "bad_signature"
+    assert actions(app) == [] and replies(app) == []
+
+
+def test_a_tampered_body_is_refused(app, client):
+    raw = json.dumps(payload("start_message.json")).encode()
+    signature = sign(raw)
+    response = post(client, raw.replace(b"start", b"STOP"), signature)
+    assert response.status_code == 401 and actions(app) == []
+
+
+def test_without_an_app_secret_webhooks_fail_closed(app, client):
+    app.config["WHATSAPP_APP_SECRET"] = None
+    response = post(client, payload("stop_message.json"))
+    assert response.status_code == 503 and "WHATSAPP_APP_SECRET" in response.get_json()["detail"]
+    assert actions(app) == []
+
+
+# -- the conversation -------------------------------------------------------------------
+
+
+def test_first_message_logs_implicit_consent_and_welcomes_once_with_how_to_stop(app, client):
+    assert post(client, payload("text_message.json")).status_code == 200
+    assert actions(app) == [
+        (Action.IMPLICIT, Scope.ALL, Channel.WHATSAPP_SESSION),
+        (Action.OPT_OUT_NOTICE_GIVEN, Scope.ALL, Channel.WHATSAPP_SESSION),
+    ]
+    [(kind, text)] = replies(app)
+    assert kind == "free_form" and "Acme Bakery" in text and "STOP" in text
+    assert post(client, payload("text_message.json")).status_code == 200  # redelivered
+    second = payload("text_message.json")
+    second["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = "wamid.second"
+    assert post(client, second).status_code == 200
+    assert len(replies(app)) == 1 and len(actions(app)) == 2
+
+
+def test_stop_opts_out_with_one_confirmation_even_when_redelivered(app, client):
+    for _ in range(3):
+        assert post(client, payload("stop_message.json")).status_code == 200
+    assert actions(app) == [
+        (Action.IMPLICIT, Scope.ALL, Channel.WHATSAPP_SESSION),
+        (Action.OPT_OUT, Scope.ALL, Channel.WHATSAPP_KEYWORD),
+    ]
+    assert app.extensions["ledger"].state(USER).state is State.OPTED_OUT
+    [(kind, text)] = replies(app)
+    assert kind == "stop_confirmation" and "START" in text and "Acme Bakery" in text
+
+
+def test_an_opted_out_user_writing_again_gets_one_reminder_per_session(app, client):
+    post(client, payload("stop_message.json"))
+    for n in range(3):
+        again = payload("text_message.json")
+        again["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = f"wamid.again-{n}"
+        assert post(client, again).status_code == 200
+    kinds = [kind for kind, _ in replies(app)]
+    assert kinds == ["stop_confirmation", "reply"]
+    assert "START" in replies(app)[1][1]
+    assert app.extensions["ledger"].state(USER).state is State.OPTED_OUT  # writing is not START (R10)
+
+
+def test_start_after_stop_opts_in_again_with_a_confirmation(app, client):
+    post(client, payload("stop_message.json"))
+    assert post(client, payload("start_message.json")).status_code == 200
+    history = app.extensions["ledger"].history(USER)
+    start = history[-2]
+    assert (start.action, start.channel, start.consent_text) == (Action.OPT_IN, Channel.WHATSAPP_KEYWORD, "start")
+    assert history[-1].action is Action.OPT_OUT_NOTICE_GIVEN
+    assert app.extensions["ledger"].state(USER).state is State.OPTED_IN
+    assert [kind for kind, _ in replies(app)] == ["stop_confirmation", "reply"]
+
+
+def test_help_is_answered_in_the_keywords_language(app, client):
+    assert post(client, payload("help_message_spanish.json")).status_code == 200
+    wa_id = payload("help_message_spanish.json")["entry"][0]["changes"][0]["value"]["messages"][0]["from"]
+    [(kind, text)] = replies(app, wa_id)
+    assert kind == "help_answer" and "PARAR" in text and "Acme Bakery" in text
+    assert app.extensions["ledger"].state(wa_id).notice_event is not None
+
+
+def test_a_possible_opt_out_is_recorded_for_review_and_answered(app, client):
+    assert post(client, payload("possible_opt_out.json")).status_code == 200
+    assert (Action.POSSIBLE_OPT_OUT, Scope.ALL, Channel.WHATSAPP_KEYWORD) in actions(app, OTHER_USER)
+    assert app.extensions["ledger"].state(OTHER_USER).state is State.IMPLICIT  # it does not act
+    [(kind, text)] = replies(app, OTHER_USER)
+    assert "STOP" in text
+
+
+def test_stop_promotions_button_stops_marketing_only(app, client):
+    app.extensions["ledger"].append(web_opt_in())
+    assert post(client, payload("button_stop_promotions.json")).status_code == 200
+    state = app.extensions["ledger"].state(USER)
+    assert (state.state, state.marketing) == (State.OPTED_IN, Marketing.OPTED_OUT)
+    assert (Action.OPT_OUT, Scope.MARKETING, Channel.WHATSAPP_BUTTON) in actions(app)
+
+
+def test_unsubscribe_button_opts_out_of_everything(app, client):
+    assert post(client, payload("interactive_button_reply.json")).status_code == 200
+    assert app.extensions["ledger"].state(USER).state is State.OPTED_OUT
+    assert [kind for kind, _ in replies(app)] == ["stop_confirmation"]
+
+
+def test_marketing_preferences_stop_and_resume(app, client):
+    app.extensions["ledger"].append(web_opt_in())
+    assert post(client, payload("user_preferences_stop.json")).status_code == 200
+    assert app.extensions["ledger"].state(USER).marketing is Marketing.OPTED_OUT
+    assert post(client, payload("user_preferences_resume.json")).status_code == 200
+    assert app.extensions["ledger"].state(USER).marketing is Marketing.ALLOWED
+    assert [a for a in actions(app) if a[2] is Channel.WHATSAPP_PREFERENCES] == [
+        (Action.OPT_OUT, Scope.MARKETING, Channel.WHATSAPP_PREFERENCES),
+        (Action.OPT_IN, Scope.MARKETING, Channel.WHATSAPP_PREFERENCES),
+    ]
+
+
+def test_the_batch_yields_every_event(app, client):
+    assert post(client, payload("batch_mixed.json")).status_code == 200
+    ledger = app.extensions["ledger"]
+    assert ledger.state(USER).state is State.IMPLICIT
+    assert ledger.state(OTHER_USER).state is State.OPTED_OUT
+    assert ledger.state("919812345678").state is State.OPTED_OUT  # रोकें, in Hindi
+    [(kind, text)] = replies(app, "919812345678")
+    assert kind == "stop_confirmation" and "शुरू" in text
+
+
+# -- statuses ---------------------------------------------------------------------------
+
+
+def sent_message(app, meta_id: str) -> str:
+    app.extensions["ledger"].append(web_opt_in())
+    outbox = app.extensions["outbox"]
+    message_id = outbox.submit(Message(USER, MessageKind.MARKETING_TEMPLATE, template=Template("sale", "en")), "s-1", "staff").message_id
+    outbox.mark_sent(message_id, meta_id, None)
+    return message_id
+
+
+def status_body(name: str) -> tuple[dict, str]:
+    body = payload(name)
+    return body, body["entry"][0]["changes"][0]["value"]["statuses"][0]["id"]
+
+
+def test_statuses_move_a_message_forward_only(app, client):
+    body, meta_id = status_body("status_read.json")
+    message_id = sent_message(app, meta_id)
+    outbox = app.extensions["outbox"]
+    for name, expected in [("status_delivered.json", "delivered"), ("status_read.json", "read"), ("status_delivered.json", "read"), ("status_sent.json", "read")]:
+        late, _ = status_body(name)
+        late["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = meta_id
+        assert post(client, late).status_code == 200
+        assert outbox.get(message_id).state.value == expected
+
+
+def test_a_131050_failure_records_a_marketing_opt_out(app, client):
+    body, meta_id = status_body("status_failed_131050.json")
+    message_id = sent_message(app, meta_id)
+    assert post(client, body).status_code == 200
+    stored = app.extensions["outbox"].get(message_id)
+    assert (stored.state, stored.error_code) == (MessageState.FAILED, 131050)
+    assert app.extensions["ledger"].state(USER).marketing is Marketing.OPTED_OUT
+    assert (Action.OPT_OUT, Scope.MARKETING, Channel.WHATSAPP_DELIVERY) in actions(app)
+
+
+# -- odd, hostile and failing ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        json.dumps(payload("unsupported_message.json")).encode(),
+        b"not json at all",
+        b"\xff\xfe invalid utf-8",
+        b"[" * 50_000 + b"]" * 50_000,
+        json.dumps({"object": "page", "entry": []}).encode(),
+        json.dumps({"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages", "value": {"messages": [{"from": "nope"}]}}]}]}).encode(),
+    ],
+    ids=["unsupported-type", "not-json", "invalid-utf8", "deeply-nested", "other-object", "broken-message"],
+)
+def test_signed_bodies_we_cannot_read_are_kept_and_acknowledged(app, client, raw):
+    response = post(client, raw)
+    assert response.status_code == 200
+    if b"unsupported" not in raw:
+        assert unread(app) != []
+
+
+def test_an_oversized_body_is_refused_with_413(client):
+    raw = b"{" + b" " * (5 * 1024 * 1024) + b"}"
+    response = post(client, raw)
+    assert response.status_code == 413 and response.get_json()["error"] == "request_entity_too_large"
+
+
+def test_redis_down_answers_503_and_the_retry_completes_once(app, client):
+    outbox = app.extensions["outbox"]
+    working = outbox.enqueue
+    outbox.enqueue = enqueuer(make_queues(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=None)))
+    response = post(client, payload("stop_message.json"))
+    assert response.status_code == 503 and response.get_json()["error"] == "unavailable"
+    assert app.extensions["ledger"].state(USER).state is State.OPTED_OUT  # recorded before the failure
+    outbox.enqueue = working
+    assert post(client, payload("stop_message.json")).status_code == 200
+    assert len(actions(app)) == 2 and [kind for kind, _ in replies(app)] == ["stop_confirmation"]
+    jobs = app.extensions["redis"].llen("rq:queue:replies")
+    assert jobs == 1
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from(["object", "entry", "changes", "field", "value", "messages", "statuses", "from", "id", "type", "text", "body", "timestamp", "wa_id", "status", "errors", "code", "x"]),
+        children, max_size=5),
+    max_leaves=25,
+))
+def test_fuzzed_signed_bodies_never_give_a_500(client, body):
+    if isinstance(body, dict) and "object" in body:
+        body["object"] = "whatsapp_business_account"
+    response = post(client, json.dumps(body).encode())
+    assert response.status_code in (200, 503), response.get_data(as_text=True)
