@@ -134,9 +134,22 @@ class Outbox:
         self, items: Iterable[tuple[Message, str]], requested_by: str,
         queue: QueueName = QueueName.BULK, campaign_id: str | None = None,
     ) -> list[Submission]:
-        """Submit several messages in one transaction; queue the allowed ones after it commits."""
-        now = self.clock()
+        """Submit several messages in one transaction; queue the allowed ones after it commits.
+
+        A key already submitted answers what was stored then and queues nothing again (if its
+        first queuing failed, the sweeper queues it). Two processes submitting the same key at
+        once collide on its unique index; the loser's second pass reads the winner's answer.
+        """
         items = list(items)
+        try:
+            return self._submit(items, requested_by, queue, campaign_id)
+        except sa.exc.IntegrityError:
+            return self._submit(items, requested_by, queue, campaign_id)
+
+    def _submit(
+        self, items: list[tuple[Message, str]], requested_by: str, queue: QueueName, campaign_id: str | None
+    ) -> list[Submission]:
+        now = self.clock()
         recipients: dict[str, str | None] = {}
         for message, _ in items:
             try:
@@ -144,15 +157,14 @@ class Outbox:
             except InvalidNumber:
                 recipients[message.to] = None
         consents = self.ledger.states(wa_id for wa_id in recipients.values() if wa_id)
-        rows, submissions, to_queue = [], [], []
+        rows: list[dict] = []
+        submissions: list[Submission] = []
+        to_queue: list[str] = []
         with self._writer.begin() as conn:
             known = _existing(conn, [key for _, key in items])
             for message, key in items:
                 if key in known:
-                    submission, still_queued = known[key]
-                    submissions.append(submission)
-                    if still_queued:
-                        to_queue.append(submission.message_id)  # its first enqueue may have failed; a claim dedupes
+                    submissions.append(known[key])
                     continue
                 wa_id = recipients[message.to]
                 if wa_id is None:
@@ -169,8 +181,7 @@ class Outbox:
                     "created_at": now, "updated_at": now,
                 }
                 rows.append(row)
-                submissions.append(Submission(row["id"], decision.allowed, decision.reason))
-                known[key] = (submissions[-1], False)
+                submissions.append(known.setdefault(key, Submission(row["id"], decision.allowed, decision.reason)))
                 if decision.allowed:
                     to_queue.append(row["id"])
             if rows:
@@ -309,8 +320,8 @@ def _update_by_id(columns: frozenset[str]) -> sa.Update:
     )
 
 
-def _existing(conn: sa.Connection, keys: list[str]) -> dict[str, tuple[Submission, bool]]:
-    """What was already submitted under these idempotency keys, and whether it is still queued."""
+def _existing(conn: sa.Connection, keys: list[str]) -> dict[str, Submission]:
+    """What was already submitted under these idempotency keys."""
     found = {}
     for start in range(0, len(keys), 1000):
         query = sa.select(messages.c.idempotency_key, messages.c.id, messages.c.state, messages.c.reason).where(
@@ -318,6 +329,5 @@ def _existing(conn: sa.Connection, keys: list[str]) -> dict[str, tuple[Submissio
         )
         for key, message_id, state, reason in conn.execute(query):
             blocked = state == MessageState.BLOCKED.value
-            submission = Submission(message_id, not blocked, Refusal(reason) if blocked else None)
-            found[key] = (submission, state == MessageState.QUEUED.value)
+            found[key] = Submission(message_id, not blocked, Refusal(reason) if blocked else None)
     return found

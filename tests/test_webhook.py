@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.consent import Action, Channel, Marketing, Scope, State
-from bot.db import outbound_messages, unread_webhooks
-from bot.outbox import Message, MessageState, QueueName, Template
+from bot.db import make_engine, outbound_messages, unread_webhooks
+from bot.ledger import Ledger, utc_now
+from bot.outbox import Message, MessageState, Outbox, Template
 from bot.policy import MessageKind
 from bot.queues import enqueuer, make_queues
+from bot.worker import sweep
+from handlers import Context
 from tests.conftest import APP_SECRET, VERIFY_TOKEN
 from tests.helpers import OTHER_USER, USER, web_opt_in
 
@@ -294,8 +298,11 @@ def test_redis_down_answers_503_and_the_retry_completes_once(app, client):
     outbox.enqueue = working
     assert post(client, payload("stop_message.json")).status_code == 200
     assert len(actions(app)) == 2 and [kind for kind, _ in replies(app)] == ["stop_confirmation"]
-    jobs = app.extensions["redis"].llen("rq:queue:replies")
-    assert jobs == 1
+    # The confirmation never reached the queue; the workers' sweeper finds it stale and queues it.
+    connection = app.extensions["redis"]
+    later = Outbox(outbox.engine, outbox.ledger, working, lease=outbox.lease, clock=lambda: utc_now() + timedelta(minutes=1))
+    assert sweep(later, make_queues(connection), connection, every=5) == 1
+    assert connection.llen("rq:queue:replies") == 1
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -311,3 +318,17 @@ def test_fuzzed_signed_bodies_never_give_a_500(client, body):
         body["object"] = "whatsapp_business_account"
     response = post(client, json.dumps(body).encode())
     assert response.status_code in (200, 503), response.get_data(as_text=True)
+
+
+def test_database_unreachable_answers_503_and_the_retry_completes_once(app, client):
+    working = app.extensions["handlers"]
+    down = make_engine("postgresql://postgres@127.0.0.1:1/test")
+    down_ledger = Ledger(down)
+    app.extensions["handlers"] = Context(down_ledger, Outbox(down, down_ledger, working.outbox.enqueue), working.keywords, working.replies)
+    response = post(client, payload("stop_message.json"))
+    assert response.status_code == 503 and "Traceback" not in response.get_data(as_text=True)
+    app.extensions["handlers"] = working
+    assert actions(app) == []
+    assert post(client, payload("stop_message.json")).status_code == 200
+    assert [a for a, _, _ in actions(app)] == [Action.IMPLICIT, Action.OPT_OUT]
+    assert [kind for kind, _ in replies(app)] == ["stop_confirmation"]

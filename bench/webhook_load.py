@@ -1,0 +1,510 @@
+"""Webhook intake under load: signed POST /webhook bodies against gunicorn, our bot beside pywa.
+
+It starts `gunicorn wsgi:app` with 2 sync workers on a free 127.0.0.1 port (PostgreSQL schema
+`bench_webhook` of the database `test`, Redis database 12, both emptied first; no RQ worker, so
+queued replies just wait), then drives it from a separate load-generator process with a mix
+of bodies in the shapes of tests/fixtures/payloads: mostly new users saying hello (a new wa_id
+1555... and message id each), STOPs from users seen before, STARTs from users who stopped,
+delivered / read statuses for message ids the bot never sent, and batches of several messages
+and a status (batch_mixed.json). Timestamps are now, every body is signed with
+X-Hub-Signature-256, and every contact carries a business-scoped user id (`user_id`), as
+Meta's 2026 webhooks do and pywa 4.5 requires. "Events" are the messages plus statuses in the
+bodies that were answered 200.
+
+Phases, each after a short warm-up that is not reported:
+
+1. open loop: requests scheduled at a fixed 320 events/s whatever the answers; latency runs
+   from each request's scheduled time, so a server falling behind shows in it.
+2. closed loop: a fixed number of connections each posting as soon as its last answer came:
+   the events/s the server sustains.
+
+Each phase reports p50 / p99 / max latency until the answer (sync workers close every
+connection, so each request includes its TCP connect) and the non-200 answers. At the end the
+STOPs the bot recorded are compared with the STOPs it acknowledged.
+
+The same load then goes to a minimal pywa bot (Flask integration, app secret checked, STOP
+recorded in SQLite, nothing replied) under the same gunicorn settings, from its own virtualenv
+($PYWA_VENV, default /tmp/pywa-venv; created by a full run when missing, never by --quick).
+
+Targets: p99 < 50 ms at 320 events/s; >= 1,000 events/s sustained. It is a measurement, not a
+test: it exits 0 whatever the results, non-zero only on a crash. Run from the repository root:
+
+    python bench/webhook_load.py                  # 30 s open loop, 20 s closed loop, each target
+    python bench/webhook_load.py --quick          # 3 s each, for CI
+    python bench/webhook_load.py --seconds 60 --concurrency 16
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import math
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+from bot.consent import Action, Scope  # noqa: E402
+from bot.db import consent_events  # noqa: E402
+
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+SCHEMA = "bench_webhook"
+DATABASE_URL = f"{POSTGRES}?options=-csearch_path%3D{SCHEMA}"
+REDIS_URL = "redis://127.0.0.1:6379/12"
+APP_SECRET = "bench-app-secret"
+VERIFY_TOKEN = "bench-verify-token"
+PHONE_NUMBER_ID = "106540352242922"
+WORKERS = 2
+
+RATE = 320  # events/s offered in the open loop
+P99_TARGET_MS = 50.0
+SUSTAINED_TARGET = 1_000  # events/s
+REQUEST_TIMEOUT = 30.0
+
+PAYLOADS = ROOT / "tests" / "fixtures" / "payloads"
+# Request mix: fixture body -> weight. batch_mixed.json holds a hello, two STOPs and a status.
+MIX = {
+    "text_message": 60, "stop_message": 10, "start_message": 5,
+    "status_delivered": 9, "status_read": 6, "batch_mixed": 10,
+}
+STOP_WORDS = {"stop", "रोकें"}
+START_WORDS = {"start"}
+# A STOP or START comes from a user whose hello was at least this many senders ago (already answered).
+SEEN_LAG = 50
+
+PYWA_VENV = Path(os.environ.get("PYWA_VENV", "/tmp/pywa-venv"))
+PYWA_PACKAGES = ("pywa[flask]==4.5.0", "gunicorn==27.0.1")
+PYWA_BOT = '''
+"""A minimal pywa bot: checks the signature, records STOPs in SQLite, replies nothing."""
+import os
+import sqlite3
+
+from flask import Flask
+from pywa import WhatsApp, filters, types
+
+app = Flask(__name__)
+wa = WhatsApp(
+    phone_id=os.environ["WHATSAPP_PHONE_NUMBER_ID"], server=app, webhook_endpoint="/webhook",
+    verify_token=os.environ["WHATSAPP_VERIFY_TOKEN"], app_secret=os.environ["WHATSAPP_APP_SECRET"],
+)
+stops = sqlite3.connect(os.environ["STOPS_DB"], isolation_level=None)
+stops.execute("PRAGMA journal_mode=WAL")
+stops.execute("PRAGMA busy_timeout=10000")
+stops.execute("CREATE TABLE IF NOT EXISTS stops (message_id TEXT PRIMARY KEY, wa_id TEXT NOT NULL)")
+
+
+@app.get("/healthz")
+def healthz():
+    return "ok"
+
+
+@wa.on_message(filters.text & filters.matches(*STOP_WORDS, ignore_case=True))
+def stop(_: WhatsApp, message: types.Message) -> None:
+    stops.execute("INSERT OR IGNORE INTO stops VALUES (?, ?)", (message.id, message.from_user.wa_id))
+'''.replace("*STOP_WORDS", ", ".join(map(repr, sorted(STOP_WORDS))))
+
+
+# -- the traffic ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    body: bytes
+    signature: str
+    events: int
+    stops: int
+
+
+class Traffic:
+    """An endless, seeded mix of signed webhook bodies; `tag` keeps ids apart between phases."""
+
+    def __init__(self, tag: int, seed: int):
+        self.tag = tag
+        self.random = random.Random(seed)
+        self.templates = {name: (PAYLOADS / f"{name}.json").read_text(encoding="utf-8") for name in MIX}
+        self.names, self.weights = list(MIX), list(MIX.values())
+        self.serial = 0
+        self.greeted: list[str] = []
+        self.stopped: list[str] = []
+
+    def next(self) -> Request:
+        body = json.loads(self.templates[self.random.choices(self.names, self.weights)[0]])
+        now = str(int(time.time()))
+        events = stops = 0
+        for entry in body["entry"]:
+            for change in entry["changes"]:
+                value = change["value"]
+                people = []
+                for message in value.get("messages", []):
+                    word = message["text"]["body"].casefold()
+                    message.update({"from": self._sender(word), "id": self._id("in"), "timestamp": now})
+                    people.append(message["from"])
+                    stops += word in STOP_WORDS
+                for status in value.get("statuses", []):
+                    status.update({"id": self._id("out"), "recipient_id": self._seen(self.greeted), "timestamp": now})
+                    people.append(status["recipient_id"])
+                value["contacts"] = [
+                    {"profile": {"name": "Bench User"}, "wa_id": wa_id, "user_id": f"US.{wa_id}"} for wa_id in dict.fromkeys(people)
+                ]
+                events += len(value.get("messages", [])) + len(value.get("statuses", []))
+        raw = json.dumps(body, ensure_ascii=False).encode()
+        return Request(raw, sign(raw), events, stops)
+
+    def _id(self, direction: str) -> str:
+        self.serial += 1
+        return f"wamid.bench-{direction}-{self.tag}-{self.serial}"
+
+    def _sender(self, word: str) -> str:
+        """STOP from a user seen before, START from one who stopped, anything else from a new user."""
+        if word in STOP_WORDS and len(self.greeted) > SEEN_LAG:
+            self.stopped.append(self._seen(self.greeted))
+            return self.stopped[-1]
+        if word in START_WORDS and len(self.stopped) > SEEN_LAG:
+            return self._seen(self.stopped)
+        self.greeted.append(f"1555{self.tag}{len(self.greeted):06d}")
+        return self.greeted[-1]
+
+    def _seen(self, users: list[str]) -> str:
+        if len(users) <= SEEN_LAG:
+            return "15550000000"
+        return users[self.random.randrange(len(users) - SEEN_LAG)]
+
+
+def sign(body: bytes) -> str:
+    return "sha256=" + hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
+# -- the load generator (runs in its own process) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    port: int
+    tag: int
+    seconds: float
+    rate: float | None  # events/s, open loop; None: closed loop
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    seconds: float
+    events: int
+    stops: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: dict[str, int]
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds
+
+
+@dataclass(frozen=True)
+class Outcome:
+    request: Request
+    status: str  # "200", another HTTP status, "timeout" or "connection error"
+    latency: float
+
+
+def run_phase(spec: PhaseSpec) -> PhaseResult:
+    return asyncio.run(_phase(spec))
+
+
+async def _phase(spec: PhaseSpec) -> PhaseResult:
+    traffic = Traffic(spec.tag, seed=spec.tag)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    if spec.rate is None:
+        outcomes = await _closed_loop(spec, traffic, start + spec.seconds)
+    else:
+        outcomes = await _open_loop(spec, traffic, start, spec.rate)
+    return summarise(outcomes, loop.time() - start)
+
+
+async def _open_loop(spec: PhaseSpec, traffic: Traffic, start: float, rate: float) -> list[Outcome]:
+    loop = asyncio.get_running_loop()
+    tasks, due = [], 0.0
+    while due < spec.seconds:
+        request = traffic.next()
+        await asyncio.sleep(max(0.0, start + due - loop.time()))
+        tasks.append(asyncio.create_task(_timed(spec.port, request, start + due)))
+        due += request.events / rate
+    return list(await asyncio.gather(*tasks))
+
+
+async def _closed_loop(spec: PhaseSpec, traffic: Traffic, end: float) -> list[Outcome]:
+    loop = asyncio.get_running_loop()
+    outcomes: list[Outcome] = []
+
+    async def connection() -> None:
+        while loop.time() < end:
+            outcomes.append(await _timed(spec.port, traffic.next(), loop.time()))
+
+    await asyncio.gather(*(connection() for _ in range(spec.concurrency)))
+    return outcomes
+
+
+async def _timed(port: int, request: Request, since: float) -> Outcome:
+    try:
+        status = await asyncio.wait_for(_post(port, request), REQUEST_TIMEOUT)
+    except asyncio.TimeoutError:
+        status = "timeout"
+    except OSError:
+        status = "connection error"
+    return Outcome(request, status, asyncio.get_running_loop().time() - since)
+
+
+async def _post(port: int, request: Request) -> str:
+    """One POST /webhook on a new connection; the status code once the server has closed it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = (
+            f"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(request.body)}\r\nX-Hub-Signature-256: {request.signature}\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(head.encode() + request.body)
+        await writer.drain()
+        status_line = await reader.readline()
+        await reader.read()
+    finally:
+        writer.close()
+    return status_line.split()[1].decode() if status_line.startswith(b"HTTP/") else "connection error"
+
+
+def summarise(outcomes: list[Outcome], seconds: float) -> PhaseResult:
+    acked = [o for o in outcomes if o.status == "200"]
+    latencies = sorted(o.latency * 1000 for o in acked)
+    errors: dict[str, int] = {}
+    for outcome in outcomes:
+        if outcome.status != "200":
+            errors[outcome.status] = errors.get(outcome.status, 0) + 1
+    return PhaseResult(
+        seconds=seconds,
+        events=sum(o.request.events for o in acked),
+        stops=sum(o.request.stops for o in acked),
+        p50_ms=percentile(latencies, 0.50),
+        p99_ms=percentile(latencies, 0.99),
+        max_ms=latencies[-1] if latencies else math.nan,
+        errors=errors,
+    )
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    if not ordered:
+        return math.nan
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+# -- the servers ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Durations:
+    warmup: float
+    open_loop: float
+    closed_loop: float
+
+
+@dataclass(frozen=True)
+class Measurement:
+    open_loop: PhaseResult
+    closed_loop: PhaseResult
+    stops_acked: int
+    stops_recorded: int
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def gunicorn(python: Path, app: str, cwd: Path, env: dict[str, str], log: Path) -> Iterator[int]:
+    """Serve `app` with gunicorn in its own session; yield its port once /healthz answers 200."""
+    port = free_port()
+    command = [str(python), "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            command, cwd=cwd, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_healthy(process, port, log)
+        yield port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_healthy(process: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{log.read_text(errors='replace')[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"gunicorn did not answer /healthz within 60 s; log: {log}")
+
+
+def measure(pool: ProcessPoolExecutor, port: int, durations: Durations, concurrency: int) -> tuple[PhaseResult, PhaseResult, int]:
+    """Warm-up, open loop, closed loop; returns the two reported phases and every STOP acknowledged."""
+    phases = [
+        PhaseSpec(port, tag=1, seconds=durations.warmup, rate=None, concurrency=WORKERS),
+        PhaseSpec(port, tag=2, seconds=durations.open_loop, rate=RATE, concurrency=0),
+        PhaseSpec(port, tag=3, seconds=durations.closed_loop, rate=None, concurrency=concurrency),
+    ]
+    warmup, open_loop, closed_loop = (pool.submit(run_phase, spec).result() for spec in phases)
+    return open_loop, closed_loop, warmup.stops + open_loop.stops + closed_loop.stops
+
+
+def bench_ours(pool: ProcessPoolExecutor, durations: Durations, concurrency: int, logs: Path) -> Measurement:
+    reset_stores()
+    env = {
+        "DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL, "WHATSAPP_APP_SECRET": APP_SECRET,
+        "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN, "WHATSAPP_TOKEN": "bench-token",
+        "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID, "BUSINESS_NAME": "Bench Bakery",
+    }
+    with gunicorn(Path(sys.executable), "wsgi:app", ROOT, env, logs / "ours.log") as port:
+        open_loop, closed_loop, acked = measure(pool, port, durations, concurrency)
+    return Measurement(open_loop, closed_loop, acked, ledger_stops())
+
+
+def reset_stores() -> None:
+    engine = sa.create_engine(POSTGRES)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        conn.exec_driver_sql(f"CREATE SCHEMA {SCHEMA}")
+    engine.dispose()
+    connection = redis.Redis.from_url(REDIS_URL)
+    connection.flushdb()
+    connection.close()
+
+
+def ledger_stops() -> int:
+    """Opt-outs of everything by keyword: one per STOP message the bot recorded."""
+    engine = sa.create_engine(DATABASE_URL)
+    query = sa.select(sa.func.count()).where(consent_events.c.action == Action.OPT_OUT.value, consent_events.c.scope == Scope.ALL.value)
+    with engine.connect() as conn:
+        count = conn.execute(query).scalar_one()
+    engine.dispose()
+    return count
+
+
+def pywa_version(install: bool) -> str | None:
+    """pywa's version in its virtualenv, installing it there first when allowed and missing."""
+    python = PYWA_VENV / "bin" / "python"
+    probe = [str(python), "-c", "import flask, gunicorn, pywa; print(pywa.__version__)"]
+    if python.exists() and (found := subprocess.run(probe, capture_output=True, text=True)).returncode == 0:
+        return found.stdout.strip()
+    if not install:
+        return None
+    print(f"installing {' '.join(PYWA_PACKAGES)} into {PYWA_VENV} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(PYWA_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PYWA_PACKAGES], check=True)
+    return subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def bench_pywa(pool: ProcessPoolExecutor, durations: Durations, concurrency: int, logs: Path) -> Measurement:
+    (logs / "pywa_bot.py").write_text(PYWA_BOT, encoding="utf-8")
+    stops_db = logs / "pywa-stops.db"
+    env = {
+        "WHATSAPP_APP_SECRET": APP_SECRET, "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
+        "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID, "STOPS_DB": str(stops_db),
+    }
+    with gunicorn(PYWA_VENV / "bin" / "python", "pywa_bot:app", logs, env, logs / "pywa.log") as port:
+        open_loop, closed_loop, acked = measure(pool, port, durations, concurrency)
+    with sqlite3.connect(stops_db) as conn:
+        recorded = conn.execute("SELECT count(*) FROM stops").fetchone()[0]
+    return Measurement(open_loop, closed_loop, acked, recorded)
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def table(columns: dict[str, Measurement], concurrency: int) -> str:
+    def row(label: str, cell) -> str:
+        return f"{label:<34}" + "".join(f"{cell(m):>16}" for m in columns.values())
+
+    def errors(phase: PhaseResult) -> str:
+        return ", ".join(f"{n} x {status}" for status, n in sorted(phase.errors.items())) or "0"
+
+    lines = [f"{'':<34}" + "".join(f"{name:>16}" for name in columns)]
+    for title, phase in ((f"open loop, {RATE} events/s offered", "open_loop"), (f"closed loop, {concurrency} connections", "closed_loop")):
+        lines.append(title)
+        lines.append(row("  events/s acknowledged", lambda m: f"{getattr(m, phase).events_per_second:.0f}"))
+        lines.append(row("  p50 / p99 / max ms", lambda m: "{0.p50_ms:.1f}/{0.p99_ms:.1f}/{0.max_ms:.0f}".format(getattr(m, phase))))
+        lines.append(row("  errors (non-200)", lambda m: errors(getattr(m, phase))))
+    lines.append(row("STOPs recorded / acknowledged", lambda m: f"{m.stops_recorded}/{m.stops_acked}"))
+    return "\n".join(lines)
+
+
+def verdicts(ours: Measurement) -> str:
+    p99 = ours.open_loop.p99_ms
+    sustained = ours.closed_loop.events_per_second
+    return "\n".join([
+        f"target p99 < {P99_TARGET_MS:.0f} ms at {RATE} events/s: {p99:.1f} ms: {'PASS' if p99 < P99_TARGET_MS and not ours.open_loop.errors else 'FAIL'}",
+        f"target >= {SUSTAINED_TARGET:,} events/s sustained: {sustained:.0f} events/s: "
+        f"{'PASS' if sustained >= SUSTAINED_TARGET and not ours.closed_loop.errors else 'FAIL'}",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Load on POST /webhook: our bot and a minimal pywa bot under gunicorn.")
+    parser.add_argument("--quick", action="store_true", help="3 s phases; skips pywa unless its virtualenv exists (CI)")
+    parser.add_argument("--seconds", type=float, default=30, help="open-loop seconds; the closed loop runs 2/3 of it")
+    parser.add_argument("--concurrency", type=int, default=8, help="connections in the closed loop")
+    options = parser.parse_args()
+    durations = Durations(0.5, 3, 3) if options.quick else Durations(2, options.seconds, options.seconds * 2 / 3)
+    logs = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
+    print(
+        f"gunicorn, {WORKERS} sync workers; open loop {durations.open_loop:g} s at {RATE} events/s, closed loop "
+        f"{durations.closed_loop:g} s with {options.concurrency} connections; logs in {logs}", flush=True,
+    )
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        columns = {"ours": bench_ours(pool, durations, options.concurrency, logs)}
+        version = pywa_version(install=not options.quick)
+        if version is None:
+            print(f"pywa: skipped, no virtualenv with pywa at {PYWA_VENV} (--quick never installs it; a full run does)")
+        else:
+            try:
+                columns[f"pywa {version}"] = bench_pywa(pool, durations, options.concurrency, logs)
+            except RuntimeError as failure:
+                print(f"pywa: could not be served, so no comparison: {failure}")
+    print(table(columns, options.concurrency))
+    print(verdicts(columns["ours"]))
+
+
+if __name__ == "__main__":
+    main()
