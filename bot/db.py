@@ -84,6 +84,17 @@ outbound_messages = sa.Table(
     sa.Index("ix_outbound_messages_campaign_id", "campaign_id"),
 )
 
+# Statuses that arrived before the send that produced them was recorded (Meta can be quicker
+# than our own bookkeeping); the sweeper applies them once the message has its Meta id.
+early_statuses = sa.Table(
+    "early_statuses",
+    metadata,
+    sa.Column("meta_message_id", sa.String(255), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("error_code", sa.Integer),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 # Signed webhook items we could not read, kept as they came so that nothing is silently dropped.
 unread_webhooks = sa.Table(
     "unread_webhooks",

@@ -16,9 +16,10 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from bot.db import one_statement, outbound_messages as messages, writer
+from bot.db import early_statuses, one_statement, outbound_messages as messages, reading, writer
 from bot.ledger import Ledger, as_utc, utc_now
 from bot.phone import InvalidNumber, normalize_wa_id
 from bot.policy import Decision, ImplicitCoverage, MessageKind, Refusal, decide
@@ -229,16 +230,40 @@ class Outbox:
 
     def apply_status(self, meta_message_id: str, status: str, error_codes: tuple[int, ...] | None = None) -> bool:
         """A delivery status from Meta. States only move forward (late or repeated statuses change
-        nothing); failed is final. Returns whether the message changed."""
+        nothing); failed is final. A status for a send not yet recorded is kept for later.
+        Returns whether a message changed."""
+        code = error_codes[0] if error_codes else None
         with one_statement(self.engine) as conn:
             changed = conn.execute(
                 _APPLY_STATUS,
-                {
-                    "meta_id": meta_message_id, "status": status, "earlier": list(_EARLIER[status]),
-                    "code": error_codes[0] if error_codes else None, "now": self.clock(),
-                },
+                {"meta_id": meta_message_id, "status": status, "earlier": list(_EARLIER[status]), "code": code, "now": self.clock()},
             )
-            return changed.rowcount == 1
+            if changed.rowcount == 1:
+                return True
+        with one_statement(self.engine) as conn:
+            if conn.execute(_BY_META_ID, {"meta_id": meta_message_id}).first() is None:
+                insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(early_statuses)
+                conn.execute(
+                    insert.values(meta_message_id=meta_message_id, status=status, error_code=code, received_at=self.clock())
+                    .on_conflict_do_nothing()
+                )
+        return False
+
+    def apply_early_statuses(self, forget_after: timedelta = timedelta(days=7)) -> int:
+        """Apply kept statuses whose message now has its Meta id; forget those never matched."""
+        with reading(self.engine) as conn:
+            matched = conn.execute(
+                sa.select(early_statuses)
+                .join(messages, messages.c.meta_message_id == early_statuses.c.meta_message_id)
+            ).all()
+        for row in sorted(matched, key=lambda r: _RANK[r.status]):
+            self.apply_status(row.meta_message_id, row.status, (row.error_code,) if row.error_code else None)
+        with one_statement(self.engine) as conn:
+            if matched:
+                ids = list({row.meta_message_id for row in matched})
+                conn.execute(early_statuses.delete().where(early_statuses.c.meta_message_id.in_(ids)))
+            conn.execute(early_statuses.delete().where(early_statuses.c.received_at < self.clock() - forget_after))
+        return len(matched)
 
     def due_for_recovery(self, stale_after: timedelta, limit: int = 5000) -> list[tuple[str, QueueName, bool]]:
         """Queued, due messages that may have no job: (id, queue, was it claimed?).
@@ -293,6 +318,8 @@ _CLAIM = (
 )
 
 
+_RANK = {"sent": 1, "delivered": 2, "read": 3, "failed": 4}
+_BY_META_ID = sa.select(messages.c.id).where(messages.c.meta_message_id == sa.bindparam("meta_id"))
 # The states a message may be in for a status to move it on.
 _EARLIER = {
     "sent": ("queued",),

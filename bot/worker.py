@@ -1,7 +1,8 @@
 """`python -m bot.worker`: an RQ worker for the replies and bulk queues, and the sweeper.
 
 The sweeper is the worker's scheduler: every SWEEP_INTERVAL_SECONDS it queues the messages
-whose retry came due, whose worker died mid-send, or whose job was lost. The outbox row, not
+whose retry came due, whose worker died mid-send, or whose job was lost, and applies delivery
+statuses that arrived before their send was recorded. The outbox row, not
 a job in Redis, is what says a message still has to go, so nothing is lost with a job or a
 worker. RQ's own scheduler is not used: it forks a child that inherits the worker's database
 connections and outlives a worker killed with SIGKILL.
@@ -44,6 +45,7 @@ def sweep(outbox: Outbox, queues: dict[QueueName, Queue], connection: redis.Redi
     count = sum(map(len, lost.values()))
     if count:
         log.info("sweeper queued %d due or lost message(s)", count)
+    outbox.apply_early_statuses()
     return count
 
 

@@ -332,3 +332,14 @@ def test_database_unreachable_answers_503_and_the_retry_completes_once(app, clie
     assert post(client, payload("stop_message.json")).status_code == 200
     assert [a for a, _, _ in actions(app)] == [Action.IMPLICIT, Action.OPT_OUT]
     assert [kind for kind, _ in replies(app)] == ["stop_confirmation"]
+
+
+def test_a_status_arriving_before_its_send_is_recorded_is_applied_later(app, client):
+    body, meta_id = status_body("status_delivered.json")
+    assert post(client, body).status_code == 200  # Meta was quicker than our bookkeeping
+    message_id = sent_message(app, meta_id)
+    outbox = app.extensions["outbox"]
+    assert outbox.get(message_id).state is MessageState.SENT
+    assert outbox.apply_early_statuses() == 1
+    assert outbox.get(message_id).state is MessageState.DELIVERED
+    assert outbox.apply_early_statuses() == 0
