@@ -95,6 +95,17 @@ early_statuses = sa.Table(
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# account_update, phone_number_quality_update and message_template_status_update, kept for staff.
+account_notices = sa.Table(
+    "account_notices",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("field", sa.String(64), nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+)
+
 # Signed webhook items we could not read, kept as they came so that nothing is silently dropped.
 unread_webhooks = sa.Table(
     "unread_webhooks",

@@ -21,6 +21,7 @@ from bot.db import one_statement, unread_webhooks
 from bot.ledger import utc_now
 from bot.webhook_events import AccountNotice, InboundMessage, PreferenceUpdate, StatusUpdate, Unrecognized, WebhookEvent, parse
 from handlers import Context
+from handlers.account import on_account_notice
 from handlers.conversation import on_message
 from handlers.preferences import on_preference
 from handlers.statuses import on_status
@@ -85,7 +86,7 @@ def _handle(context: Context, event: WebhookEvent) -> None:
         elif isinstance(event, PreferenceUpdate):
             on_preference(context, event)
         elif isinstance(event, AccountNotice):
-            log.warning("account notice %s: %s", event.field, event.event)
+            on_account_notice(context, event)
         else:
             _keep(context, event)
     except InvalidEvent as refused:

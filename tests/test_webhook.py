@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.consent import Action, Channel, Marketing, Scope, State
-from bot.db import make_engine, outbound_messages, unread_webhooks
+from bot.db import account_notices, make_engine, outbound_messages, unread_webhooks
 from bot.ledger import Ledger, utc_now
 from bot.outbox import Message, MessageState, Outbox, Template
 from bot.policy import MessageKind
@@ -343,3 +343,24 @@ def test_a_status_arriving_before_its_send_is_recorded_is_applied_later(app, cli
     assert outbox.apply_early_statuses() == 1
     assert outbox.get(message_id).state is MessageState.DELIVERED
     assert outbox.apply_early_statuses() == 0
+
+
+WEBHOOK_BODIES = sorted(p.name for p in PAYLOADS.glob("*.json") if not p.name.startswith("graph_"))
+
+
+@pytest.mark.parametrize("name", WEBHOOK_BODIES)
+def test_every_sample_body_is_accepted_signed_and_refused_tampered(app, client, name):
+    raw = json.dumps(payload(name)).encode()
+    tampered = post(client, raw + b" ", sign(raw))
+    assert tampered.status_code == 401 and unread(app) == []
+    assert app.extensions["ledger"].verify().checked == 0  # nothing recorded, for anyone
+    response = post(client, raw)
+    assert response.status_code == 200 and response.get_json()["events"] >= 1
+
+
+@pytest.mark.parametrize("name", ["account_update_violation.json", "phone_number_quality_update.json", "template_status_paused.json"])
+def test_account_notices_are_kept_for_staff(app, client, name):
+    assert post(client, payload(name)).status_code == 200
+    with app.extensions["ledger"].engine.connect() as conn:
+        [(field, event)] = conn.execute(sa.select(account_notices.c.field, account_notices.c.event)).all()
+    assert (field, event) == (payload(name)["entry"][0]["changes"][0]["field"], payload(name)["entry"][0]["changes"][0]["value"]["event"])
