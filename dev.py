@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     if command == "start":
         ensure_virtualenv("requirements.txt")
         bind = f"127.0.0.1:{os.environ.get('PORT', '8000')}"
-        os.execv(PYTHON, [str(PYTHON), "-m", "gunicorn", "wsgi:app", "--bind", bind, "--workers", "2"])
+        os.execv(PYTHON, [str(PYTHON), "-m", "gunicorn", "wsgi:app", "--bind", bind, "--workers", "2", "--no-control-socket"])
     print(__doc__, file=sys.stderr)
     return 2
 

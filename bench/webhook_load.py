@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -54,10 +55,9 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -80,7 +80,8 @@ WORKERS = 2
 RATE = 320  # events/s offered in the open loop
 P99_TARGET_MS = 50.0
 SUSTAINED_TARGET = 1_000  # events/s
-REQUEST_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 30.0  # s; a request not answered by then counts as an error
+DRAIN_LIMIT = 300.0  # s
 
 PAYLOADS = ROOT / "tests" / "fixtures" / "payloads"
 # Request mix: fixture body -> weight. batch_mixed.json holds a hello, two STOPs and a status.
@@ -128,7 +129,7 @@ def stop(_: WhatsApp, message: types.Message) -> None:
 # -- the traffic ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Request:
     body: bytes
     signature: str
@@ -198,7 +199,7 @@ def sign(body: bytes) -> str:
 # -- the load generator (runs in its own process) ---------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class PhaseSpec:
     port: int
     tag: int
@@ -207,25 +208,27 @@ class PhaseSpec:
     concurrency: int
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class PhaseResult:
     seconds: float
     events: int
-    stops: int
+    stops_sent: int
+    stops_acked: int
     p50_ms: float
     p99_ms: float
     max_ms: float
     errors: dict[str, int]
+    client_cpu: float  # the load generator's CPU, in cores
 
     @property
     def events_per_second(self) -> float:
         return self.events / self.seconds
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Outcome:
     request: Request
-    status: str  # "200", another HTTP status, "timeout" or "connection error"
+    status: str  # "200", another HTTP status, "timeout", or the name of the connection error
     latency: float
 
 
@@ -236,12 +239,12 @@ def run_phase(spec: PhaseSpec) -> PhaseResult:
 async def _phase(spec: PhaseSpec) -> PhaseResult:
     traffic = Traffic(spec.tag, seed=spec.tag)
     loop = asyncio.get_running_loop()
-    start = loop.time()
+    start, cpu = loop.time(), time.process_time()
     if spec.rate is None:
         outcomes = await _closed_loop(spec, traffic, start + spec.seconds)
     else:
         outcomes = await _open_loop(spec, traffic, start, spec.rate)
-    return summarise(outcomes, loop.time() - start)
+    return summarise(outcomes, loop.time() - start, time.process_time() - cpu)
 
 
 async def _open_loop(spec: PhaseSpec, traffic: Traffic, start: float, rate: float) -> list[Outcome]:
@@ -272,8 +275,8 @@ async def _timed(port: int, request: Request, since: float) -> Outcome:
         status = await asyncio.wait_for(_post(port, request), REQUEST_TIMEOUT)
     except asyncio.TimeoutError:
         status = "timeout"
-    except OSError:
-        status = "connection error"
+    except OSError as error:
+        status = type(error).__name__
     return Outcome(request, status, asyncio.get_running_loop().time() - since)
 
 
@@ -291,10 +294,10 @@ async def _post(port: int, request: Request) -> str:
         await reader.read()
     finally:
         writer.close()
-    return status_line.split()[1].decode() if status_line.startswith(b"HTTP/") else "connection error"
+    return status_line.split()[1].decode() if status_line.startswith(b"HTTP/") else "no HTTP answer"
 
 
-def summarise(outcomes: list[Outcome], seconds: float) -> PhaseResult:
+def summarise(outcomes: list[Outcome], seconds: float, cpu_seconds: float) -> PhaseResult:
     acked = [o for o in outcomes if o.status == "200"]
     latencies = sorted(o.latency * 1000 for o in acked)
     errors: dict[str, int] = {}
@@ -304,11 +307,13 @@ def summarise(outcomes: list[Outcome], seconds: float) -> PhaseResult:
     return PhaseResult(
         seconds=seconds,
         events=sum(o.request.events for o in acked),
-        stops=sum(o.request.stops for o in acked),
+        stops_sent=sum(o.request.stops for o in outcomes),
+        stops_acked=sum(o.request.stops for o in acked),
         p50_ms=percentile(latencies, 0.50),
         p99_ms=percentile(latencies, 0.99),
         max_ms=latencies[-1] if latencies else math.nan,
         errors=errors,
+        client_cpu=cpu_seconds / seconds,
     )
 
 
@@ -321,17 +326,19 @@ def percentile(ordered: list[float], fraction: float) -> float:
 # -- the servers ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Durations:
     warmup: float
     open_loop: float
     closed_loop: float
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Measurement:
     open_loop: PhaseResult
     closed_loop: PhaseResult
+    drained: dict[str, float]  # phase -> seconds the server took to answer what the client gave up on
+    stops_sent: int
     stops_acked: int
     stops_recorded: int
 
@@ -378,15 +385,39 @@ def wait_healthy(process: subprocess.Popen, port: int, log: Path) -> None:
     raise RuntimeError(f"gunicorn did not answer /healthz within 60 s; log: {log}")
 
 
-def measure(pool: ProcessPoolExecutor, port: int, durations: Durations, concurrency: int) -> tuple[PhaseResult, PhaseResult, int]:
-    """Warm-up, open loop, closed loop; returns the two reported phases and every STOP acknowledged."""
-    phases = [
-        PhaseSpec(port, tag=1, seconds=durations.warmup, rate=None, concurrency=WORKERS),
-        PhaseSpec(port, tag=2, seconds=durations.open_loop, rate=RATE, concurrency=0),
-        PhaseSpec(port, tag=3, seconds=durations.closed_loop, rate=None, concurrency=concurrency),
-    ]
-    warmup, open_loop, closed_loop = (pool.submit(run_phase, spec).result() for spec in phases)
-    return open_loop, closed_loop, warmup.stops + open_loop.stops + closed_loop.stops
+def wait_drained(port: int) -> float:
+    """Seconds until /healthz answers within 0.1 s: requests the client gave up on may still be queued."""
+    start = time.monotonic()
+    while time.monotonic() - start < DRAIN_LIMIT:
+        asked = time.monotonic()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=DRAIN_LIMIT) as answer:
+                answer.read()
+        except OSError:
+            time.sleep(0.1)
+            continue
+        if time.monotonic() - asked < 0.1:
+            break
+    return time.monotonic() - start
+
+
+def measure(pool: ProcessPoolExecutor, port: int, durations: Durations, concurrency: int, stops_recorded: Callable[[], int]) -> Measurement:
+    """Warm-up, open loop, closed loop, each followed by waiting until the server has caught up."""
+    specs = {
+        "warm-up": PhaseSpec(port, tag=1, seconds=durations.warmup, rate=None, concurrency=WORKERS),
+        "open loop": PhaseSpec(port, tag=2, seconds=durations.open_loop, rate=RATE, concurrency=0),
+        "closed loop": PhaseSpec(port, tag=3, seconds=durations.closed_loop, rate=None, concurrency=concurrency),
+    }
+    results, drained = {}, {}
+    for name, spec in specs.items():
+        results[name] = pool.submit(run_phase, spec).result()
+        drained[name] = wait_drained(port)
+    return Measurement(
+        results["open loop"], results["closed loop"], drained,
+        stops_sent=sum(r.stops_sent for r in results.values()),
+        stops_acked=sum(r.stops_acked for r in results.values()),
+        stops_recorded=stops_recorded(),
+    )
 
 
 def bench_ours(pool: ProcessPoolExecutor, durations: Durations, concurrency: int, logs: Path) -> Measurement:
@@ -397,8 +428,7 @@ def bench_ours(pool: ProcessPoolExecutor, durations: Durations, concurrency: int
         "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID, "BUSINESS_NAME": "Bench Bakery",
     }
     with gunicorn(Path(sys.executable), "wsgi:app", ROOT, env, logs / "ours.log") as port:
-        open_loop, closed_loop, acked = measure(pool, port, durations, concurrency)
-    return Measurement(open_loop, closed_loop, acked, ledger_stops())
+        return measure(pool, port, durations, concurrency, ledger_stops)
 
 
 def reset_stores() -> None:
@@ -443,30 +473,46 @@ def bench_pywa(pool: ProcessPoolExecutor, durations: Durations, concurrency: int
         "WHATSAPP_APP_SECRET": APP_SECRET, "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
         "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID, "STOPS_DB": str(stops_db),
     }
+
+    def recorded() -> int:
+        with sqlite3.connect(stops_db) as conn:
+            return conn.execute("SELECT count(*) FROM stops").fetchone()[0]
+
     with gunicorn(PYWA_VENV / "bin" / "python", "pywa_bot:app", logs, env, logs / "pywa.log") as port:
-        open_loop, closed_loop, acked = measure(pool, port, durations, concurrency)
-    with sqlite3.connect(stops_db) as conn:
-        recorded = conn.execute("SELECT count(*) FROM stops").fetchone()[0]
-    return Measurement(open_loop, closed_loop, acked, recorded)
+        return measure(pool, port, durations, concurrency, recorded)
 
 
 # -- the report -------------------------------------------------------------------------------
 
 
-def table(columns: dict[str, Measurement], concurrency: int) -> str:
-    def row(label: str, cell) -> str:
-        return f"{label:<34}" + "".join(f"{cell(m):>16}" for m in columns.values())
+def table(columns: dict[str, Measurement], durations: Durations, concurrency: int) -> str:
+    lines = [f"{'':<36}" + "".join(f"{name:>14}" for name in columns)]
 
-    def errors(phase: PhaseResult) -> str:
-        return ", ".join(f"{n} x {status}" for status, n in sorted(phase.errors.items())) or "0"
+    def row(label: str, cell: Callable[[Measurement], str]) -> None:
+        lines.append(f"{label:<36}" + "".join(f"{cell(m):>14}" for m in columns.values()))
 
-    lines = [f"{'':<34}" + "".join(f"{name:>16}" for name in columns)]
-    for title, phase in ((f"open loop, {RATE} events/s offered", "open_loop"), (f"closed loop, {concurrency} connections", "closed_loop")):
+    for title, name in (
+        (f"open loop, {RATE} events/s offered, {durations.open_loop:g} s", "open loop"),
+        (f"closed loop, {concurrency} connections, {durations.closed_loop:g} s", "closed loop"),
+    ):
+        phase = name.replace(" ", "_")
         lines.append(title)
-        lines.append(row("  events/s acknowledged", lambda m: f"{getattr(m, phase).events_per_second:.0f}"))
-        lines.append(row("  p50 / p99 / max ms", lambda m: "{0.p50_ms:.1f}/{0.p99_ms:.1f}/{0.max_ms:.0f}".format(getattr(m, phase))))
-        lines.append(row("  errors (non-200)", lambda m: errors(getattr(m, phase))))
-    lines.append(row("STOPs recorded / acknowledged", lambda m: f"{m.stops_recorded}/{m.stops_acked}"))
+        row("  events/s acknowledged", lambda m: f"{getattr(m, phase).events_per_second:.0f}")
+        row("  p50 ms", lambda m: f"{getattr(m, phase).p50_ms:.1f}")
+        row("  p99 ms", lambda m: f"{getattr(m, phase).p99_ms:.1f}")
+        row("  max ms", lambda m: f"{getattr(m, phase).max_ms:.1f}")
+        row("  errors (no 200)", lambda m: str(sum(getattr(m, phase).errors.values())))
+        row("  load generator CPU, cores", lambda m: f"{getattr(m, phase).client_cpu:.2f}")
+        row("  s until the backlog was served", lambda m: f"{m.drained[name]:.1f}")
+    lines.append("STOPs, all phases")
+    row("  sent", lambda m: str(m.stops_sent))
+    row("  acknowledged with 200", lambda m: str(m.stops_acked))
+    row("  recorded by the bot", lambda m: str(m.stops_recorded))
+    for column, m in columns.items():
+        for name, phase in (("open loop", m.open_loop), ("closed loop", m.closed_loop)):
+            if phase.errors:
+                kinds = ", ".join(f"{n} {status}" for status, n in sorted(phase.errors.items()))
+                lines.append(f"errors, {column}, {name}: {kinds}")
     return "\n".join(lines)
 
 
@@ -502,7 +548,7 @@ def main() -> None:
                 columns[f"pywa {version}"] = bench_pywa(pool, durations, options.concurrency, logs)
             except RuntimeError as failure:
                 print(f"pywa: could not be served, so no comparison: {failure}")
-    print(table(columns, options.concurrency))
+    print(table(columns, durations, options.concurrency))
     print(verdicts(columns["ours"]))
 
 

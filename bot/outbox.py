@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from bot.db import early_statuses, one_statement, outbound_messages as messages, reading, writer
-from bot.ledger import Ledger, as_utc, utc_now
+from bot.ledger import Ledger, utc_now
 from bot.phone import InvalidNumber, normalize_wa_id
 from bot.policy import Decision, ImplicitCoverage, MessageKind, Refusal, decide
 
