@@ -255,6 +255,8 @@ class Ledger:
     def states(self, wa_ids: Iterable[str]) -> dict[str, ConsentState]:
         """Several users' states in a few queries: for deciding a whole campaign at once."""
         wanted = sorted({_valid_wa_id(wa_id) for wa_id in wa_ids})
+        if len(wanted) == 1:  # the common case of a reply: the cached single-user query is cheaper
+            return {wanted[0]: self.state(wanted[0])}
         rows_by_user: dict[str, list[sa.RowMapping]] = {wa_id: [] for wa_id in wanted}
         last_inbound: dict[str, datetime] = {}
         with reading(self.engine) as conn:
