@@ -28,7 +28,7 @@ shows how long that took. At the end it compares the STOPs sent, acknowledged an
 
 The same load then goes to a minimal pywa bot (Flask integration, app secret checked, STOP
 recorded in SQLite, nothing replied) under the same gunicorn settings, from its own virtualenv
-($PYWA_VENV, default /tmp/pywa-venv; created by a full run when missing, never by --quick).
+($PYWA_VENV, default .venv-pywa in the repository; created by a full run when missing, never by --quick).
 
 Targets: p99 < 50 ms at 320 events/s; >= 1,000 events/s sustained. It is a measurement, not a
 test: it exits 0 whatever the results, non-zero only on a crash. Run from the repository root:
@@ -97,7 +97,7 @@ START_WORDS = {"start"}
 # A STOP or START comes from a user whose hello was at least this many senders ago (already answered).
 SEEN_LAG = 50
 
-PYWA_VENV = Path(os.environ.get("PYWA_VENV", "/tmp/pywa-venv"))
+PYWA_VENV = Path(os.environ.get("PYWA_VENV", ROOT / ".venv-pywa"))
 PYWA_PACKAGES = ("pywa[flask]==4.5.0", "gunicorn==27.0.1")
 PYWA_BOT = '''
 """A minimal pywa bot: checks the signature, records STOPs in SQLite, replies nothing."""
