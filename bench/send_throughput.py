@@ -17,7 +17,6 @@ import argparse
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,8 +35,8 @@ from bot.consent import Action, Channel, EventDraft  # noqa: E402
 from bot.db import outbound_messages  # noqa: E402
 from bot.outbox import Message, QueueName, Template  # noqa: E402
 from bot.policy import MessageKind  # noqa: E402
+from tests.local_services import free_port, fresh_postgres_schema  # noqa: E402
 
-POSTGRES = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SCHEMA = "bench_send"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 PHONE_NUMBER_ID = "106540352242922"
@@ -55,21 +54,6 @@ while time.monotonic() < end:
     sent += 1
 print(sent / seconds)
 """ % (PHONE_NUMBER_ID, PHONE_NUMBER_ID)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def fresh_database() -> str:
-    engine = sa.create_engine(POSTGRES)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        conn.exec_driver_sql(f"CREATE SCHEMA {SCHEMA}")
-    engine.dispose()
-    return f"{POSTGRES}?options=-csearch_path%3D{SCHEMA}"
 
 
 def start(command: list[str], env: dict[str, str] | None = None, log=None) -> subprocess.Popen:
@@ -103,7 +87,7 @@ def final_states(engine: sa.Engine) -> dict[str, int]:
 
 
 def run_campaign(cap: int, count: int, log_dir: Path) -> dict:
-    database_url = fresh_database()
+    database_url = fresh_postgres_schema(SCHEMA)
     redis.Redis.from_url(REDIS_URL).flushdb()
     imitation, graph_url = start_imitation(cap)
     concurrency = max(16, math.ceil(cap * LATENCY * 1.5 / WORKERS))

@@ -49,7 +49,6 @@ import math
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -70,10 +69,9 @@ import sqlalchemy as sa  # noqa: E402
 
 from bot.consent import Action, Scope  # noqa: E402
 from bot.db import consent_events  # noqa: E402
+from tests.local_services import free_port, fresh_postgres_schema  # noqa: E402
 
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SCHEMA = "bench_webhook"
-DATABASE_URL = f"{POSTGRES}?options=-csearch_path%3D{SCHEMA}"
 REDIS_URL = "redis://127.0.0.1:6379/12"
 APP_SECRET = "bench-app-secret"
 VERIFY_TOKEN = "bench-verify-token"
@@ -346,12 +344,6 @@ class Measurement:
     stops_recorded: int
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def gunicorn(python: Path, app: str, cwd: Path, env: dict[str, str], log: Path) -> Iterator[int]:
     """Serve `app` with gunicorn in its own session; yield its port once /healthz answers 200."""
@@ -424,30 +416,28 @@ def measure(pool: ProcessPoolExecutor, port: int, durations: Durations, concurre
 
 
 def bench_ours(pool: ProcessPoolExecutor, durations: Durations, concurrency: int, logs: Path) -> Measurement:
-    reset_stores()
+    database_url = reset_stores()
     env = {
-        "DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL, "WHATSAPP_APP_SECRET": APP_SECRET,
+        "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "WHATSAPP_APP_SECRET": APP_SECRET,
         "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN, "WHATSAPP_TOKEN": "bench-token",
         "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID, "BUSINESS_NAME": "Bench Bakery",
     }
     with gunicorn(Path(sys.executable), "wsgi:app", ROOT, env, logs / "ours.log") as port:
-        return measure(pool, port, durations, concurrency, ledger_stops)
+        return measure(pool, port, durations, concurrency, lambda: ledger_stops(database_url))
 
 
-def reset_stores() -> None:
-    engine = sa.create_engine(POSTGRES)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        conn.exec_driver_sql(f"CREATE SCHEMA {SCHEMA}")
-    engine.dispose()
+def reset_stores() -> str:
+    """Empty the bench's PostgreSQL schema and Redis database; return the database URL."""
+    database_url = fresh_postgres_schema(SCHEMA)
     connection = redis.Redis.from_url(REDIS_URL)
     connection.flushdb()
     connection.close()
+    return database_url
 
 
-def ledger_stops() -> int:
+def ledger_stops(database_url: str) -> int:
     """Opt-outs of everything by keyword: one per STOP message the bot recorded."""
-    engine = sa.create_engine(DATABASE_URL)
+    engine = sa.create_engine(database_url)
     query = sa.select(sa.func.count()).where(consent_events.c.action == Action.OPT_OUT.value, consent_events.c.scope == Scope.ALL.value)
     with engine.connect() as conn:
         count = conn.execute(query).scalar_one()

@@ -6,14 +6,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
-import sqlalchemy as sa
 
 from bot import create_app
 from bot.ledger import Ledger
 from tests.graph_imitation import GraphImitation
+from tests.local_services import fresh_postgres_schema
 
-POSTGRES_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TEST_SCHEMA = "bot_test"
 BUSINESS = "Acme Bakery"
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PHONE_NUMBER_ID = "106540352242922"
@@ -36,13 +34,7 @@ class FakeClock:
 
 
 def fresh_postgres_url() -> str:
-    """An empty schema of its own in the test database, so runs never see each other's rows."""
-    engine = sa.create_engine(POSTGRES_SERVER.replace("postgresql://", "postgresql+psycopg://", 1))
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {TEST_SCHEMA} CASCADE")
-        conn.exec_driver_sql(f"CREATE SCHEMA {TEST_SCHEMA}")
-    engine.dispose()
-    return f"{POSTGRES_SERVER}?options=-csearch_path%3D{TEST_SCHEMA}"
+    return fresh_postgres_schema("bot_test")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

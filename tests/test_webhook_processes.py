@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,13 +19,8 @@ from bot import PROJECT_ROOT
 from bot.db import consent_events, make_engine, outbound_messages
 from tests.conftest import APP_SECRET, fresh_postgres_url
 from tests.helpers import USER
+from tests.local_services import free_port
 from tests.test_webhook import payload, sign
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
