@@ -215,6 +215,17 @@ def state_from_fold(
     )
 
 
+def delivery_marketing_opt_out(
+    wa_id: str, source_ref: str, recorded_by: str, evidence: dict[str, Any], occurred_at: datetime | None = None
+) -> EventDraft:
+    """Meta refused a delivery with 131050 (the user stopped marketing messages in WhatsApp):
+    the ledger must say so too, whether the send call or a status reported it."""
+    return EventDraft(
+        wa_id=wa_id, action=Action.OPT_OUT, scope=Scope.MARKETING, channel=Channel.WHATSAPP_DELIVERY,
+        source_ref=source_ref, recorded_by=recorded_by, evidence=evidence, occurred_at=occurred_at,
+    )
+
+
 class InvalidEvent(ValueError):
     """An event the ledger refuses to record; the message is the one-line reason."""
 

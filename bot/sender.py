@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Callable
 
 from bot.cloud_api import CloudApi
-from bot.consent import Action, Channel, EventDraft, Scope
+from bot.consent import delivery_marketing_opt_out
 from bot.graph_errors import CloudApiError, MarketingOptedOut, WindowClosed
 from bot.ledger import utc_now
 from bot.limiter import RateLimiter
@@ -105,7 +105,8 @@ class Sender:
         reason = Refusal.WINDOW_CLOSED.value if isinstance(error, WindowClosed) else "send_error"
         self.outbox.mark_failed(message.id, reason, error.code, error.details or str(error))
         if isinstance(error, MarketingOptedOut):
-            self._record_marketing_opt_out(message, error)
+            evidence = {"message_id": message.id, "error_code": error.code, "details": error.details}
+            self.outbox.ledger.append(delivery_marketing_opt_out(message.wa_id, f"send-error-131050:{message.id}", "sender", evidence))
         log.warning("message %s to %s failed: %s (code %s)", message.id, mask(message.wa_id), type(error).__name__, error.code)
         return Outcome.FAILED
 
@@ -114,17 +115,3 @@ class Sender:
         due = utc_now() + delay
         self.outbox.release(message.id, due, error.code if error else None, str(error) if error else None)
         return Outcome.RETRY
-
-    def _record_marketing_opt_out(self, message: StoredMessage, error: CloudApiError) -> None:
-        """131050: Meta says the user stopped marketing messages; the ledger must say so too."""
-        self.outbox.ledger.append(
-            EventDraft(
-                wa_id=message.wa_id,
-                action=Action.OPT_OUT,
-                scope=Scope.MARKETING,
-                channel=Channel.WHATSAPP_DELIVERY,
-                source_ref=f"send-error-131050:{message.id}",
-                recorded_by="sender",
-                evidence={"message_id": message.id, "error_code": error.code, "details": error.details},
-            )
-        )

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from bot.consent import Action, Channel, EventDraft, Scope
+from bot.consent import delivery_marketing_opt_out
 from bot.ledger import utc_now
 from bot.webhook_events import StatusUpdate
 from handlers import Context
@@ -17,11 +17,8 @@ def on_status(ctx: Context, status: StatusUpdate) -> None:
     if not ctx.outbox.apply_status(status.meta_message_id, status.status.value, status.error_codes[:1] or None):
         log.debug("status %s for %s changed nothing (unknown, late or out of order)", status.status.value, status.meta_message_id)
     if MARKETING_STOPPED in status.error_codes and status.recipient:
+        evidence = {"meta_message_id": status.meta_message_id, "error_code": MARKETING_STOPPED}
+        ref = f"status-{MARKETING_STOPPED}:{status.meta_message_id}"
         ctx.ledger.append(
-            EventDraft(
-                wa_id=status.recipient, action=Action.OPT_OUT, scope=Scope.MARKETING, channel=Channel.WHATSAPP_DELIVERY,
-                source_ref=f"status-{MARKETING_STOPPED}:{status.meta_message_id}", recorded_by="webhook",
-                evidence={"meta_message_id": status.meta_message_id, "error_code": MARKETING_STOPPED},
-                occurred_at=min(status.timestamp, utc_now()),
-            )
+            delivery_marketing_opt_out(status.recipient, ref, "webhook", evidence, min(status.timestamp, utc_now()))
         )

@@ -41,6 +41,7 @@ class GraphImitation:
         self._window: collections.deque[float] = collections.deque()
         self._ids = itertools.count(1)
         self._in_flight = 0
+        self.connections = 0  # TCP connections accepted: keep-alive clients open few
         self._answered: collections.deque[float] = collections.deque(maxlen=10_000)
         self._server: ThreadingHTTPServer | None = None
 
@@ -59,12 +60,11 @@ class GraphImitation:
                 imitation._handle(self)
 
             def do_GET(self):  # GET /_stats: what a benchmark in another process needs to know
-                payload = json.dumps(imitation.stats()).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                _answer(self, 200, imitation.stats())
+
+            def setup(self):
+                imitation.connections += 1
+                super().setup()
 
             def log_message(self, *args):
                 pass
@@ -150,16 +150,20 @@ class GraphImitation:
         try:
             if status == 200 and self.latency:
                 time.sleep(self.latency)
-            payload = json.dumps(answer).encode()
-            handler.send_response(status)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(payload)))
-            handler.end_headers()
-            handler.wfile.write(payload)
+            _answer(handler, status, answer)
         finally:
             with self._lock:
                 self._in_flight -= 1
                 self._answered.append(time.monotonic())
+
+
+def _answer(handler: BaseHTTPRequestHandler, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
 
 
 def _error(code: int, message: str) -> dict:

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -119,38 +117,12 @@ def test_without_credentials_sending_fails_clearly():
         CloudApi(None, None).send_text(TO, "hi")
 
 
-def test_connections_are_pooled_and_kept_alive():
+def test_connections_are_pooled_and_kept_alive(graph):
     """Against a real local HTTP/1.1 server: three sends, one TCP connection."""
-    connections = []
-    ok = json.dumps(payload("graph_send_ok.json")).encode()
-
-    class Graph(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def setup(self):
-            connections.append(self.client_address)
-            super().setup()
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(ok)))
-            self.end_headers()
-            self.wfile.write(ok)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Graph)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        api = CloudApi("token", "106540352242922", base_url=f"http://127.0.0.1:{server.server_port}")
-        for text in ("one", "two", "three"):
-            assert api.send_text(TO, text).startswith("wamid.")
-    finally:
-        server.shutdown()
-    assert len(connections) == 1
+    api = CloudApi("token", "106540352242922", base_url=graph.url)
+    for text in ("one", "two", "three"):
+        assert api.send_text(TO, text).startswith("wamid.")
+    assert graph.connections == 1
 
 
 def test_logs_never_hold_a_whole_number(api, requests_mock, caplog):
