@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from bot.db import early_statuses, one_statement, outbound_messages as messages, reading, writer
+from bot.consent import ConsentState
 from bot.ledger import Ledger, utc_now
 from bot.phone import InvalidNumber, normalize_wa_id
 from bot.policy import Decision, ImplicitCoverage, MessageKind, Refusal, decide
@@ -126,14 +127,19 @@ class Outbox:
 
     def submit(
         self, message: Message, idempotency_key: str, requested_by: str,
-        queue: QueueName = QueueName.REPLIES, campaign_id: str | None = None,
+        queue: QueueName = QueueName.REPLIES, campaign_id: str | None = None, consent: ConsentState | None = None,
     ) -> Submission:
-        """Ask the policy, store the outcome, queue what is allowed. Safe to repeat."""
-        return self.submit_many([(message, idempotency_key)], requested_by, queue, campaign_id)[0]
+        """Ask the policy, store the outcome, queue what is allowed. Safe to repeat.
+
+        `consent`: the recipient's state when the caller has just read it, saving a second read.
+        """
+        known = {consent.wa_id: consent} if consent is not None else None
+        return self.submit_many([(message, idempotency_key)], requested_by, queue, campaign_id, known)[0]
 
     def submit_many(
         self, items: Iterable[tuple[Message, str]], requested_by: str,
         queue: QueueName = QueueName.BULK, campaign_id: str | None = None,
+        consents: dict[str, ConsentState] | None = None,
     ) -> list[Submission]:
         """Submit several messages in one transaction; queue the allowed ones after it commits.
 
@@ -143,12 +149,13 @@ class Outbox:
         """
         items = list(items)
         try:
-            return self._submit(items, requested_by, queue, campaign_id)
+            return self._submit(items, requested_by, queue, campaign_id, consents)
         except sa.exc.IntegrityError:
-            return self._submit(items, requested_by, queue, campaign_id)
+            return self._submit(items, requested_by, queue, campaign_id, consents)
 
     def _submit(
-        self, items: list[tuple[Message, str]], requested_by: str, queue: QueueName, campaign_id: str | None
+        self, items: list[tuple[Message, str]], requested_by: str, queue: QueueName, campaign_id: str | None,
+        consents: dict[str, ConsentState] | None,
     ) -> list[Submission]:
         now = self.clock()
         recipients: dict[str, str | None] = {}
@@ -157,7 +164,9 @@ class Outbox:
                 recipients[message.to] = normalize_wa_id(message.to)
             except InvalidNumber:
                 recipients[message.to] = None
-        consents = self.ledger.states(wa_id for wa_id in recipients.values() if wa_id)
+        wanted = {wa_id for wa_id in recipients.values() if wa_id}
+        if consents is None or not wanted <= consents.keys():
+            consents = self.ledger.states(wanted)
         rows: list[dict] = []
         submissions: list[Submission] = []
         to_queue: list[str] = []

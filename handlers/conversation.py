@@ -58,9 +58,9 @@ def _ordinary(ctx: Context, message: InboundMessage, state: ConsentState) -> Non
     language = ctx.keywords.languages[0]
     if state.state is State.OPTED_OUT:
         session = state.session_event.event_id if state.session_event else message.message_id
-        _reply(ctx, message, Reply.UNSUBSCRIBED_REMINDER, MessageKind.REPLY, language, once_per=f"session:{session}")
+        _reply(ctx, message, Reply.UNSUBSCRIBED_REMINDER, MessageKind.REPLY, language, f"session:{session}", state)
     elif state.notice_event is None:
-        _reply(ctx, message, Reply.WELCOME, MessageKind.FREE_FORM, language, once_per=f"user:{message.wa_id}")
+        _reply(ctx, message, Reply.WELCOME, MessageKind.FREE_FORM, language, f"user:{message.wa_id}", state)
 
 
 def _record(
@@ -76,12 +76,15 @@ def _record(
 
 
 def _reply(
-    ctx: Context, message: InboundMessage, reply: Reply, kind: MessageKind, language: str, once_per: str | None = None
+    ctx: Context, message: InboundMessage, reply: Reply, kind: MessageKind, language: str,
+    once_per: str | None = None, state: ConsentState | None = None,
 ) -> None:
     """Queue a reply (the outbox asks the policy); when it tells how to stop, note that the user was told (R9)."""
     key = f"{reply.value}:{once_per or message.message_id}"
     text = ctx.replies.render(reply, language)
-    submission = ctx.outbox.submit(Message(message.wa_id, kind, text=text), key, RECORDED_BY, QueueName.REPLIES)
+    submission = ctx.outbox.submit(
+        Message(message.wa_id, kind, text=text), key, RECORDED_BY, QueueName.REPLIES, consent=state
+    )
     if not submission.queued:
         log.info("no %s to %s: %s", reply.value, mask(message.wa_id), submission.reason.value)
         return
