@@ -72,7 +72,7 @@ from bot.db import consent_events  # noqa: E402
 from tests.local_services import free_port, fresh_postgres_schema  # noqa: E402
 
 SCHEMA = "bench_webhook"
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 APP_SECRET = "bench-app-secret"
 VERIFY_TOKEN = "bench-verify-token"
 PHONE_NUMBER_ID = "106540352242922"

@@ -13,7 +13,9 @@ from tests.graph_imitation import GraphImitation
 from tests.local_services import fresh_postgres_schema
 
 BUSINESS = "Acme Bakery"
+# Two checkouts can run their suites at once on one machine by giving each its own of these.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_POSTGRES_SCHEMA = os.environ.get("TEST_POSTGRES_SCHEMA", "bot_test")
 PHONE_NUMBER_ID = "106540352242922"
 APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"
@@ -34,7 +36,7 @@ class FakeClock:
 
 
 def fresh_postgres_url() -> str:
-    return fresh_postgres_schema("bot_test")
+    return fresh_postgres_schema(TEST_POSTGRES_SCHEMA)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

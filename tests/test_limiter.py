@@ -10,7 +10,7 @@ import redis
 
 from bot.limiter import RateLimiter
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
+from tests.conftest import TEST_REDIS_URL as REDIS_URL
 
 
 @pytest.fixture
