@@ -1,6 +1,7 @@
 """Consent-first WhatsApp bot: the application factory."""
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ from dotenv import load_dotenv
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from bot.campaigns import Campaigns
 from bot.config import ConfigError, settings_from_env
 from bot.db import init_schema, make_engine
 from bot.cloud_api import CloudApi
@@ -24,6 +26,7 @@ from bot.replies import Replies, ReplyTextError
 from bot.sender import PACING_MARGIN, PAIR_BURST, PAIR_RATE
 from handlers import Context
 
+app_log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # What create_app raises for a configuration that cannot work; the message is the one-line reason.
 STARTUP_ERRORS = (ConfigError, KeywordFileError, ReplyTextError)
@@ -81,18 +84,30 @@ def create_app(test_config: dict | None = None) -> Flask:
         pair_limiter=RateLimiter(connection, rate=PAIR_RATE[0], per=PAIR_RATE[1], burst=PAIR_BURST),
     )
 
-    app.extensions["handlers"] = Context(ledger, app.extensions["outbox"], keywords, replies)
+    app.extensions["campaigns"] = Campaigns(
+        engine, ledger, app.extensions["outbox"], max_opt_out_rate=app.config["CAMPAIGN_MAX_OPT_OUT_RATE"]
+    )
+    app.extensions["handlers"] = Context(ledger, app.extensions["outbox"], keywords, replies, app.extensions["campaigns"])
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_CONTENT_LENGTH"] or 4 * 1024 * 1024  # Meta's batches are far smaller
 
-    from bot import health, webhook
+    from bot import health, staff_api, webhook
     from bot.cli import consent_cli, keywords_cli
 
     app.register_blueprint(health.bp)
     app.register_blueprint(webhook.bp)
+    app.register_blueprint(staff_api.bp)
     app.register_error_handler(HTTPException, _json_error)
+    app.register_error_handler(sa.exc.SQLAlchemyError, _unavailable)
+    app.register_error_handler(redis.RedisError, _unavailable)
     app.cli.add_command(consent_cli)
     app.cli.add_command(keywords_cli)
     return app
+
+
+def _unavailable(failure: Exception):
+    """The database or Redis failed: a 503 the caller may retry, never a 500 with a traceback."""
+    app_log.error("request failed, database or Redis unavailable: %s", type(failure).__name__)
+    return jsonify(error="unavailable", detail="the database or Redis is unavailable; retry later"), 503
 
 
 def _json_error(failure: HTTPException):

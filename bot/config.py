@@ -35,6 +35,20 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be 1 or 0 (true/false), got {raw!r}")
 
 
+def _rate(env: Mapping[str, str], name: str, default: float) -> float:
+    """A fraction written as 0.02 or 2%."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a fraction such as 0.02 or 2%, got {raw!r}") from None
+    if not 0 < value <= 1:
+        raise ConfigError(f"{name} must be between 0 and 1 (or 0% and 100%), got {raw!r}")
+    return value
+
+
 def settings_from_env(env: Mapping[str, str] = os.environ) -> dict:
     """Flask config keys read from environment variables; unset optional ones stay None."""
     text = lambda name, default=None: env.get(name, "").strip() or default  # noqa: E731
@@ -55,6 +69,7 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> dict:
         "SEND_CONCURRENCY": _positive_int(env, "SEND_CONCURRENCY", 100),
         "SEND_LEASE_SECONDS": _positive_int(env, "SEND_LEASE_SECONDS", 60),
         "SWEEP_INTERVAL_SECONDS": _positive_int(env, "SWEEP_INTERVAL_SECONDS", 5),
+        "CAMPAIGN_MAX_OPT_OUT_RATE": _rate(env, "CAMPAIGN_MAX_OPT_OUT_RATE", 0.02),
         "IMPLICIT_CONSENT_COVERS_UTILITY": _flag(env, "IMPLICIT_CONSENT_COVERS_UTILITY", True),
         "IMPLICIT_CONSENT_COVERS_AUTHENTICATION": _flag(env, "IMPLICIT_CONSENT_COVERS_AUTHENTICATION", True),
     }

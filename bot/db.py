@@ -95,6 +95,22 @@ early_statuses = sa.Table(
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# A template sent to a list. Its messages are outbound_messages rows with its id; while
+# paused_at is set, none of them is claimed for sending.
+campaigns = sa.Table(
+    "campaigns",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("template_name", sa.String(512), nullable=False),
+    sa.Column("template", sa.Text, nullable=False),  # JSON: name, language, components
+    sa.Column("category", sa.String(16), nullable=False),
+    sa.Column("recipients", sa.Integer, nullable=False),
+    sa.Column("requested_by", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("paused_at", sa.DateTime(timezone=True)),
+    sa.Column("pause_reason", sa.String(255)),
+)
+
 # account_update, phone_number_quality_update and message_template_status_update, kept for staff.
 account_notices = sa.Table(
     "account_notices",

@@ -239,6 +239,12 @@ class Ledger:
         with reading(self.engine) as conn:
             return [to_event(row) for row in conn.execute(_HISTORY, {"wa_id": _valid_wa_id(wa_id)}).mappings()]
 
+    def event(self, event_id: str) -> ConsentEvent | None:
+        """One event by its id: the consent behind an outbound message."""
+        with reading(self.engine) as conn:
+            row = conn.execute(sa.select(consent_events).where(consent_events.c.event_id == event_id)).mappings().first()
+        return to_event(row) if row else None
+
     def state(self, wa_id: str) -> ConsentState:
         """What a user's events add up to now, with the 24-hour window.
 

@@ -29,10 +29,11 @@ log = logging.getLogger(__name__)
 SWEEPER_LOCK = "whatsapp:sweeper"
 
 
-def sweep(outbox: Outbox, queues: dict[QueueName, Queue], connection: redis.Redis, every: float) -> int:
-    """Queue due retries and lost messages; one sweeper per round across all workers. Returns how many."""
+def sweep(outbox: Outbox, queues: dict[QueueName, Queue], connection: redis.Redis, every: float) -> int | None:
+    """Queue due retries and lost messages; one sweeper per round across all workers.
+    Returns how many, or None when this round is another worker's."""
     if not connection.set(SWEEPER_LOCK, "1", nx=True, px=int(every * 900)):
-        return 0
+        return None
     idle = {name: queue.count == 0 for name, queue in queues.items()}
     lost: dict[QueueName, list[str]] = {}
     for message_id, queue, was_claimed in outbox.due_for_recovery(timedelta(seconds=2 * every)):
@@ -53,7 +54,8 @@ def _sweep_forever(send_runtime: SendRuntime, stop: threading.Event) -> None:
     ext, every = send_runtime.app.extensions, send_runtime.app.config["SWEEP_INTERVAL_SECONDS"]
     while not stop.wait(every):
         try:
-            sweep(ext["outbox"], send_runtime.queues, ext["redis"], every)
+            if sweep(ext["outbox"], send_runtime.queues, ext["redis"], every) is not None:
+                ext["campaigns"].enforce_opt_out_limit()  # R11: pause campaigns that drive users away
         except Exception:  # a database or Redis outage: try again next round
             log.exception("sweep failed")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.campaigns import Campaigns
 from bot.keywords import KeywordBook
 from bot.ledger import Ledger
 from bot.outbox import Outbox
@@ -20,3 +21,4 @@ class Context:
     outbox: Outbox
     keywords: KeywordBook
     replies: Replies
+    campaigns: Campaigns

@@ -1,4 +1,7 @@
-"""Account health notices (R11): violations, quality flags, paused templates. Kept for staff and logged."""
+"""Account health notices (R11): violations, quality flags, paused templates.
+
+Each is kept for staff and logged; campaigns it puts at risk are paused (bot.campaigns).
+"""
 from __future__ import annotations
 
 import json
@@ -21,3 +24,4 @@ def on_account_notice(ctx: Context, notice: AccountNotice) -> None:
                 details=json.dumps(notice.details, ensure_ascii=False, default=str),
             )
         )
+    ctx.campaigns.on_account_notice(notice.field, notice.event, notice.details)

@@ -19,6 +19,7 @@ TEST_POSTGRES_SCHEMA = os.environ.get("TEST_POSTGRES_SCHEMA", "bot_test")
 PHONE_NUMBER_ID = "106540352242922"
 APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"
+ADMIN_TOKEN = "test-admin-token"
 
 
 class FakeClock:
@@ -67,7 +68,7 @@ def app_config(database_url: str, redis_url: str, graph: GraphImitation, **extra
     return {
         "TESTING": True, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BUSINESS_NAME": BUSINESS,
         "GRAPH_API_URL": graph.url, "WHATSAPP_TOKEN": "test-token", "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
-        "WHATSAPP_APP_SECRET": APP_SECRET, "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
+        "WHATSAPP_APP_SECRET": APP_SECRET, "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN, "ADMIN_API_TOKEN": ADMIN_TOKEN,
         **extra,
     }
 

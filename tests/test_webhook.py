@@ -324,7 +324,7 @@ def test_database_unreachable_answers_503_and_the_retry_completes_once(app, clie
     working = app.extensions["handlers"]
     down = make_engine("postgresql://postgres@127.0.0.1:1/test")
     down_ledger = Ledger(down)
-    app.extensions["handlers"] = Context(down_ledger, Outbox(down, down_ledger, working.outbox.enqueue), working.keywords, working.replies)
+    app.extensions["handlers"] = Context(down_ledger, Outbox(down, down_ledger, working.outbox.enqueue), working.keywords, working.replies, working.campaigns)
     response = post(client, payload("stop_message.json"))
     assert response.status_code == 503 and "Traceback" not in response.get_data(as_text=True)
     app.extensions["handlers"] = working
