@@ -92,6 +92,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     from bot import health, staff_api, webhook
     from bot.cli import consent_cli, keywords_cli
+    from bot.send_cli import campaign_cli, send_cli
 
     app.register_blueprint(health.bp)
     app.register_blueprint(webhook.bp)
@@ -101,6 +102,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_error_handler(redis.RedisError, _unavailable)
     app.cli.add_command(consent_cli)
     app.cli.add_command(keywords_cli)
+    app.cli.add_command(send_cli)
+    app.cli.add_command(campaign_cli)
     return app
 
 

@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 
 from bot.audit import FORMATS, export_lines
-from bot.consent import ConsentEvent
+from bot.consent import ConsentEvent, EventDraft
+from bot.consent_import import BadFile, Row, read_rows
 from bot.keywords import Intent
 from bot.ledger import Ledger, utc_now
 from bot.phone import InvalidNumber, normalize_wa_id
+from bot.progress import progress_bar
+
+IMPORT_BATCH = 500  # rows recorded per transaction
 
 
 def _ledger() -> Ledger:
@@ -75,6 +80,58 @@ def export(fmt: str, output: str, since: datetime | None, until: datetime | None
                 out.write(line)
     except OSError as error:
         raise click.ClickException(f"cannot write {output}: {error.strerror}") from None
+
+
+@consent_cli.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@with_appcontext
+def import_csv(file: Path) -> None:
+    """Record consent collected off WhatsApp from a CSV file with a header row.
+
+    Columns: wa_id, channel (web, ivr, paper, sms, email, in_person, api), occurred_at
+    (ISO 8601 with zone), and for opt-ins consent_text and evidence (a JSON object or a
+    reference); optional action (opt_in, the default, or opt_out) and scope (all, marketing).
+    Rows without consent evidence are rejected with their line and reason, the others are
+    recorded; importing the same file again adds nothing. Exits 1 when any row was rejected.
+    """
+    rejected: list[Row] = []
+    recorded = present = 0
+    try:
+        with file.open(newline="", encoding="utf-8-sig") as lines:
+            total = max(sum(1 for _ in lines) - 1, 0)
+            lines.seek(0)
+            with progress_bar(total, f"importing {file.name}") as done:
+                batch: list[EventDraft] = []
+                for row in read_rows(lines):
+                    if row.problem:
+                        rejected.append(row)
+                    else:
+                        batch.append(row.draft)
+                    if len(batch) == IMPORT_BATCH:
+                        recorded, present = _record_batch(batch, recorded, present)
+                        batch = []
+                    done(row.line - 1)
+                recorded, present = _record_batch(batch, recorded, present)
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file.name} is not UTF-8 text; save it as CSV UTF-8") from None
+    except BadFile as error:
+        raise click.ClickException(f"{file.name}: {error}") from None
+    for row in rejected:
+        click.echo(f"{file.name}:{row.line}: rejected: {row.problem}", err=True)
+    summary = f"{recorded} recorded, {present} already in the ledger, {len(rejected)} rejected"
+    if rejected:
+        raise click.ClickException(summary)
+    click.echo(summary)
+
+
+def _record_batch(batch: list[EventDraft], recorded: int, present: int) -> tuple[int, int]:
+    """Record one transaction's rows; returns the running counts (new, already present)."""
+    if not batch:
+        return recorded, present
+    ledger = _ledger()
+    fresh = {draft.source_ref for draft in batch} - ledger.recorded_refs(draft.source_ref for draft in batch)
+    ledger.append_many(batch)
+    return recorded + len(fresh), present + len(batch) - len(fresh)
 
 
 @consent_cli.command("verify")

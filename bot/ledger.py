@@ -239,6 +239,16 @@ class Ledger:
         with reading(self.engine) as conn:
             return [to_event(row) for row in conn.execute(_HISTORY, {"wa_id": _valid_wa_id(wa_id)}).mappings()]
 
+    def recorded_refs(self, source_refs: Iterable[str]) -> set[str]:
+        """Which of these source references the ledger holds already."""
+        refs = list(set(source_refs))
+        found: set[str] = set()
+        with reading(self.engine) as conn:
+            for start in range(0, len(refs), 1000):
+                query = sa.select(consent_events.c.source_ref).where(consent_events.c.source_ref.in_(refs[start : start + 1000]))
+                found.update(conn.execute(query).scalars())
+        return found
+
     def event(self, event_id: str) -> ConsentEvent | None:
         """One event by its id: the consent behind an outbound message."""
         with reading(self.engine) as conn:

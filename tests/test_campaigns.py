@@ -1,0 +1,118 @@
+"""Campaign pausing (R11): Meta's account, quality and template notices, and the opt-out rate."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import sqlalchemy as sa
+
+from bot.campaigns import CampaignRefused, Campaigns, Status
+from bot.db import outbound_messages
+from bot.outbox import Template
+from bot.policy import MessageKind
+from tests.conftest import ADMIN_TOKEN
+from tests.helpers import opt_out, web_opt_in
+from tests.test_webhook import payload, post
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+SPRING_SALE = Template("spring_sale", "en_US")
+RECIPIENTS = [f"1650555{n:04d}" for n in range(10)]
+
+
+@pytest.fixture
+def campaigns(app) -> Campaigns:
+    ledger = app.extensions["ledger"]
+    for n, wa_id in enumerate(RECIPIENTS):
+        ledger.append(web_opt_in(wa_id, ref=f"form-{n}"))
+    return app.extensions["campaigns"]
+
+
+def start(campaigns: Campaigns, template: Template = SPRING_SALE) -> str:
+    result = campaigns.send(template, MessageKind.MARKETING_TEMPLATE, RECIPIENTS, "staff:test")
+    assert result.queued == len(RECIPIENTS)
+    return result.campaign_id
+
+
+def quality(event: str) -> dict:
+    body = copy.deepcopy(payload("phone_number_quality_update.json"))
+    body["entry"][0]["changes"][0]["value"]["event"] = event
+    return body
+
+
+def test_a_quality_flag_pauses_running_campaigns_refuses_new_ones_and_resume_until_cleared(client, campaigns):
+    campaign_id = start(campaigns)
+    assert post(client, quality("FLAGGED")).status_code == 200
+    progress = campaigns.progress(campaign_id)
+    assert progress.status is Status.PAUSED and "FLAGGED" in progress.pause_reason
+    refused = campaigns.send(SPRING_SALE, MessageKind.MARKETING_TEMPLATE, RECIPIENTS + ["12"], "staff:test")
+    assert (refused.campaign_id, refused.queued, refused.skipped) == (None, 0, {"paused": 10, "invalid_recipient": 1})
+    response = client.post("/api/v1/campaigns", headers=AUTH, json={
+        "template": {"name": "spring_sale", "language": "en_US", "category": "marketing"}, "recipients": RECIPIENTS})
+    assert response.status_code == 409 and response.get_json()["reason"] == "paused"
+    with pytest.raises(CampaignRefused, match="FLAGGED"):
+        campaigns.resume(campaign_id)
+    assert post(client, quality("UNFLAGGED")).status_code == 200
+    assert campaigns.resume(campaign_id).status is Status.RUNNING
+
+
+def test_an_account_violation_pauses_every_running_campaign(client, campaigns):
+    first, second = start(campaigns), start(campaigns, Template("order_update", "en"))
+    assert post(client, payload("account_update_violation.json")).status_code == 200
+    for campaign_id in (first, second):
+        assert "ACCOUNT_VIOLATION" in campaigns.progress(campaign_id).pause_reason
+    assert campaigns.account_flag() is None  # a violation pauses what runs; staff decide when to resume
+    assert campaigns.resume(first).status is Status.RUNNING
+
+
+def test_a_paused_template_pauses_only_its_campaigns(client, campaigns):
+    sale, update = start(campaigns), start(campaigns, Template("order_update", "en"))
+    assert post(client, payload("template_status_paused.json")).status_code == 200
+    assert campaigns.progress(sale).status is Status.PAUSED
+    assert "spring_sale" in campaigns.progress(sale).pause_reason
+    assert campaigns.progress(update).status is Status.RUNNING
+
+
+def test_informational_notices_pause_nothing(client, campaigns):
+    campaign_id = start(campaigns)
+    for event in ("UPGRADE", "UNFLAGGED", "ONBOARDING"):
+        post(client, quality(event))
+    assert campaigns.progress(campaign_id).status is Status.RUNNING
+
+
+def reach(app, campaign_id: str, count: int) -> list[str]:
+    """Mark `count` of the campaign's messages sent, as the worker would; returns their recipients."""
+    outbox = app.extensions["outbox"]
+    with app.extensions["ledger"].engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(outbound_messages.c.id, outbound_messages.c.wa_id)
+            .where(outbound_messages.c.campaign_id == campaign_id)
+            .order_by(outbound_messages.c.wa_id)
+            .limit(count)
+        ).all()
+    for message_id, wa_id in rows:
+        claimed = outbox.claim(message_id)
+        outbox.mark_sent(message_id, f"wamid.{message_id}", claimed.consent_event_id)
+    return [wa_id for _, wa_id in rows]
+
+
+def test_the_opt_out_rate_pauses_a_campaign_once_enough_recipients_were_reached(app, campaigns):
+    watcher = Campaigns(campaigns.engine, campaigns.ledger, campaigns.outbox, max_opt_out_rate=0.2, min_reached=5)
+    campaign_id = start(campaigns)
+    reached = reach(app, campaign_id, 6)
+    ledger = app.extensions["ledger"]
+    ledger.append(opt_out(reached[0], ref="stop-a"))
+    assert watcher.enforce_opt_out_limit() == []  # 1 of 6 = 17%, under 20%
+    ledger.append(opt_out(reached[1], ref="stop-b"))
+    assert watcher.enforce_opt_out_limit() == [campaign_id]  # 2 of 6 = 33%
+    progress = watcher.progress(campaign_id)
+    assert (progress.status, progress.opt_outs, progress.states["sent"]) == (Status.PAUSED, 2, 6)
+    assert "33.3%" in progress.pause_reason and "CAMPAIGN_MAX_OPT_OUT_RATE" in progress.pause_reason
+    assert watcher.enforce_opt_out_limit() == []  # paused already
+
+
+def test_opt_outs_before_the_campaign_reached_someone_do_not_count(app, campaigns):
+    watcher = Campaigns(campaigns.engine, campaigns.ledger, campaigns.outbox, max_opt_out_rate=0.01, min_reached=1)
+    campaign_id = start(campaigns)
+    app.extensions["ledger"].append(opt_out(RECIPIENTS[0], ref="stop-early"))
+    reach(app, campaign_id, 3)  # (the sender would have blocked the first; here it is marked sent regardless)
+    assert watcher.progress(campaign_id).opt_outs == 0 and watcher.enforce_opt_out_limit() == []

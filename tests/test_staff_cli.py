@@ -1,0 +1,127 @@
+"""`flask consent import`, `flask send template` and `flask campaign ...` on both databases."""
+from __future__ import annotations
+
+import pytest
+from rq import Queue
+
+from bot.consent import Action, Channel, State
+from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
+
+HEADER = "wa_id,action,channel,scope,consent_text,evidence,occurred_at\n"
+GOOD_ROWS = (
+    '+1 650 555 1234,opt_in,paper,all,"Yes, Acme Bakery may send me offers on WhatsApp.",FORM-2211,2026-10-01T09:30:00Z\n'
+    '447700900123,,web,marketing,I agree to WhatsApp offers.,"{""form"": ""signup"", ""ip"": ""203.0.113.9""}",2026-10-02T10:00:00+01:00\n'
+    "19175550100,opt_out,ivr,all,,call-8812,2026-10-03T11:00:00Z\n"
+)
+MIXED_ROWS = (
+    "16505550001,opt_in,paper,all,,FORM-1,2026-10-01T09:30:00Z\n"  # no consent text: an existing customer (R3)
+    "16505550002,opt_in,email,all,Subscribed to the newsletter,,2026-10-01T09:30:00Z\n"  # no evidence (R4)
+    "0650555123,opt_in,paper,all,Yes please,FORM-3,2026-10-01T09:30:00Z\n"  # bad number
+    "16505550004,opt_in,whatsapp,all,Yes please,FORM-4,2026-10-01T09:30:00Z\n"  # R5
+    "16505550005,opt_in,paper,all,Yes please,FORM-5,\n"  # no date
+    "16505550006,opt_in,paper,all,Yes please,FORM-6,2099-01-01T00:00:00Z\n"  # the future
+    "16505550007,opt_in,paper,all,Yes please,{not json,2026-10-01T09:30:00Z\n"
+    "16505550008,opt_in,paper,all,Yes please,FORM-8,2026-10-01T09:30:00Z,extra\n"
+)
+
+
+def write(tmp_path, text: str, name: str = "consents.csv"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_import_records_every_good_row_with_its_evidence(runner, ledger, tmp_path):
+    result = runner.invoke(args=["consent", "import", write(tmp_path, HEADER + GOOD_ROWS)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == "3 recorded, 0 already in the ledger, 0 rejected"
+    paper = ledger.history(USER)[0]
+    assert (paper.action, paper.channel, paper.evidence, paper.recorded_by) == (Action.OPT_IN, Channel.PAPER, {"reference": "FORM-2211"}, "staff:import")
+    assert paper.occurred_at.isoformat() == "2026-10-01T09:30:00+00:00"
+    web = ledger.history(OTHER_USER)[0]
+    assert (web.scope.value, web.evidence) == ("marketing", {"form": "signup", "ip": "203.0.113.9"})
+    assert ledger.state("19175550100").state is State.OPTED_OUT
+
+
+def test_importing_the_same_file_again_adds_nothing(runner, ledger, tmp_path):
+    path = write(tmp_path, HEADER + GOOD_ROWS + GOOD_ROWS.splitlines(keepends=True)[0])  # and one row twice
+    assert runner.invoke(args=["consent", "import", path]).output.strip().endswith("3 recorded, 1 already in the ledger, 0 rejected")
+    again = runner.invoke(args=["consent", "import", path])
+    assert again.exit_code == 0 and again.output.strip().endswith("0 recorded, 4 already in the ledger, 0 rejected")
+    assert len(list(ledger.events())) == 3 and ledger.verify().ok
+
+
+def test_a_mixed_file_records_the_good_rows_and_names_each_rejected_line(runner, ledger, tmp_path):
+    result = runner.invoke(args=["consent", "import", write(tmp_path, HEADER + GOOD_ROWS + MIXED_ROWS)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    rejected = [line for line in lines if ": rejected: " in line]
+    assert [line.split(":")[1] for line in rejected] == ["5", "6", "7", "8", "9", "10", "11", "12"]
+    for line, says in zip(rejected, ["consent_text", "needs evidence", "wa_id", "R5", "occurred_at", "future", "JSON", "more cells"]):
+        assert says in line, line
+    assert lines[-1] == "Error: 3 recorded, 0 already in the ledger, 8 rejected"
+    assert {event.wa_id for event in ledger.events()} == {USER, OTHER_USER, "19175550100"}
+
+
+@pytest.mark.parametrize(
+    "content,says",
+    [
+        ("", "empty"),
+        ("wa_id,consent_text\n16505551234,yes\n", "lacks the column(s) channel, occurred_at"),
+        ("wa_id,channel,occurred_at,password\n", "unknown column(s) password"),
+    ],
+)
+def test_a_file_that_cannot_be_imported_says_why_in_one_line(runner, ledger, tmp_path, content, says):
+    result = runner.invoke(args=["consent", "import", write(tmp_path, content)])
+    assert result.exit_code == 1 and says in result.output and "Traceback" not in result.output
+    assert list(ledger.events()) == []
+
+
+def test_a_file_that_is_not_utf8_or_missing_is_refused(runner, ledger, tmp_path):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes((HEADER + "16505551234,opt_in,paper,all,Sí señor,F-1,2026-10-01T09:30:00Z\n").encode("latin-1"))
+    result = runner.invoke(args=["consent", "import", str(latin)])
+    assert result.exit_code == 1 and "not UTF-8" in result.output
+    missing = runner.invoke(args=["consent", "import", str(tmp_path / "nope.csv")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    assert runner.invoke(args=["consent", "import", str(tmp_path)]).exit_code == 2  # a directory
+    assert list(ledger.events()) == []
+
+
+def test_send_template_queues_or_names_the_refusal(runner, app, ledger):
+    ledger.append(web_opt_in())
+    ok = runner.invoke(args=["send", "template", "order_update", "--to", "+1 650 555 1234", "--category", "utility"])
+    assert ok.exit_code == 0 and ok.output.startswith("queued message ")
+    message_id = ok.output.split()[-1]
+    assert app.extensions["outbox"].get(message_id).content["template"]["name"] == "order_update"
+    assert Queue("replies", connection=app.extensions["redis"]).count == 1
+    refused = runner.invoke(args=["send", "template", "spring_sale", "--to", OTHER_USER, "--category", "marketing"])
+    assert refused.exit_code == 1 and "not sent: no_consent" in refused.output
+    bad = runner.invoke(args=["send", "template", "Spring Sale", "--to", USER, "--category", "marketing"])
+    assert bad.exit_code == 1 and "template.name" in bad.output
+    components = runner.invoke(args=["send", "template", "x", "--to", USER, "--category", "utility", "--components", "{"])
+    assert components.exit_code == 2 and "--components" in components.output
+
+
+def test_campaign_send_dry_run_then_real_then_status(runner, app, ledger, tmp_path):
+    ledger.append(web_opt_in(USER, ref="f-1"))
+    ledger.append(web_opt_in(OTHER_USER, ref="f-2"))
+    ledger.append(opt_out(OTHER_USER, ref="s-2"))
+    recipients = write(tmp_path, f"name,wa_id\nAna,{USER}\nBo,{OTHER_USER}\nCy,19175550100\nDee,12ab\nAna again,+{USER}\n", "list.csv")
+    args = ["campaign", "send", "spring_sale", "--recipients", recipients, "--category", "marketing"]
+    dry = runner.invoke(args=[*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.strip().splitlines()[-1] == "dry run: 1 queued, skipped: invalid_recipient 1, no_consent 1, opted_out 1; 1 duplicate(s)"
+    assert Queue("bulk", connection=app.extensions["redis"]).count == 0
+    real = runner.invoke(args=args)
+    summary = real.output.strip().splitlines()[-1]
+    assert real.exit_code == 0 and summary.endswith(": 1 queued, skipped: invalid_recipient 1, no_consent 1, opted_out 1; 1 duplicate(s)")
+    campaign_id = summary.split()[1].rstrip(":")
+    status = runner.invoke(args=["campaign", "status", campaign_id])
+    assert "status:       running" in status.output and "queued:       1" in status.output
+    assert runner.invoke(args=["campaign", "status", "nope"]).exit_code == 1
+
+
+def test_campaign_send_refuses_a_file_without_numbers(runner, tmp_path):
+    result = runner.invoke(args=["campaign", "send", "x", "--recipients", write(tmp_path, "name,city\nAna,Lima\n"), "--category", "utility"])
+    assert result.exit_code == 1 and "no wa_id column" in result.output
