@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 from dotenv import load_dotenv
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from bot.campaigns import Campaigns
 from bot.config import ConfigError, settings_from_env
@@ -30,6 +32,7 @@ app_log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # What create_app raises for a configuration that cannot work; the message is the one-line reason.
 STARTUP_ERRORS = (ConfigError, KeywordFileError, ReplyTextError)
+PAGE_SUBMISSIONS = (5, 600)  # hosted-page submissions per IP and per number: 5 per 10 minutes
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -45,6 +48,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     if not app.config["DATABASE_URL"]:
         os.makedirs(app.instance_path, exist_ok=True)
         app.config["DATABASE_URL"] = f"sqlite:///{Path(app.instance_path) / 'ledger.db'}"
+    app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or _instance_secret(Path(app.instance_path))
     keywords_path = Path(app.config["KEYWORDS_FILE"])
     if not keywords_path.is_absolute():
         keywords_path = PROJECT_ROOT / keywords_path
@@ -82,6 +86,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         ),
         throughput_limiter=RateLimiter(connection, rate=app.config["SEND_RATE_LIMIT"] * PACING_MARGIN),
         pair_limiter=RateLimiter(connection, rate=PAIR_RATE[0], per=PAIR_RATE[1], burst=PAIR_BURST),
+        page_limiter=RateLimiter(connection, rate=PAGE_SUBMISSIONS[0], per=PAGE_SUBMISSIONS[1], burst=PAGE_SUBMISSIONS[0]),
     )
 
     app.extensions["campaigns"] = Campaigns(
@@ -90,13 +95,16 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["handlers"] = Context(ledger, app.extensions["outbox"], keywords, replies, app.extensions["campaigns"])
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_CONTENT_LENGTH"] or 4 * 1024 * 1024  # Meta's batches are far smaller
 
-    from bot import health, staff_api, webhook
+    from bot import health, pages, staff_api, webhook
     from bot.cli import consent_cli, keywords_cli
     from bot.send_cli import campaign_cli, send_cli
 
     app.register_blueprint(health.bp)
     app.register_blueprint(webhook.bp)
     app.register_blueprint(staff_api.bp)
+    app.register_blueprint(pages.bp)
+    if app.config["TRUSTED_PROXIES"]:  # behind a load balancer: the client's address is in X-Forwarded-For
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"], x_proto=app.config["TRUSTED_PROXIES"])
     app.register_error_handler(HTTPException, _json_error)
     app.register_error_handler(sa.exc.SQLAlchemyError, _unavailable)
     app.register_error_handler(redis.RedisError, _unavailable)
@@ -105,6 +113,24 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.cli.add_command(send_cli)
     app.cli.add_command(campaign_cli)
     return app
+
+
+def _instance_secret(instance: Path) -> str:
+    """Without SECRET_KEY, one kept in instance/ (fine on one host; set SECRET_KEY when there are several)."""
+    path = instance / "secret_key"
+    if not path.exists():
+        os.makedirs(instance, exist_ok=True)
+        draft = instance / f".secret_key.{os.getpid()}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_hex(32))
+        try:
+            os.link(draft, path)  # atomic: when web processes start together, the first key wins for all
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(draft)
+    return path.read_text().strip()
 
 
 def _unavailable(failure: Exception):

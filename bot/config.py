@@ -24,6 +24,15 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ConfigError(f"{name} must be a whole number of 0 or more, got {raw!r}")
+    return int(raw)
+
+
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -64,6 +73,8 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> dict:
         "DATABASE_URL": text("DATABASE_URL"),
         "REDIS_URL": text("REDIS_URL", "redis://127.0.0.1:6379/0"),
         "ADMIN_API_TOKEN": text("ADMIN_API_TOKEN"),
+        "SECRET_KEY": text("SECRET_KEY"),
+        "TRUSTED_PROXIES": _count(env, "TRUSTED_PROXIES", 0),
         "KEYWORDS_FILE": text("KEYWORDS_FILE", "keywords.yml"),
         "SEND_RATE_LIMIT": _positive_int(env, "SEND_RATE_LIMIT", 80),
         "SEND_CONCURRENCY": _positive_int(env, "SEND_CONCURRENCY", 100),

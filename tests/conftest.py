@@ -69,6 +69,7 @@ def app_config(database_url: str, redis_url: str, graph: GraphImitation, **extra
         "TESTING": True, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BUSINESS_NAME": BUSINESS,
         "GRAPH_API_URL": graph.url, "WHATSAPP_TOKEN": "test-token", "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
         "WHATSAPP_APP_SECRET": APP_SECRET, "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN, "ADMIN_API_TOKEN": ADMIN_TOKEN,
+        "SECRET_KEY": "test-secret-key",
         **extra,
     }
 
