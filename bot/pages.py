@@ -34,10 +34,13 @@ def consent_text() -> str:
     return path.read_text(encoding="utf-8").strip().format(business=current_app.config["BUSINESS_NAME"])
 
 
-def page_version(page: str) -> str:
-    """A digest of the page's template and consent text: the evidence says which wording was shown."""
-    source = (Path(current_app.template_folder) / "pages" / f"{page}.html").read_bytes()
-    return hashlib.sha256(source + consent_text().encode()).hexdigest()[:12]
+def page_version() -> str:
+    """A digest of every page template and the consent text: the evidence says which wording was shown."""
+    folder = Path(current_app.template_folder) / "pages"
+    digest = hashlib.sha256(consent_text().encode())
+    for path in sorted(folder.iterdir()):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _render(page: str, status: int = 200, **context):
@@ -54,24 +57,14 @@ def _render(page: str, status: int = 200, **context):
     return response
 
 
-@bp.get("/opt-in")
-def opt_in_form():
-    return _render("opt_in")
+@bp.route("/opt-in", methods=["GET", "POST"])
+def opt_in():
+    return _submit("opt_in") if request.method == "POST" else _render("opt_in")
 
 
-@bp.get("/opt-out")
-def opt_out_form():
-    return _render("opt_out")
-
-
-@bp.post("/opt-in")
-def opt_in_submit():
-    return _submit("opt_in")
-
-
-@bp.post("/opt-out")
-def opt_out_submit():
-    return _submit("opt_out")
+@bp.route("/opt-out", methods=["GET", "POST"])
+def opt_out():
+    return _submit("opt_out") if request.method == "POST" else _render("opt_out")
 
 
 def _submit(page: str):
@@ -99,7 +92,7 @@ def _draft(page: str, wa_id: str, nonce: str) -> EventDraft:
     opting_in = page == "opt_in"
     evidence = {
         "page": f"/{page.replace('_', '-')}",
-        "page_version": page_version(page),
+        "page_version": page_version(),
         "ip": request.remote_addr,
         "user_agent": request.headers.get("User-Agent", "")[:512],
     }
