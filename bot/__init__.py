@@ -106,6 +106,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     if app.config["TRUSTED_PROXIES"]:  # behind a load balancer: the client's address is in X-Forwarded-For
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"], x_proto=app.config["TRUSTED_PROXIES"])
     app.register_error_handler(HTTPException, _json_error)
+    app.register_error_handler(sa.exc.DataError, _unstorable)
     app.register_error_handler(sa.exc.SQLAlchemyError, _unavailable)
     app.register_error_handler(redis.RedisError, _unavailable)
     app.cli.add_command(consent_cli)
@@ -131,6 +132,11 @@ def _instance_secret(instance: Path) -> str:
         finally:
             os.unlink(draft)
     return path.read_text().strip()
+
+
+def _unstorable(_failure: sa.exc.DataError):
+    """The database refused a value (a NUL character, say): the request's fault, not an outage."""
+    return jsonify(error="invalid_value", detail="a value in the request cannot be stored or looked up"), 422
 
 
 def _unavailable(failure: Exception):

@@ -243,6 +243,8 @@ def check_draft(draft: EventDraft, now: datetime) -> None:
     """Enforce what every recorded event must carry, whoever records it (R4, R5)."""
     if not draft.source_ref or len(draft.source_ref) > 255:
         raise InvalidEvent("source_ref must be 1 to 255 characters")
+    if not draft.source_ref.isprintable():
+        raise InvalidEvent("source_ref must not hold control characters")
     if not draft.recorded_by or len(draft.recorded_by) > 64:
         raise InvalidEvent("recorded_by must be 1 to 64 characters")
     if not isinstance(draft.evidence, dict):

@@ -124,6 +124,8 @@ def load_keywords(path: str | Path) -> KeywordBook:
         raise KeywordFileError(f"{path}: cannot read keyword file ({error.strerror})") from None
     except UnicodeDecodeError:
         raise KeywordFileError(f"{path}: keyword file is not UTF-8 text") from None
+    except ValueError:  # a NUL in the path
+        raise KeywordFileError(f"{path!r}: not a usable file name") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as error:

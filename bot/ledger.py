@@ -199,7 +199,9 @@ class Ledger:
             "scope": draft.scope.value,
             "basis": basis.value if (basis := basis_of(draft.action)) else None,
             "channel": draft.channel.value,
-            "consent_text": draft.consent_text,
+            # PostgreSQL text cannot hold NUL: both backends store U+FFFD instead, so a user's
+            # STOP with a stray NUL is recorded rather than refused forever.
+            "consent_text": draft.consent_text.replace("\x00", "\ufffd") if draft.consent_text else draft.consent_text,
             "evidence": evidence,
             "source_ref": draft.source_ref,
             "occurred_at": as_utc(draft.occurred_at or now),
