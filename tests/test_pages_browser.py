@@ -1,0 +1,75 @@
+"""The hosted pages in real headless Chromium, served over real HTTP: what a person sees and does."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+from bot.consent import Action, Scope
+from tests.browser import screenshot
+from tests.conftest import BUSINESS
+from tests.helpers import USER
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def site(app):
+    """The app on a local port, as a browser reaches it."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_the_consent_box_is_unchecked_on_load_and_an_unticked_submit_records_nothing(site, browser_page, ledger):
+    page = browser_page
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    page.goto(f"{site}/opt-in")
+    assert BUSINESS in page.inner_text("body")
+    assert page.inner_text("#consent-text").startswith(f"Yes, {BUSINESS} may send me messages on WhatsApp")
+    assert not page.is_checked("#consent")
+    screenshot(page, "opt-in-page")
+    page.fill("#phone", "+1 650 555 1234")
+    page.click("button[type=submit]")
+    assert "Nothing was recorded" in page.inner_text("[role=status]")
+    assert ledger.history(USER) == []
+
+
+def test_ticking_and_submitting_records_the_opt_in_with_evidence(site, browser_page, ledger):
+    page = browser_page
+    page.goto(f"{site}/opt-in")
+    page.fill("#phone", "+1 650 555 1234")
+    page.check("#consent")
+    page.click("button[type=submit]")
+    assert "Thank you" in page.inner_text("[role=status]")
+    screenshot(page, "opt-in-done")
+    [event] = ledger.history(USER)
+    assert event.action is Action.OPT_IN and event.evidence["consent_text_shown"] == event.consent_text
+    assert event.evidence["ip"] == "127.0.0.1" and "HeadlessChrome" in event.evidence["user_agent"]
+
+
+def test_a_bad_number_is_explained_on_the_page(site, browser_page, ledger):
+    page = browser_page
+    page.goto(f"{site}/opt-in")
+    page.fill("#phone", "0650 555")
+    page.check("#consent")
+    page.click("button[type=submit]")
+    assert "country code" in page.inner_text("[role=alert]")
+    screenshot(page, "opt-in-bad-number")
+    assert list(ledger.events()) == []
+
+
+def test_the_opt_out_page_records_an_opt_out(site, browser_page, ledger):
+    page = browser_page
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{site}/opt-out")
+    screenshot(page, "opt-out-page")
+    page.fill("#phone", "+1 650 555 1234")
+    page.click("button[type=submit]")
+    assert "will not send you" in page.inner_text("[role=status]")
+    screenshot(page, "opt-out-done")
+    [event] = ledger.history(USER)
+    assert (event.action, event.scope) == (Action.OPT_OUT, Scope.ALL)
