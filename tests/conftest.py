@@ -12,6 +12,8 @@ from bot.ledger import Ledger
 from tests.graph_imitation import GraphImitation
 from tests.local_services import fresh_postgres_schema
 
+pytest_plugins = ("tests.browser",)  # the headless Chromium fixtures, for page tests
+
 BUSINESS = "Acme Bakery"
 # Two checkouts can run their suites at once on one machine by giving each its own of these.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
