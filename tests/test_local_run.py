@@ -3,6 +3,7 @@ WhatsApp, the whole production path from a user's message to the bot's reply, an
 leaving no process behind."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ import pytest
 import requests
 
 from bot import PROJECT_ROOT
+from tests.conftest import APP_SECRET, PHONE_NUMBER_ID
 from tests.local_run import ADMIN_TOKEN, RunningBot, SandboxUser, running_bot, still_running
+from tests.test_webhook import payload, sign
 
 USER = "15550100001"
 SPRING_SALE = {"name": "spring_sale", "language": "en", "category": "marketing"}
@@ -98,6 +101,27 @@ def test_without_redis_it_runs_its_own_and_simulate_chats_from_a_shell(tmp_path)
         bot.process.send_signal(signal.SIGTERM)
         assert bot.process.wait(timeout=60) == 0, bot.output()[-3000:]
         assert still_running(processes) == set()
+
+
+def test_with_whatsapp_token_set_the_bot_talks_to_the_graph_api_and_no_sandbox_runs(tmp_path, redis_url, graph):
+    meta = {"WHATSAPP_TOKEN": "test-token", "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID, "WHATSAPP_APP_SECRET": APP_SECRET,
+            "GRAPH_API_URL": graph.url}
+    with running_bot(tmp_path, redis_url, **meta) as bot:
+        assert "It talks to Meta's Cloud API" in bot.output()
+        assert not [line for line in bot.output().splitlines() if line.startswith(("sandbox", "  sandbox"))]
+        with pytest.raises(requests.ConnectionError):
+            requests.get(bot.sandbox_url, timeout=2)
+        raw = json.dumps(payload("text_message.json")).encode()
+        answer = requests.post(
+            f"{bot.web_url}/webhook", data=raw, headers={"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw)},
+            timeout=10,
+        )
+        assert answer.status_code == 200
+        deadline = time.monotonic() + 20
+        while not graph.requests and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (welcome,) = graph.requests
+        assert "Welcome to Acme Bakery!" in welcome.body["text"]["body"]
 
 
 def _command(pid: int) -> str:
