@@ -1,6 +1,7 @@
 """Developer entry point, needing only Python 3.11+.
 
-    python3 dev.py start            serve the bot on http://127.0.0.1:$PORT (default 8000)
+    python3 dev.py start            run the whole bot: web, worker, Redis if none answers, and the
+                                    WhatsApp sandbox unless WHATSAPP_TOKEN is set (python -m devstack)
     python3 dev.py test [options]   run the test suite (options go to pytest)
     python3 dev.py bench            run the benchmarks in their short form (bench/*.py --quick)
 
@@ -22,7 +23,7 @@ PYTHON = VENV / "bin" / "python"
 
 def ensure_virtualenv(requirements: str) -> None:
     """Create .venv and install `requirements` when they changed since the last install."""
-    files = [ROOT / "requirements.txt", ROOT / requirements]
+    files = sorted(ROOT.glob("requirements*.txt"))  # one file may include another
     digest = hashlib.sha256(b"".join(path.read_bytes() for path in files)).hexdigest()
     stamp = VENV / f".installed-{requirements}"  # one stamp per file: start and test install different sets
     if stamp.exists() and stamp.read_text() == digest:
@@ -46,9 +47,8 @@ def main(argv: list[str]) -> int:
             subprocess.run([str(PYTHON), script, "--quick"], check=True)
         return 0
     if command == "start":
-        ensure_virtualenv("requirements.txt")
-        bind = f"127.0.0.1:{os.environ.get('PORT', '8000')}"
-        os.execv(PYTHON, [str(PYTHON), "-m", "gunicorn", "wsgi:app", "--bind", bind, "--workers", "2", "--no-control-socket"])
+        ensure_virtualenv("requirements-local.txt")
+        os.execv(PYTHON, [str(PYTHON), "-m", "devstack"])
     print(__doc__, file=sys.stderr)
     return 2
 

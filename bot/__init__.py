@@ -35,6 +35,13 @@ STARTUP_ERRORS = (ConfigError, KeywordFileError, ReplyTextError)
 PAGE_SUBMISSIONS = (5, 600)  # hosted-page submissions per IP and per number: 5 per 10 minutes
 
 
+def default_database_url() -> str:
+    """The SQLite ledger under instance/ that serves when DATABASE_URL is not set (made here if missing)."""
+    instance = PROJECT_ROOT / "instance"
+    instance.mkdir(exist_ok=True)
+    return f"sqlite:///{instance / 'ledger.db'}"
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app. Bad configuration (env, keyword file, reply texts) stops it here, with the reason."""
     app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"), template_folder=str(PROJECT_ROOT / "templates"))
@@ -45,9 +52,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.from_mapping(settings_from_env({}))
         app.config.from_mapping(test_config)
 
-    if not app.config["DATABASE_URL"]:
-        os.makedirs(app.instance_path, exist_ok=True)
-        app.config["DATABASE_URL"] = f"sqlite:///{Path(app.instance_path) / 'ledger.db'}"
+    app.config["DATABASE_URL"] = app.config["DATABASE_URL"] or default_database_url()
     app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or _instance_secret(Path(app.instance_path))
     keywords_path = Path(app.config["KEYWORDS_FILE"])
     if not keywords_path.is_absolute():
@@ -98,6 +103,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from bot import health, pages, staff_api, webhook
     from bot.cli import consent_cli, keywords_cli
     from bot.send_cli import campaign_cli, send_cli
+    from sandbox.cli import simulate
 
     app.register_blueprint(health.bp)
     app.register_blueprint(webhook.bp)
@@ -113,6 +119,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.cli.add_command(keywords_cli)
     app.cli.add_command(send_cli)
     app.cli.add_command(campaign_cli)
+    app.cli.add_command(simulate)  # talks to the sandbox over HTTP; refuses when WHATSAPP_TOKEN is set
     return app
 
 

@@ -1,0 +1,174 @@
+"""`python -m devstack`, which `python3 dev.py start` runs: the whole bot on this machine.
+
+It starts what the Procfile runs, a web process (gunicorn, on 127.0.0.1:$PORT) and a worker
+(`python -m bot.worker`), and what they need: Redis (the one at REDIS_URL when it answers,
+otherwise an embedded redis-server that lives as long as the run) and the ledger (DATABASE_URL,
+by default the SQLite file under instance/). Without WHATSAPP_TOKEN it also starts the WhatsApp
+sandbox (`python -m sandbox`, on $SANDBOX_PORT) and points the bot's Graph API URL, token, phone
+number id and app secret at it; with WHATSAPP_TOKEN set the bot talks to Meta and no sandbox runs.
+Ctrl-C (SIGINT) or SIGTERM stops everything it started; a second one stops it at once.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import threading
+import time
+from typing import Mapping
+
+import redis
+import requests
+from dotenv import load_dotenv
+from rq import Worker
+from sqlalchemy.engine import make_url
+
+from bot import PROJECT_ROOT, default_database_url
+from bot.phone import mask
+from devstack import embedded_redis
+from devstack.processes import Child, Supervisor
+
+SANDBOX_PHONE_NUMBER_ID = "100000000000001"
+READY_TIMEOUT = 90.0  # seconds; a first start on a busy 2-core machine takes a while
+STOP_TIMEOUT = 20.0  # seconds each process gets to finish what it is doing
+
+
+def main() -> int:
+    load_dotenv(PROJECT_ROOT / ".env")
+    env = dict(os.environ)
+    try:
+        port, sandbox_port = _port(env, "PORT", 8000), _port(env, "SANDBOX_PORT", 8001)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    env["DATABASE_URL"] = env.get("DATABASE_URL") or default_database_url()
+    supervisor = Supervisor(PROJECT_ROOT)
+    stopping, hurry = threading.Event(), threading.Event()
+
+    def on_signal(signum: int, _frame) -> None:
+        (hurry if stopping.is_set() else stopping).set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with tempfile.TemporaryDirectory(prefix="devstack-redis-") as redis_dir:
+        redis_child: Child | None = None
+        try:
+            redis_child = _redis(env, supervisor, redis_dir)
+            return _run(env, port, sandbox_port, supervisor, stopping, embedded=redis_child is not None)
+        finally:
+            supervisor.say("devstack: stopping")
+            supervisor.stop([c for c in supervisor.children if c is not redis_child], STOP_TIMEOUT, hurry)
+            if redis_child:
+                supervisor.stop([redis_child], STOP_TIMEOUT, hurry)
+            supervisor.say("devstack: stopped")
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name) or str(default)
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"{name} must be a port number, got {raw!r}")
+    return int(raw)
+
+
+def _redis(env: dict[str, str], supervisor: Supervisor, directory: str) -> Child | None:
+    """Use the Redis at REDIS_URL when it answers; otherwise start one and point REDIS_URL at it."""
+    env["REDIS_URL"] = env.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    if embedded_redis.answers(env["REDIS_URL"]):
+        return None
+    port = embedded_redis.free_port()
+    child = supervisor.start("redis", embedded_redis.server_command(port, directory), env)
+    env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while not embedded_redis.answers(env["REDIS_URL"]):
+        if child.process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("error: the embedded redis-server did not start")
+        time.sleep(0.1)
+    return child
+
+
+def _run(
+    env: dict[str, str], port: int, sandbox_port: int, supervisor: Supervisor, stopping: threading.Event, embedded: bool
+) -> int:
+    web_url, sandbox_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sandbox_port}"
+    sandboxed = not env.get("WHATSAPP_TOKEN")
+    if sandboxed:
+        env.update(
+            GRAPH_API_URL=sandbox_url, WHATSAPP_TOKEN=f"sandbox-{secrets.token_hex(16)}",
+            WHATSAPP_PHONE_NUMBER_ID=SANDBOX_PHONE_NUMBER_ID, WHATSAPP_APP_SECRET=secrets.token_hex(32),
+        )
+        supervisor.start("sandbox", [sys.executable, "-m", "sandbox", "--port", str(sandbox_port), "--bot-url", web_url], env)
+    web_workers = env.get("WEB_CONCURRENCY") or "2"
+    supervisor.start("web", [
+        sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}", "--workers", web_workers,
+        "--no-control-socket", "--access-logfile", "-",
+    ], env)
+    worker = supervisor.start("worker", [sys.executable, "-m", "bot.worker"], env)
+    ready = [f"{web_url}/healthz"] + ([f"{sandbox_url}/healthz"] if sandboxed else [])
+    problem = _wait_until_ready(supervisor, ready, env["REDIS_URL"], worker.process.pid, stopping)
+    if problem:
+        supervisor.say(f"devstack: {problem}")
+        return 0 if stopping.is_set() else 1
+    supervisor.say(_banner(env, web_url, sandbox_url if sandboxed else None, embedded))
+    while not stopping.wait(0.5):
+        if (child := supervisor.exited()) is not None:
+            supervisor.say(f"devstack: {child.name} exited with code {child.process.returncode}; stopping everything")
+            return 1
+    return 0
+
+
+def _wait_until_ready(
+    supervisor: Supervisor, urls: list[str], redis_url: str, worker_pid: int, stopping: threading.Event
+) -> str | None:
+    """None once every URL answers 200 and the worker listens on Redis; otherwise why not."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if stopping.is_set():
+            return "stopped before the bot was ready"
+        if (child := supervisor.exited()) is not None:
+            return f"{child.name} exited with code {child.process.returncode} before the bot was ready"
+        if all(_answers(url) for url in urls) and _worker_listens(redis_url, worker_pid):
+            return None
+        time.sleep(0.3)
+    return f"the bot was not ready after {READY_TIMEOUT:.0f} s"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _worker_listens(redis_url: str, pid: int) -> bool:
+    with redis.Redis.from_url(redis_url) as connection:
+        return any(worker.pid == pid for worker in Worker.all(connection=connection))
+
+
+def _banner(env: Mapping[str, str], web_url: str, sandbox_url: str | None, embedded: bool) -> str:
+    redis_url = make_url(env["REDIS_URL"]).render_as_string(hide_password=True)
+    lines = [
+        "",
+        "The bot is running." + (" No WHATSAPP_TOKEN: the WhatsApp sandbox stands in for Meta." if sandbox_url else
+                                 f" It talks to Meta's Cloud API as phone number id {mask(env.get('WHATSAPP_PHONE_NUMBER_ID', ''))}."),
+        f"  web       {web_url}   (webhook {web_url}/webhook, health {web_url}/healthz)",
+    ]
+    if sandbox_url:
+        where = "" if sandbox_url.endswith(":8001") else f"SANDBOX_URL={sandbox_url} "
+        lines += [
+            f"  sandbox   {sandbox_url}   chat with the bot as a WhatsApp user",
+            f"            or from a shell: {where}.venv/bin/flask --app wsgi simulate \"hello\" --from 15550100001",
+        ]
+    lines += [
+        "  worker    python -m bot.worker",
+        f"  redis     {redis_url}" + ("   (embedded, stops with the bot)" if embedded else ""),
+        f"  database  {make_url(env['DATABASE_URL']).render_as_string(hide_password=True)}",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

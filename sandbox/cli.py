@@ -1,0 +1,46 @@
+"""`flask simulate "TEXT" --from WA_ID`: be a WhatsApp user from a script, through the sandbox."""
+from __future__ import annotations
+
+import os
+import time
+
+import click
+import requests
+from flask import current_app
+from flask.cli import with_appcontext
+
+
+def sandbox_url() -> str:
+    """Where devstack serves the sandbox: SANDBOX_URL, or 127.0.0.1 on SANDBOX_PORT (default 8001)."""
+    return os.environ.get("SANDBOX_URL") or f"http://127.0.0.1:{os.environ.get('SANDBOX_PORT') or 8001}"
+
+
+@click.command("simulate")
+@click.argument("text")
+@click.option("--from", "wa_id", required=True, help="The WhatsApp user who sends it (digits with country code).")
+@click.option("--button", is_flag=True, help="Send TEXT as a quick-reply button tap instead of a typed message.")
+@click.option("--wait", default=4.0, show_default=True, help="Seconds to wait for the bot's replies.")
+@with_appcontext
+def simulate(text: str, wa_id: str, button: bool, wait: float) -> None:
+    """Send TEXT to the bot as a WhatsApp user and print the bot's replies."""
+    if current_app.config["WHATSAPP_TOKEN"]:
+        raise click.ClickException("WHATSAPP_TOKEN is set, so the bot talks to Meta and no sandbox runs")
+    url = sandbox_url()
+    try:
+        sent = requests.post(f"{url}/api/chats/{wa_id}/messages", json={"button" if button else "text": text}, timeout=10)
+    except requests.ConnectionError:
+        raise click.ClickException(f"no sandbox at {url}: start the bot with `python3 dev.py start`") from None
+    if sent.status_code != 201:
+        raise click.ClickException(sent.json().get("detail", f"the sandbox answered {sent.status_code}"))
+    message = sent.json()["message"]
+    printed: set[str] = set()
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        chat = requests.get(f"{url}/api/chats/{message['wa_id']}", timeout=10).json()
+        for entry in chat["messages"]:
+            if entry["direction"] == "out" and entry["at"] >= message["at"] and entry["id"] not in printed:
+                printed.add(entry["id"])
+                click.echo(entry["text"])
+    if printed:
+        requests.post(f"{url}/api/chats/{message['wa_id']}/read", timeout=10)

@@ -1,0 +1,114 @@
+"""Being a WhatsApp user: the chat page and the JSON API behind it (which `flask simulate` uses too).
+
+What a user sends becomes the webhook Meta would send; each user's consent comes from the
+bot's ledger, read-only, so the page shows what the bot recorded, not what the sandbox assumes.
+"""
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+from flask import Blueprint, current_app, jsonify, render_template, request
+
+from bot.ledger import utc_now
+from bot.phone import InvalidNumber, mask, normalize_wa_id
+from sandbox import DISPLAY_NUMBER, QUICK_REPLY_BUTTONS, Sandbox
+from sandbox.chats import Entry, new_wamid
+from sandbox.graph import report
+from sandbox.webhooks import inbound, notification
+
+log = logging.getLogger(__name__)
+bp = Blueprint("chat", __name__)
+
+
+def _sandbox() -> Sandbox:
+    return current_app.extensions["sandbox"]
+
+
+def _refused(detail: str):
+    return jsonify(error="invalid", detail=detail), 422
+
+
+@bp.errorhandler(InvalidNumber)
+def _invalid_number(error: InvalidNumber):
+    return _refused(str(error))
+
+
+@bp.get("/")
+def chat_page():
+    sandbox = _sandbox()
+    return render_template(
+        "sandbox/chat.html", business=sandbox.settings.business, keywords=sandbox.keywords,
+        buttons=QUICK_REPLY_BUTTONS, display_number=DISPLAY_NUMBER,
+    )
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok")
+
+
+@bp.get("/api/chats")
+def chats():
+    return jsonify(chats=_sandbox().chats.numbers())
+
+
+@bp.get("/api/chats/<number>")
+def chat(number: str):
+    wa_id = normalize_wa_id(number)
+    sandbox = _sandbox()
+    messages = [entry.as_json() for entry in sandbox.chats.transcript(wa_id)]
+    return jsonify(wa_id=wa_id, messages=messages, consent=_consent(sandbox, wa_id))
+
+
+@bp.post("/api/chats/<number>/messages")
+def user_sends(number: str):
+    """The user types a text (`{"text"}`) or taps a quick-reply button (`{"button"}`)."""
+    wa_id = normalize_wa_id(number)
+    body = request.get_json(silent=True) or {}
+    text, button = body.get("text"), body.get("button")
+    if isinstance(button, str) and button.strip():
+        entry = Entry(new_wamid(), wa_id, "in", "button", button.strip())
+        content = {"type": "button", "button": {"payload": entry.text, "text": entry.text}}
+    elif isinstance(text, str) and text.strip():
+        entry = Entry(new_wamid(), wa_id, "in", "text", text.strip()[:4096])
+        content = {"type": "text", "text": {"body": entry.text}}
+    else:
+        return _refused('send {"text": "..."} or {"button": "..."}')
+    sandbox = _sandbox()
+    sandbox.chats.add(entry)
+    sandbox.deliveries.send(notification(sandbox.settings.phone_number_id, DISPLAY_NUMBER, inbound(wa_id, entry.id, content)))
+    log.info("%s sent a %s", mask(wa_id), entry.kind)
+    return jsonify(message=entry.as_json()), 201
+
+
+@bp.post("/api/chats/<number>/read")
+def user_reads(number: str):
+    """The user saw the business's messages: Meta reports them read."""
+    wa_id = normalize_wa_id(number)
+    sandbox = _sandbox()
+    unread = sandbox.chats.unread(wa_id)
+    for entry in unread:
+        report(sandbox, entry, "read")
+    return jsonify(read=len(unread))
+
+
+def _consent(sandbox: Sandbox, wa_id: str) -> dict:
+    """The user's consent as the bot's ledger has it, with the history behind it."""
+    try:
+        state, history = sandbox.ledger.state(wa_id), sandbox.ledger.history(wa_id)
+    except sa.exc.SQLAlchemyError as error:  # the bot has not created its tables yet, or the database is away
+        return {"error": f"cannot read the ledger: {type(error).__name__}"}
+    window = state.window_open_until(utc_now())
+    return {
+        "state": state.state.value,
+        "marketing": state.marketing.value,
+        "window_open_until": window.isoformat() if window else None,
+        "history": [
+            {
+                "seq": event.seq, "at": event.occurred_at.isoformat(), "action": event.action.value,
+                "scope": event.scope.value, "channel": event.channel.value, "text": event.consent_text,
+            }
+            for event in history
+        ],
+    }

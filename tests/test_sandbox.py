@@ -1,0 +1,140 @@
+"""The sandbox in one process: it answers the send call like Meta, refuses what Meta refuses, and
+the webhooks it sends are signed and shaped so that the bot reads them as Meta's."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from bot.webhook import signature_matches
+from bot.webhook_events import DeliveryStatus, InboundMessage, MessageType, StatusUpdate, parse
+from sandbox import Settings, create_sandbox
+from sandbox.chats import Chats, Entry
+from tests.helpers import USER
+
+SECRET, TOKEN, NUMBER_ID = "sandbox-secret", "sandbox-token", "100000000000001"
+
+
+class FakeBot:
+    """Records the webhooks the sandbox POSTs, answering 200."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, str | None]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                fake.received.append((self.rfile.read(int(self.headers["Content-Length"])), self.headers.get("X-Hub-Signature-256")))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def events(self, count: int, timeout: float = 10.0) -> list:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return [event for body, _ in self.received for event in parse(json.loads(body))]
+
+
+@pytest.fixture
+def bot():
+    fake = FakeBot()
+    yield fake
+    fake.server.shutdown()
+
+
+@pytest.fixture
+def sandbox(bot, tmp_path):
+    settings = Settings(bot.url, SECRET, TOKEN, NUMBER_ID, f"sqlite:///{tmp_path / 'ledger.db'}", "Acme Bakery", "keywords.yml")
+    app = create_sandbox(settings)
+    yield app.test_client()
+    app.extensions["sandbox"].deliveries.stop()
+
+
+def send(client, body: dict, token: str = TOKEN, number_id: str = NUMBER_ID):
+    return client.post(f"/v25.0/{number_id}/messages", json=body, headers={"Authorization": f"Bearer {token}"})
+
+
+TEXT = {"messaging_product": "whatsapp", "to": USER, "type": "text", "text": {"body": "Welcome!"}}
+
+
+def test_a_send_is_answered_like_meta_then_reported_sent_and_delivered(sandbox, bot):
+    answer = send(sandbox, TEXT)
+    assert answer.status_code == 200
+    wamid = answer.json["messages"][0]["id"]
+    assert answer.json["contacts"] == [{"input": USER, "wa_id": USER}]
+    statuses = bot.events(2)
+    assert [(s.meta_message_id, s.status, s.recipient) for s in statuses] == [
+        (wamid, DeliveryStatus.SENT, USER), (wamid, DeliveryStatus.DELIVERED, USER),
+    ]
+    assert all(signature_matches(SECRET, body, header) for body, header in bot.received)
+    (shown,) = sandbox.get(f"/api/chats/{USER}").json["messages"]
+    assert (shown["direction"], shown["text"], shown["status"]) == ("out", "Welcome!", "delivered")
+
+
+@pytest.mark.parametrize(
+    "body, token, number_id, status, code",
+    [
+        (TEXT, "wrong-token", NUMBER_ID, 401, 190),
+        (TEXT, TOKEN, "999", 400, 100),
+        ({**TEXT, "to": "12"}, TOKEN, NUMBER_ID, 400, 100),
+        ({"to": USER, "type": "audio"}, TOKEN, NUMBER_ID, 400, 100),
+    ],
+)
+def test_what_meta_refuses_the_sandbox_refuses_with_metas_error_code(sandbox, body, token, number_id, status, code):
+    answer = send(sandbox, body, token, number_id)
+    assert answer.status_code == status
+    assert answer.json["error"]["code"] == code
+
+
+def test_a_template_shows_its_name_and_parameters(sandbox):
+    template = {
+        "name": "order_ready", "language": {"code": "en"},
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "#1042"}]}],
+    }
+    assert send(sandbox, {"to": USER, "type": "template", "template": template}).status_code == 200
+    (shown,) = sandbox.get(f"/api/chats/{USER}").json["messages"]
+    assert (shown["kind"], shown["text"]) == ("template", "Template order_ready (en)\n#1042")
+
+
+def test_what_a_user_types_or_taps_reaches_the_bot_as_metas_signed_webhook(sandbox, bot):
+    assert sandbox.post("/api/chats/+1 650 555 1234/messages", json={"text": "hello"}).status_code == 201
+    assert sandbox.post(f"/api/chats/{USER}/messages", json={"button": "Stop promotions"}).status_code == 201
+    typed, tapped = bot.events(2)
+    assert isinstance(typed, InboundMessage) and (typed.wa_id, typed.type, typed.text) == (USER, MessageType.TEXT, "hello")
+    assert isinstance(tapped, InboundMessage) and (tapped.type, tapped.button_payload) == (MessageType.BUTTON, "Stop promotions")
+    assert all(signature_matches(SECRET, body, header) for body, header in bot.received)
+    assert sandbox.get("/api/chats").json == {"chats": [USER]}
+
+
+def test_reading_reports_read_once(sandbox, bot):
+    send(sandbox, TEXT)
+    bot.events(2)
+    assert sandbox.post(f"/api/chats/{USER}/read").json == {"read": 1}
+    assert sandbox.post(f"/api/chats/{USER}/read").json == {"read": 0}
+    assert isinstance(read := bot.events(3)[-1], StatusUpdate) and read.status is DeliveryStatus.READ
+
+
+@pytest.mark.parametrize("body", [{}, {"text": "  "}, {"button": 7}])
+def test_an_empty_message_or_a_bad_number_is_refused(sandbox, body):
+    assert sandbox.post(f"/api/chats/{USER}/messages", json=body).status_code == 422
+    assert sandbox.post("/api/chats/0123/messages", json={"text": "hi"}).status_code == 422
+
+
+def test_statuses_only_move_forward():
+    chats = Chats()
+    chats.add(Entry("wamid.1", USER, "out", "text", "hi"))
+    assert chats.advance("wamid.1", "delivered")
+    assert not chats.advance("wamid.1", "sent")
+    assert chats.advance("wamid.1", "read")
+    assert not chats.advance("wamid.unknown", "read")
