@@ -10,7 +10,7 @@ events under one short hold of the head, and commits. Replies are queued after t
 one RQ call per queue.
 
 Optimistic about idempotency keys: a key stored by an earlier delivery shows up as a
-conflict when the rows are written, and the whole POST is done again, looking keys up first.
+conflict (WriteConflict) when the rows are written, and the whole POST is done again, looking keys up first.
 """
 from __future__ import annotations
 
@@ -21,13 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from bot.consent import ConsentState, EventDraft, session_opened
-from bot.db import writer
+from bot.db import WriteConflict, writer
 from bot.ledger import Ledger, as_utc, state_of
 from bot.outbox import Message, Outbox, QueueName, Submission, submitted
-
-
-class Conflict(Exception):
-    """Another delivery stored the same key first; the POST must be done again."""
 
 
 class Intake:
@@ -35,7 +31,7 @@ class Intake:
     named in `lock_contacts` (their rows stay locked until the commit)."""
 
     def __init__(self, conn: Connection, ledger: Ledger, outbox: Outbox, careful: bool = False):
-        """`careful`: look idempotency keys up before deciding (after a `Conflict`)."""
+        """`careful`: look idempotency keys up before deciding (after a `WriteConflict`)."""
         self.conn, self.ledger, self.outbox, self.careful = conn, ledger, outbox, careful
         self.now = ledger.clock()
         self._last_inbound: dict[str, datetime | None] = {}
@@ -109,12 +105,12 @@ class Intake:
         if self._moved:
             self.ledger.move_last_inbound(self.conn, self._moved)
         if self._messages and len(self.outbox.store_new(self.conn, self._messages)) < len(self._messages):
-            raise Conflict("an idempotency key was stored by another delivery")
+            raise WriteConflict("an idempotency key was stored by another delivery")
         if self._drafts:
             stored = self.ledger.extend_chain(self.conn, self._drafts)
             for event, row in zip(stored, self._drafts):
                 if event.event_id != row["event_id"] and row["wa_id"] in self._events:
-                    raise Conflict(f"{row['source_ref']} was recorded by another delivery")
+                    raise WriteConflict(f"{row['source_ref']} was recorded by another delivery")
         return self._to_queue
 
     def _clamp(self, at: datetime) -> datetime:
@@ -125,7 +121,7 @@ class Intake:
 def record(ledger: Ledger, outbox: Outbox, handle: Callable[[Intake], None]) -> None:
     """Run `handle` on an Intake in one transaction, then queue the replies it allowed.
 
-    After a `Conflict` (or a unique key another process took first) it runs once more, looking
+    After a `WriteConflict` (or a unique key another process took first) it runs once more, looking
     keys up first. A queuing failure after the commit loses nothing: the rows stay queued and
     the sweeper queues them again.
     """
@@ -136,7 +132,7 @@ def record(ledger: Ledger, outbox: Outbox, handle: Callable[[Intake], None]) -> 
                 handle(intake)
                 to_queue = intake.finish()
             break
-        except (Conflict, sa.exc.IntegrityError):
+        except (WriteConflict, sa.exc.IntegrityError):
             if careful:
                 raise
     for queue, message_ids in to_queue.items():

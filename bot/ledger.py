@@ -36,7 +36,7 @@ from bot.consent import (
     session_opened,
     state_from_fold,
 )
-from bot.db import GENESIS_HASH, consent_events, contacts, ledger_head, reading, writer
+from bot.db import GENESIS_HASH, WriteConflict, consent_events, contacts, ledger_head, reading, writer
 from bot.phone import InvalidNumber, normalize_wa_id
 
 
@@ -92,12 +92,43 @@ _HEAD_FOR_UPDATE = sa.select(ledger_head.c.seq, ledger_head.c.hash).where(ledger
 _MOVE_HEAD = (
     ledger_head.update().where(ledger_head.c.id == 1).values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
 )
-# Idempotency without a look-up first: the unique source_ref turns a repeat into "no row".
-_INSERT_IF_NEW = {
-    name: dialect_insert(consent_events).on_conflict_do_nothing(index_elements=["source_ref"]).returning(consent_events.c.seq)
-    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
-}
+# SQLite: idempotency without a look-up first: the unique source_ref turns a repeat into "no row".
+_INSERT_IF_NEW = sqlite.insert(consent_events).on_conflict_do_nothing(index_elements=["source_ref"]).returning(consent_events.c.seq)
 _BY_SOURCE_REF = sa.select(consent_events).where(consent_events.c.source_ref == sa.bindparam("ref"))
+_BY_SOURCE_REFS = sa.select(consent_events).where(consent_events.c.source_ref.in_(sa.bindparam("refs", expanding=True)))
+# PostgreSQL extends the chain in two round trips whatever the number of events: the head,
+# locked, with which of the new source_refs are taken already; then one statement that adds
+# the events (as arrays, so the statement never changes and stays prepared) and moves the
+# head, but only if every one of them was added. A source_ref committed by another transaction
+# while this one waited for the head can escape the first look: then nothing moves (WriteConflict).
+_ANY_REF = sa.any_(sa.cast(sa.bindparam("refs"), postgresql.ARRAY(sa.String)))
+_HEAD_AND_TAKEN = (
+    sa.select(
+        ledger_head.c.seq, ledger_head.c.hash,
+        sa.func.array(sa.select(consent_events.c.source_ref).where(consent_events.c.source_ref == _ANY_REF).scalar_subquery()),
+    )
+    .where(ledger_head.c.id == 1)
+    .with_for_update(of=ledger_head)
+)
+_COLUMNS = [column.name for column in consent_events.c]
+_NEW_ROWS = (
+    sa.func.unnest(*[sa.cast(sa.bindparam(name), postgresql.ARRAY(consent_events.c[name].type)) for name in _COLUMNS])
+    .table_valued(*_COLUMNS)
+    .render_derived(name="new_rows")
+)
+_ADDED = (
+    postgresql.insert(consent_events)
+    .from_select(_COLUMNS, sa.select(*_NEW_ROWS.c))
+    .on_conflict_do_nothing(index_elements=["source_ref"])
+    .returning(consent_events.c.seq)
+    .cte("added")
+)
+_ADD_AND_MOVE_HEAD = (
+    ledger_head.update()
+    .where(ledger_head.c.id == 1, sa.select(sa.func.count()).select_from(_ADDED).scalar_subquery() == sa.bindparam("count"))
+    .values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
+    .returning(ledger_head.c.seq)
+)
 # One round trip for a user's state: their events plus, on every row, their last inbound time.
 _STATE = (
     sa.select(
@@ -157,8 +188,12 @@ class Ledger:
         """Record several events in one durable transaction: all of them or none."""
         now = self.clock()
         rows = [self._prepare(draft, now) for draft in drafts]
-        with self._writer.begin() as conn:
-            return self.extend_chain(conn, rows)
+        try:
+            with self._writer.begin() as conn:
+                return self.extend_chain(conn, rows)
+        except WriteConflict:  # the other writer's events are committed now: the second look sees them
+            with self._writer.begin() as conn:
+                return self.extend_chain(conn, rows)
 
     def record_inbound(self, wa_id: str, message_id: str, at: datetime) -> ConsentEvent | None:
         """Note an inbound message; when it opens a new session, log implicit consent (R6).
@@ -213,14 +248,40 @@ class Ledger:
 
         A row whose source_ref is recorded already is not added: the stored event stands in for it.
         """
+        if conn.dialect.name != "postgresql":
+            return self._extend_row_by_row(conn, rows)
+        refs = [row["source_ref"] for row in rows]
+        seq, prev_hash, taken = conn.execute(_HEAD_AND_TAKEN, {"refs": refs}).one()
+        stored: dict[str, ConsentEvent] = {}
+        if taken:
+            found = conn.execute(_BY_SOURCE_REFS, {"refs": taken}).mappings()
+            stored.update((row["source_ref"], to_event(row)) for row in found)
+        added: list[dict] = []
+        for row in rows:
+            if row["source_ref"] in stored:
+                _check_same_event(stored[row["source_ref"]], row)
+                continue
+            row = {**row, "seq": seq + 1, "prev_hash": prev_hash}
+            row["hash"] = event_hash(row)
+            seq, prev_hash = row["seq"], row["hash"]
+            stored[row["source_ref"]] = to_event(row)
+            added.append(row)
+        if added:
+            arrays = {name: [row[name] for row in added] for name in _COLUMNS}
+            moved = conn.execute(_ADD_AND_MOVE_HEAD, {**arrays, "count": len(added), "new_seq": seq, "new_hash": prev_hash})
+            if moved.first() is None:
+                raise WriteConflict("a source_ref was recorded by another transaction meanwhile")
+        return [stored[ref] for ref in refs]
+
+    def _extend_row_by_row(self, conn: Connection, rows: list[dict]) -> list[ConsentEvent]:
+        """SQLite: writers hold the database's write lock throughout, so no other can interleave."""
         head = conn.execute(_HEAD_FOR_UPDATE).one()
         seq, prev_hash = head.seq, head.hash
-        insert = _INSERT_IF_NEW[conn.dialect.name]
         stored: list[ConsentEvent] = []
         for row in rows:
             row = {**row, "seq": seq + 1, "prev_hash": prev_hash}
             row["hash"] = event_hash(row)
-            if conn.execute(insert, row).first() is None:  # this source_ref is recorded already
+            if conn.execute(_INSERT_IF_NEW, row).first() is None:  # this source_ref is recorded already
                 existing = self._by_source_ref(conn, row["source_ref"])
                 _check_same_event(existing, row)
                 stored.append(existing)

@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from bot.consent import InvalidEvent
-from bot.db import unread_webhooks
-from bot.intake import Conflict, Intake, record
+from bot.db import WriteConflict, unread_webhooks
+from bot.intake import Intake, record
 from bot.ledger import utc_now
 from bot.webhook_events import AccountNotice, InboundMessage, PreferenceUpdate, StatusUpdate, Unrecognized, WebhookEvent, parse
 from handlers import Context
@@ -72,7 +72,7 @@ def receive():
     context: Context = current_app.extensions["handlers"]
     try:
         _record_all(context, events)
-    except (sa.exc.SQLAlchemyError, redis.RedisError, Conflict) as failure:
+    except (sa.exc.SQLAlchemyError, redis.RedisError, WriteConflict) as failure:
         log.error("webhook not recorded, Meta will retry: %s", type(failure).__name__)
         return error(503, "unavailable", "could not record the events now; retry later")
     return jsonify(status="ok", events=len(events))
