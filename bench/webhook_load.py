@@ -372,7 +372,8 @@ class Server:
 def gunicorn(python: Path, app: str, cwd: Path, env: dict[str, str], log: Path) -> Iterator[Server]:
     """Serve `app` with gunicorn in its own session; yield it once /healthz answers 200."""
     port = free_port()
-    command = [str(python), "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)]
+    # No control socket: its default path is one per host, shared with any other gunicorn running there.
+    command = [str(python), "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS), "--no-control-socket"]
     with open(log, "wb") as output:
         process = subprocess.Popen(
             command, cwd=cwd, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
