@@ -1,7 +1,8 @@
 """Webhook intake under load: signed POST /webhook bodies against gunicorn, our bot beside pywa.
 
 It starts `gunicorn wsgi:app` with 2 sync workers on a free 127.0.0.1 port (PostgreSQL schema
-`bench_webhook` of the database `test`, Redis database 12, both emptied first; no RQ worker, so
+`bench_webhook` of the database `test` ($BENCH_POSTGRES_SCHEMA), Redis database 12 ($BENCH_REDIS_URL),
+both emptied first; no RQ worker, so
 queued replies just wait), then drives it from a separate load-generator process with a mix
 of bodies in the shapes of tests/fixtures/payloads: mostly new users saying hello (a new wa_id
 1555... and message id each), STOPs from users seen before, STARTs from users who stopped,
@@ -22,7 +23,9 @@ Phases, after a short warm-up that is not reported:
 Each phase reports events/s answered 200 (over the time from its start to its last answer),
 p50 / p99 / max latency until the answer (sync workers close every connection, so each request
 includes its TCP connect), the requests without a 200 (a request unanswered after 30 s counts
-as a timeout) and the load generator's own CPU. After each phase the bench waits until the
+as a timeout), the load generator's own CPU and the server's (gunicorn's processes, database and
+Redis not included) in ms per event sent, counting the backlog served after the phase: on a machine shared with other work, CPU per
+event varies far less than latency and rate. After each phase the bench waits until the
 server has served what is still queued (requests the client gave up on are still handled) and
 shows how long that took. At the end it compares the STOPs sent, acknowledged and recorded.
 
@@ -71,7 +74,7 @@ from bot.consent import Action, Scope  # noqa: E402
 from bot.db import consent_events  # noqa: E402
 from tests.local_services import free_port, fresh_postgres_schema  # noqa: E402
 
-SCHEMA = "bench_webhook"
+SCHEMA = os.environ.get("BENCH_POSTGRES_SCHEMA", "bench_webhook")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 APP_SECRET = "bench-app-secret"
 VERIFY_TOKEN = "bench-verify-token"
@@ -213,6 +216,7 @@ class PhaseSpec:
 class PhaseResult:
     seconds: float
     events: int
+    events_sent: int
     stops_sent: int
     stops_acked: int
     p50_ms: float
@@ -308,6 +312,7 @@ def summarise(outcomes: list[Outcome], seconds: float, cpu_seconds: float) -> Ph
     return PhaseResult(
         seconds=seconds,
         events=sum(o.request.events for o in acked),
+        events_sent=sum(o.request.events for o in outcomes),
         stops_sent=sum(o.request.stops for o in outcomes),
         stops_acked=sum(o.request.stops for o in acked),
         p50_ms=percentile(latencies, 0.50),
@@ -339,23 +344,43 @@ class Measurement:
     open_loop: PhaseResult
     closed_loop: PhaseResult
     drained: dict[str, float]  # phase -> seconds the server took to answer what the client gave up on
+    server_cpu_ms: dict[str, float]  # phase -> the server's CPU ms per event sent (all are served, 200 or not)
     stops_sent: int
     stops_acked: int
     stops_recorded: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Server:
+    port: int
+    pid: int  # gunicorn's master
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the master and its workers (Linux /proc)."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        total = 0
+        for pid in [str(self.pid), *children]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:  # a worker that just exited
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def gunicorn(python: Path, app: str, cwd: Path, env: dict[str, str], log: Path) -> Iterator[int]:
-    """Serve `app` with gunicorn in its own session; yield its port once /healthz answers 200."""
+def gunicorn(python: Path, app: str, cwd: Path, env: dict[str, str], log: Path) -> Iterator[Server]:
+    """Serve `app` with gunicorn in its own session; yield it once /healthz answers 200."""
     port = free_port()
-    command = [str(python), "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)]
+    # No control socket: its default path is one per host, shared with any other gunicorn running there.
+    command = [str(python), "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS), "--no-control-socket"]
     with open(log, "wb") as output:
         process = subprocess.Popen(
             command, cwd=cwd, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         wait_healthy(process, port, log)
-        yield port
+        yield Server(port, process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -396,19 +421,22 @@ def wait_drained(port: int) -> float:
     return time.monotonic() - start
 
 
-def measure(pool: ProcessPoolExecutor, port: int, durations: Durations, concurrency: int, stops_recorded: Callable[[], int]) -> Measurement:
+def measure(pool: ProcessPoolExecutor, server: Server, durations: Durations, concurrency: int, stops_recorded: Callable[[], int]) -> Measurement:
     """Warm-up, open loop, closed loop, each followed by waiting until the server has caught up."""
+    port = server.port
     specs = {
         "warm-up": PhaseSpec(port, tag=1, seconds=durations.warmup, rate=None, concurrency=WORKERS),
         "open loop": PhaseSpec(port, tag=2, seconds=durations.open_loop, rate=RATE, concurrency=0),
         "closed loop": PhaseSpec(port, tag=3, seconds=durations.closed_loop, rate=None, concurrency=concurrency),
     }
-    results, drained = {}, {}
+    results, drained, cpu_ms = {}, {}, {}
     for name, spec in specs.items():
+        cpu = server.cpu_seconds()
         results[name] = pool.submit(run_phase, spec).result()
         drained[name] = wait_drained(port)
+        cpu_ms[name] = (server.cpu_seconds() - cpu) * 1000 / max(1, results[name].events_sent)
     return Measurement(
-        results["open loop"], results["closed loop"], drained,
+        results["open loop"], results["closed loop"], drained, cpu_ms,
         stops_sent=sum(r.stops_sent for r in results.values()),
         stops_acked=sum(r.stops_acked for r in results.values()),
         stops_recorded=stops_recorded(),
@@ -422,8 +450,8 @@ def bench_ours(pool: ProcessPoolExecutor, durations: Durations, concurrency: int
         "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN, "WHATSAPP_TOKEN": "bench-token",
         "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID, "BUSINESS_NAME": "Bench Bakery",
     }
-    with gunicorn(Path(sys.executable), "wsgi:app", ROOT, env, logs / "ours.log") as port:
-        return measure(pool, port, durations, concurrency, lambda: ledger_stops(database_url))
+    with gunicorn(Path(sys.executable), "wsgi:app", ROOT, env, logs / "ours.log") as server:
+        return measure(pool, server, durations, concurrency, lambda: ledger_stops(database_url))
 
 
 def reset_stores() -> str:
@@ -475,8 +503,8 @@ def bench_pywa(pool: ProcessPoolExecutor, durations: Durations, concurrency: int
         with sqlite3.connect(stops_db) as conn:
             return conn.execute("SELECT count(*) FROM stops").fetchone()[0]
 
-    with gunicorn(PYWA_VENV / "bin" / "python", "pywa_bot:app", logs, env, logs / "pywa.log") as port:
-        return measure(pool, port, durations, concurrency, recorded)
+    with gunicorn(PYWA_VENV / "bin" / "python", "pywa_bot:app", logs, env, logs / "pywa.log") as server:
+        return measure(pool, server, durations, concurrency, recorded)
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -500,6 +528,7 @@ def table(columns: dict[str, Measurement], durations: Durations, concurrency: in
         row("  max ms", lambda m: f"{getattr(m, phase).max_ms:.1f}")
         row("  errors (no 200)", lambda m: str(sum(getattr(m, phase).errors.values())))
         row("  load generator CPU, cores", lambda m: f"{getattr(m, phase).client_cpu:.2f}")
+        row("  server CPU ms per event", lambda m: f"{m.server_cpu_ms[name]:.2f}")
         row("  s until the backlog was served", lambda m: f"{m.drained[name]:.1f}")
     lines.append("STOPs, all phases")
     row("  sent", lambda m: str(m.stops_sent))

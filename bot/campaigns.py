@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Callable, Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from bot.consent import Action
 from bot.db import account_notices, campaigns, consent_events, one_statement, outbound_messages as messages, reading
@@ -194,16 +194,19 @@ class Campaigns:
                     paused.append(campaign_id)
         return paused
 
-    def on_account_notice(self, field_name: str, event: str, details: dict) -> list[str]:
+    def on_account_notice(self, field_name: str, event: str, details: dict, conn: Connection | None = None) -> list[str]:
         """Pause what Meta's notice puts at risk: everything for account or quality alarms,
-        the template's campaigns when Meta pauses or disables a template."""
+        the template's campaigns when Meta pauses or disables a template.
+
+        `conn`: the webhook's transaction, so that the pause commits with the notice.
+        """
         if field_name == "account_update" and event in ACCOUNT_ALARMS:
-            return self._pause_where(sa.true(), f"Meta account_update {event}")
+            return self._pause_where(sa.true(), f"Meta account_update {event}", conn)
         if field_name == "phone_number_quality_update" and event in QUALITY_FLAGS:
-            return self._pause_where(sa.true(), f"Meta flagged the phone number's quality ({event})")
+            return self._pause_where(sa.true(), f"Meta flagged the phone number's quality ({event})", conn)
         if field_name == "message_template_status_update" and event in TEMPLATE_STOPS:
             name = str(details.get("message_template_name", ""))
-            return self._pause_where(campaigns.c.template_name == name, f"Meta set template {name} to {event}")
+            return self._pause_where(campaigns.c.template_name == name, f"Meta set template {name} to {event}", conn)
         return []
 
     def account_flag(self) -> str | None:
@@ -245,14 +248,18 @@ class Campaigns:
         log.info("campaign %s resumed: %d message(s) queued again", campaign_id, len(waiting))
         return self.progress(campaign_id)
 
-    def _pause_where(self, condition: sa.ColumnElement[bool], reason: str) -> list[str]:
-        with one_statement(self.engine) as conn:
-            paused = conn.execute(
-                campaigns.update()
-                .where(condition, campaigns.c.paused_at.is_(None))
-                .values(paused_at=self.clock(), pause_reason=reason[:255])
-                .returning(campaigns.c.id)
-            ).scalars().all()
+    def _pause_where(self, condition: sa.ColumnElement[bool], reason: str, conn: Connection | None = None) -> list[str]:
+        pause = (
+            campaigns.update()
+            .where(condition, campaigns.c.paused_at.is_(None))
+            .values(paused_at=self.clock(), pause_reason=reason[:255])
+            .returning(campaigns.c.id)
+        )
+        if conn is not None:
+            paused = conn.execute(pause).scalars().all()
+        else:
+            with one_statement(self.engine) as own:
+                paused = own.execute(pause).scalars().all()
         for campaign_id in paused:
             log.warning("campaign %s paused: %s", campaign_id, reason)
         return list(paused)

@@ -226,6 +226,21 @@ def delivery_marketing_opt_out(
     )
 
 
+def session_opened(wa_id: str, message_id: str, at: datetime, previous: datetime | None, recorded_by: str) -> EventDraft | None:
+    """The implicit consent an inbound message gives when it opens a session (R6), else None.
+
+    A session starts with the user's first message ever (`previous` is None), or the first
+    one after the 24-hour window since their previous message closed. A redelivery, however
+    late, is never after the message it repeats, so it opens nothing.
+    """
+    if previous is not None and at - previous < SERVICE_WINDOW:
+        return None
+    return EventDraft(
+        wa_id=wa_id, action=Action.IMPLICIT, channel=Channel.WHATSAPP_SESSION, source_ref=f"implicit:{message_id}",
+        recorded_by=recorded_by, evidence={"message_id": message_id}, occurred_at=at,
+    )
+
+
 class InvalidEvent(ValueError):
     """An event the ledger refuses to record; the message is the one-line reason."""
 

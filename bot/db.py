@@ -148,6 +148,10 @@ _APPEND_ONLY_TRIGGERS = {
 }
 
 
+class WriteConflict(Exception):
+    """Another transaction wrote the same key while this one was under way: do it all again."""
+
+
 @contextmanager
 def reading(engine: Engine) -> Iterator[Connection]:
     """A connection for reads that need no snapshot across statements: on PostgreSQL in

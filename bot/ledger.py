@@ -21,7 +21,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from bot.consent import (
-    SERVICE_WINDOW,
     Action,
     Basis,
     Channel,
@@ -34,9 +33,10 @@ from bot.consent import (
     basis_of,
     check_draft,
     fold,
+    session_opened,
     state_from_fold,
 )
-from bot.db import GENESIS_HASH, consent_events, contacts, ledger_head, reading, writer
+from bot.db import GENESIS_HASH, WriteConflict, consent_events, contacts, ledger_head, reading, writer
 from bot.phone import InvalidNumber, normalize_wa_id
 
 
@@ -92,12 +92,43 @@ _HEAD_FOR_UPDATE = sa.select(ledger_head.c.seq, ledger_head.c.hash).where(ledger
 _MOVE_HEAD = (
     ledger_head.update().where(ledger_head.c.id == 1).values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
 )
-# Idempotency without a look-up first: the unique source_ref turns a repeat into "no row".
-_INSERT_IF_NEW = {
-    name: dialect_insert(consent_events).on_conflict_do_nothing(index_elements=["source_ref"]).returning(consent_events.c.seq)
-    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
-}
+# SQLite: idempotency without a look-up first: the unique source_ref turns a repeat into "no row".
+_INSERT_IF_NEW = sqlite.insert(consent_events).on_conflict_do_nothing(index_elements=["source_ref"]).returning(consent_events.c.seq)
 _BY_SOURCE_REF = sa.select(consent_events).where(consent_events.c.source_ref == sa.bindparam("ref"))
+_BY_SOURCE_REFS = sa.select(consent_events).where(consent_events.c.source_ref.in_(sa.bindparam("refs", expanding=True)))
+# PostgreSQL extends the chain in two round trips whatever the number of events: the head,
+# locked, with which of the new source_refs are taken already; then one statement that adds
+# the events (as arrays, so the statement never changes and stays prepared) and moves the
+# head, but only if every one of them was added. A source_ref committed by another transaction
+# while this one waited for the head can escape the first look: then nothing moves (WriteConflict).
+_ANY_REF = sa.any_(sa.cast(sa.bindparam("refs"), postgresql.ARRAY(sa.String)))
+_HEAD_AND_TAKEN = (
+    sa.select(
+        ledger_head.c.seq, ledger_head.c.hash,
+        sa.func.array(sa.select(consent_events.c.source_ref).where(consent_events.c.source_ref == _ANY_REF).scalar_subquery()),
+    )
+    .where(ledger_head.c.id == 1)
+    .with_for_update(of=ledger_head)
+)
+_COLUMNS = [column.name for column in consent_events.c]
+_NEW_ROWS = (
+    sa.func.unnest(*[sa.cast(sa.bindparam(name), postgresql.ARRAY(consent_events.c[name].type)) for name in _COLUMNS])
+    .table_valued(*_COLUMNS)
+    .render_derived(name="new_rows")
+)
+_ADDED = (
+    postgresql.insert(consent_events)
+    .from_select(_COLUMNS, sa.select(*_NEW_ROWS.c))
+    .on_conflict_do_nothing(index_elements=["source_ref"])
+    .returning(consent_events.c.seq)
+    .cte("added")
+)
+_ADD_AND_MOVE_HEAD = (
+    ledger_head.update()
+    .where(ledger_head.c.id == 1, sa.select(sa.func.count()).select_from(_ADDED).scalar_subquery() == sa.bindparam("count"))
+    .values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
+    .returning(ledger_head.c.seq)
+)
 # One round trip for a user's state: their events plus, on every row, their last inbound time.
 _STATE = (
     sa.select(
@@ -109,6 +140,22 @@ _STATE = (
 )
 _LAST_INBOUND = sa.select(contacts.c.last_inbound_at).where(contacts.c.wa_id == sa.bindparam("wa_id"))
 _HISTORY = sa.select(consent_events).where(consent_events.c.wa_id == sa.bindparam("wa_id")).order_by(consent_events.c.seq)
+_EVENTS_OF = (
+    sa.select(consent_events)
+    .where(consent_events.c.wa_id.in_(sa.bindparam("wa_ids", expanding=True)))
+    .order_by(consent_events.c.seq)
+)
+_CREATE_CONTACT = {
+    name: dialect_insert(contacts)
+    .values(wa_id=sa.bindparam("wa_id"), last_inbound_at=sa.bindparam("at"))
+    .on_conflict_do_nothing(index_elements=["wa_id"])
+    .returning(contacts.c.wa_id)
+    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+_LOCK_CONTACT = _LAST_INBOUND.with_for_update()
+_MOVE_LAST_INBOUND = (
+    contacts.update().where(contacts.c.wa_id == sa.bindparam("contact")).values(last_inbound_at=sa.bindparam("at"))
+)
 
 
 class SourceRefConflict(InvalidEvent):
@@ -141,48 +188,109 @@ class Ledger:
         """Record several events in one durable transaction: all of them or none."""
         now = self.clock()
         rows = [self._prepare(draft, now) for draft in drafts]
-        with self._writer.begin() as conn:
-            return self._extend_chain(conn, rows)
+        try:
+            with self._writer.begin() as conn:
+                return self.extend_chain(conn, rows)
+        except WriteConflict:  # the other writer's events are committed now: the second look sees them
+            with self._writer.begin() as conn:
+                return self.extend_chain(conn, rows)
 
     def record_inbound(self, wa_id: str, message_id: str, at: datetime) -> ConsentEvent | None:
         """Note an inbound message; when it opens a new session, log implicit consent (R6).
 
-        A session starts with the user's first message ever, or the first one after the
-        24-hour window closed. Returns the implicit-consent event, or None when the message
-        belongs to a session already open (including a redelivery of the same message).
+        Returns the implicit-consent event, or None when the message belongs to a session
+        already open (including a redelivery of the same message).
         """
         wa_id = _valid_wa_id(wa_id)
         at = as_utc(at)
         with self._writer.begin() as conn:
-            previous = self._lock_contact(conn, wa_id, at)
-            if previous is not None:
-                if at > previous:
-                    conn.execute(contacts.update().where(contacts.c.wa_id == wa_id).values(last_inbound_at=at))
-                if at - previous < SERVICE_WINDOW:
-                    return None
-            draft = EventDraft(
-                wa_id=wa_id,
-                action=Action.IMPLICIT,
-                channel=Channel.WHATSAPP_SESSION,
-                source_ref=f"implicit:{message_id}",
-                recorded_by="webhook",
-                evidence={"message_id": message_id},
-                occurred_at=at,
-            )
-            return self._extend_chain(conn, [self._prepare(draft, self.clock())])[0]
+            previous = self.lock_contacts(conn, {wa_id: at})[wa_id]
+            if previous is not None and at > previous:
+                self.move_last_inbound(conn, {wa_id: at})
+            draft = session_opened(wa_id, message_id, at, previous, "webhook")
+            return self.extend_chain(conn, [self.prepare(draft)])[0] if draft else None
 
-    def _lock_contact(self, conn: Connection, wa_id: str, at: datetime) -> datetime | None:
-        """Create the contact or lock its row; return the previous last-inbound time."""
-        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(contacts)
-        created = conn.execute(
-            insert.values(wa_id=wa_id, last_inbound_at=at)
-            .on_conflict_do_nothing(index_elements=["wa_id"])
-            .returning(contacts.c.wa_id)
-        ).first()
-        if created is not None:
-            return None
-        query = sa.select(contacts.c.last_inbound_at).where(contacts.c.wa_id == wa_id).with_for_update()
-        return as_utc(conn.execute(query).scalar_one())
+    # -- the parts of a write, for a caller's own transaction ------------------------------
+
+    def lock_contacts(self, conn: Connection, latest: dict[str, datetime]) -> dict[str, datetime | None]:
+        """Create or lock these users' contact rows until the transaction ends; return each
+        one's previous last-inbound time (None for a contact created here, which holds `latest`).
+
+        Rows are taken in wa_id order, so two transactions locking overlapping users cannot
+        deadlock; holding them serialises everything done for one user.
+        """
+        create = _CREATE_CONTACT[conn.dialect.name]
+        previous: dict[str, datetime | None] = {}
+        for wa_id in sorted(latest):
+            if conn.execute(create, {"wa_id": wa_id, "at": as_utc(latest[wa_id])}).first() is not None:
+                previous[wa_id] = None
+            else:
+                previous[wa_id] = as_utc(conn.execute(_LOCK_CONTACT, {"wa_id": wa_id}).scalar_one())
+        return previous
+
+    def move_last_inbound(self, conn: Connection, latest: dict[str, datetime]) -> None:
+        """Set users' last-inbound times (their rows locked by `lock_contacts`)."""
+        conn.execute(_MOVE_LAST_INBOUND, [{"contact": wa_id, "at": at} for wa_id, at in latest.items()])
+
+    def rows_of(self, conn: Connection, wa_ids: Iterable[str]) -> dict[str, list[sa.RowMapping]]:
+        """These users' stored events, oldest first, in one query."""
+        found: dict[str, list[sa.RowMapping]] = {wa_id: [] for wa_id in wa_ids}
+        for row in conn.execute(_EVENTS_OF, {"wa_ids": list(found)}).mappings():
+            found[row["wa_id"]].append(row)
+        return found
+
+    def prepare(self, draft: EventDraft) -> dict:
+        """Check a draft and give it its id and times: a row for `extend_chain`, which adds its place in the chain."""
+        return self._prepare(draft, self.clock())
+
+    def extend_chain(self, conn: Connection, rows: list[dict]) -> list[ConsentEvent]:
+        """Append prepared rows after the head, which stays locked until the transaction ends.
+
+        A row whose source_ref is recorded already is not added: the stored event stands in for it.
+        """
+        if conn.dialect.name != "postgresql":
+            return self._extend_row_by_row(conn, rows)
+        refs = [row["source_ref"] for row in rows]
+        seq, prev_hash, taken = conn.execute(_HEAD_AND_TAKEN, {"refs": refs}).one()
+        stored: dict[str, ConsentEvent] = {}
+        if taken:
+            found = conn.execute(_BY_SOURCE_REFS, {"refs": taken}).mappings()
+            stored.update((row["source_ref"], to_event(row)) for row in found)
+        added: list[dict] = []
+        for row in rows:
+            if row["source_ref"] in stored:
+                _check_same_event(stored[row["source_ref"]], row)
+                continue
+            row = {**row, "seq": seq + 1, "prev_hash": prev_hash}
+            row["hash"] = event_hash(row)
+            seq, prev_hash = row["seq"], row["hash"]
+            stored[row["source_ref"]] = to_event(row)
+            added.append(row)
+        if added:
+            arrays = {name: [row[name] for row in added] for name in _COLUMNS}
+            moved = conn.execute(_ADD_AND_MOVE_HEAD, {**arrays, "count": len(added), "new_seq": seq, "new_hash": prev_hash})
+            if moved.first() is None:
+                raise WriteConflict("a source_ref was recorded by another transaction meanwhile")
+        return [stored[ref] for ref in refs]
+
+    def _extend_row_by_row(self, conn: Connection, rows: list[dict]) -> list[ConsentEvent]:
+        """SQLite: writers hold the database's write lock throughout, so no other can interleave."""
+        head = conn.execute(_HEAD_FOR_UPDATE).one()
+        seq, prev_hash = head.seq, head.hash
+        stored: list[ConsentEvent] = []
+        for row in rows:
+            row = {**row, "seq": seq + 1, "prev_hash": prev_hash}
+            row["hash"] = event_hash(row)
+            if conn.execute(_INSERT_IF_NEW, row).first() is None:  # this source_ref is recorded already
+                existing = self._by_source_ref(conn, row["source_ref"])
+                _check_same_event(existing, row)
+                stored.append(existing)
+                continue
+            seq, prev_hash = row["seq"], row["hash"]
+            stored.append(to_event(row))
+        if seq != head.seq:
+            conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev_hash})
+        return stored
 
     def _prepare(self, draft: EventDraft, now: datetime) -> dict:
         check_draft(draft, now)
@@ -208,26 +316,6 @@ class Ledger:
             "recorded_at": now,
             "recorded_by": draft.recorded_by,
         }
-
-    def _extend_chain(self, conn: Connection, rows: list[dict]) -> list[ConsentEvent]:
-        """Append rows after the head, which stays locked until the transaction ends."""
-        head = conn.execute(_HEAD_FOR_UPDATE).one()
-        seq, prev_hash = head.seq, head.hash
-        insert = _INSERT_IF_NEW[conn.dialect.name]
-        stored: list[ConsentEvent] = []
-        for row in rows:
-            row = {**row, "seq": seq + 1, "prev_hash": prev_hash}
-            row["hash"] = event_hash(row)
-            if conn.execute(insert, row).first() is None:  # this source_ref is recorded already
-                existing = self._by_source_ref(conn, row["source_ref"])
-                _check_same_event(existing, row)
-                stored.append(existing)
-                continue
-            seq, prev_hash = row["seq"], row["hash"]
-            stored.append(to_event(row))
-        if seq != head.seq:
-            conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev_hash})
-        return stored
 
     @staticmethod
     def _by_source_ref(conn: Connection, source_ref: str) -> ConsentEvent | None:
@@ -267,8 +355,7 @@ class Ledger:
         with reading(self.engine) as conn:
             rows = conn.execute(_STATE, {"wa_id": wa_id}).mappings().all()
             last_inbound = rows[0]["last_inbound_at"] if rows else conn.execute(_LAST_INBOUND, {"wa_id": wa_id}).scalar()
-        folded = fold([(row["action"], row["scope"]) for row in rows])
-        return state_from_fold(wa_id, folded, lambda at: to_event(rows[at]), as_utc(last_inbound) if last_inbound else None)
+        return state_of(wa_id, rows, as_utc(last_inbound) if last_inbound else None)
 
     def states(self, wa_ids: Iterable[str]) -> dict[str, ConsentState]:
         """Several users' states in a few queries: for deciding a whole campaign at once."""
@@ -285,13 +372,7 @@ class Ledger:
                     rows_by_user[row["wa_id"]].append(row)
                 inbound = sa.select(contacts.c.wa_id, contacts.c.last_inbound_at).where(contacts.c.wa_id.in_(chunk))
                 last_inbound.update((wa_id, as_utc(at)) for wa_id, at in conn.execute(inbound))
-        return {
-            wa_id: state_from_fold(
-                wa_id, fold([(row["action"], row["scope"]) for row in rows]),
-                lambda at, rows=rows: to_event(rows[at]), last_inbound.get(wa_id),
-            )
-            for wa_id, rows in rows_by_user.items()
-        }
+        return {wa_id: state_of(wa_id, rows, last_inbound.get(wa_id)) for wa_id, rows in rows_by_user.items()}
 
     def events(
         self, since: datetime | None = None, until: datetime | None = None, wa_id: str | None = None
@@ -344,6 +425,13 @@ class Ledger:
                 f"events after seq {head.seq} are not covered by the ledger head: they were added outside the application",
             )
         return Verification(ok=True, checked=checked)
+
+
+def state_of(wa_id: str, rows: list, last_inbound_at: datetime | None) -> ConsentState:
+    """A user's state from their event rows, oldest first (stored rows, or prepared ones not
+    written yet): only the few rows the state rests on become events."""
+    folded = fold([(row["action"], row["scope"]) for row in rows])
+    return state_from_fold(wa_id, folded, lambda at: to_event(rows[at]), last_inbound_at)
 
 
 def _broken(checked: int, seq: int, problem: str) -> Verification:

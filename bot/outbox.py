@@ -127,19 +127,14 @@ class Outbox:
 
     def submit(
         self, message: Message, idempotency_key: str, requested_by: str,
-        queue: QueueName = QueueName.REPLIES, campaign_id: str | None = None, consent: ConsentState | None = None,
+        queue: QueueName = QueueName.REPLIES, campaign_id: str | None = None,
     ) -> Submission:
-        """Ask the policy, store the outcome, queue what is allowed. Safe to repeat.
-
-        `consent`: the recipient's state when the caller has just read it, saving a second read.
-        """
-        known = {consent.wa_id: consent} if consent is not None else None
-        return self.submit_many([(message, idempotency_key)], requested_by, queue, campaign_id, known)[0]
+        """Ask the policy, store the outcome, queue what is allowed. Safe to repeat."""
+        return self.submit_many([(message, idempotency_key)], requested_by, queue, campaign_id)[0]
 
     def submit_many(
         self, items: Iterable[tuple[Message, str]], requested_by: str,
         queue: QueueName = QueueName.BULK, campaign_id: str | None = None,
-        consents: dict[str, ConsentState] | None = None,
     ) -> list[Submission]:
         """Submit several messages in one transaction; queue the allowed ones after it commits.
 
@@ -149,13 +144,12 @@ class Outbox:
         """
         items = list(items)
         try:
-            return self._submit(items, requested_by, queue, campaign_id, consents)
+            return self._submit(items, requested_by, queue, campaign_id)
         except sa.exc.IntegrityError:
-            return self._submit(items, requested_by, queue, campaign_id, consents)
+            return self._submit(items, requested_by, queue, campaign_id)
 
     def _submit(
-        self, items: list[tuple[Message, str]], requested_by: str, queue: QueueName, campaign_id: str | None,
-        consents: dict[str, ConsentState] | None,
+        self, items: list[tuple[Message, str]], requested_by: str, queue: QueueName, campaign_id: str | None
     ) -> list[Submission]:
         now = self.clock()
         recipients: dict[str, str | None] = {}
@@ -164,14 +158,12 @@ class Outbox:
                 recipients[message.to] = normalize_wa_id(message.to)
             except InvalidNumber:
                 recipients[message.to] = None
-        wanted = {wa_id for wa_id in recipients.values() if wa_id}
-        if consents is None or not wanted <= consents.keys():
-            consents = self.ledger.states(wanted)
+        consents = self.ledger.states(wa_id for wa_id in recipients.values() if wa_id)
         rows: list[dict] = []
         submissions: list[Submission] = []
         to_queue: list[str] = []
         with self._writer.begin() as conn:
-            known = _existing(conn, [key for _, key in items])
+            known = submitted(conn, [key for _, key in items])
             for message, key in items:
                 if key in known:
                     submissions.append(known[key])
@@ -180,25 +172,40 @@ class Outbox:
                 if wa_id is None:
                     submissions.append(Submission(None, False, Refusal.INVALID_RECIPIENT))
                     continue
-                decision = decide(consents[wa_id], message.kind, now, self.coverage)
-                state = MessageState.QUEUED if decision.allowed else MessageState.BLOCKED
-                row = {
-                    "id": str(uuid.uuid4()), "idempotency_key": key, "wa_id": wa_id, "kind": message.kind.value,
-                    "content": json.dumps(message.content(), ensure_ascii=False), "queue": queue.value,
-                    "campaign_id": campaign_id, "state": state.value,
-                    "reason": decision.reason.value if decision.reason else None,
-                    "consent_event_id": decision.consent_event_id, "attempts": 0, "requested_by": requested_by,
-                    "created_at": now, "updated_at": now,
-                }
+                submission, row = self.draft(message, key, consents[wa_id], requested_by, queue, now, campaign_id)
                 rows.append(row)
-                submissions.append(known.setdefault(key, Submission(row["id"], decision.allowed, decision.reason)))
-                if decision.allowed:
+                submissions.append(known.setdefault(key, submission))
+                if submission.queued:
                     to_queue.append(row["id"])
             if rows:
                 conn.execute(messages.insert(), rows)
         if to_queue:
             self.enqueue(queue, to_queue)  # a failure here leaves rows queued: the sweeper re-queues them
         return submissions
+
+    def draft(
+        self, message: Message, key: str, consent: ConsentState, requested_by: str, queue: QueueName,
+        now: datetime, campaign_id: str | None = None,
+    ) -> tuple[Submission, dict]:
+        """The policy's answer for a message to a valid recipient, and the row that stores it (not written yet)."""
+        decision = decide(consent, message.kind, now, self.coverage)
+        row = {
+            "id": str(uuid.uuid4()), "idempotency_key": key, "wa_id": consent.wa_id, "kind": message.kind.value,
+            "content": json.dumps(message.content(), ensure_ascii=False), "queue": queue.value,
+            "campaign_id": campaign_id,
+            "state": (MessageState.QUEUED if decision.allowed else MessageState.BLOCKED).value,
+            "reason": decision.reason.value if decision.reason else None,
+            "consent_event_id": decision.consent_event_id, "attempts": 0, "requested_by": requested_by,
+            "created_at": now, "updated_at": now,
+        }
+        return Submission(row["id"], decision.allowed, decision.reason), row
+
+    @staticmethod
+    def store_new(conn: sa.Connection, rows: list[dict]) -> set[str]:
+        """Insert drafted rows in one statement, skipping keys already stored; the keys inserted."""
+        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(messages)
+        statement = insert.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(messages.c.idempotency_key)
+        return set(conn.execute(statement, rows).scalars())
 
     # -- reading -------------------------------------------------------------------------
 
@@ -241,21 +248,16 @@ class Outbox:
         """A delivery status from Meta. States only move forward (late or repeated statuses change
         nothing); failed is final. A status for a send not yet recorded is kept for later.
         Returns whether a message changed."""
-        code = error_codes[0] if error_codes else None
         with one_statement(self.engine) as conn:
-            changed = conn.execute(
-                _APPLY_STATUS,
-                {"meta_id": meta_message_id, "status": status, "earlier": list(_EARLIER[status]), "code": code, "now": self.clock()},
-            )
-            if changed.rowcount == 1:
-                return True
-        with one_statement(self.engine) as conn:
-            if conn.execute(_BY_META_ID, {"meta_id": meta_message_id}).first() is None:
-                insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(early_statuses)
-                conn.execute(
-                    insert.values(meta_message_id=meta_message_id, status=status, error_code=code, received_at=self.clock())
-                    .on_conflict_do_nothing()
-                )
+            return self.apply_status_in(conn, meta_message_id, status, error_codes)
+
+    def apply_status_in(self, conn: sa.Connection, meta_message_id: str, status: str, error_codes: tuple[int, ...] | None = None) -> bool:
+        """`apply_status` inside the caller's transaction."""
+        code, now = (error_codes[0] if error_codes else None), self.clock()
+        values = {"meta_id": meta_message_id, "status": status, "earlier": list(_EARLIER[status]), "code": code, "now": now}
+        if conn.execute(_APPLY_STATUS, values).rowcount == 1:
+            return True
+        conn.execute(_KEEP_EARLY_STATUS[conn.dialect.name], values)
         return False
 
     def apply_early_statuses(self, forget_after: timedelta = timedelta(days=7)) -> int:
@@ -331,7 +333,19 @@ _BY_KEY = sa.select(messages.c.idempotency_key, messages.c.id, messages.c.state,
     messages.c.idempotency_key == sa.bindparam("key")
 )
 _RANK = {"sent": 1, "delivered": 2, "read": 3, "failed": 4}
-_BY_META_ID = sa.select(messages.c.id).where(messages.c.meta_message_id == sa.bindparam("meta_id"))
+# A status for no message we know of (yet): kept, once, for the sweeper to apply later.
+_KEEP_EARLY_STATUS = {
+    name: dialect_insert(early_statuses)
+    .from_select(
+        ["meta_message_id", "status", "error_code", "received_at"],
+        sa.select(
+            sa.bindparam("meta_id", type_=sa.String), sa.bindparam("status", type_=sa.String),
+            sa.bindparam("code", type_=sa.Integer), sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+        ).where(~sa.exists().where(messages.c.meta_message_id == sa.bindparam("meta_id"))),
+    )
+    .on_conflict_do_nothing()
+    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
 # The states a message may be in for a status to move it on.
 _EARLIER = {
     "sent": ("queued",),
@@ -359,7 +373,7 @@ def _update_by_id(columns: frozenset[str]) -> sa.Update:
     )
 
 
-def _existing(conn: sa.Connection, keys: list[str]) -> dict[str, Submission]:
+def submitted(conn: sa.Connection, keys: list[str]) -> dict[str, Submission]:
     """What was already submitted under these idempotency keys."""
     if len(keys) == 1:  # a single reply: the cached equality query is cheaper than IN (...)
         row = conn.execute(_BY_KEY, {"key": keys[0]}).first()

@@ -1,9 +1,10 @@
 """The webhook Meta calls: GET for the subscription handshake, POST for notifications.
 
 POST checks `X-Hub-Signature-256` over the raw bytes (constant-time), parses every event of
-the batch and hands each to its handler. It answers 200 only once every consent-affecting
-event is recorded; if the database or Redis fails it answers 503, Meta retries, and the
-idempotent handlers finish what was left without doubling anything.
+the batch and hands each to its handler, all of them in one transaction (`bot.intake`). It
+answers 200 only once that transaction has committed, so every consent-affecting event is
+recorded; if the database or Redis fails it answers 503, Meta retries, and the idempotent
+handlers finish what was left without doubling anything.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from bot.consent import InvalidEvent
-from bot.db import one_statement, unread_webhooks
+from bot.db import WriteConflict, unread_webhooks
+from bot.intake import Intake, record
 from bot.ledger import utc_now
 from bot.webhook_events import AccountNotice, InboundMessage, PreferenceUpdate, StatusUpdate, Unrecognized, WebhookEvent, parse
 from handlers import Context
@@ -69,31 +71,47 @@ def receive():
     events = parse(payload) if payload is not None else [Unrecognized("body is not JSON", body.decode("utf-8", "replace")[:100_000])]
     context: Context = current_app.extensions["handlers"]
     try:
-        for event in events:
-            _handle(context, event)
-    except (sa.exc.SQLAlchemyError, redis.RedisError) as failure:
+        _record_all(context, events)
+    except (sa.exc.SQLAlchemyError, redis.RedisError, WriteConflict) as failure:
         log.error("webhook not recorded, Meta will retry: %s", type(failure).__name__)
         return error(503, "unavailable", "could not record the events now; retry later")
     return jsonify(status="ok", events=len(events))
 
 
-def _handle(context: Context, event: WebhookEvent) -> None:
-    try:
-        if isinstance(event, InboundMessage):
-            on_message(context, event)
-        elif isinstance(event, StatusUpdate):
-            on_status(context, event)
-        elif isinstance(event, PreferenceUpdate):
-            on_preference(context, event)
-        elif isinstance(event, AccountNotice):
-            on_account_notice(context, event)
-        else:
-            _keep(context, event)
-    except InvalidEvent as refused:
-        _keep(context, Unrecognized(f"refused by the ledger: {refused}", repr(event)))
+class _Refused(Exception):
+    def __init__(self, index: int, reason: InvalidEvent):
+        self.index, self.reason = index, reason
 
 
-def _keep(context: Context, event: Unrecognized) -> None:
-    log.warning("kept an unread webhook item for inspection: %s", event.reason)
-    with one_statement(context.ledger.engine) as conn:
-        conn.execute(unread_webhooks.insert().values(received_at=utc_now(), reason=event.reason[:255], raw=event.raw))
+def _record_all(context: Context, events: list[WebhookEvent]) -> None:
+    """Handle every event in one transaction. An event the ledger refuses is kept as unread
+    instead, and the POST is done again without it: its neighbours are recorded all the same."""
+
+    def handle(intake: Intake) -> None:
+        intake.lock_contacts((e.wa_id, e.timestamp) for e in events if isinstance(e, InboundMessage))
+        for index, event in enumerate(events):
+            try:
+                _handle(context, intake, event)
+            except InvalidEvent as refused:
+                raise _Refused(index, refused) from None
+
+    while True:
+        try:
+            return record(context.ledger, context.outbox, handle)
+        except _Refused as refused:
+            event = events[refused.index]
+            events[refused.index] = Unrecognized(f"refused by the ledger: {refused.reason}", repr(event))
+
+
+def _handle(context: Context, intake: Intake, event: WebhookEvent) -> None:
+    if isinstance(event, InboundMessage):
+        on_message(context, intake, event)
+    elif isinstance(event, StatusUpdate):
+        on_status(context, intake, event)
+    elif isinstance(event, PreferenceUpdate):
+        on_preference(context, intake, event)
+    elif isinstance(event, AccountNotice):
+        on_account_notice(context, intake, event)
+    else:
+        log.warning("kept an unread webhook item for inspection: %s", event.reason)
+        intake.keep(unread_webhooks, received_at=utc_now(), reason=event.reason[:255], raw=event.raw)

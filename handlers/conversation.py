@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from bot.consent import Action, Channel, ConsentState, EventDraft, Scope, State
+from bot.intake import Intake
 from bot.keywords import Intent, KeywordMatch
 from bot.ledger import utc_now
 from bot.outbox import Message, QueueName
@@ -18,31 +19,29 @@ log = logging.getLogger(__name__)
 RECORDED_BY = "webhook"
 
 
-def on_message(ctx: Context, message: InboundMessage) -> None:
-    """Record what the message means for consent, then answer it."""
-    # Meta's clock may run a little ahead of ours; the ledger refuses events from the future.
-    at = min(message.timestamp, utc_now())
-    ctx.ledger.record_inbound(message.wa_id, message.message_id, at)  # R6: a new session is implicit consent
+def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
+    """Record what the message means for consent, then answer it (the sender's contact is locked)."""
+    intake.inbound(message.wa_id, message.message_id, message.timestamp, RECORDED_BY)  # R6: a new session is implicit consent
     match = _match(ctx, message)
     if match is None:
-        _ordinary(ctx, message, ctx.ledger.state(message.wa_id))
+        _ordinary(ctx, intake, message, intake.state(message.wa_id))
         return
     said = message.text or message.button_title or message.button_payload or ""
     channel = Channel.WHATSAPP_KEYWORD if message.type is MessageType.TEXT else Channel.WHATSAPP_BUTTON
     evidence = {"message_id": message.message_id, "keyword": match.keyword, "language": match.language}
     if match.intent is Intent.OPT_OUT:
-        _record(ctx, message, Action.OPT_OUT, match.scope, channel, said, evidence)
+        _record(intake, message, Action.OPT_OUT, match.scope, channel, said, evidence)
         if match.scope is Scope.ALL:
-            _reply(ctx, message, Reply.STOP_CONFIRMATION, MessageKind.STOP_CONFIRMATION, match.language)  # R7, R10
+            _reply(ctx, intake, message, Reply.STOP_CONFIRMATION, MessageKind.STOP_CONFIRMATION, match.language)  # R7, R10
     elif match.intent is Intent.OPT_IN:
-        _record(ctx, message, Action.OPT_IN, match.scope, channel, said, evidence)  # R8
+        _record(intake, message, Action.OPT_IN, match.scope, channel, said, evidence)  # R8
         if match.scope is Scope.ALL:
-            _reply(ctx, message, Reply.START_CONFIRMATION, MessageKind.REPLY, match.language)
+            _reply(ctx, intake, message, Reply.START_CONFIRMATION, MessageKind.REPLY, match.language)
     elif match.intent is Intent.HELP:
-        _reply(ctx, message, Reply.HELP, MessageKind.HELP_ANSWER, match.language)
+        _reply(ctx, intake, message, Reply.HELP, MessageKind.HELP_ANSWER, match.language)
     else:  # a possible opt-out: staff review it; the user is told how to stop
-        _record(ctx, message, Action.POSSIBLE_OPT_OUT, Scope.ALL, channel, said, evidence)
-        _reply(ctx, message, Reply.POSSIBLE_OPT_OUT, MessageKind.REPLY, match.language)
+        _record(intake, message, Action.POSSIBLE_OPT_OUT, Scope.ALL, channel, said, evidence)
+        _reply(ctx, intake, message, Reply.POSSIBLE_OPT_OUT, MessageKind.REPLY, match.language)
 
 
 def _match(ctx: Context, message: InboundMessage) -> KeywordMatch | None:
@@ -53,20 +52,20 @@ def _match(ctx: Context, message: InboundMessage) -> KeywordMatch | None:
     return None
 
 
-def _ordinary(ctx: Context, message: InboundMessage, state: ConsentState) -> None:
+def _ordinary(ctx: Context, intake: Intake, message: InboundMessage, state: ConsentState) -> None:
     """No keyword: the welcome on first contact, or a reminder to an opted-out user once per session."""
     language = ctx.keywords.languages[0]
     if state.state is State.OPTED_OUT:
         session = state.session_event.event_id if state.session_event else message.message_id
-        _reply(ctx, message, Reply.UNSUBSCRIBED_REMINDER, MessageKind.REPLY, language, f"session:{session}", state)
+        _reply(ctx, intake, message, Reply.UNSUBSCRIBED_REMINDER, MessageKind.REPLY, language, f"session:{session}")
     elif state.notice_event is None:
-        _reply(ctx, message, Reply.WELCOME, MessageKind.FREE_FORM, language, f"user:{message.wa_id}", state)
+        _reply(ctx, intake, message, Reply.WELCOME, MessageKind.FREE_FORM, language, f"user:{message.wa_id}")
 
 
 def _record(
-    ctx: Context, message: InboundMessage, action: Action, scope: Scope, channel: Channel, said: str, evidence: dict
+    intake: Intake, message: InboundMessage, action: Action, scope: Scope, channel: Channel, said: str, evidence: dict
 ) -> None:
-    ctx.ledger.append(
+    intake.record(
         EventDraft(
             wa_id=message.wa_id, action=action, scope=scope, channel=channel,
             source_ref=f"{action.value}:{message.message_id}", recorded_by=RECORDED_BY,
@@ -76,20 +75,18 @@ def _record(
 
 
 def _reply(
-    ctx: Context, message: InboundMessage, reply: Reply, kind: MessageKind, language: str,
-    once_per: str | None = None, state: ConsentState | None = None,
+    ctx: Context, intake: Intake, message: InboundMessage, reply: Reply, kind: MessageKind, language: str,
+    once_per: str | None = None,
 ) -> None:
     """Queue a reply (the outbox asks the policy); when it tells how to stop, note that the user was told (R9)."""
     key = f"{reply.value}:{once_per or message.message_id}"
     text = ctx.replies.render(reply, language)
-    submission = ctx.outbox.submit(
-        Message(message.wa_id, kind, text=text), key, RECORDED_BY, QueueName.REPLIES, consent=state
-    )
+    submission = intake.submit(Message(message.wa_id, kind, text=text), key, RECORDED_BY, QueueName.REPLIES)
     if not submission.queued:
         log.info("no %s to %s: %s", reply.value, mask(message.wa_id), submission.reason.value)
         return
     if reply in TELLS_HOW_TO_STOP:
-        ctx.ledger.append(
+        intake.record(
             EventDraft(
                 wa_id=message.wa_id, action=Action.OPT_OUT_NOTICE_GIVEN, channel=Channel.WHATSAPP_SESSION,
                 source_ref=f"notice:{submission.message_id}", recorded_by=RECORDED_BY,

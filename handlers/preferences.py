@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from bot.consent import Action, Channel, EventDraft, Scope
+from bot.intake import Intake
 from bot.ledger import utc_now
 from bot.phone import mask
 from bot.webhook_events import PreferenceUpdate
@@ -14,12 +15,12 @@ log = logging.getLogger(__name__)
 ACTIONS = {"stop": Action.OPT_OUT, "resume": Action.OPT_IN}
 
 
-def on_preference(ctx: Context, update: PreferenceUpdate) -> None:
+def on_preference(ctx: Context, intake: Intake, update: PreferenceUpdate) -> None:
     action = ACTIONS.get(update.value)
     if update.category != "marketing_messages" or action is None:
         log.warning("user preference %s=%s from %s not understood", update.category, update.value, mask(update.wa_id))
         return
-    ctx.ledger.append(
+    intake.record(
         EventDraft(
             wa_id=update.wa_id, action=action, scope=Scope.MARKETING, channel=Channel.WHATSAPP_PREFERENCES,
             source_ref=f"preferences:{update.wa_id}:{int(update.timestamp.timestamp())}:{update.value}",

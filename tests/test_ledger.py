@@ -39,6 +39,14 @@ def test_same_source_ref_records_once(ledger):
     assert count_events(ledger) == 2
 
 
+def test_a_batch_with_recorded_and_repeated_source_refs_adds_each_event_once(ledger):
+    first = ledger.append(web_opt_in(ref="form-1"))
+    batch = ledger.append_many([opt_out(ref="stop-1"), web_opt_in(ref="form-1"), opt_out(ref="stop-1"), notice_given()])
+    assert batch[1] == first and batch[0] == batch[2]
+    assert [e.seq for e in batch] == [2, 1, 2, 3]
+    assert ledger.verify().ok and ledger.verify().checked == 3
+
+
 def test_source_ref_reused_for_another_event_is_refused(ledger):
     ledger.append(web_opt_in(ref="req-1"))
     with pytest.raises(SourceRefConflict, match="req-1"):

@@ -223,6 +223,25 @@ def test_the_batch_yields_every_event(app, client):
     assert kind == "stop_confirmation" and "शुरू" in text
 
 
+def test_two_messages_from_a_new_user_in_one_post_open_one_session_with_one_welcome(app, client):
+    body = payload("text_message.json")
+    messages = body["entry"][0]["changes"][0]["value"]["messages"]
+    messages.append({**messages[0], "id": "wamid.second"})
+    assert post(client, body).status_code == 200
+    assert [a for a, _, _ in actions(app)] == [Action.IMPLICIT, Action.OPT_OUT_NOTICE_GIVEN]
+    assert [kind for kind, _ in replies(app)] == ["free_form"]
+
+
+def test_an_item_the_ledger_refuses_is_kept_and_the_rest_of_the_post_recorded(app, client):
+    body = payload("batch_mixed.json")
+    body["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = "wamid." + "x" * 249  # too long for a source_ref
+    assert post(client, body).status_code == 200
+    assert [reason for reason in unread(app) if "refused by the ledger" in reason] != []
+    assert actions(app, USER) == []
+    assert app.extensions["ledger"].state(OTHER_USER).state is State.OPTED_OUT
+    assert app.extensions["ledger"].verify().ok
+
+
 # -- statuses ---------------------------------------------------------------------------
 
 
