@@ -29,14 +29,23 @@ DEFAULT_TIMEOUT = (3.05, 15.0)  # seconds to connect, seconds to wait for the an
 _NUMBERS = re.compile(r"\d{7,15}")
 
 
-class _MaskHeyooLogs(logging.Filter):
-    """heyoo logs "Sending message to 16505551234" to the root logger: keep only the last 4 digits."""
+class _HeyooLogging:
+    """Stands in for the `logging` module inside heyoo, which logs whole phone numbers to the
+    root logger: its lines go to the "heyoo" logger with all but the last 4 digits masked, its
+    two lines per message ("Sending template to …") at DEBUG, as our own lines say as much."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.pathname == heyoo.__file__:
-            record.msg = _NUMBERS.sub(lambda found: mask(found.group()), record.getMessage())
-            record.args = ()
-        return True
+    _log = logging.getLogger("heyoo")
+
+    def info(self, message: object) -> None:
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug(_masked(message))
+
+    def error(self, message: object) -> None:
+        self._log.error(_masked(message))
+
+
+def _masked(message: object) -> str:
+    return _NUMBERS.sub(lambda found: mask(found.group()), str(message))
 
 
 class _Answer:
@@ -75,7 +84,7 @@ class _Transport:
 
 _TRANSPORT = _Transport()
 heyoo.requests = _TRANSPORT
-logging.getLogger().addFilter(_MaskHeyooLogs())
+heyoo.logging = _HeyooLogging()
 
 
 class CloudApi:
@@ -124,7 +133,7 @@ class CloudApi:
             raise TransientError("the Cloud API answered with something that is not JSON") from None
         message_id = _message_id(body)
         if message_id:
-            log.info("sent to %s as %s", mask(to), message_id)
+            log.debug("sent to %s as %s", mask(to), message_id)
             return message_id
         error: CloudApiError = from_error_body(body)
         log.warning("send to %s failed: %s (code %s)", mask(to), type(error).__name__, error.code)
