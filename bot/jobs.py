@@ -30,8 +30,11 @@ class SendRuntime:
         self.app = app
         concurrency = app.config["SEND_CONCURRENCY"]
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
-        self._claim_size = concurrency  # messages claimed in one statement: what the pool can start at once
-        self._slots = threading.BoundedSemaphore(concurrency * 2)  # claimed messages waiting or sending, at most
+        # Messages are claimed in groups, one statement each; while the dispatcher waits for the
+        # threads to free the next group, the pool sends from the group queued before it. So a
+        # process holds at most 1.5 x concurrency leases: each must last its wait in the pool.
+        self._claim_size = max(1, concurrency // 2)
+        self._slots = threading.BoundedSemaphore(concurrency + self._claim_size)  # claimed and not finished
         self.queues = make_queues(app.extensions["redis"])
 
     @cached_property

@@ -25,7 +25,7 @@ from bot.limiter import RateLimiter
 from bot.batcher import Batcher
 from bot.outbox import Outbox, StoredMessage
 from bot.phone import mask
-from bot.policy import Refusal
+from bot.policy import Decision, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,7 @@ class Sender:
         if not pair_slot.reserved:
             return self._retry(message, timedelta(seconds=pair_slot.wait))
         self.sleep(pair_slot.wait)
-        self._wait_for_send_slot()
-        # Consent is asked after the waits, right before the call: a STOP that landed meanwhile wins.
-        decision = self._decisions.call((message.wa_id, message.kind))
+        decision = self._decide_in_send_slot(message)
         if not decision.allowed:
             self.outbox.mark_blocked(message.id, decision.reason)
             log.info("message %s to %s blocked at send time: %s", message.id, mask(message.wa_id), decision.reason.value)
@@ -91,18 +89,21 @@ class Sender:
         self._records.call((message.id, meta_id, decision.consent_event_id))
         return Outcome.SENT
 
-    def _wait_for_send_slot(self) -> None:
-        """Sleep until this send's slot; a slot missed by more than LATE_SLOT is given up for a new one.
+    def _decide_in_send_slot(self, message: StoredMessage) -> Decision:
+        """Sleep until this send's slot, then ask the policy: consent is asked after the waits,
+        right before the call, so a STOP that landed meanwhile wins.
 
-        A thread that wakes late (a busy CPU) and sends anyway would crowd the next second, and
-        Meta counts arrivals: dropping late slots keeps any second within the cap.
+        A slot missed by more than LATE_SLOT, counting the consent check, is given up for a new
+        one: a thread that wakes late (a busy CPU) and sends anyway would crowd the next second,
+        and Meta counts arrivals.
         """
         while True:
             wait = self._send_slots.call(f"whatsapp:rate:{self._number}").wait
             slot = time.monotonic() + wait
             self.sleep(wait)
-            if time.monotonic() - slot <= LATE_SLOT:
-                return
+            decision = self._decisions.call((message.wa_id, message.kind))
+            if not decision.allowed or time.monotonic() - slot <= LATE_SLOT:
+                return decision
 
     def _call(self, message: StoredMessage) -> str:
         if "template" in message.content:
