@@ -17,12 +17,12 @@ import time
 from datetime import timedelta
 from typing import Callable
 
+from bot.batcher import Batcher
 from bot.cloud_api import CloudApi
 from bot.consent import delivery_marketing_opt_out
 from bot.graph_errors import CloudApiError, MarketingOptedOut, WindowClosed
 from bot.ledger import utc_now
 from bot.limiter import RateLimiter
-from bot.batcher import Batcher
 from bot.outbox import Outbox, StoredMessage
 from bot.phone import mask
 from bot.policy import Decision, Refusal
