@@ -5,7 +5,8 @@ A local HTTP server imitates the Graph API (tests/graph_imitation.py, in its own
 recorded. For each cap, the bench opts in a set of users, starts two `python -m bot.worker`
 processes with SEND_RATE_LIMIT set to the cap, submits one campaign, waits until every
 message has a final state and prints the achieved messages/second against the cap, the 130429
-answers, duplicates and losses. Then a plain sequential heyoo loop runs against the same
+answers, duplicates and losses, and the CPU each message cost the workers and the imitation
+(on a shared machine the rate is noisy; the CPU per message much less so). Then a plain sequential heyoo loop runs against the same
 server, for comparison. Needs PostgreSQL and Redis as the tests do.
 
     python bench/send_throughput.py              # caps 80 and 1000, about 15 s of sending each
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
+from rq import Worker  # noqa: E402
 
 from bot import create_app  # noqa: E402
 from bot.consent import Action, Channel, EventDraft  # noqa: E402
@@ -107,6 +109,8 @@ def run_campaign(cap: int, count: int, log_dir: Path) -> dict:
     env = {"PATH": os.environ.get("PATH", ""), **settings}
     workers = [start([sys.executable, "-m", "bot.worker"], env, open(log_dir / f"worker-{cap}-{n}.log", "w")) for n in range(WORKERS)]
     try:
+        wait_until_listening(app.extensions["redis"])
+        cpu_before = cpu_seconds(workers), cpu_seconds([imitation])  # start-up is not sending
         template = Template("spring_sale", "en_US")
         submitted = time.monotonic()
         items = [(Message(u, MessageKind.MARKETING_TEMPLATE, template=template), f"bench:{u}") for u in users]
@@ -119,6 +123,7 @@ def run_campaign(cap: int, count: int, log_dir: Path) -> dict:
                 break
             time.sleep(0.5)
         stats = requests.get(f"{graph_url}/_stats", timeout=10).json()
+        cpu_after = cpu_seconds(workers), cpu_seconds([imitation])
     finally:
         for process in workers:
             stop(process)
@@ -136,7 +141,26 @@ def run_campaign(cap: int, count: int, log_dir: Path) -> dict:
         "duplicates": sum(n - 1 for n in sent_to.values()),
         "lost": sum(1 for u in users if u not in sent_to),
         "states": final_states_summary(states),
+        # CPU per message of the worker processes and of the imitation: robust on a busy machine where msg/s is not.
+        "cpu_ms": (cpu_after[0] - cpu_before[0]) * 1000 / count,
+        "imitation_cpu_ms": (cpu_after[1] - cpu_before[1]) * 1000 / count,
     }
+
+
+def cpu_seconds(processes: list[subprocess.Popen]) -> float:
+    """CPU the processes have used so far (Linux /proc): robust on a busy machine where msg/s is not."""
+    total_ticks = 0
+    for process in processes:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total_ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return total_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_listening(connection: redis.Redis) -> None:
+    """Wait until every worker has started and waits for jobs."""
+    deadline = time.monotonic() + 60
+    while Worker.count(connection=connection) < WORKERS and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def final_states_summary(states: dict[str, int]) -> str:
@@ -162,11 +186,11 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="send-bench-"))
     print(f"Graph API imitation: {LATENCY * 1000:.0f} ms per call; {WORKERS} worker processes; logs in {log_dir}")
     results = [run_campaign(int(cap), int(int(cap) * seconds), log_dir) for cap in options.caps.split(",")]
-    print(f"{'cap':>6} {'messages':>9} {'in flight':>9} {'msg/s':>8} {'of cap':>7} {'130429':>7} {'dupes':>6} {'lost':>5}  final states")
+    print(f"{'cap':>6} {'messages':>9} {'in flight':>9} {'msg/s':>8} {'of cap':>7} {'130429':>7} {'dupes':>6} {'lost':>5} {'CPU ms/msg':>10} {'imitation':>9}  final states")
     for r in results:
         print(
             f"{r['cap']:>6} {r['messages']:>9} {r['concurrency'] * WORKERS:>9} {r['rate']:>8.1f} {r['rate'] / r['cap']:>7.1%} "
-            f"{r['errors_130429']:>7} {r['duplicates']:>6} {r['lost']:>5}  {r['states']}"
+            f"{r['errors_130429']:>7} {r['duplicates']:>6} {r['lost']:>5} {r['cpu_ms']:>10.2f} {r['imitation_cpu_ms']:>9.2f}  {r['states']}"
         )
         verdict = "PASS" if r["rate"] >= 0.95 * r["cap"] and not (r["errors_130429"] or r["duplicates"] or r["lost"]) else "FAIL"
         print(f"       target >= 95% of cap, zero 130429, zero duplicates, zero lost: {verdict}"

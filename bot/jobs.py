@@ -1,8 +1,9 @@
 """RQ jobs, and the per-process runtime they use (the app, its pools and the send threads).
 
-A worker process builds the app once; each `send_messages` job hands its ids to a bounded
-pool of send threads and returns once they are all taken, so the pool never runs dry between
-jobs and a process keeps many Cloud API calls in flight while the shared limiter paces them.
+A worker process builds the app once; each `send_messages` job claims its messages in groups
+(one statement per group) and hands them to a bounded pool of send threads, returning once
+they are all taken, so the pool never runs dry between jobs and a process keeps many Cloud API
+calls in flight while the shared limiter paces them.
 A worker killed mid-job loses nothing: the sweeper (bot.worker) queues again the messages it
 had claimed once their lease expires, and those it had not yet claimed.
 """
@@ -15,6 +16,7 @@ from functools import cached_property
 
 from flask import Flask
 
+from bot.outbox import StoredMessage
 from bot.queues import make_queues
 from bot.sender import Outcome, Sender
 
@@ -28,7 +30,11 @@ class SendRuntime:
         self.app = app
         concurrency = app.config["SEND_CONCURRENCY"]
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
-        self._slots = threading.BoundedSemaphore(concurrency * 2)  # ids waiting or sending, at most
+        # Messages are claimed in groups, one statement each; while the dispatcher waits for the
+        # threads to free the next group, the pool sends from the group queued before it. So a
+        # process holds at most 1.5 x concurrency leases: each must last its wait in the pool.
+        self._claim_size = max(1, concurrency // 2)
+        self._slots = threading.BoundedSemaphore(concurrency + self._claim_size)  # claimed and not finished
         self.queues = make_queues(app.extensions["redis"])
 
     @cached_property
@@ -37,16 +43,26 @@ class SendRuntime:
         return Sender(ext["outbox"], ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"])
 
     def dispatch(self, message_ids: list[str]) -> None:
-        """Hand ids to the send threads; blocks while the pool is full."""
-        for message_id in message_ids:
-            self._slots.acquire()
-            self.pool.submit(self._send, message_id)
+        """Claim the messages and hand them to the send threads; blocks while the pool is full.
+        Messages another worker has, or that are done, are skipped."""
+        for start in range(0, len(message_ids), self._claim_size):
+            group = message_ids[start : start + self._claim_size]
+            for _ in group:
+                self._slots.acquire()
+            claimed = []
+            try:
+                claimed = self.sender.outbox.claim_many(group)
+            finally:
+                for _ in range(len(group) - len(claimed)):
+                    self._slots.release()
+            for message in claimed:
+                self.pool.submit(self._send, message)
 
-    def _send(self, message_id: str) -> Outcome | None:
+    def _send(self, message: StoredMessage) -> Outcome | None:
         try:
-            return self.sender.send(message_id)
+            return self.sender.send_claimed(message)
         except Exception:  # the lease brings the message back; keep the thread alive
-            log.exception("send of message %s failed unexpectedly; it will be retried", message_id)
+            log.exception("send of message %s failed unexpectedly; it will be retried", message.id)
             return None
         finally:
             self._slots.release()

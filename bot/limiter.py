@@ -11,23 +11,32 @@ from dataclasses import dataclass
 
 import redis
 
-# Reserve a slot unless the wait would exceed ARGV[3] (-1: always reserve).
-# KEYS[1]: the limit's key. ARGV: interval between sends (us), burst size, max wait (us).
-# Returns {reserved 0|1, wait in us}. Times come from the Redis server, one clock for all hosts.
+# For each key in turn, reserve a slot unless the wait would exceed ARGV[3] (-1: always reserve);
+# a key given n times takes n consecutive slots. ARGV: interval between sends (us), burst size,
+# max wait (us). Returns {reserved 0|1, wait in us} per key, flattened. Times come from the
+# Redis server, one clock for all hosts.
 _RESERVE = """
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local wait = tat - (burst - 1) * interval - now
-if wait < 0 then wait = 0 end
-if max_wait >= 0 and wait > max_wait then return {0, wait} end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-return {1, wait}
+local answers = {}
+for _, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local wait = tat - (burst - 1) * interval - now
+  if wait < 0 then wait = 0 end
+  if max_wait >= 0 and wait > max_wait then
+    table.insert(answers, 0)
+  else
+    local new_tat = tat + interval
+    redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+    table.insert(answers, 1)
+  end
+  table.insert(answers, wait)
+end
+return answers
 """
 
 
@@ -49,6 +58,10 @@ class RateLimiter:
 
     def reserve(self, key: str, max_wait: float | None = None) -> Reservation:
         """Take the next slot under `key`, unless it is further away than `max_wait` seconds."""
+        return self.reserve_many([key], max_wait)[0]
+
+    def reserve_many(self, keys: list[str], max_wait: float | None = None) -> list[Reservation]:
+        """`reserve` for each key, in order, in one round trip."""
         limit = -1 if max_wait is None else max_wait * 1_000_000
-        reserved, wait_us = self._script(keys=[key], args=[self._interval_us, self._burst, limit])
-        return Reservation(bool(reserved), int(wait_us) / 1_000_000)
+        flat = self._script(keys=keys, args=[self._interval_us, self._burst, limit])
+        return [Reservation(bool(flat[n]), int(flat[n + 1]) / 1_000_000) for n in range(0, len(flat), 2)]

@@ -216,20 +216,37 @@ class Outbox:
 
     # -- the send job's side -------------------------------------------------------------
 
+    def decide_many(self, asks: list[tuple[str, MessageKind]]) -> list[Decision]:
+        """The policy's answers for several (user, kind) right now, from one read of their states."""
+        states = self.ledger.states(wa_id for wa_id, _ in asks)
+        now = self.clock()
+        return [decide(states[wa_id], kind, now, self.coverage) for wa_id, kind in asks]
+
     def claim(self, message_id: str) -> StoredMessage | None:
         """Lease a due, queued message to this worker; None when another has it or it is done."""
+        claimed = self.claim_many([message_id])
+        return claimed[0] if claimed else None
+
+    def claim_many(self, message_ids: list[str]) -> list[StoredMessage]:
+        """Lease those of these messages that are due and queued, in one statement; the others
+        are another worker's or done."""
         now = self.clock()
         with one_statement(self.engine) as conn:
-            claimed = conn.execute(_CLAIM, {"message_id": message_id, "now": now, "until": now + self.lease})
-            row = claimed.mappings().first()
-        return StoredMessage.from_row(row) if row else None
+            claimed = conn.execute(_CLAIM, {"message_ids": message_ids, "now": now, "until": now + self.lease})
+            rows = claimed.mappings().all()
+        return [StoredMessage.from_row(row) for row in rows]
 
     def mark_sent(self, message_id: str, meta_message_id: str, consent_event_id: str | None) -> None:
+        self.mark_sent_many([(message_id, meta_message_id, consent_event_id)])
+
+    def mark_sent_many(self, sends: list[tuple[str, str, str | None]]) -> None:
+        """Record several sends in one transaction: (message id, Meta's message id, consent event id)."""
         now = self.clock()
-        self._update(
-            message_id, state=MessageState.SENT.value, meta_message_id=meta_message_id,
-            consent_event_id=consent_event_id, sent_at=now, lease_until=None, error_code=None, error_detail=None,
-        )
+        with self._writer.begin() as conn:
+            conn.execute(_MARK_SENT, [
+                {"message_id": message_id, "meta_id": meta_id, "consent_event_id": consent_event_id, "now": now}
+                for message_id, meta_id, consent_event_id in sends
+            ])
 
     def mark_blocked(self, message_id: str, reason: Refusal) -> None:
         self._update(message_id, state=MessageState.BLOCKED.value, reason=reason.value, lease_until=None)
@@ -319,13 +336,21 @@ class Outbox:
 _CLAIM = (
     messages.update()
     .where(
-        messages.c.id == sa.bindparam("message_id"),
+        messages.c.id.in_(sa.bindparam("message_ids", expanding=True)),
         messages.c.state == MessageState.QUEUED.value,
         sa.or_(messages.c.not_before.is_(None), messages.c.not_before <= sa.bindparam("now")),
         sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until < sa.bindparam("now")),
     )
     .values(lease_until=sa.bindparam("until"), attempts=messages.c.attempts + 1, updated_at=sa.bindparam("now"))
     .returning(*messages.c)
+)
+_MARK_SENT = (
+    messages.update()
+    .where(messages.c.id == sa.bindparam("message_id"))
+    .values(
+        state=MessageState.SENT.value, meta_message_id=sa.bindparam("meta_id"), consent_event_id=sa.bindparam("consent_event_id"),
+        sent_at=sa.bindparam("now"), updated_at=sa.bindparam("now"), lease_until=None, error_code=None, error_detail=None,
+    )
 )
 
 

@@ -4,6 +4,10 @@ Policy is asked again here, just before the call, so a STOP recorded after queui
 (the message becomes `blocked`). Pacing has two limits shared through Redis: the phone
 number's messages/second and Meta's pair rate to one user. A message waiting longer for the
 pair rate than `PAIR_MAX_WAIT` goes back to the queue instead of holding a send slot.
+
+Each send runs on its own thread, but the limiter calls, the consent checks and the records
+of sends that threads make at the same moment go out together (bot.batcher): one Redis call,
+one query, one transaction for a whole wave of messages instead of one per message.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import time
 from datetime import timedelta
 from typing import Callable
 
+from bot.batcher import Batcher
 from bot.cloud_api import CloudApi
 from bot.consent import delivery_marketing_opt_out
 from bot.graph_errors import CloudApiError, MarketingOptedOut, WindowClosed
@@ -20,7 +25,7 @@ from bot.ledger import utc_now
 from bot.limiter import RateLimiter
 from bot.outbox import Outbox, StoredMessage
 from bot.phone import mask
-from bot.policy import Refusal
+from bot.policy import Decision, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +57,27 @@ class Sender:
     ):
         self.outbox = outbox
         self.api = api
-        self.throughput = throughput
-        self.pair = pair
         self.sleep = sleep
         self._number = api.phone_number_id or "unconfigured"
+        self._pair_slots = Batcher(lambda keys: pair.reserve_many(keys, max_wait=PAIR_MAX_WAIT), "pair-slots")
+        self._send_slots = Batcher(throughput.reserve_many, "send-slots")
+        self._decisions = Batcher(outbox.decide_many, "consent-checks")
+        self._records = Batcher(outbox.mark_sent_many, "send-records")
 
     def send(self, message_id: str) -> Outcome:
+        """Claim one message and send it."""
         message = self.outbox.claim(message_id)
         if message is None:
             return Outcome.SKIPPED
-        pair_slot = self.pair.reserve(f"whatsapp:pair:{self._number}:{message.wa_id}", max_wait=PAIR_MAX_WAIT)
+        return self.send_claimed(message)
+
+    def send_claimed(self, message: StoredMessage) -> Outcome:
+        """Send a message this worker has claimed (Outbox.claim_many) and record the outcome."""
+        pair_slot = self._pair_slots.call(f"whatsapp:pair:{self._number}:{message.wa_id}")
         if not pair_slot.reserved:
             return self._retry(message, timedelta(seconds=pair_slot.wait))
         self.sleep(pair_slot.wait)
-        self._wait_for_send_slot()
-        # Consent is asked after the waits, right before the call: a STOP that landed meanwhile wins.
-        decision = self.outbox.decide(message.wa_id, message.kind)
+        decision = self._decide_in_send_slot(message)
         if not decision.allowed:
             self.outbox.mark_blocked(message.id, decision.reason)
             log.info("message %s to %s blocked at send time: %s", message.id, mask(message.wa_id), decision.reason.value)
@@ -76,21 +86,24 @@ class Sender:
             meta_id = self._call(message)
         except CloudApiError as error:
             return self._failed(message, error)
-        self.outbox.mark_sent(message.id, meta_id, decision.consent_event_id)
+        self._records.call((message.id, meta_id, decision.consent_event_id))
         return Outcome.SENT
 
-    def _wait_for_send_slot(self) -> None:
-        """Sleep until this send's slot; a slot missed by more than LATE_SLOT is given up for a new one.
+    def _decide_in_send_slot(self, message: StoredMessage) -> Decision:
+        """Sleep until this send's slot, then ask the policy: consent is asked after the waits,
+        right before the call, so a STOP that landed meanwhile wins.
 
-        A thread that wakes late (a busy CPU) and sends anyway would crowd the next second, and
-        Meta counts arrivals: dropping late slots keeps any second within the cap.
+        A slot missed by more than LATE_SLOT, counting the consent check, is given up for a new
+        one: a thread that wakes late (a busy CPU) and sends anyway would crowd the next second,
+        and Meta counts arrivals.
         """
         while True:
-            wait = self.throughput.reserve(f"whatsapp:rate:{self._number}").wait
+            wait = self._send_slots.call(f"whatsapp:rate:{self._number}").wait
             slot = time.monotonic() + wait
             self.sleep(wait)
-            if time.monotonic() - slot <= LATE_SLOT:
-                return
+            decision = self._decisions.call((message.wa_id, message.kind))
+            if not decision.allowed or time.monotonic() - slot <= LATE_SLOT:
+                return decision
 
     def _call(self, message: StoredMessage) -> str:
         if "template" in message.content:

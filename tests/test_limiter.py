@@ -49,6 +49,17 @@ def test_a_slot_too_far_away_is_not_taken(connection):
     assert limiter.reserve(slot).wait == pytest.approx(6, abs=0.1)
 
 
+def test_many_reservations_in_one_call_are_taken_in_order(connection):
+    limiter, one, other = RateLimiter(connection, rate=1, per=6, burst=2), key(), key()
+    answers = limiter.reserve_many([one, other, one, one], max_wait=1)
+    assert [a.reserved for a in answers] == [True, True, True, False]
+    assert [a.wait for a in answers[:3]] == [0, 0, 0]
+    assert answers[3].wait == pytest.approx(6, abs=0.1)
+    # A key given n times takes n consecutive slots.
+    paced = RateLimiter(connection, rate=100).reserve_many([key()] * 5)
+    assert [a.wait for a in paced] == pytest.approx([0, 0.01, 0.02, 0.03, 0.04], abs=0.002)
+
+
 def _take(limit_key: str, count: int, ready, go, queue) -> None:
     limiter = RateLimiter(redis.Redis.from_url(REDIS_URL), rate=200)
     limiter.reserve(f"{limit_key}:warm-up")  # load the script before the race starts

@@ -188,3 +188,30 @@ def test_stop_while_a_message_waits_for_its_send_slot_wins(app, outbox, graph):
     sender = Sender(outbox, ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"], sleep=stop_arrives_while_sleeping)
     assert sender.send(message_id) is Outcome.BLOCKED
     assert outbox.get(message_id).reason == "opted_out" and graph.requests == []
+
+
+def test_claim_many_leases_only_due_queued_messages_in_one_go(app, outbox, sender, graph):
+    app.extensions["ledger"].append(web_opt_in())
+    app.extensions["ledger"].append(web_opt_in(OTHER_USER, ref="form-2"))
+    due = outbox.submit(UTILITY, "req-1", "staff:test").message_id
+    other = outbox.submit(Message(OTHER_USER, UTILITY.kind, template=UTILITY.template), "req-2", "staff:test").message_id
+    sent = outbox.submit(UTILITY, "req-3", "staff:test").message_id
+    assert sender.send(sent) is Outcome.SENT
+    claimed = outbox.claim_many([due, other, sent, "no-such-message"])
+    assert sorted(m.id for m in claimed) == sorted([due, other]) and all(m.attempts == 1 for m in claimed)
+    assert outbox.claim_many([due, other]) == []  # leased now
+
+
+def test_a_job_sends_its_messages_through_the_batched_path(app, outbox, graph):
+    ledger = app.extensions["ledger"]
+    users = [f"1555000{n:04d}" for n in range(30)]
+    for user in users:
+        ledger.append(web_opt_in(user, ref=f"form-{user}"))
+    ids = [outbox.submit(Message(u, UTILITY.kind, template=UTILITY.template), f"req-{u}", "staff:test").message_id for u in users]
+    ledger.append(opt_out(users[0], ref="stop-0"))  # after queuing: the batched check at send time sees it
+    runtime = SendRuntime(app)
+    runtime.dispatch(ids + ids)  # a job repeated: each message is claimed once
+    runtime.pool.shutdown(wait=True)
+    assert graph.sent_to() == {u: 1 for u in users[1:]}
+    assert [outbox.get(i).state for i in ids] == [MessageState.BLOCKED] + [MessageState.SENT] * 29
+    assert outbox.get(ids[0]).reason == "opted_out"
