@@ -2,8 +2,8 @@
 
 It answers POST /{version}/{phone-number-id}/messages like Meta: a message id after `latency`
 seconds, or an error body. It records every request, answers 130429 once more than `cap`
-requests arrived within one second, can fail chosen recipients with a Meta error code, can
-answer 5xx for a while, and can give one canned answer to every request. Run it alone with `python -m tests.graph_imitation --port 8990`.
+requests arrived within one second, can fail chosen recipients with a Meta error code, and can
+answer 5xx for a while. Run it alone with `python -m tests.graph_imitation --port 8990`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ class Received:
     body: dict
     status: int
     code: int | None = None  # the Meta error code answered, if any
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -34,7 +33,6 @@ class GraphImitation:
     fail: dict[str, int] = field(default_factory=dict)  # recipient -> Meta error code
     requests: list[Received] = field(default_factory=list)
     server_errors_until: float = 0.0  # answer 503 until this time.monotonic()
-    canned: tuple[int, dict | str] | None = None  # answer every request with this status and body
     host: str = "127.0.0.1"
     port: int = 0
 
@@ -132,10 +130,7 @@ class GraphImitation:
             body, to = {}, ""
         now = time.monotonic()
         with self._lock:
-            if self.canned:
-                status, answer = self.canned
-                code = answer.get("error", {}).get("code") if isinstance(answer, dict) else None
-            elif not to:
+            if not to:
                 status, answer, code = 400, _error(100, "Invalid parameter"), 100
             elif now < self.server_errors_until:
                 status, answer, code = 503, {"error": {"message": "Service temporarily unavailable", "code": 2}}, 2
@@ -150,7 +145,7 @@ class GraphImitation:
                     "contacts": [{"input": to, "wa_id": to}],
                     "messages": [{"id": f"wamid.IMITATION{next(self._ids):012d}"}],
                 }
-            self.requests.append(Received(time.time(), to, body, status, code, dict(handler.headers)))
+            self.requests.append(Received(time.time(), to, body, status, code))
             self._in_flight += 1
         try:
             if status == 200 and self.latency:
@@ -162,11 +157,10 @@ class GraphImitation:
                 self._answered.append(time.monotonic())
 
 
-def _answer(handler: BaseHTTPRequestHandler, status: int, body: dict | str) -> None:
-    """A dict as JSON, a str as an HTML page."""
-    payload = (json.dumps(body) if isinstance(body, dict) else body).encode()
+def _answer(handler: BaseHTTPRequestHandler, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
     handler.send_response(status)
-    handler.send_header("Content-Type", "application/json" if isinstance(body, dict) else "text/html")
+    handler.send_header("Content-Type", "application/json")
     handler.send_header("Content-Length", str(len(payload)))
     handler.end_headers()
     handler.wfile.write(payload)
