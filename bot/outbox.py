@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from bot.db import early_statuses, one_statement, outbound_messages as messages, reading, writer
+from bot.db import campaigns, early_statuses, one_statement, outbound_messages as messages, reading, writer
 from bot.consent import ConsentState
 from bot.ledger import Ledger, utc_now
 from bot.phone import InvalidNumber, normalize_wa_id
@@ -308,6 +308,7 @@ class Outbox:
                 sa.or_(messages.c.not_before.is_(None), messages.c.not_before <= now),
                 sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until < now),
                 sa.or_(messages.c.not_before.is_not(None), messages.c.updated_at < now - stale_after),
+                _NOT_PAUSED,
             )
             .order_by(messages.c.created_at)
             .limit(limit)
@@ -333,6 +334,8 @@ class Outbox:
 
 
 # Statements are built once: building them per call costs more than running them.
+# A message of a paused campaign waits (R11): it is neither claimed nor recovered until resumed.
+_NOT_PAUSED = ~sa.exists().where(campaigns.c.id == messages.c.campaign_id, campaigns.c.paused_at.is_not(None))
 _CLAIM = (
     messages.update()
     .where(
@@ -340,6 +343,7 @@ _CLAIM = (
         messages.c.state == MessageState.QUEUED.value,
         sa.or_(messages.c.not_before.is_(None), messages.c.not_before <= sa.bindparam("now")),
         sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until < sa.bindparam("now")),
+        _NOT_PAUSED,
     )
     .values(lease_until=sa.bindparam("until"), attempts=messages.c.attempts + 1, updated_at=sa.bindparam("now"))
     .returning(*messages.c)

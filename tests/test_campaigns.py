@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import copy
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from rq import Queue
 
 from bot.campaigns import CampaignRefused, Campaigns, Status
 from bot.db import outbound_messages
@@ -116,3 +118,22 @@ def test_opt_outs_before_the_campaign_reached_someone_do_not_count(app, campaign
     app.extensions["ledger"].append(opt_out(RECIPIENTS[0], ref="stop-early"))
     reach(app, campaign_id, 3)  # (the sender would have blocked the first; here it is marked sent regardless)
     assert watcher.progress(campaign_id).opt_outs == 0 and watcher.enforce_opt_out_limit() == []
+
+
+def test_a_paused_campaigns_messages_wait_and_go_after_resume(app, campaigns):
+    outbox = app.extensions["outbox"]
+    campaign_id = start(campaigns)
+    waiting = [message.id for message in _messages(app, campaign_id)]
+    campaigns.pause(campaign_id, "paused by staff")
+    assert outbox.claim_many(waiting) == []  # a worker that gets their job sends nothing
+    assert outbox.due_for_recovery(timedelta(0)) == []  # and the sweeper leaves them alone
+    Queue("bulk", connection=app.extensions["redis"]).empty()
+    campaigns.resume(campaign_id)
+    queued_again = [id_ for job in Queue("bulk", connection=app.extensions["redis"]).jobs for id_ in job.args[0]]
+    assert sorted(queued_again) == sorted(waiting)
+    assert {message.wa_id for message in outbox.claim_many(waiting)} == set(RECIPIENTS)
+
+
+def _messages(app, campaign_id: str) -> list:
+    with app.extensions["ledger"].engine.connect() as conn:
+        return conn.execute(sa.select(outbound_messages).where(outbound_messages.c.campaign_id == campaign_id)).all()
