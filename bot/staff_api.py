@@ -12,6 +12,7 @@ import hmac
 import json
 import uuid
 from datetime import datetime
+from typing import Iterator
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
@@ -118,9 +119,23 @@ def audit():
     since, until = (_time_arg(name) for name in ("since", "until"))
     wa_id = request.args.get("wa_id")
     events = current_app.extensions["ledger"].events(since, until, wa_id_field(wa_id) if wa_id else None)
-    response = Response(stream_with_context(export_lines(events, fmt)), mimetype=EXPORT_TYPES[fmt])
+    response = Response(stream_with_context(_in_chunks(export_lines(events, fmt))), mimetype=EXPORT_TYPES[fmt])
     response.headers["Content-Disposition"] = f'attachment; filename="consent-ledger.{fmt}"'
     return response
+
+
+def _in_chunks(lines: Iterator[str], size: int = 64 * 1024) -> Iterator[str]:
+    """Lines grouped into pieces of about `size` characters: one socket write per piece, not per event."""
+    piece: list[str] = []
+    length = 0
+    for line in lines:
+        piece.append(line)
+        length += len(line)
+        if length >= size:
+            yield "".join(piece)
+            piece, length = [], 0
+    if piece:
+        yield "".join(piece)
 
 
 def _time_arg(name: str) -> datetime | None:

@@ -99,10 +99,8 @@ def _run(
             WHATSAPP_PHONE_NUMBER_ID=SANDBOX_PHONE_NUMBER_ID, WHATSAPP_APP_SECRET=secrets.token_hex(32),
         )
         supervisor.start("sandbox", [sys.executable, "-m", "sandbox", "--port", str(sandbox_port), "--bot-url", web_url], env)
-    web_workers = env.get("WEB_CONCURRENCY") or "2"
-    supervisor.start("web", [
-        sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}", "--workers", web_workers,
-        "--no-control-socket", "--access-logfile", "-",
+    supervisor.start("web", [  # processes and threads from gunicorn.conf.py, as in production
+        sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}", "--no-control-socket", "--access-logfile", "-",
     ], env)
     worker = supervisor.start("worker", [sys.executable, "-m", "bot.worker"], env)
     ready = [f"{web_url}/healthz"] + ([f"{sandbox_url}/healthz"] if sandboxed else [])
