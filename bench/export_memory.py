@@ -30,7 +30,7 @@ backend) and Redis (database 5; /healthz pings it) as the tests do. Run from the
 
     python bench/export_memory.py                        # 1,000,000 events, SQLite and PostgreSQL
     python bench/export_memory.py --quick                # 20,000 events, for CI
-    python bench/export_memory.py --backend sqlite --events 200000 --reuse
+    python bench/export_memory.py --backend sqlite --events 200000 --reuse --paths http --gunicorn-timeout 0
 """
 from __future__ import annotations
 
@@ -39,7 +39,6 @@ import csv
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -60,7 +59,7 @@ from bench.ledger import SEED, populate, positive_int  # noqa: E402
 from bot.audit import COLUMNS, FORMATS  # noqa: E402
 from bot.db import GENESIS_HASH, consent_events, init_schema, ledger_head, make_engine  # noqa: E402
 from bot.ledger import Ledger, as_utc  # noqa: E402
-from tests.local_services import POSTGRES_SERVER, free_port, fresh_postgres_schema  # noqa: E402
+from tests.local_services import POSTGRES_SERVER, free_port, fresh_postgres_schema, stop_group, wait_healthy  # noqa: E402
 
 FULL_EVENTS = 1_000_000
 QUICK_EVENTS = 20_000
@@ -210,6 +209,10 @@ class Tally:
         self.last = chunk[start + 1:end] if start >= 0 else self._tail + chunk[:end]
         self._tail = chunk[end + 1:]
 
+    def events(self, fmt: str) -> int:
+        """Complete lines, less the CSV header: the events received (the bench's hold no line breaks)."""
+        return max(0, self.lines - (1 if fmt == "csv" else 0))
+
     @property
     def unterminated(self) -> bool:
         return bool(self._tail)
@@ -287,6 +290,7 @@ class Result:
     path: str
     fmt: str
     range: Range
+    exported: int  # events received, complete lines
     bytes: int
     seconds: float
     baseline_kib: int
@@ -356,7 +360,7 @@ def bench_cli(backend: str, url: str, fmt: str, ranges: Sequence[Range], chain_u
         if problem is None and fmt == "jsonl" and export_range.since is None and chain_url:
             problem = check_jsonl_chain(output, chain_url)
         output.unlink(missing_ok=True)
-        results.append(report(Result(backend, "cli", fmt, export_range, tally.bytes, seconds, baseline_kib, peak_kib, None, problem)))
+        results.append(report(Result(backend, "cli", fmt, export_range, tally.events(fmt), tally.bytes, seconds, baseline_kib, peak_kib, None, problem)))
     return results
 
 
@@ -407,29 +411,16 @@ def gunicorn(url: str, log: Path, timeout: int | None) -> Iterator[Server]:
     with log.open("ab") as log_file:
         process = subprocess.Popen(command, cwd=ROOT, env=app_env(url), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"error: gunicorn exited with {process.returncode}; see {log}")
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"error: gunicorn did not answer /healthz within 60 s; see {log}")
-            time.sleep(0.1)
+        try:
+            wait_healthy(process, port, log)
+        except RuntimeError as error:
+            raise SystemExit(f"error: {error}") from None
         workers = children(process.pid)
         if len(workers) != 1:
             raise SystemExit(f"error: expected one gunicorn worker, found {workers}")
         yield Server(port, process.pid, workers[0], log)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
 
 
 class RssSampler(threading.Thread):
@@ -492,9 +483,11 @@ def bench_http(backend: str, url: str, fmt: str, ranges: Sequence[Range], timeou
                 problem = problem or "the worker is gone"
             if problem is None:
                 problem = check_output(tally, fmt, export_range)
-            if children(server.master) != [server.worker]:  # a timed-out worker is replaced by a new one
-                problem = f"{problem or 'the export'}; the worker was killed and replaced (see {log})"
-        results.append(report(Result(backend, "http", fmt, export_range, tally.bytes, seconds, baseline_kib, peak_kib, sampled_kib, problem)))
+            if f"WORKER TIMEOUT (pid:{server.worker})" in log.read_text(errors="replace"):
+                problem = f"gunicorn WORKER TIMEOUT cut the download short; {problem or 'see ' + str(log)}"
+            elif children(server.master) != [server.worker]:
+                problem = f"the worker was replaced; {problem or 'see ' + str(log)}"
+        results.append(report(Result(backend, "http", fmt, export_range, tally.events(fmt), tally.bytes, seconds, baseline_kib, peak_kib, sampled_kib, problem)))
     return results
 
 
@@ -512,10 +505,10 @@ HEADER = (
 
 
 def row(result: Result) -> str:
-    rate = result.range.events / result.seconds if result.seconds else 0
+    rate = result.exported / result.seconds if result.seconds else 0
     verdict = "ok" if result.ok else "FAIL" + (f": {result.problem}" if result.problem else f": grew more than {GROWTH_LIMIT_MIB} MiB")
     return (
-        f"{result.backend:<10} {result.path:<4} {result.fmt:<6} {result.range.label:<8} {result.range.events:>10,} "
+        f"{result.backend:<10} {result.path:<4} {result.fmt:<6} {result.range.label:<8} {result.exported:>10,} "
         f"{result.bytes:>13,} {result.seconds:>8.1f} {rate:>9,.0f} {mib(result.baseline_kib):>12} "
         f"{mib(result.peak_kib):>9} {result.growth_mib:>10.1f}  {verdict}"
     )
@@ -523,7 +516,7 @@ def row(result: Result) -> str:
 
 def report(result: Result) -> Result:
     sampled = f", highest sampled VmRSS {mib(result.sampled_kib)} MiB" if result.sampled_kib else ""
-    print(f"export       {result.path} {result.fmt} {result.range.label}: {result.range.events:,} events in "
+    print(f"export       {result.path} {result.fmt} {result.range.label}: {result.exported:,} of {result.range.events:,} events in "
           f"{result.seconds:.1f} s, peak {mib(result.peak_kib)} MiB (idle {mib(result.baseline_kib)} MiB){sampled}"
           + (f"  PROBLEM: {result.problem}" if result.problem else ""), flush=True)
     return result
@@ -540,6 +533,7 @@ def flatness(results: Iterable[Result]) -> list[str]:
         lines.append(
             f"{backend:<10} {path:<4} {fmt:<6} {small.range.events:>9,} -> {large.range.events:>9,} events: "
             f"peak {mib(small.peak_kib)} -> {mib(large.peak_kib)} MiB ({(large.peak_kib - small.peak_kib) / 1024:+.1f} MiB)"
+            + ("" if small.problem is None and large.problem is None else "  (incomplete: see the verdicts above)")
         )
     return lines
 
@@ -547,7 +541,7 @@ def flatness(results: Iterable[Result]) -> list[str]:
 # -- main -----------------------------------------------------------------------------------
 
 
-def run_backend(backend: str, events: int, reuse: bool, timeout: int | None) -> list[Result]:
+def run_backend(backend: str, events: int, reuse: bool, paths: Sequence[str], timeout: int | None) -> list[Result]:
     print(f"== {backend}")
     url = build_ledger(backend, events, reuse)
     engine = make_engine(url)
@@ -560,10 +554,12 @@ def run_backend(backend: str, events: int, reuse: bool, timeout: int | None) -> 
         + (f" since {r.query()['since']}" if r.since else "") for r in ranges
     ), flush=True)
     results = []
-    for fmt in FORMATS:
-        results += bench_cli(backend, url, fmt, ranges, chain_url=url)
-    for fmt in ("jsonl", "csv"):
-        results += bench_http(backend, url, fmt, ranges, timeout)
+    if "cli" in paths:
+        for fmt in FORMATS:
+            results += bench_cli(backend, url, fmt, ranges, chain_url=url)
+    if "http" in paths:
+        for fmt in ("jsonl", "csv"):
+            results += bench_http(backend, url, fmt, ranges, timeout)
     print()
     return results
 
@@ -573,6 +569,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--quick", action="store_true", help=f"small preset for CI: {QUICK_EVENTS:,} events")
     parser.add_argument("--events", type=positive_int, help=f"events in the ledger (default {FULL_EVENTS:,})")
+    parser.add_argument("--paths", choices=[*PATHS, "both"], default="both", help="which export paths to measure")
     parser.add_argument("--reuse", action="store_true", help="keep an existing bench ledger of the same size instead of rebuilding it")
     parser.add_argument(
         "--gunicorn-timeout", type=int, metavar="SECONDS",
@@ -585,16 +582,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    paths = PATHS if args.paths == "both" else (args.paths,)
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"audit export memory: {events:,} events; {PYTHON}; {os.cpu_count()} CPUs, "
           f"1-min load average {os.getloadavg()[0]:.2f}\n", flush=True)
     results = []
     for backend in backends:
-        results += run_backend(backend, events, args.reuse, args.gunicorn_timeout)
+        results += run_backend(backend, events, args.reuse, paths, args.gunicorn_timeout)
     print(HEADER)
     for result in results:
         print(row(result))
-    print(f"\nflatness (peak RSS, 10% slice -> whole ledger):")
+    print("\nflatness (peak RSS, 10% slice -> whole ledger):")
     for line in flatness(results):
         print("  " + line)
     failed = [result for result in results if not result.ok]

@@ -51,7 +51,6 @@ import json
 import math
 import os
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -72,7 +71,7 @@ import sqlalchemy as sa  # noqa: E402
 
 from bot.consent import Action, Scope  # noqa: E402
 from bot.db import consent_events  # noqa: E402
-from tests.local_services import free_port, fresh_postgres_schema  # noqa: E402
+from tests.local_services import free_port, fresh_postgres_schema, stop_group, wait_healthy  # noqa: E402
 
 SCHEMA = os.environ.get("BENCH_POSTGRES_SCHEMA", "bench_webhook")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
@@ -382,27 +381,7 @@ def gunicorn(python: Path, app: str, cwd: Path, env: dict[str, str], log: Path) 
         wait_healthy(process, port, log)
         yield Server(port, process.pid)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def wait_healthy(process: subprocess.Popen, port: int, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{log.read_text(errors='replace')[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:  # not listening yet, or 503 while its database or Redis is not ready
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"gunicorn did not answer /healthz within 60 s; log: {log}")
+        stop_group(process)
 
 
 def wait_drained(port: int) -> float:

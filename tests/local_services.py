@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -24,3 +29,29 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def wait_healthy(process: subprocess.Popen, port: int, log: Path, seconds: float = 60) -> None:
+    """Wait until the app served on `port` answers /healthz with 200; fail with its log if it exits."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text(errors='replace')[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:  # not listening yet, or 503 while its database or Redis is not ready
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the server did not answer /healthz within {seconds:.0f} s; log: {log}")
+
+
+def stop_group(process: subprocess.Popen, seconds: float = 30) -> None:
+    """SIGTERM a process started with start_new_session=True; SIGKILL its whole group if it lingers."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

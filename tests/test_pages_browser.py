@@ -38,12 +38,17 @@ def test_the_consent_box_is_unchecked_on_load_and_an_unticked_submit_records_not
     assert ledger.history(USER) == []
 
 
-def test_ticking_and_submitting_records_the_opt_in_with_evidence(site, browser_page, ledger):
-    page = browser_page
+def opt_in(page, site: str, phone: str) -> None:
+    """Type the number, tick the box, submit: what a person does on the opt-in page."""
     page.goto(f"{site}/opt-in")
-    page.fill("#phone", "+1 650 555 1234")
+    page.fill("#phone", phone)
     page.check("#consent")
     page.click("button[type=submit]")
+
+
+def test_ticking_and_submitting_records_the_opt_in_with_evidence(site, browser_page, ledger):
+    page = browser_page
+    opt_in(page, site, "+1 650 555 1234")
     assert "Thank you" in page.inner_text("[role=status]")
     screenshot(page, "opt-in-done")
     [event] = ledger.history(USER)
@@ -53,10 +58,7 @@ def test_ticking_and_submitting_records_the_opt_in_with_evidence(site, browser_p
 
 def test_a_bad_number_is_explained_on_the_page(site, browser_page, ledger):
     page = browser_page
-    page.goto(f"{site}/opt-in")
-    page.fill("#phone", "0650 555")
-    page.check("#consent")
-    page.click("button[type=submit]")
+    opt_in(page, site, "0650 555")
     assert "country code" in page.inner_text("[role=alert]")
     screenshot(page, "opt-in-bad-number")
     assert list(ledger.events()) == []
