@@ -189,14 +189,18 @@ def engine_url(url: str) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """Create an engine whose commits are durable and whose writers queue instead of failing."""
+    """Create an engine whose commits are durable and whose writers queue instead of failing.
+
+    Its errors never carry the statement's parameters: they hold phone numbers, and error
+    texts end up in logs.
+    """
     url = engine_url(url)
     if not url.startswith("sqlite"):
         # Send workers run many threads, each holding a connection for one short statement: a
         # fixed pool (no overflow churn of new server processes). No pre-ping round trip per
         # checkout: a connection found dead invalidates the pool and the caller's work is retried.
-        return sa.create_engine(url, pool_size=20, max_overflow=0, pool_timeout=30, pool_recycle=1800)
-    engine = sa.create_engine(url, connect_args={"timeout": 30})
+        return sa.create_engine(url, pool_size=20, max_overflow=0, pool_timeout=30, pool_recycle=1800, hide_parameters=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
     @sa.event.listens_for(engine, "connect")
     def _configure(dbapi_connection, _record):

@@ -1,4 +1,5 @@
 """WhatsApp ids (wa_id): the digits of an E.164 number, validated once at the edge."""
+import hashlib
 import re
 
 _SEPARATORS = re.compile(r"[\s().\-]")
@@ -31,3 +32,16 @@ def mask(number: object) -> str:
     if len(text) <= 4:
         return "*" * len(text)
     return "*" * (len(text) - 4) + text[-4:]
+
+
+_NUMBER_IN_TEXT = re.compile(r"(?<![0-9])[0-9]{7,15}(?![0-9])")
+
+
+def mask_numbers(text: str) -> str:
+    """Mask every run of 7 to 15 digits in free text (a request line, say) as `mask` does."""
+    return _NUMBER_IN_TEXT.sub(lambda found: mask(found.group()), text)
+
+
+def number_digest(wa_id: str) -> str:
+    """A stable stand-in for a number inside keys that databases may print in their own logs."""
+    return hashlib.sha256(wa_id.encode()).hexdigest()[:24]

@@ -17,6 +17,8 @@ import time
 from datetime import timedelta
 from typing import Callable
 
+import sqlalchemy as sa
+
 from bot.batcher import Batcher
 from bot.cloud_api import CloudApi
 from bot.consent import delivery_marketing_opt_out
@@ -35,6 +37,7 @@ PAIR_MAX_WAIT = 2.0  # seconds a worker thread may wait for the pair rate
 PACING_MARGIN = 0.97  # pace a little under the cap: network jitter must not push a second over it
 LATE_SLOT = 0.02  # seconds a thread may send after its slot; later, it takes a new slot
 MAX_ATTEMPTS = 8
+RECORD_PATIENCE = 600.0  # seconds a thread keeps trying to record a call that was made
 MAX_BACKOFF = timedelta(hours=1)
 
 
@@ -86,8 +89,23 @@ class Sender:
             meta_id = self._call(message)
         except CloudApiError as error:
             return self._failed(message, error)
-        self._records.call((message.id, meta_id, decision.consent_event_id))
+        self._keep_trying(message, lambda: self._records.call((message.id, meta_id, decision.consent_event_id)))
         return Outcome.SENT
+
+    def _keep_trying(self, message: StoredMessage, record: Callable[[], object]) -> None:
+        """Record what a Cloud API call did, waiting out a database outage: given up, the
+        message would stay queued and be sent again once its lease ran out."""
+        pause, deadline = 0.5, time.monotonic() + RECORD_PATIENCE
+        while True:
+            try:
+                record()
+                return
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as failure:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("cannot record the outcome of message %s yet (%s); trying again", message.id, type(failure).__name__)
+                self.sleep(pause)
+                pause = min(pause * 2, 10.0)
 
     def _decide_in_send_slot(self, message: StoredMessage) -> Decision:
         """Sleep until this send's slot, then ask the policy: consent is asked after the waits,
@@ -116,10 +134,11 @@ class Sender:
             backoff = min(error.retry_after * 2 ** (message.attempts - 1), max(MAX_BACKOFF, error.retry_after))
             return self._retry(message, backoff, error)
         reason = Refusal.WINDOW_CLOSED.value if isinstance(error, WindowClosed) else "send_error"
-        self.outbox.mark_failed(message.id, reason, error.code, error.details or str(error))
-        if isinstance(error, MarketingOptedOut):
+        if isinstance(error, MarketingOptedOut):  # the ledger first: a marketing opt-out must not be lost
             evidence = {"message_id": message.id, "error_code": error.code, "details": error.details}
-            self.outbox.ledger.append(delivery_marketing_opt_out(message.wa_id, f"send-error-131050:{message.id}", "sender", evidence))
+            draft = delivery_marketing_opt_out(message.wa_id, f"send-error-131050:{message.id}", "sender", evidence)
+            self._keep_trying(message, lambda: self.outbox.ledger.append(draft))
+        self._keep_trying(message, lambda: self.outbox.mark_failed(message.id, reason, error.code, error.details or str(error)))
         log.warning("message %s to %s failed: %s (code %s)", message.id, mask(message.wa_id), type(error).__name__, error.code)
         return Outcome.FAILED
 

@@ -187,8 +187,9 @@ def _str(value: object) -> str | None:
 
 
 def _required(value: object) -> str:
-    if not isinstance(value, str) or not value or len(value) > 255:
-        raise ValueError("expected a non-empty string")
+    """An id or keyword Meta must send: printable and short enough to store and index."""
+    if not isinstance(value, str) or not value or len(value) > 255 or not value.isprintable():
+        raise ValueError("expected a non-empty printable string of at most 255 characters")
     return value
 
 

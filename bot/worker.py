@@ -13,9 +13,11 @@ Several may run on one host or many; they share the queues, the limiter and the 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import threading
 from datetime import timedelta
+from typing import Callable
 
 import redis
 from rq import Queue, SimpleWorker
@@ -60,6 +62,26 @@ def _sweep_forever(send_runtime: SendRuntime, stop: threading.Event) -> None:
             log.exception("sweep failed")
 
 
+def _work_through_redis_outages(make_worker: Callable[[], SimpleWorker], stop: threading.Event) -> None:
+    """Run RQ's worker loop until a warm shutdown (SIGTERM, Ctrl-C).
+
+    RQ's worker quits when Redis drops while it finishes a job; a worker process must outlive
+    a Redis restart, so it waits and starts a fresh loop, as long as it is not told to stop.
+    """
+    pause = 1.0
+    while True:
+        try:
+            make_worker().work()
+            return
+        except redis.RedisError as error:
+            log.warning("lost Redis (%s); working again in %.0f s", error, pause)
+        for signum in (signal.SIGTERM, signal.SIGINT):  # RQ's handlers belong to the worker that quit
+            signal.signal(signum, lambda *_: stop.set())
+        if stop.wait(pause):
+            return
+        pause = min(pause * 2, 30.0)
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -73,9 +95,9 @@ def main() -> int:
     threading.Thread(target=_sweep_forever, args=(send_runtime, stop), name="sweeper", daemon=True).start()
     queues = [send_runtime.queues[QueueName.REPLIES], send_runtime.queues[QueueName.BULK]]  # replies first
     # Its own connection: RQ's blocking dequeue outlasts the app client's socket timeout.
-    worker = SimpleWorker(queues, connection=redis.Redis.from_url(app.config["REDIS_URL"]))
+    connection = redis.Redis.from_url(app.config["REDIS_URL"])
     try:
-        worker.work()
+        _work_through_redis_outages(lambda: SimpleWorker(queues, connection=connection), stop)
     finally:
         stop.set()
         send_runtime.pool.shutdown(wait=True)  # let sends in flight finish and record their outcome

@@ -8,7 +8,7 @@ from bot.intake import Intake
 from bot.keywords import Intent, KeywordMatch
 from bot.ledger import utc_now
 from bot.outbox import Message, QueueName
-from bot.phone import mask
+from bot.phone import mask, number_digest
 from bot.policy import MessageKind
 from bot.replies import TELLS_HOW_TO_STOP, Reply
 from bot.webhook_events import InboundMessage, MessageType
@@ -59,7 +59,7 @@ def _ordinary(ctx: Context, intake: Intake, message: InboundMessage, state: Cons
         session = state.session_event.event_id if state.session_event else message.message_id
         _reply(ctx, intake, message, Reply.UNSUBSCRIBED_REMINDER, MessageKind.REPLY, language, f"session:{session}")
     elif state.notice_event is None:
-        _reply(ctx, intake, message, Reply.WELCOME, MessageKind.FREE_FORM, language, f"user:{message.wa_id}")
+        _reply(ctx, intake, message, Reply.WELCOME, MessageKind.FREE_FORM, language, f"user:{number_digest(message.wa_id)}")
 
 
 def _record(

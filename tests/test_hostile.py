@@ -145,3 +145,14 @@ def test_a_keywords_file_option_with_path_tricks_stops_start_up_with_one_line(tm
     with pytest.raises(STARTUP_ERRORS) as stopped:
         create_app(config)
     assert "\n" not in str(stopped.value)
+
+
+@pytest.mark.parametrize("message_id", ["wamid." + "x" * 300, "wamid.\x00nul", "wamid.\nnewline"])
+def test_unstorable_ids_from_meta_are_kept_for_inspection_not_retried_forever(app, client, message_id):
+    """A value the database cannot take must not turn into a 503 that Meta retries for 7 days."""
+    body = payload("stop_message.json")
+    body["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = message_id
+    status = payload("status_delivered.json")
+    status["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = message_id
+    assert post(client, body).status_code == 200
+    assert post(client, status).status_code == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from rq import Queue
 
 from bot.consent import Action, Channel, Marketing, Scope
@@ -215,3 +216,25 @@ def test_a_job_sends_its_messages_through_the_batched_path(app, outbox, graph):
     assert graph.sent_to() == {u: 1 for u in users[1:]}
     assert [outbox.get(i).state for i in ids] == [MessageState.BLOCKED] + [MessageState.SENT] * 29
     assert outbox.get(ids[0]).reason == "opted_out"
+
+
+def test_a_database_outage_after_the_call_is_waited_out_not_sent_again(app, outbox, graph):
+    """The call went out; recording it fails while the database is down. The thread keeps
+    trying, so the message is recorded sent once the database is back, never sent twice."""
+    ext = app.extensions
+    ext["ledger"].append(web_opt_in())
+    message_id = outbox.submit(UTILITY, "req-1", "staff:test").message_id
+    working, failures = outbox.mark_sent_many, []
+
+    def database_down_twice(sends):
+        if len(failures) < 2:
+            failures.append(sends)
+            raise sa.exc.OperationalError("UPDATE outbound_messages", {}, Exception("server closed the connection"))
+        return working(sends)
+
+    outbox.mark_sent_many = database_down_twice
+    pauses = []
+    sender = Sender(outbox, ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"], sleep=lambda s: pauses.append(s) if s >= 0.5 else None)
+    assert sender.send(message_id) is Outcome.SENT
+    assert outbox.get(message_id).state is MessageState.SENT and len(failures) == 2 and pauses == [0.5, 1.0]
+    assert graph.sent_to() == {USER: 1}

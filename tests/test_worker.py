@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import redis
 import sqlalchemy as sa
 
 from bot import PROJECT_ROOT, create_app
@@ -17,6 +18,7 @@ from bot.db import outbound_messages
 from bot.outbox import Message, QueueName, Template
 from bot.policy import MessageKind
 from tests.conftest import app_config, fresh_postgres_url
+from tests.local_services import free_port
 
 TEMPLATE = Template("order_update", "en_US")
 
@@ -138,3 +140,46 @@ def test_workers_killed_mid_campaign_lose_nothing(campaign_app, workers, graph):
     details = {to: ([round(r.at - kills[0], 2) for r in graph.requests if r.to == to]) for to in duplicated - around_a_kill}
     assert duplicated == around_a_kill, (details, [round(k - kills[0], 2) for k in kills])
     print(f"\nkill test: 4 SIGKILLs, {len(duplicated)} messages sent twice, all in flight at a kill")
+
+
+def test_a_worker_outlives_a_redis_restart_and_sends_what_came_before_and_after(campaign_app, workers, graph, tmp_path):
+    """Redis restarted mid-campaign (its own real server here, not the shared one): the worker
+    process stays up, and every message, queued before or after the restart, is sent once."""
+    port = free_port()
+    server = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    redis_server = subprocess.Popen(server, stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_redis(port)
+        url = f"redis://127.0.0.1:{port}/0"
+        app = create_app({**app_config(campaign_app.config["DATABASE_URL"], url, graph), "SEND_RATE_LIMIT": 300})
+        workers.env["REDIS_URL"] = url
+        worker = workers.start()
+        users = opted_in_users(app, 200)
+        submit_campaign(app, users[:100])
+        time.sleep(1.0)
+        redis_server.kill()
+        redis_server.wait()
+        time.sleep(1.0)
+        redis_server = subprocess.Popen(server, stdout=subprocess.DEVNULL, start_new_session=True)
+        wait_for_redis(port)
+        items = [(Message(u, MessageKind.UTILITY_TEMPLATE, template=TEMPLATE), f"campaign-2:{u}") for u in users[100:]]
+        app.extensions["outbox"].submit_many(items, "staff:test", QueueName.BULK)
+        # Jobs lost with the restart come back through the sweeper; new ones arrive on the new server.
+        assert wait_until_final(app, 200, timeout=60) == {"sent": 200}
+        assert worker.poll() is None, "the worker process quit with Redis"
+        assert set(graph.sent_to()) == set(users)
+    finally:
+        redis_server.kill()
+        redis_server.wait()
+
+
+def wait_for_redis(port: int) -> None:
+    connection = redis.Redis(port=port, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            connection.ping()
+            return
+        except redis.RedisError:
+            time.sleep(0.05)
+    raise RuntimeError(f"redis-server on port {port} did not start")
