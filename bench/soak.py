@@ -47,7 +47,7 @@ no whole wa_id the generator used in any bot process's output.
 Run from the repository root, as root:
 
     .venv/bin/python bench/soak.py                      # 10 minutes at 300 events/s, faults on
-    .venv/bin/python bench/soak.py --quick              # about 90 s at 60 events/s, cheap faults (CI)
+    .venv/bin/python bench/soak.py --quick              # 30 s of traffic at 60 events/s, cheap faults (CI)
     .venv/bin/python bench/soak.py --minutes 3 --rate 200 --no-faults
 """
 from __future__ import annotations
@@ -450,6 +450,8 @@ class Stack:
         self.redis: Child | None = None
         self.web: Child | None = None
         self.workers: dict[int, Child] = {}
+        self.lock = threading.Lock()  # a fault in progress, or a revival: one at a time
+        self.exits: list[tuple[float, str, int]] = []  # (time.time(), name, exit code) of processes that exited by themselves
 
     def start_redis(self) -> None:
         argv = ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]
@@ -486,9 +488,26 @@ class Stack:
             if child.process.poll() is None:
                 yield f"worker{number}", child.process.pid
 
-    # -- faults --------------------------------------------------------------------------
+    def revive(self) -> None:
+        """Start again a web or worker process that exited by itself, as a PaaS would, noting it."""
+        with self.lock:
+            for number, child in list(self.workers.items()):
+                if child.process.poll() is not None:
+                    self.exits.append((time.time(), f"worker{number}", child.process.returncode))
+                    time.sleep(1)
+                    self.start_worker(number)
+            if self.web.process.poll() is not None:
+                self.exits.append((time.time(), "gunicorn master", self.web.process.returncode))
+                self.web.signal_group(signal.SIGKILL)
+                self.start_web()
+
+    # -- faults (each holds the lock, so that revive() does not mistake them for crashes) ----
 
     def kill_worker(self, number: int) -> str:
+        with self.lock:
+            return self._kill_worker(number)
+
+    def _kill_worker(self, number: int) -> str:
         child = self.workers[number]
         child.process.send_signal(signal.SIGKILL)
         child.process.wait()
@@ -502,6 +521,10 @@ class Stack:
         return f"gunicorn worker pid {pids[0]} killed; the master starts another"
 
     def kill_web_master(self) -> str:
+        with self.lock:
+            return self._kill_web_master()
+
+    def _kill_web_master(self) -> str:
         """SIGKILL the master; its orphaned workers notice and exit (or are killed), then gunicorn starts again."""
         started = time.monotonic()
         old = self.web
@@ -519,10 +542,11 @@ class Stack:
 
     def restart_redis(self) -> str:
         started = time.monotonic()
-        self.redis.process.send_signal(signal.SIGKILL)
-        self.redis.process.wait()
-        time.sleep(1)
-        self.start_redis()
+        with self.lock:  # what exits while Redis is down is started again once it is back
+            self.redis.process.send_signal(signal.SIGKILL)
+            self.redis.process.wait()
+            time.sleep(1)
+            self.start_redis()
         return f"killed and started again, empty, after {time.monotonic() - started:.1f} s"
 
 
@@ -557,6 +581,7 @@ class Monitor(threading.Thread):
         tick = 0
         while not self.stop.wait(0.5):
             tick += 1
+            self.stack.revive()
             self.feed()
             if tick % 4 == 0:
                 self.sample()
@@ -626,7 +651,7 @@ class Soak:
     def __init__(self, options: argparse.Namespace):
         self.options = options
         self.quick = options.quick
-        self.seconds = 40.0 if self.quick else options.minutes * 60
+        self.seconds = 30.0 if self.quick else options.minutes * 60
         self.rate = options.rate if options.rate else (60.0 if self.quick else 300.0)
         self.campaign_size = 300 if self.quick else 3000
         self.kills: list[float] = []  # time.time() of each worker SIGKILL
@@ -712,25 +737,26 @@ class Soak:
 
     def restart_postgres(self) -> str:
         started = time.monotonic()
-        self.postgres.stop("immediate")
-        time.sleep(1)
-        self.postgres.start()
+        with self.stack.lock:  # what exits while PostgreSQL is down is started again once it is back
+            self.postgres.stop("immediate")
+            time.sleep(1)
+            self.postgres.start()
         return f"stopped in immediate mode (a crash) and started again after {time.monotonic() - started:.1f} s"
 
     def timeline(self) -> list[tuple[float, str, Callable[[], str]]]:
         """Campaigns, and faults while they send; fractions of the run, or seconds in --quick."""
         s = self.seconds
-        campaigns = [(0.1, "utility"), (0.6, "marketing")] if self.quick else [(0.03, "utility"), (0.2, "marketing"), (0.4, "utility"), (0.6, "marketing"), (0.8, "utility")]
+        campaigns = [(0.13, "utility"), (0.6, "marketing")] if self.quick else [(0.03, "utility"), (0.2, "marketing"), (0.4, "utility"), (0.6, "marketing"), (0.8, "utility")]
         events = [(f * s, f"campaign {n} ({category})", lambda n=n, c=category: self.post_campaign(n, c)) for n, (f, category) in enumerate(campaigns, 1)]
         if not self.options.faults:
             return events
         if self.quick:
             faults = [
                 (6, "SIGKILL worker1", lambda: self.kill_worker(1)),
-                (12, "Graph API 5xx burst", lambda: self.graph_errors(4)),
-                (18, "Redis restart", self.stack.restart_redis),
-                (26, "PostgreSQL restart", self.restart_postgres),
-                (32, "SIGKILL a gunicorn worker", self.stack.kill_web_worker),
+                (10, "Graph API 5xx burst", lambda: self.graph_errors(4)),
+                (14, "Redis restart", self.stack.restart_redis),
+                (20, "PostgreSQL restart", self.restart_postgres),
+                (26, "SIGKILL a gunicorn worker", self.stack.kill_web_worker),
             ]
         else:
             faults = [
@@ -841,6 +867,7 @@ class Soak:
             events = conn.execute(sa.select(consent_events).order_by(consent_events.c.seq)).mappings().all()
             outbound = conn.execute(sa.select(outbound_messages)).mappings().all()
         received = list(self.imitation.requests)
+        self.check_exits()
         self.check_drained(drained, remaining)
         self.check_answers(traffic)
         self.check_stops_recorded(traffic, events)
@@ -852,6 +879,11 @@ class Soak:
         self.check_campaign_duplicates(received)
         self.check_verify()
         self.check_memory(monitor)
+
+    def check_exits(self) -> None:
+        exits = self.stack.exits
+        detail = "; ".join(f"{name} exited with {code} at {self._when([at])}, started again" for at, name, code in exits)
+        self.add("no web or worker process exited by itself", "FAIL" if exits else "PASS", detail or "none did")
 
     def check_drained(self, drained: float, remaining: list[sa.Row]) -> None:
         if not remaining:
@@ -1148,7 +1180,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10, help="minutes of traffic (full run)")
     parser.add_argument("--rate", type=float, help="webhook events/s offered (default 300; 60 with --quick)")
     parser.add_argument("--faults", action=argparse.BooleanOptionalAction, default=True, help="inject faults (default on)")
-    parser.add_argument("--quick", action="store_true", help="40 s of traffic at 60 events/s with the cheap faults (CI)")
+    parser.add_argument("--quick", action="store_true", help="30 s of traffic at 60 events/s with the cheap faults (CI)")
     options = parser.parse_args()
     if os.geteuid() != 0:
         print("error: run the soak as root: it runs its own PostgreSQL as the postgres user", file=sys.stderr)
