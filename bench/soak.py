@@ -69,6 +69,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -115,6 +116,7 @@ CONCURRENT_REDELIVERY = 0.03  # share of new bodies also posted a second time at
 CAMPAIGN_STOPS = 0.35  # share of STOPs that come from campaign recipients
 STATUS_STAGES = ("sent", "delivered", "read")
 MAX_CONNECTIONS = 64  # the generator's concurrent POSTs, retries included
+MAX_BACKLOG = 2000  # bodies without a 200 yet; beyond it the generator waits (offering less than the rate)
 RETRY_FIRST, RETRY_MAX = 0.5, 8.0  # seconds between retries of a body not answered 200
 
 
@@ -151,6 +153,7 @@ class Body:
 @dataclasses.dataclass
 class TrafficResult:
     seconds: float  # of sending new bodies
+    held_back: float  # seconds the generator waited because MAX_BACKLOG bodies had no 200 yet
     acked_by: float  # seconds from the start until the last body got its first 200
     bodies: int
     events: int
@@ -201,10 +204,16 @@ class Generator:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-        start, due = loop.time(), 0.0
+        start, due, held_back = loop.time(), 0.0, 0.0
         while due < self.plan.seconds:
             body, redelivery = self._next_body()
             await asyncio.sleep(max(0.0, start + due - loop.time()))
+            if self.bodies - self.bodies_acked > MAX_BACKLOG:  # the server is far behind: wait, then go on from now
+                waited = loop.time()
+                while self.bodies - self.bodies_acked > MAX_BACKLOG:
+                    await asyncio.sleep(0.05)
+                held_back += loop.time() - waited
+                due = max(due, loop.time() - start)
             post(body, redelivery)
             if not redelivery and self.random.random() < CONCURRENT_REDELIVERY:
                 post(body, True)
@@ -215,7 +224,7 @@ class Generator:
             for task in pending:
                 task.cancel()
         return TrafficResult(
-            seconds=seconds, acked_by=self.last_ack - start, bodies=self.bodies, events=self.events, bodies_acked=self.bodies_acked,
+            seconds=seconds, held_back=held_back, acked_by=self.last_ack - start, bodies=self.bodies, events=self.events, bodies_acked=self.bodies_acked,
             events_acked=self.events_acked, redeliveries=self.redeliveries, redeliveries_acked=self.redeliveries_acked,
             answers=dict(self.answers), p50_ms=percentile(sorted(self.latencies), 0.5) * 1000,
             p99_ms=percentile(sorted(self.latencies), 0.99) * 1000, saids=self.saids, wrote=sorted(self.wrote),
@@ -467,13 +476,25 @@ class Stack:
                     raise RuntimeError("the soak's redis-server did not answer within 20 s")
                 time.sleep(0.05)
 
-    def start_web(self) -> None:
+    def start_web(self, initial: bool = False) -> None:
         argv = [
             sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{self.web_port}", "--workers", "2",
             "--no-control-socket", "--access-logfile", "-",
         ]
         self.web = self.supervisor.start("web", argv, self.env)
-        wait_healthy(self.web.process, self.web_port, self.log)
+        if initial:
+            wait_healthy(self.web.process, self.web_port, self.log)
+            return
+        # Under the generator's retries /healthz waits behind many webhooks: be patient.
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and self.web.process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/healthz", timeout=60) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"gunicorn did not serve /healthz again within 180 s (exit code {self.web.process.poll()})")
 
     def start_worker(self, number: int) -> None:
         self.workers[number] = self.supervisor.start(f"worker{number}", [sys.executable, "-m", "bot.worker"], self.env)
@@ -799,7 +820,7 @@ class Soak:
             app = create_app(settings_from_env(env))  # creates the schema once, before the processes race to
             self.stack = Stack(supervisor, env, log_path, redis_port)
             self.stack.start_redis()
-            self.stack.start_web()
+            self.stack.start_web(initial=True)
             for number in (1, 2):
                 self.stack.start_worker(number)
             print(
@@ -1060,12 +1081,12 @@ class Soak:
         return any(kill - 2.0 <= at <= kill for kill in self.kills)
 
     def _when(self, times: list[float]) -> str:
-        """Arrival times as seconds since the traffic started, each with the last campaign or fault before it."""
+        """Times as seconds since the traffic started, each with the campaign or fault nearest to it."""
         described = []
         for at in sorted(times):
-            before = [h for h in self.happenings if h.wall <= at]
-            after = f" ({at - before[-1].wall:.1f} s after {before[-1].what})" if before else ""
-            described.append(f"{at - self.t0:.1f} s{after}")
+            near = min(self.happenings, key=lambda h: abs(h.wall - at), default=None)
+            relative = f" ({abs(at - near.wall):.1f} s {'after' if at >= near.wall else 'before'} {near.what})" if near else ""
+            described.append(f"{at - self.t0:.1f} s{relative}")
         return ", ".join(described)
 
     def check_verify(self) -> None:
@@ -1125,7 +1146,8 @@ class Soak:
             "summary",
             f"  traffic: {traffic.seconds:.0f} s; {traffic.bodies} bodies / {traffic.events} events sent, "
             f"{traffic.bodies_acked} / {traffic.events_acked} acknowledged, the last {traffic.acked_by:.0f} s after the start "
-            f"({traffic.events_acked / traffic.acked_by:.0f} events/s); "
+            f"({traffic.events_acked / traffic.acked_by:.0f} events/s); held back {traffic.held_back:.0f} s "
+            f"with {MAX_BACKLOG} bodies unanswered (offered {traffic.events / traffic.seconds:.0f} events/s); "
             f"{traffic.redeliveries} redeliveries ({traffic.redeliveries_acked} answered 200)",
             f"  answers: {answers.get('200', 0)} x 200, {answers.get('503', 0)} x 503, {errors} other (dropped connections, timeouts); "
             f"first POST to 200: p50 {traffic.p50_ms:.0f} ms, p99 {traffic.p99_ms:.0f} ms",
