@@ -640,8 +640,7 @@ class Happening:
 class Timeline:
     """Runs campaigns and faults at their times, noting when each really happened."""
 
-    def __init__(self, soak: "Soak", start: float):
-        self.soak = soak
+    def __init__(self, start: float):
         self.start = start
         self.log: list[Happening] = []
 
@@ -837,7 +836,7 @@ class Soak:
             print(f"soak: {self.seconds:g} s of traffic at {self.rate:g} events/s, faults {'on' if self.options.faults else 'off'}", flush=True)
             generator = context.Process(target=run_traffic, args=(plan, sent, results), name="soak-traffic")
             generator.start()
-            timeline = Timeline(self, time.monotonic())
+            timeline = Timeline(time.monotonic())
             self.t0, self.happenings = time.time(), timeline.log
             timeline.run(self.timeline())
             traffic = _result(generator, results)
