@@ -2,8 +2,9 @@
 
 It answers POST /{version}/{phone-number-id}/messages like Meta: a message id after `latency`
 seconds, or an error body. It records every request, answers 130429 once more than `cap`
-requests arrived within one second, can fail chosen recipients with a Meta error code, and can
-answer 5xx for a while. Run it alone with `python -m tests.graph_imitation --port 8990`.
+requests arrived within one second, can fail chosen recipients with a Meta error code, can
+answer 5xx for a while, and can hang for a while (a call held past a client's timeout, then
+answered 504: nothing was sent). Run it alone with `python -m tests.graph_imitation --port 8990`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Received:
     body: dict
     status: int
     code: int | None = None  # the Meta error code answered, if any
+    meta_id: str | None = None  # the message id answered to an accepted send
 
 
 @dataclass
@@ -33,6 +35,8 @@ class GraphImitation:
     fail: dict[str, int] = field(default_factory=dict)  # recipient -> Meta error code
     requests: list[Received] = field(default_factory=list)
     server_errors_until: float = 0.0  # answer 503 until this time.monotonic()
+    hang_until: float = 0.0  # until this time.monotonic(), hold each call `hang_seconds`, then answer 504
+    hang_seconds: float = 20.0
     host: str = "127.0.0.1"
     port: int = 0
 
@@ -134,6 +138,8 @@ class GraphImitation:
                 status, answer, code = 400, _error(100, "Invalid parameter"), 100
             elif now < self.server_errors_until:
                 status, answer, code = 503, {"error": {"message": "Service temporarily unavailable", "code": 2}}, 2
+            elif now < self.hang_until:
+                status, answer, code = 504, {"error": {"message": "Gateway timeout", "code": 2}}, 2
             elif not self._admit(now):
                 status, answer, code = 400, _error(130429, "Rate limit hit"), 130429
             elif to in self.fail:
@@ -145,11 +151,14 @@ class GraphImitation:
                     "contacts": [{"input": to, "wa_id": to}],
                     "messages": [{"id": f"wamid.IMITATION{next(self._ids):012d}"}],
                 }
-            self.requests.append(Received(time.time(), to, body, status, code))
+            meta_id = answer["messages"][0]["id"] if status == 200 else None
+            self.requests.append(Received(time.time(), to, body, status, code, meta_id))
             self._in_flight += 1
         try:
             if status == 200 and self.latency:
                 time.sleep(self.latency)
+            elif status == 504:
+                time.sleep(self.hang_seconds)
             _answer(handler, status, answer)
         finally:
             with self._lock:
