@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
         os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *argv[1:]])
     if command == "bench":
         ensure_virtualenv("requirements-dev.txt")
-        for script in ("bench/ledger.py", "bench/send_throughput.py", "bench/webhook_load.py", "bench/export_memory.py"):
+        for script in ("bench/ledger.py", "bench/send_throughput.py", "bench/webhook_load.py", "bench/export_memory.py", "bench/soak.py"):
             subprocess.run([str(PYTHON), script, "--quick"], check=True)
         return 0
     if command == "start":
