@@ -10,7 +10,6 @@ keep-alive session with timeouts; answers become message ids or typed errors
 from __future__ import annotations
 
 import logging
-import re
 import urllib.request
 from typing import Any, Callable
 
@@ -19,12 +18,11 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from bot.graph_errors import CloudApiError, NotConfigured, TransientError, from_error_body
-from bot.phone import mask
+from bot.phone import mask, mask_numbers
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = (3.05, 15.0)  # seconds to connect, seconds to wait for the answer
-_NUMBERS = re.compile(r"\d{7,15}")
 
 
 class _HeyooLogging:
@@ -36,14 +34,10 @@ class _HeyooLogging:
 
     def info(self, message: object) -> None:
         if self._log.isEnabledFor(logging.DEBUG):
-            self._log.debug(_masked(message))
+            self._log.debug(mask_numbers(str(message)))
 
     def error(self, message: object) -> None:
-        self._log.error(_masked(message))
-
-
-def _masked(message: object) -> str:
-    return _NUMBERS.sub(lambda found: mask(found.group()), str(message))
+        self._log.error(mask_numbers(str(message)))
 
 
 class _Transport:
