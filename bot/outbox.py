@@ -121,10 +121,6 @@ class Outbox:
 
     # -- submitting ----------------------------------------------------------------------
 
-    def decide(self, wa_id: str, kind: MessageKind) -> Decision:
-        """The policy's answer for this user and kind right now."""
-        return decide(self.ledger.state(wa_id), kind, self.clock(), self.coverage)
-
     def submit(
         self, message: Message, idempotency_key: str, requested_by: str,
         queue: QueueName = QueueName.REPLIES, campaign_id: str | None = None,

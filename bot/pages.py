@@ -8,6 +8,7 @@ opt other people in or out at scale.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -30,17 +31,23 @@ RECORDED_BY = "page"
 
 def consent_text() -> str:
     """The exact sentence a person agrees to on the opt-in page, naming the business."""
-    path = Path(current_app.template_folder) / "pages" / "consent_text.txt"
-    return path.read_text(encoding="utf-8").strip().format(business=current_app.config["BUSINESS_NAME"])
+    return _wording(current_app.template_folder, current_app.config["BUSINESS_NAME"])[0]
 
 
 def page_version() -> str:
     """A digest of every page template and the consent text: the evidence says which wording was shown."""
-    folder = Path(current_app.template_folder) / "pages"
-    digest = hashlib.sha256(consent_text().encode())
+    return _wording(current_app.template_folder, current_app.config["BUSINESS_NAME"])[1]
+
+
+@functools.cache
+def _wording(template_folder: str, business: str) -> tuple[str, str]:
+    """(consent text, page version), read once per process: the files change only with a deploy."""
+    folder = Path(template_folder) / "pages"
+    text = (folder / "consent_text.txt").read_text(encoding="utf-8").strip().format(business=business)
+    digest = hashlib.sha256(text.encode())
     for path in sorted(folder.iterdir()):
         digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:12]
+    return text, digest.hexdigest()[:12]
 
 
 def _render(page: str, status: int = 200, **context):

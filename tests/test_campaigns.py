@@ -84,17 +84,11 @@ def test_informational_notices_pause_nothing(client, campaigns):
 def reach(app, campaign_id: str, count: int) -> list[str]:
     """Mark `count` of the campaign's messages sent, as the worker would; returns their recipients."""
     outbox = app.extensions["outbox"]
-    with app.extensions["ledger"].engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(outbound_messages.c.id, outbound_messages.c.wa_id)
-            .where(outbound_messages.c.campaign_id == campaign_id)
-            .order_by(outbound_messages.c.wa_id)
-            .limit(count)
-        ).all()
-    for message_id, wa_id in rows:
-        claimed = outbox.claim(message_id)
-        outbox.mark_sent(message_id, f"wamid.{message_id}", claimed.consent_event_id)
-    return [wa_id for _, wa_id in rows]
+    reached = sorted(_messages(app, campaign_id), key=lambda message: message.wa_id)[:count]
+    for message in reached:
+        claimed = outbox.claim(message.id)
+        outbox.mark_sent(message.id, f"wamid.{message.id}", claimed.consent_event_id)
+    return [message.wa_id for message in reached]
 
 
 def test_the_opt_out_rate_pauses_a_campaign_once_enough_recipients_were_reached(app, campaigns):
