@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Union
 
 from bot.phone import normalize_wa_id
+
+_LONE_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class MessageType(str, enum.Enum):
@@ -125,7 +128,7 @@ def _change(change: object) -> list[WebhookEvent]:
     if field == "user_preferences":
         return [_preference(p) for p in _list(value, "user_preferences")]
     if field in ACCOUNT_FIELDS:
-        return [AccountNotice(field, str(value.get("event", "")), value)]
+        return [AccountNotice(field, _str(str(value.get("event", ""))), value)]
     return [_unrecognized(f"field {field!r} is not handled", change)]
 
 
@@ -179,11 +182,13 @@ def _list(value: dict, key: str) -> list:
 
 
 def _str(value: object) -> str | None:
+    """Free text. A lone UTF-16 surrogate (a stray `\\ud800` escape in the JSON) cannot be
+    stored or hashed as UTF-8: it becomes U+FFFD, so the STOP around it is still recorded."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise TypeError("expected a string")
-    return value
+    return _LONE_SURROGATES.sub("\ufffd", value)
 
 
 def _required(value: object) -> str:
@@ -201,4 +206,4 @@ def _time(value: object) -> datetime:
 
 
 def _unrecognized(reason: str, item: object) -> Unrecognized:
-    return Unrecognized(reason, json.dumps(item, ensure_ascii=False, default=str)[:100_000])
+    return Unrecognized(reason, json.dumps(item, default=str)[:100_000])  # ASCII: lone surrogates stay escapes

@@ -20,6 +20,6 @@ def on_account_notice(ctx: Context, intake: Intake, notice: AccountNotice) -> No
     log.warning("account notice for staff: %s %s", notice.field, notice.event)
     intake.keep(
         account_notices, received_at=utc_now(), field=notice.field, event=notice.event[:64],
-        details=json.dumps(notice.details, ensure_ascii=False, default=str),
+        details=json.dumps(notice.details, default=str),  # ASCII: a lone surrogate stays an escape
     )
     ctx.campaigns.on_account_notice(notice.field, notice.event, notice.details, intake.conn)

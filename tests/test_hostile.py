@@ -12,6 +12,7 @@ import logging
 import pytest
 
 from bot import STARTUP_ERRORS, create_app
+from bot.consent import Action
 from tests.conftest import ADMIN_TOKEN, APP_SECRET, app_config
 from tests.helpers import USER
 from tests.test_webhook import actions, payload, post, sign
@@ -156,3 +157,17 @@ def test_unstorable_ids_from_meta_are_kept_for_inspection_not_retried_forever(ap
     status["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = message_id
     assert post(client, body).status_code == 200
     assert post(client, status).status_code == 200
+
+
+def test_a_lone_surrogate_in_a_users_text_still_records_the_stop(app, client):
+    """JSON may carry a `\\ud800` escape that no UTF-8 store can hold: the text keeps U+FFFD in its place."""
+    body = payload("stop_message.json")
+    body["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"] = "STOP \ud800"
+    notice = payload("account_update_violation.json")
+    notice["entry"][0]["changes"][0]["value"]["event"] = "FLAGGED \udfff"
+    odd = {"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "novel\ud800", "value": {}}]}]}
+    for document in (body, notice, odd):
+        assert post(client, json.dumps(document).encode()).status_code == 200  # json.dumps writes the escapes
+    [*_, stop] = app.extensions["ledger"].history(USER)
+    assert stop.action is Action.OPT_OUT and stop.consent_text == "STOP \ufffd"
+    assert app.extensions["ledger"].verify().ok
