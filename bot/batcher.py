@@ -1,10 +1,11 @@
-"""Group the calls that many send threads make at the same moment into one round trip.
+"""Group the calls that many threads make at the same moment into one round trip.
 
-At 1,000 messages/second, one database statement or Redis call per message costs more CPU
-than the sends themselves. A `Batcher` runs on a thread of its own: a caller hands it one
-item and waits; the thread takes every item waiting at that moment, runs one batch call for
-all of them and answers each caller. Nothing waits for a batch to fill: a lone caller is
-served at once, and the batch grows only while the previous one is running.
+At 1,000 messages or webhook events a second, one database statement or Redis call per item
+costs more CPU than the work itself. A caller hands over one item and waits; every item
+waiting at that moment goes into one batch call, and each caller gets its own answer.
+Nothing waits for a batch to fill: a lone caller is served at once, and the batch grows only
+while the previous one is running. A `Batcher` (the send workers) runs batches on a thread of
+its own; a `Combiner` (the web processes) has the first waiting caller run them.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ Result = TypeVar("Result")
 
 class Batcher(Generic[Item, Result]):
     """`call(item)` answers what `run([..., item, ...])` answered for it: `run` returns the
-    results in order, or None to answer None to every caller."""
+    results in order (a result that is an exception is raised to its caller alone), or None
+    to answer None to every caller. An exception from `run` goes to every caller of the batch."""
 
-    def __init__(self, run: Callable[[list[Item]], Sequence[Result] | None], name: str, max_batch: int = 500):
+    def __init__(self, run: Callable[[list[Item]], Sequence[Result | Exception] | None], name: str, max_batch: int = 500):
         self._run = run
         self._max_batch = max_batch
         self._waiting: queue.SimpleQueue[tuple[Item, Future]] = queue.SimpleQueue()
@@ -34,19 +36,56 @@ class Batcher(Generic[Item, Result]):
 
     def _serve(self) -> None:
         while True:
-            batch = [self._waiting.get()]
-            while len(batch) < self._max_batch:
-                try:
-                    batch.append(self._waiting.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                results = self._run([item for item, _ in batch])
-                if results is None:
-                    results = [None] * len(batch)
-            except Exception as error:  # every caller gets the failure, the thread lives on
-                for _, answer in batch:
-                    answer.set_exception(error)
-                continue
-            for (_, answer), result in zip(batch, results, strict=True):
-                answer.set_result(result)
+            _run_batch(self._run, _take([self._waiting.get()], self._waiting, self._max_batch))
+
+
+class Combiner(Generic[Item, Result]):
+    """A Batcher without a thread of its own, for web processes (where apps come and go and
+    processes fork): the first waiting caller to get through the door runs one batch for
+    every caller waiting at that moment; the others wait at the door for their answers."""
+
+    def __init__(self, run: Callable[[list[Item]], Sequence[Result | Exception]], max_batch: int = 64):
+        self._run = run
+        self._max_batch = max_batch
+        self._waiting: queue.SimpleQueue[tuple[Item, Future]] = queue.SimpleQueue()
+        self._door = threading.Lock()
+
+    def call(self, item: Item) -> Result:
+        answer: Future = Future()
+        self._waiting.put((item, answer))
+        while not answer.done():
+            with self._door:
+                if not answer.done():
+                    _run_batch(self._run, _take([], self._waiting, self._max_batch))
+        return answer.result()
+
+
+def _take(batch: list, waiting: queue.SimpleQueue, max_batch: int) -> list:
+    """Add to `batch` what is waiting at this moment, up to `max_batch` in all."""
+    while len(batch) < max_batch:
+        try:
+            batch.append(waiting.get_nowait())
+        except queue.Empty:
+            break
+    return batch
+
+
+def _run_batch(run: Callable[[list], Sequence | None], batch: list[tuple[object, Future]]) -> None:
+    """Run one batch and answer every caller in it, whatever happens: none may wait forever."""
+    try:
+        results = run([item for item, _ in batch])
+        if results is None:
+            results = [None] * len(batch)
+        elif len(results) != len(batch):
+            raise RuntimeError(f"{len(results)} results for {len(batch)} items")
+    except BaseException as error:
+        for _, answer in batch:
+            answer.set_exception(error)
+        if not isinstance(error, Exception):  # the process is stopping
+            raise
+        return
+    for (_, answer), result in zip(batch, results):
+        if isinstance(result, Exception):
+            answer.set_exception(result)
+        else:
+            answer.set_result(result)

@@ -1,10 +1,15 @@
 """Database engine and schema for the consent ledger (SQLite by default, PostgreSQL in production)."""
 from __future__ import annotations
 
+import sqlite3
+import time
+import json
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Iterator
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 metadata = sa.MetaData()
@@ -175,6 +180,30 @@ def one_statement(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
+def json_rows(table: sa.Table) -> sa.TableValuedAlias:
+    """PostgreSQL: the rows of a multi-row INSERT ... SELECT, sent as one JSON array in the
+    parameter `rows` (`as_json_rows`). The statement stays the same whatever the number of rows,
+    so it is prepared once; one string costs the driver far less than a list per column, or a
+    VALUES clause it would parse again for every new length."""
+    rows = sa.cast(sa.bindparam("rows", type_=sa.Text), postgresql.JSON)
+    return (
+        sa.func.json_populate_recordset(sa.literal_column(f"NULL::{table.name}"), rows)
+        .table_valued(*(column.name for column in table.c))
+        .render_derived(name=f"new_{table.name}")
+    )
+
+
+def as_json_rows(rows: list[dict]) -> str:
+    """Rows for `json_rows`: times in ISO 8601, non-ASCII escaped."""
+    return json.dumps(rows, default=_iso_time)
+
+
+def _iso_time(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a column value")
+
+
 def writer(engine: Engine) -> Engine:
     """The engine for transactions that write: on SQLite they take the write lock up front."""
     return engine.execution_options(**{WRITE_OPTION: True})
@@ -206,7 +235,7 @@ def make_engine(url: str) -> Engine:
     def _configure(dbapi_connection, _record):
         dbapi_connection.isolation_level = None  # let the begin hook below issue BEGIN
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
@@ -218,6 +247,21 @@ def make_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor, patience: float = 30.0) -> None:
+    """Turning a new database file to WAL takes an exclusive lock, and SQLite answers "database
+    is locked" at once, without its busy timeout, while another process (a web process and a
+    worker starting together) holds one: wait for it."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def init_schema(engine: Engine) -> None:

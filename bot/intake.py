@@ -42,6 +42,7 @@ class Intake:
         self._messages: list[dict] = []
         self._submitted: dict[str, Submission] = {}
         self._to_queue: dict[QueueName, list[str]] = {}
+        self._statuses: list[tuple[str, str, int | None]] = []
 
     def lock_contacts(self, inbound: Iterable[tuple[str, datetime]]) -> None:
         """Lock (or create) the contacts of these (sender, sent at) pairs and read their events."""
@@ -93,8 +94,9 @@ class Intake:
             self._to_queue.setdefault(queue, []).append(row["id"])
         return self._submitted.setdefault(key, submission)
 
-    def apply_status(self, meta_message_id: str, status: str, error_codes: tuple[int, ...] | None) -> bool:
-        return self.outbox.apply_status_in(self.conn, meta_message_id, status, error_codes)
+    def apply_status(self, meta_message_id: str, status: str, error_code: int | None) -> None:
+        """A delivery status, applied at the end with the others."""
+        self._statuses.append((meta_message_id, status, error_code))
 
     def keep(self, table: sa.Table, **values: object) -> None:
         """A row kept for staff or inspection (account notices, unread items)."""
@@ -104,6 +106,8 @@ class Intake:
         """Write what was gathered; return the message ids to queue once the transaction commits."""
         if self._moved:
             self.ledger.move_last_inbound(self.conn, self._moved)
+        if self._statuses:
+            self.outbox.apply_statuses_in(self.conn, self._statuses)
         if self._messages and len(self.outbox.store_new(self.conn, self._messages)) < len(self._messages):
             raise WriteConflict("an idempotency key was stored by another delivery")
         if self._drafts:

@@ -75,14 +75,18 @@ class KeywordBook:
         self._words = words
         self._buttons = buttons
         self._exact: dict[str, KeywordMatch] = {}
-        self._opt_out_phrases: list[tuple[tuple[str, ...], KeywordMatch]] = []
+        # Opt-out phrases by their first word (with their order in the file, which decides
+        # between two found in one text): a message is read once, whatever the number of phrases.
+        self._opt_out_phrases: dict[str, list[tuple[int, tuple[str, ...], KeywordMatch]]] = {}
         for language, intents in words.items():
             for intent, keywords in intents.items():
                 for keyword in keywords:
                     match = KeywordMatch(intent, language, keyword)
                     self._exact.setdefault(normalize(keyword), match)
-                    if intent is Intent.OPT_OUT:
-                        self._opt_out_phrases.append((_tokens(normalize(keyword)), match))
+                    phrase = _tokens(normalize(keyword))
+                    if intent is Intent.OPT_OUT and phrase:
+                        order = sum(map(len, self._opt_out_phrases.values()))
+                        self._opt_out_phrases.setdefault(phrase[0], []).append((order, phrase, match))
 
     def words(self, language: str, intent: Intent) -> list[str]:
         return list(self._words[language][intent])
@@ -94,10 +98,16 @@ class KeywordBook:
         if exact is not None:
             return exact
         tokens = _tokens(normalized)
-        for phrase, match in self._opt_out_phrases:
-            if _contains(tokens, phrase):
-                return KeywordMatch(Intent.POSSIBLE_OPT_OUT, match.language, match.keyword)
-        return None
+        found = [
+            (order, match)
+            for start, token in enumerate(tokens)
+            for order, phrase, match in self._opt_out_phrases.get(token, ())
+            if tokens[start : start + len(phrase)] == phrase
+        ]
+        if not found:
+            return None
+        _, match = min(found, key=lambda candidate: candidate[0])
+        return KeywordMatch(Intent.POSSIBLE_OPT_OUT, match.language, match.keyword)
 
     def match_button(self, *labels: str | None) -> KeywordMatch | None:
         """A quick-reply tap whose payload, id or title is a configured stop/start button."""
@@ -105,11 +115,6 @@ class KeywordBook:
             if label and (match := self._buttons.get(normalize(label))):
                 return match
         return None
-
-
-def _contains(tokens: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
-    size = len(phrase)
-    return any(tokens[i : i + size] == phrase for i in range(len(tokens) - size + 1))
 
 
 # -- loading ----------------------------------------------------------------------------

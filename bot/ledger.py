@@ -36,7 +36,7 @@ from bot.consent import (
     session_opened,
     state_from_fold,
 )
-from bot.db import GENESIS_HASH, WriteConflict, consent_events, contacts, ledger_head, reading, writer
+from bot.db import GENESIS_HASH, WriteConflict, as_json_rows, consent_events, contacts, json_rows, ledger_head, reading, writer
 from bot.phone import InvalidNumber, normalize_wa_id
 
 
@@ -98,7 +98,7 @@ _BY_SOURCE_REF = sa.select(consent_events).where(consent_events.c.source_ref == 
 _BY_SOURCE_REFS = sa.select(consent_events).where(consent_events.c.source_ref.in_(sa.bindparam("refs", expanding=True)))
 # PostgreSQL extends the chain in two round trips whatever the number of events: the head,
 # locked, with which of the new source_refs are taken already; then one statement that adds
-# the events (as arrays, so the statement never changes and stays prepared) and moves the
+# the events (as JSON, so the statement never changes and stays prepared) and moves the
 # head, but only if every one of them was added. A source_ref committed by another transaction
 # while this one waited for the head can escape the first look: then nothing moves (WriteConflict).
 _ANY_REF = sa.any_(sa.cast(sa.bindparam("refs"), postgresql.ARRAY(sa.String)))
@@ -111,11 +111,7 @@ _HEAD_AND_TAKEN = (
     .with_for_update(of=ledger_head)
 )
 _COLUMNS = [column.name for column in consent_events.c]
-_NEW_ROWS = (
-    sa.func.unnest(*[sa.cast(sa.bindparam(name), postgresql.ARRAY(consent_events.c[name].type)) for name in _COLUMNS])
-    .table_valued(*_COLUMNS)
-    .render_derived(name="new_rows")
-)
+_NEW_ROWS = json_rows(consent_events)
 _ADDED = (
     postgresql.insert(consent_events)
     .from_select(_COLUMNS, sa.select(*_NEW_ROWS.c))
@@ -145,14 +141,34 @@ _EVENTS_OF = (
     .where(consent_events.c.wa_id.in_(sa.bindparam("wa_ids", expanding=True)))
     .order_by(consent_events.c.seq)
 )
-_CREATE_CONTACT = {
-    name: dialect_insert(contacts)
+_CREATE_CONTACT = (  # SQLite, one at a time
+    sqlite.insert(contacts)
     .values(wa_id=sa.bindparam("wa_id"), last_inbound_at=sa.bindparam("at"))
     .on_conflict_do_nothing(index_elements=["wa_id"])
     .returning(contacts.c.wa_id)
-    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
-}
+)
 _LOCK_CONTACT = _LAST_INBOUND.with_for_update()
+# PostgreSQL creates and locks any number of contacts in two statements: the missing ones are
+# inserted (in wa_id order; a row another transaction is inserting is waited for), then the
+# others are locked, also in wa_id order.
+_WA_IDS = sa.cast(sa.bindparam("wa_ids"), postgresql.ARRAY(sa.String))
+_NEW_CONTACTS = (
+    sa.func.unnest(_WA_IDS, sa.cast(sa.bindparam("ats"), postgresql.ARRAY(contacts.c.last_inbound_at.type)))
+    .table_valued("wa_id", "at")
+    .render_derived(name="new_contacts")
+)
+_CREATE_CONTACTS = (
+    postgresql.insert(contacts)
+    .from_select(["wa_id", "last_inbound_at"], sa.select(_NEW_CONTACTS.c.wa_id, _NEW_CONTACTS.c.at).order_by(_NEW_CONTACTS.c.wa_id))
+    .on_conflict_do_nothing(index_elements=["wa_id"])
+    .returning(contacts.c.wa_id)
+)
+_LOCK_CONTACTS = (
+    sa.select(contacts.c.wa_id, contacts.c.last_inbound_at)
+    .where(contacts.c.wa_id == sa.any_(_WA_IDS))
+    .order_by(contacts.c.wa_id)
+    .with_for_update()
+)
 _MOVE_LAST_INBOUND = (
     contacts.update().where(contacts.c.wa_id == sa.bindparam("contact")).values(last_inbound_at=sa.bindparam("at"))
 )
@@ -219,10 +235,17 @@ class Ledger:
         Rows are taken in wa_id order, so two transactions locking overlapping users cannot
         deadlock; holding them serialises everything done for one user.
         """
-        create = _CREATE_CONTACT[conn.dialect.name]
-        previous: dict[str, datetime | None] = {}
+        if conn.dialect.name == "postgresql":
+            wa_ids = sorted(latest)
+            created = conn.execute(_CREATE_CONTACTS, {"wa_ids": wa_ids, "ats": [as_utc(latest[w]) for w in wa_ids]}).scalars().all()
+            previous: dict[str, datetime | None] = dict.fromkeys(created)
+            others = [wa_id for wa_id in wa_ids if wa_id not in previous]
+            if others:
+                previous.update((wa_id, as_utc(at)) for wa_id, at in conn.execute(_LOCK_CONTACTS, {"wa_ids": others}))
+            return previous
+        previous = {}
         for wa_id in sorted(latest):
-            if conn.execute(create, {"wa_id": wa_id, "at": as_utc(latest[wa_id])}).first() is not None:
+            if conn.execute(_CREATE_CONTACT, {"wa_id": wa_id, "at": as_utc(latest[wa_id])}).first() is not None:
                 previous[wa_id] = None
             else:
                 previous[wa_id] = as_utc(conn.execute(_LOCK_CONTACT, {"wa_id": wa_id}).scalar_one())
@@ -267,8 +290,8 @@ class Ledger:
             stored[row["source_ref"]] = to_event(row)
             added.append(row)
         if added:
-            arrays = {name: [row[name] for row in added] for name in _COLUMNS}
-            moved = conn.execute(_ADD_AND_MOVE_HEAD, {**arrays, "count": len(added), "new_seq": seq, "new_hash": prev_hash})
+            values = {"rows": as_json_rows(added), "count": len(added), "new_seq": seq, "new_hash": prev_hash}
+            moved = conn.execute(_ADD_AND_MOVE_HEAD, values)
             if moved.first() is None:
                 raise WriteConflict("a source_ref was recorded by another transaction meanwhile")
         return [stored[ref] for ref in refs]

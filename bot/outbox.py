@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from bot.db import campaigns, early_statuses, one_statement, outbound_messages as messages, reading, writer
+from bot.db import as_json_rows, campaigns, early_statuses, json_rows, one_statement, outbound_messages as messages, reading, writer
 from bot.consent import ConsentState
 from bot.ledger import Ledger, utc_now
 from bot.phone import InvalidNumber, normalize_wa_id
@@ -199,9 +199,9 @@ class Outbox:
     @staticmethod
     def store_new(conn: sa.Connection, rows: list[dict]) -> set[str]:
         """Insert drafted rows in one statement, skipping keys already stored; the keys inserted."""
-        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(messages)
-        statement = insert.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(messages.c.idempotency_key)
-        return set(conn.execute(statement, rows).scalars())
+        if conn.dialect.name == "postgresql":
+            return set(conn.execute(_STORE_NEW, {"rows": as_json_rows(rows)}).scalars())
+        return set(conn.execute(_STORE_NEW_SQLITE, rows).scalars())
 
     # -- reading -------------------------------------------------------------------------
 
@@ -257,21 +257,25 @@ class Outbox:
         """Give a claimed message back to the queue, due again at `retry_at`."""
         self._update(message_id, not_before=retry_at, lease_until=None, error_code=code, error_detail=detail)
 
-    def apply_status(self, meta_message_id: str, status: str, error_codes: tuple[int, ...] | None = None) -> bool:
+    def apply_status(self, meta_message_id: str, status: str, error_code: int | None = None) -> bool:
         """A delivery status from Meta. States only move forward (late or repeated statuses change
         nothing); failed is final. A status for a send not yet recorded is kept for later.
         Returns whether a message changed."""
         with one_statement(self.engine) as conn:
-            return self.apply_status_in(conn, meta_message_id, status, error_codes)
+            return self.apply_statuses_in(conn, [(meta_message_id, status, error_code)]) == 1
 
-    def apply_status_in(self, conn: sa.Connection, meta_message_id: str, status: str, error_codes: tuple[int, ...] | None = None) -> bool:
-        """`apply_status` inside the caller's transaction."""
-        code, now = (error_codes[0] if error_codes else None), self.clock()
-        values = {"meta_id": meta_message_id, "status": status, "earlier": list(_EARLIER[status]), "code": code, "now": now}
-        if conn.execute(_APPLY_STATUS, values).rowcount == 1:
-            return True
-        conn.execute(_KEEP_EARLY_STATUS[conn.dialect.name], values)
-        return False
+    def apply_statuses_in(self, conn: sa.Connection, statuses: Iterable[tuple[str, str, int | None]]) -> int:
+        """`apply_status` for (Meta id, status, error code) triples inside the caller's transaction;
+        returns how many changed a message. They are applied in Meta id order, so two transactions
+        with statuses of the same messages cannot deadlock."""
+        changed, now = 0, self.clock()
+        for meta_id, status, code in sorted(statuses, key=lambda triple: (triple[0], _RANK[triple[1]])):
+            values = {"meta_id": meta_id, "status": status, "earlier": list(_EARLIER[status]), "code": code, "now": now}
+            if conn.execute(_APPLY_STATUS, values).rowcount == 1:
+                changed += 1
+            else:
+                conn.execute(_KEEP_EARLY_STATUS[conn.dialect.name], values)
+        return changed
 
     def apply_early_statuses(self, forget_after: timedelta = timedelta(days=7)) -> int:
         """Apply kept statuses whose message now has its Meta id; forget those never matched."""
@@ -281,7 +285,7 @@ class Outbox:
                 .join(messages, messages.c.meta_message_id == early_statuses.c.meta_message_id)
             ).all()
         for row in sorted(matched, key=lambda r: _RANK[r.status]):
-            self.apply_status(row.meta_message_id, row.status, (row.error_code,) if row.error_code else None)
+            self.apply_status(row.meta_message_id, row.status, row.error_code)
         with one_statement(self.engine) as conn:
             if matched:
                 ids = list({row.meta_message_id for row in matched})
@@ -357,6 +361,14 @@ _MARK_SENT = (
 _BY_KEY = sa.select(messages.c.idempotency_key, messages.c.id, messages.c.state, messages.c.reason).where(
     messages.c.idempotency_key == sa.bindparam("key")
 )
+_NEW_MESSAGES = json_rows(messages)
+_STORE_NEW = (
+    postgresql.insert(messages)
+    .from_select([column.name for column in messages.c], sa.select(*_NEW_MESSAGES.c))
+    .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    .returning(messages.c.idempotency_key)
+)
+_STORE_NEW_SQLITE = sqlite.insert(messages).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(messages.c.idempotency_key)
 _RANK = {"sent": 1, "delivered": 2, "read": 3, "failed": 4}
 # A status for no message we know of (yet): kept, once, for the sweeper to apply later.
 _KEEP_EARLY_STATUS = {

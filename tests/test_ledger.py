@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from bot.consent import Action, Basis, Channel, EventDraft, InvalidEvent, Marketing, Scope, State
-from bot.db import consent_events, make_engine
+from bot.db import _switch_to_wal, consent_events, make_engine
 from bot.ledger import Ledger, SourceRefConflict
 from tests.helpers import OTHER_USER, USER, keyword_opt_in, notice_given, opt_out, web_opt_in
 
@@ -209,3 +210,26 @@ def test_states_of_many_users_match_their_states_one_by_one(ledger, clock):
     states = ledger.states([USER, OTHER_USER, never_seen, USER])
     assert states == {wa_id: ledger.state(wa_id) for wa_id in (USER, OTHER_USER, never_seen)}
     assert states[USER].last_inbound_at == clock.now and states[never_seen].state is State.NONE
+
+
+class _BusyCursor:
+    """Answers "database is locked" a number of times, as SQLite does while another process turns a new file to WAL."""
+
+    def __init__(self, busy_times: int, error: str = "database is locked"):
+        self.busy_times, self.error, self.calls = busy_times, error, 0
+
+    def execute(self, statement: str) -> None:
+        self.calls += 1
+        if self.calls <= self.busy_times:
+            raise sqlite3.OperationalError(self.error)
+
+
+def test_turning_a_new_sqlite_file_to_wal_waits_out_another_process():
+    """`dev.py start` runs web processes and a worker at once: none may die of "database is locked"."""
+    cursor = _BusyCursor(busy_times=3)
+    _switch_to_wal(cursor)
+    assert cursor.calls == 4
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _switch_to_wal(_BusyCursor(busy_times=1000), patience=0.2)
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        _switch_to_wal(_BusyCursor(busy_times=1, error="disk I/O error"))

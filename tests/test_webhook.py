@@ -22,7 +22,9 @@ from bot.outbox import Message, MessageState, Outbox, Template
 from bot.policy import MessageKind
 from bot.queues import enqueuer, make_queues
 from bot.worker import sweep
+from bot.webhook_events import parse
 from handlers import Context
+from handlers.dispatch import record_posts
 from tests.conftest import APP_SECRET, VERIFY_TOKEN
 from tests.helpers import OTHER_USER, USER, web_opt_in
 
@@ -240,6 +242,33 @@ def test_an_item_the_ledger_refuses_is_kept_and_the_rest_of_the_post_recorded(ap
     assert actions(app, USER) == []
     assert app.extensions["ledger"].state(OTHER_USER).state is State.OPTED_OUT
     assert app.extensions["ledger"].verify().ok
+
+
+def parsed(body: dict) -> list:
+    return parse(json.loads(json.dumps(body)))
+
+
+def test_posts_recorded_together_have_their_effects_once(app):
+    """Concurrent POSTs share one transaction: a redelivery in the same group doubles nothing."""
+    stop, hello = parsed(payload("stop_message.json")), parsed(payload("batch_mixed.json"))
+    assert record_posts(app.extensions["handlers"], [stop, hello, stop]) == [None, None, None]
+    assert [a for a, _, _ in actions(app)] == [Action.IMPLICIT, Action.OPT_OUT]
+    assert [kind for kind, _ in replies(app)] == ["stop_confirmation", "reply"]  # the batch's hello came after the STOP
+    assert app.extensions["ledger"].state(OTHER_USER).state is State.OPTED_OUT
+    assert app.extensions["ledger"].verify().ok
+
+
+def test_a_post_that_fails_on_its_own_does_not_fail_the_posts_recorded_with_it(app, monkeypatch):
+    def broken(*_):
+        raise RuntimeError("a bug in the preferences handler")
+
+    monkeypatch.setattr("handlers.dispatch.on_preference", broken)
+    stop, preferences = parsed(payload("stop_message.json")), parsed(payload("user_preferences_stop.json"))
+    hello = parsed(payload("batch_mixed.json"))
+    outcomes = record_posts(app.extensions["handlers"], [stop, preferences, hello])
+    assert outcomes[0] is None and isinstance(outcomes[1], RuntimeError) and outcomes[2] is None
+    assert app.extensions["ledger"].state(USER).state is State.OPTED_OUT
+    assert app.extensions["ledger"].state(OTHER_USER).state is State.OPTED_OUT
 
 
 # -- statuses ---------------------------------------------------------------------------
