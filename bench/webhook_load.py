@@ -1,6 +1,6 @@
 """Webhook intake under load: signed POST /webhook bodies against gunicorn, our bot beside pywa.
 
-It starts `gunicorn wsgi:app` with 2 sync workers on a free 127.0.0.1 port (PostgreSQL schema
+It starts `gunicorn wsgi:app` with 2 workers as gunicorn.conf.py sets them (threaded) on a free 127.0.0.1 port (PostgreSQL schema
 `bench_webhook` of the database `test` ($BENCH_POSTGRES_SCHEMA), Redis database 12 ($BENCH_REDIS_URL),
 both emptied first; no RQ worker, so
 queued replies just wait), then drives it from a separate load-generator process with a mix
@@ -21,10 +21,10 @@ Phases, after a short warm-up that is not reported:
    the events/s the server sustains.
 
 Each phase reports events/s answered 200 (over the time from its start to its last answer),
-p50 / p99 / max latency until the answer (sync workers close every connection, so each request
-includes its TCP connect), the requests without a 200 (a request unanswered after 30 s counts
-as a timeout), the load generator's own CPU and the server's (gunicorn's processes, database and
-Redis not included) in ms per event sent, counting the backlog served after the phase: on a machine shared with other work, CPU per
+p50 / p99 / max latency until the answer (each request opens its own connection and asks
+for it to be closed, so each includes its TCP connect), the requests without a 200 (a request unanswered after 30 s counts
+as a timeout), the load generator's own CPU, the server's (gunicorn's processes) and, for our bot, that of the
+PostgreSQL backends serving it (Redis not included) in ms per event sent, counting the backlog served after the phase: on a machine shared with other work, CPU per
 event varies far less than latency and rate. After each phase the bench waits until the
 server has served what is still queued (requests the client gave up on are still handled) and
 shows how long that took. At the end it compares the STOPs sent, acknowledged and recorded.
@@ -51,6 +51,7 @@ import json
 import math
 import os
 import random
+import runpy
 import sqlite3
 import subprocess
 import sys
@@ -78,7 +79,10 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 APP_SECRET = "bench-app-secret"
 VERIFY_TOKEN = "bench-verify-token"
 PHONE_NUMBER_ID = "106540352242922"
+APPLICATION_NAME = "bench_webhook"  # how the bench finds the PostgreSQL backends serving our bot
 WORKERS = 2
+# Both bots are served as gunicorn.conf.py serves ours (its worker class and threads).
+SERVING = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
 
 RATE = 320  # events/s offered in the open loop
 P99_TARGET_MS = 50.0
@@ -112,7 +116,7 @@ wa = WhatsApp(
     phone_id=os.environ["WHATSAPP_PHONE_NUMBER_ID"], server=app, webhook_endpoint="/webhook",
     verify_token=os.environ["WHATSAPP_VERIFY_TOKEN"], app_secret=os.environ["WHATSAPP_APP_SECRET"],
 )
-stops = sqlite3.connect(os.environ["STOPS_DB"], isolation_level=None)
+stops = sqlite3.connect(os.environ["STOPS_DB"], isolation_level=None, check_same_thread=False)  # threaded workers
 stops.execute("PRAGMA journal_mode=WAL")
 stops.execute("PRAGMA busy_timeout=10000")
 stops.execute("CREATE TABLE IF NOT EXISTS stops (message_id TEXT PRIMARY KEY, wa_id TEXT NOT NULL)")
@@ -344,6 +348,7 @@ class Measurement:
     closed_loop: PhaseResult
     drained: dict[str, float]  # phase -> seconds the server took to answer what the client gave up on
     server_cpu_ms: dict[str, float]  # phase -> the server's CPU ms per event sent (all are served, 200 or not)
+    database_cpu_ms: dict[str, float | None]  # phase -> PostgreSQL's, for the bot that uses it
     stops_sent: int
     stops_acked: int
     stops_recorded: int
@@ -357,14 +362,16 @@ class Server:
     def cpu_seconds(self) -> float:
         """CPU used so far by the master and its workers (Linux /proc)."""
         children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
-        total = 0
-        for pid in [str(self.pid), *children]:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except FileNotFoundError:  # a worker that just exited
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / os.sysconf("SC_CLK_TCK")
+        return sum(process_cpu(int(pid)) for pid in [self.pid, *children])
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds a process has used (Linux /proc); 0 for one that just exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 @contextmanager
@@ -372,7 +379,10 @@ def gunicorn(python: Path, app: str, cwd: Path, env: dict[str, str], log: Path) 
     """Serve `app` with gunicorn in its own session; yield it once /healthz answers 200."""
     port = free_port()
     # No control socket: its default path is one per host, shared with any other gunicorn running there.
-    command = [str(python), "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS), "--no-control-socket"]
+    command = [
+        str(python), "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS), "--no-control-socket",
+        "--worker-class", SERVING["worker_class"], "--threads", str(SERVING["threads"]),
+    ]
     with open(log, "wb") as output:
         process = subprocess.Popen(
             command, cwd=cwd, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
@@ -400,22 +410,28 @@ def wait_drained(port: int) -> float:
     return time.monotonic() - start
 
 
-def measure(pool: ProcessPoolExecutor, server: Server, durations: Durations, concurrency: int, stops_recorded: Callable[[], int]) -> Measurement:
-    """Warm-up, open loop, closed loop, each followed by waiting until the server has caught up."""
+def measure(
+    pool: ProcessPoolExecutor, server: Server, durations: Durations, concurrency: int, stops_recorded: Callable[[], int],
+    database_cpu: Callable[[], float] | None = None,
+) -> Measurement:
+    """Warm-up, open loop, closed loop, each followed by waiting until the server has caught up.
+    `database_cpu`: CPU seconds used so far by a database server's processes serving the bot."""
     port = server.port
     specs = {
         "warm-up": PhaseSpec(port, tag=1, seconds=durations.warmup, rate=None, concurrency=WORKERS),
         "open loop": PhaseSpec(port, tag=2, seconds=durations.open_loop, rate=RATE, concurrency=0),
         "closed loop": PhaseSpec(port, tag=3, seconds=durations.closed_loop, rate=None, concurrency=concurrency),
     }
-    results, drained, cpu_ms = {}, {}, {}
+    results, drained, cpu_ms, database_ms = {}, {}, {}, {}
     for name, spec in specs.items():
-        cpu = server.cpu_seconds()
+        cpu, database = server.cpu_seconds(), database_cpu() if database_cpu else 0.0
         results[name] = pool.submit(run_phase, spec).result()
         drained[name] = wait_drained(port)
-        cpu_ms[name] = (server.cpu_seconds() - cpu) * 1000 / max(1, results[name].events_sent)
+        sent = max(1, results[name].events_sent)
+        cpu_ms[name] = (server.cpu_seconds() - cpu) * 1000 / sent
+        database_ms[name] = (database_cpu() - database) * 1000 / sent if database_cpu else None
     return Measurement(
-        results["open loop"], results["closed loop"], drained, cpu_ms,
+        results["open loop"], results["closed loop"], drained, cpu_ms, database_ms,
         stops_sent=sum(r.stops_sent for r in results.values()),
         stops_acked=sum(r.stops_acked for r in results.values()),
         stops_recorded=stops_recorded(),
@@ -425,12 +441,22 @@ def measure(pool: ProcessPoolExecutor, server: Server, durations: Durations, con
 def bench_ours(pool: ProcessPoolExecutor, durations: Durations, concurrency: int, logs: Path) -> Measurement:
     database_url = reset_stores()
     env = {
-        "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "WHATSAPP_APP_SECRET": APP_SECRET,
+        "DATABASE_URL": f"{database_url}&application_name={APPLICATION_NAME}", "REDIS_URL": REDIS_URL, "WHATSAPP_APP_SECRET": APP_SECRET,
         "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN, "WHATSAPP_TOKEN": "bench-token",
         "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID, "BUSINESS_NAME": "Bench Bakery",
     }
     with gunicorn(Path(sys.executable), "wsgi:app", ROOT, env, logs / "ours.log") as server:
-        return measure(pool, server, durations, concurrency, lambda: ledger_stops(database_url))
+        return measure(pool, server, durations, concurrency, lambda: ledger_stops(database_url), lambda: postgres_cpu(database_url))
+
+
+def postgres_cpu(database_url: str) -> float:
+    """CPU seconds used so far by the PostgreSQL backends serving the bot (Linux /proc; the server runs here)."""
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        query = sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :name")
+        pids = conn.execute(query, {"name": APPLICATION_NAME}).scalars().all()
+    engine.dispose()
+    return sum(process_cpu(pid) for pid in pids)
 
 
 def reset_stores() -> str:
@@ -508,6 +534,7 @@ def table(columns: dict[str, Measurement], durations: Durations, concurrency: in
         row("  errors (no 200)", lambda m: str(sum(getattr(m, phase).errors.values())))
         row("  load generator CPU, cores", lambda m: f"{getattr(m, phase).client_cpu:.2f}")
         row("  server CPU ms per event", lambda m: f"{m.server_cpu_ms[name]:.2f}")
+        row("  PostgreSQL CPU ms per event", lambda m: "-" if m.database_cpu_ms[name] is None else f"{m.database_cpu_ms[name]:.2f}")
         row("  s until the backlog was served", lambda m: f"{m.drained[name]:.1f}")
     lines.append("STOPs, all phases")
     row("  sent", lambda m: str(m.stops_sent))
@@ -539,12 +566,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Load on POST /webhook: our bot and a minimal pywa bot under gunicorn.")
     parser.add_argument("--quick", action="store_true", help="3 s phases; skips pywa unless its virtualenv exists (CI)")
     parser.add_argument("--seconds", type=float, default=30, help="open-loop seconds; the closed loop runs 2/3 of it")
-    parser.add_argument("--concurrency", type=int, default=8, help="connections in the closed loop")
+    parser.add_argument("--concurrency", type=int, default=32, help="connections in the closed loop")
     options = parser.parse_args()
     durations = Durations(0.5, 3, 3) if options.quick else Durations(2, options.seconds, options.seconds * 2 / 3)
     logs = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
     print(
-        f"gunicorn, {WORKERS} sync workers; open loop {durations.open_loop:g} s at {RATE} events/s, closed loop "
+        f"gunicorn, {WORKERS} {SERVING['worker_class']} workers with {SERVING['threads']} threads; open loop {durations.open_loop:g} s at {RATE} events/s, closed loop "
         f"{durations.closed_loop:g} s with {options.concurrency} connections; logs in {logs}", flush=True,
     )
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
