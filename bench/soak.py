@@ -11,7 +11,7 @@ Redis are never touched): a PostgreSQL instance (initdb into a temporary directo
 `postgres` user, so run the soak as root), a `redis-server` without persistence, the Graph API
 imitation (tests/graph_imitation.py, in this process: 150 ms per call, 130429 above
 SEND_RATE_LIMIT per second, every request recorded), gunicorn as the Procfile runs it (one
-master, 2 sync workers, access log on) and 2 `python -m bot.worker` processes. Every process's
+master, 2 threaded workers as gunicorn.conf.py sets them, access log on) and 2 `python -m bot.worker` processes. Every process's
 output goes to bench/out/soak/processes.log (PostgreSQL's to bench/out/soak/postgres.log).
 
 The traffic comes from a load generator in its own process: signed POST /webhook bodies at a
