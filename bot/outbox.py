@@ -266,15 +266,31 @@ class Outbox:
 
     def apply_statuses_in(self, conn: sa.Connection, statuses: Iterable[tuple[str, str, int | None]]) -> int:
         """`apply_status` for (Meta id, status, error code) triples inside the caller's transaction;
-        returns how many changed a message. They are applied in Meta id order, so two transactions
-        with statuses of the same messages cannot deadlock."""
-        changed, now = 0, self.clock()
-        for meta_id, status, code in sorted(statuses, key=lambda triple: (triple[0], _RANK[triple[1]])):
+        returns how many changed a message. Messages are locked in Meta id order, so two
+        transactions with statuses of the same messages cannot deadlock. A message's statuses
+        are applied in their order of progress (sent, delivered, read, failed)."""
+        ordered = sorted(statuses, key=lambda triple: (triple[0], _RANK[triple[1]]))
+        now = self.clock()
+        if conn.dialect.name == "postgresql":  # one statement per status of a message, mostly just one
+            rounds: list[list[dict]] = []
+            previous, depth = None, 0
+            for meta_id, status, code in ordered:
+                depth = depth + 1 if meta_id == previous else 0
+                previous = meta_id
+                if depth == len(rounds):
+                    rounds.append([])
+                rounds[depth].append({"meta_id": meta_id, "status": status, "code": code, "allowed": ",".join(_EARLIER[status])})
+            return sum(
+                conn.execute(_APPLY_STATUSES, {"rows": json.dumps(batch), "meta_ids": [row["meta_id"] for row in batch], "now": now}).one()[0]
+                for batch in rounds
+            )
+        changed = 0
+        for meta_id, status, code in ordered:
             values = {"meta_id": meta_id, "status": status, "earlier": list(_EARLIER[status]), "code": code, "now": now}
             if conn.execute(_APPLY_STATUS, values).rowcount == 1:
                 changed += 1
             else:
-                conn.execute(_KEEP_EARLY_STATUS[conn.dialect.name], values)
+                conn.execute(_KEEP_EARLY_STATUS, values)
         return changed
 
     def apply_early_statuses(self, forget_after: timedelta = timedelta(days=7)) -> int:
@@ -371,8 +387,8 @@ _STORE_NEW = (
 _STORE_NEW_SQLITE = sqlite.insert(messages).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(messages.c.idempotency_key)
 _RANK = {"sent": 1, "delivered": 2, "read": 3, "failed": 4}
 # A status for no message we know of (yet): kept, once, for the sweeper to apply later.
-_KEEP_EARLY_STATUS = {
-    name: dialect_insert(early_statuses)
+_KEEP_EARLY_STATUS = (
+    sqlite.insert(early_statuses)
     .from_select(
         ["meta_message_id", "status", "error_code", "received_at"],
         sa.select(
@@ -381,8 +397,7 @@ _KEEP_EARLY_STATUS = {
         ).where(~sa.exists().where(messages.c.meta_message_id == sa.bindparam("meta_id"))),
     )
     .on_conflict_do_nothing()
-    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
-}
+)
 # The states a message may be in for a status to move it on.
 _EARLIER = {
     "sent": ("queued",),
@@ -397,6 +412,51 @@ _APPLY_STATUS = (
         state=sa.bindparam("status"), updated_at=sa.bindparam("now"),
         error_code=sa.func.coalesce(sa.bindparam("code", type_=sa.Integer), messages.c.error_code),
     )
+)
+
+
+# PostgreSQL applies a group of statuses (one per message) in one statement: the messages they
+# move on are locked in Meta id order and updated; statuses of messages not known yet are kept.
+_META_IDS = sa.any_(sa.cast(sa.bindparam("meta_ids"), postgresql.ARRAY(sa.String)))  # lets the plan use the index, not a scan
+_INCOMING = (
+    sa.func.json_to_recordset(sa.cast(sa.bindparam("rows", type_=sa.Text), postgresql.JSON))
+    .table_valued(
+        sa.column("meta_id", sa.String), sa.column("status", sa.String), sa.column("code", sa.Integer), sa.column("allowed", sa.String)
+    )
+    .render_derived(name="incoming", with_types=True)
+)
+_LOCKED = (
+    sa.select(messages.c.id, _INCOMING.c.status, _INCOMING.c.code)
+    .join_from(messages, _INCOMING, messages.c.meta_message_id == _INCOMING.c.meta_id)
+    .where(
+        messages.c.meta_message_id == _META_IDS,
+        messages.c.state == sa.any_(sa.func.string_to_array(_INCOMING.c.allowed, ",")),
+    )
+    .order_by(messages.c.meta_message_id)
+    .with_for_update(of=messages)
+    .cte("locked")
+)
+_MOVED = (
+    messages.update()
+    .where(messages.c.id == _LOCKED.c.id)
+    .values(state=_LOCKED.c.status, updated_at=sa.bindparam("now"), error_code=sa.func.coalesce(_LOCKED.c.code, messages.c.error_code))
+    .returning(messages.c.id)
+    .cte("moved")
+)
+_KEPT = (
+    postgresql.insert(early_statuses)
+    .from_select(
+        ["meta_message_id", "status", "error_code", "received_at"],
+        sa.select(_INCOMING.c.meta_id, _INCOMING.c.status, _INCOMING.c.code, sa.bindparam("now", type_=sa.DateTime(timezone=True)))
+        .where(_INCOMING.c.meta_id.not_in(sa.select(messages.c.meta_message_id).where(messages.c.meta_message_id == _META_IDS))),
+    )
+    .on_conflict_do_nothing()
+    .returning(early_statuses.c.meta_message_id)
+    .cte("kept")
+)
+_APPLY_STATUSES = sa.select(  # (messages moved on, statuses kept)
+    sa.select(sa.func.count()).select_from(_MOVED).scalar_subquery(),
+    sa.select(sa.func.count()).select_from(_KEPT).scalar_subquery(),
 )
 
 

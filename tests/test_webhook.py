@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.consent import Action, Channel, Marketing, Scope, State
-from bot.db import account_notices, make_engine, outbound_messages, unread_webhooks
+from bot.db import account_notices, early_statuses, make_engine, outbound_messages, unread_webhooks
 from bot.ledger import Ledger, utc_now
 from bot.outbox import Message, MessageState, Outbox, Template
 from bot.policy import MessageKind
@@ -296,6 +296,28 @@ def test_statuses_move_a_message_forward_only(app, client):
         late["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = meta_id
         assert post(client, late).status_code == 200
         assert outbox.get(message_id).state.value == expected
+
+
+def test_statuses_of_one_message_in_one_post_apply_in_order_of_progress(app, client):
+    """Meta may batch a message's statuses in any order: read wins, and a failure after read changes nothing."""
+    body, meta_id = status_body("status_read.json")
+    message_id = sent_message(app, meta_id)
+
+    def status(name: str, meta_message_id: str) -> dict:
+        [found] = status_body(name)[0]["entry"][0]["changes"][0]["value"]["statuses"]
+        return {**found, "id": meta_message_id}
+
+    body["entry"][0]["changes"][0]["value"]["statuses"] = [
+        status("status_failed_131026.json", meta_id), status("status_read.json", meta_id),
+        status("status_delivered.json", meta_id), status("status_sent.json", meta_id),
+        status("status_failed_131026.json", "wamid.not-sent-yet"),
+    ]
+    assert post(client, body).status_code == 200
+    message = app.extensions["outbox"].get(message_id)
+    assert message.state.value == "read" and message.error_code is None
+    with app.extensions["ledger"].engine.connect() as conn:
+        kept = conn.execute(sa.select(early_statuses.c.meta_message_id, early_statuses.c.status)).all()
+    assert kept == [("wamid.not-sent-yet", "failed")]
 
 
 def test_a_131050_failure_records_a_marketing_opt_out(app, client):
