@@ -12,6 +12,7 @@ from bot.keywords import Intent, KeywordBook
 class Reply(str, enum.Enum):
     WELCOME = "welcome"
     STOP_CONFIRMATION = "stop_confirmation"
+    MARKETING_STOP_CONFIRMATION = "marketing_stop_confirmation"  # offers stopped, the rest goes on
     START_CONFIRMATION = "start_confirmation"
     HELP = "help"
     UNSUBSCRIBED_REMINDER = "unsubscribed_reminder"
@@ -19,7 +20,7 @@ class Reply(str, enum.Enum):
 
 
 # The replies that can be the first a user ever gets: each must say how to stop (R9).
-TELLS_HOW_TO_STOP = (Reply.WELCOME, Reply.START_CONFIRMATION, Reply.HELP, Reply.POSSIBLE_OPT_OUT)
+TELLS_HOW_TO_STOP = (Reply.WELCOME, Reply.START_CONFIRMATION, Reply.HELP, Reply.POSSIBLE_OPT_OUT, Reply.MARKETING_STOP_CONFIRMATION)
 
 
 class ReplyTextError(ValueError):

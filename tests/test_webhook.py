@@ -195,6 +195,8 @@ def test_stop_promotions_button_stops_marketing_only(app, client):
     state = app.extensions["ledger"].state(USER)
     assert (state.state, state.marketing) == (State.OPTED_IN, Marketing.OPTED_OUT)
     assert (Action.OPT_OUT, Scope.MARKETING, Channel.WHATSAPP_BUTTON) in actions(app)
+    [(kind, text)] = replies(app)
+    assert kind == "reply" and "no more offers" in text and "Acme Bakery" in text and "STOP" in text
 
 
 def test_unsubscribe_button_opts_out_of_everything(app, client):
