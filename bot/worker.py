@@ -100,7 +100,7 @@ def main() -> int:
         _work_through_redis_outages(lambda: SimpleWorker(queues, connection=connection), stop)
     finally:
         stop.set()
-        send_runtime.pool.shutdown(wait=True)  # let sends in flight finish and record their outcome
+        send_runtime.shutdown()  # let sends in flight finish and record their outcome
     return 0
 
 
