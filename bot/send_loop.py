@@ -165,10 +165,9 @@ class SendLoop:
         wave, self._ready = self._ready[:count], self._ready[count:]
 
         def take_slots() -> None:
-            waits = self._sender.send_slots(len(wave))
-            at = time.monotonic()
-            for message, wait in zip(wave, waits, strict=True):
-                heapq.heappush(self._scheduled, (at + wait, next(self._order), message))
+            slots = self._sender.send_slots(len(wave))
+            for message, slot in zip(wave, slots, strict=True):
+                heapq.heappush(self._scheduled, (slot, next(self._order), message))
 
         self._step("pacing", wave, take_slots)
 

@@ -79,7 +79,7 @@ class Sender:
             return Outcome.RETRY
         self.sleep(paced[0][1])
         while True:  # a slot missed (a busy CPU) is given up for a new one
-            slot = time.monotonic() + self.send_slots(1)[0]
+            slot = self.send_slots(1)[0]
             self.sleep(max(0.0, slot - time.monotonic()))
             decision = self.check([message])[0]
             if not decision.allowed:
@@ -105,8 +105,13 @@ class Sender:
         return paced
 
     def send_slots(self, count: int) -> list[float]:
-        """Reserve the phone number's next `count` send slots, in one Redis call: seconds until each."""
-        return [reservation.wait for reservation in self._throughput.reserve_many([self._rate_key] * count)]
+        """Reserve the phone number's next `count` send slots, in one Redis call: when each is,
+        in time.monotonic(). Redis counts the waits from some moment during the call: from its
+        middle, a slot is off by at most half the call's time, early or late."""
+        before = time.monotonic()
+        reservations = self._throughput.reserve_many([self._rate_key] * count)
+        middle = (before + time.monotonic()) / 2
+        return [middle + reservation.wait for reservation in reservations]
 
     def check(self, messages: Sequence[StoredMessage]) -> list[Decision]:
         """The policy's answer for each message now, from one read of the ledger; the refused

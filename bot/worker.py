@@ -95,6 +95,10 @@ def main() -> int:
     # The app's objects live as long as the process: left out of garbage collection, a full
     # collection no longer stalls every send thread for some 30 ms, long enough to miss slots.
     gc.freeze()
+    # A send thread that wakes at its slot while another thread runs Python waits for the
+    # interpreter up to this long (5 ms by default) per thread ahead of it; sends that go out
+    # late crowd the next second or, later than LATE_SLOT, lose their slot.
+    sys.setswitchinterval(0.001)
     stop = threading.Event()
     threading.Thread(target=_sweep_forever, args=(send_runtime, stop), name="sweeper", daemon=True).start()
     queues = [send_runtime.queues[QueueName.REPLIES], send_runtime.queues[QueueName.BULK]]  # replies first
