@@ -83,12 +83,19 @@ class GraphImitation:
 
     async def _close(self) -> None:
         self._server.close()
-        for writer in self._clients:
-            writer.transport.abort()
+        await self._drop_clients()
         serving = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
         for task in serving:
             task.cancel()
         await asyncio.gather(*serving, return_exceptions=True)
+
+    def drop_connections(self) -> None:
+        """Close every client connection, as a server does with idle keep-alive connections."""
+        asyncio.run_coroutine_threadsafe(self._drop_clients(), self._loop).result(timeout=10)
+
+    async def _drop_clients(self) -> None:
+        for writer in self._clients:
+            writer.transport.abort()
 
     def in_flight(self, grace: float = 0.05) -> int:
         """Requests a client killed now may not have recorded: unanswered, or answered within `grace` s."""
