@@ -1,26 +1,21 @@
-"""RQ jobs, and the per-process runtime they use (the app, its pools and the send threads).
+"""RQ jobs, and the per-process runtime they use (the app, its pools and the send loop).
 
 A worker process builds the app once; each `send_messages` job claims its messages in groups
-(one statement per group) and hands them to a bounded pool of send threads, returning once
-they are all taken, so the pool never runs dry between jobs and a process keeps many Cloud API
-calls in flight while the shared limiter paces them.
+(one statement per group) and hands them to the process's send loop (bot.send_loop), returning
+once they are all taken, so the loop never runs dry between jobs and a process keeps many
+Cloud API calls in flight while the shared limiter paces them.
 A worker killed mid-job loses nothing: the sweeper (bot.worker) queues again the messages it
 had claimed once their lease expires, and those it had not yet claimed.
 """
 from __future__ import annotations
 
-import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from functools import cached_property
 
 from flask import Flask
 
-from bot.outbox import StoredMessage
 from bot.queues import make_queues
-from bot.sender import Outcome, Sender
-
-log = logging.getLogger(__name__)
+from bot.send_loop import SendLoop
+from bot.sender import Sender
 
 
 class SendRuntime:
@@ -28,22 +23,18 @@ class SendRuntime:
 
     def __init__(self, app: Flask):
         self.app = app
-        concurrency = app.config["SEND_CONCURRENCY"]
-        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
+        ext, concurrency = app.extensions, app.config["SEND_CONCURRENCY"]
+        self.sender = Sender(ext["outbox"], ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"])
         # Messages are claimed in groups, one statement each; while the dispatcher waits for the
-        # threads to free the next group, the pool sends from the group queued before it. So a
-        # process holds at most 1.5 x concurrency leases: each must last its wait in the pool.
+        # loop to free the next group, the loop sends from the group claimed before it. So a
+        # process holds at most 1.5 x concurrency leases: each must last its wait in the loop.
         self._claim_size = max(1, concurrency // 2)
         self._slots = threading.BoundedSemaphore(concurrency + self._claim_size)  # claimed and not finished
-        self.queues = make_queues(app.extensions["redis"])
-
-    @cached_property
-    def sender(self) -> Sender:
-        ext = self.app.extensions
-        return Sender(ext["outbox"], ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"])
+        self.loop = SendLoop(self.sender, concurrency, done=self._slots.release)
+        self.queues = make_queues(ext["redis"])
 
     def dispatch(self, message_ids: list[str]) -> None:
-        """Claim the messages and hand them to the send threads; blocks while the pool is full.
+        """Claim the messages and hand them to the send loop; blocks while it is full.
         Messages another worker has, or that are done, are skipped."""
         for start in range(0, len(message_ids), self._claim_size):
             group = message_ids[start : start + self._claim_size]
@@ -55,17 +46,12 @@ class SendRuntime:
             finally:
                 for _ in range(len(group) - len(claimed)):
                     self._slots.release()
-            for message in claimed:
-                self.pool.submit(self._send, message)
+            if claimed:
+                self.loop.add(claimed)
 
-    def _send(self, message: StoredMessage) -> Outcome | None:
-        try:
-            return self.sender.send_claimed(message)
-        except Exception:  # the lease brings the message back; keep the thread alive
-            log.exception("send of message %s failed unexpectedly; it will be retried", message.id)
-            return None
-        finally:
-            self._slots.release()
+    def shutdown(self) -> None:
+        """Send and record what was claimed, then end the send loop's threads."""
+        self.loop.stop()
 
 
 _runtime: SendRuntime | None = None
@@ -89,6 +75,6 @@ def use_runtime(send_runtime: SendRuntime) -> None:
 
 
 def send_messages(message_ids: list[str]) -> int:
-    """RQ job: send these outbox messages. Returns how many were handed to the send threads."""
+    """RQ job: send these outbox messages. Returns how many were handed to the send loop."""
     runtime().dispatch(message_ids)
     return len(message_ids)

@@ -135,6 +135,17 @@ _STATE = (
     .order_by(consent_events.c.seq)
 )
 _LAST_INBOUND = sa.select(contacts.c.last_inbound_at).where(contacts.c.wa_id == sa.bindparam("wa_id"))
+# The same for several users: their events, each row with its user's last inbound time...
+_STATES = (
+    sa.select(*consent_events.c, contacts.c.last_inbound_at)
+    .select_from(consent_events.outerjoin(contacts, contacts.c.wa_id == consent_events.c.wa_id))
+    .where(consent_events.c.wa_id.in_(sa.bindparam("wa_ids", expanding=True)))
+    .order_by(consent_events.c.seq)
+)
+# ...and the last inbound time of those without events.
+_LAST_INBOUND_OF = sa.select(contacts.c.wa_id, contacts.c.last_inbound_at).where(
+    contacts.c.wa_id.in_(sa.bindparam("wa_ids", expanding=True))
+)
 _HISTORY = sa.select(consent_events).where(consent_events.c.wa_id == sa.bindparam("wa_id")).order_by(consent_events.c.seq)
 _EVENTS_OF = (
     sa.select(consent_events)
@@ -381,7 +392,8 @@ class Ledger:
         return state_of(wa_id, rows, as_utc(last_inbound) if last_inbound else None)
 
     def states(self, wa_ids: Iterable[str]) -> dict[str, ConsentState]:
-        """Several users' states in a few queries: for deciding a whole campaign at once."""
+        """Several users' states, usually in one query: for deciding a whole campaign, or a
+        wave of sends, at once."""
         wanted = sorted({_valid_wa_id(wa_id) for wa_id in wa_ids})
         if len(wanted) == 1:  # the common case of a reply: the cached single-user query is cheaper
             return {wanted[0]: self.state(wanted[0])}
@@ -389,13 +401,18 @@ class Ledger:
         last_inbound: dict[str, datetime] = {}
         with reading(self.engine) as conn:
             for start in range(0, len(wanted), 1000):
-                chunk = wanted[start : start + 1000]
-                events = sa.select(consent_events).where(consent_events.c.wa_id.in_(chunk)).order_by(consent_events.c.seq)
-                for row in conn.execute(events).mappings():
+                for row in conn.execute(_STATES, {"wa_ids": wanted[start : start + 1000]}).mappings():
                     rows_by_user[row["wa_id"]].append(row)
-                inbound = sa.select(contacts.c.wa_id, contacts.c.last_inbound_at).where(contacts.c.wa_id.in_(chunk))
-                last_inbound.update((wa_id, as_utc(at)) for wa_id, at in conn.execute(inbound))
-        return {wa_id: state_of(wa_id, rows, last_inbound.get(wa_id)) for wa_id, rows in rows_by_user.items()}
+            without_events = [wa_id for wa_id, rows in rows_by_user.items() if not rows]
+            for start in range(0, len(without_events), 1000):
+                last_inbound.update(conn.execute(_LAST_INBOUND_OF, {"wa_ids": without_events[start : start + 1000]}).all())
+        for wa_id, rows in rows_by_user.items():
+            if rows:
+                last_inbound[wa_id] = rows[0]["last_inbound_at"]
+        return {
+            wa_id: state_of(wa_id, rows, as_utc(last_inbound[wa_id]) if last_inbound.get(wa_id) else None)
+            for wa_id, rows in rows_by_user.items()
+        }
 
     def events(
         self, since: datetime | None = None, until: datetime | None = None, wa_id: str | None = None

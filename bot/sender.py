@@ -1,13 +1,13 @@
-"""Sending one queued message: the last consent check, pacing, the Cloud API call, the outcome.
+"""Sending queued messages: pacing, the last consent check, the Cloud API call, the outcome.
 
-Policy is asked again here, just before the call, so a STOP recorded after queuing wins
-(the message becomes `blocked`). Pacing has two limits shared through Redis: the phone
-number's messages/second and Meta's pair rate to one user. A message waiting longer for the
-pair rate than `PAIR_MAX_WAIT` goes back to the queue instead of holding a send slot.
+Pacing has two limits shared through Redis: the phone number's messages/second and Meta's
+pair rate to one user. A message waiting longer for the pair rate than `PAIR_MAX_WAIT` goes
+back to the queue instead of holding a send slot. Policy is asked again after the waits, just
+before the call, so a STOP recorded after queuing wins (the message becomes `blocked`).
 
-Each send runs on its own thread, but the limiter calls, the consent checks and the records
-of sends that threads make at the same moment go out together (bot.batcher): one Redis call,
-one query, one transaction for a whole wave of messages instead of one per message.
+Each step takes many messages at once: at 1,000 messages/second, one Redis call or database
+statement per message costs more CPU than the sends themselves. A worker's send loop
+(bot.send_loop) runs the steps on whole waves of messages; `Sender.send` runs them on one.
 """
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ import enum
 import logging
 import time
 from datetime import timedelta
-from typing import Callable
+from typing import Callable, Sequence
 
 import sqlalchemy as sa
 
-from bot.batcher import Batcher
 from bot.cloud_api import CloudApi
 from bot.consent import delivery_marketing_opt_out
 from bot.graph_errors import CloudApiError, MarketingOptedOut, WindowClosed
@@ -33,11 +32,11 @@ log = logging.getLogger(__name__)
 
 PAIR_RATE = (1, 6.0)  # Meta: about one message every 6 seconds to the same user...
 PAIR_BURST = 5  # ...with short bursts tolerated (a reply right after a welcome)
-PAIR_MAX_WAIT = 2.0  # seconds a worker thread may wait for the pair rate
+PAIR_MAX_WAIT = 2.0  # seconds a message may wait for the pair rate while claimed
 PACING_MARGIN = 0.97  # pace a little under the cap: network jitter must not push a second over it
-LATE_SLOT = 0.02  # seconds a thread may send after its slot; later, it takes a new slot
+LATE_SLOT = 0.02  # seconds a call may go out after its slot; later, it takes a new slot
 MAX_ATTEMPTS = 8
-RECORD_PATIENCE = 600.0  # seconds a thread keeps trying to record a call that was made
+RECORD_PATIENCE = 600.0  # seconds to keep trying to record calls that were made
 MAX_BACKOFF = timedelta(hours=1)
 
 
@@ -47,6 +46,9 @@ class Outcome(str, enum.Enum):
     FAILED = "failed"
     RETRY = "retry"  # back in the queue, due later
     SKIPPED = "skipped"  # not due, already done, or claimed by another worker
+
+
+Sent = tuple[StoredMessage, str, Decision]  # a call Meta accepted: the message, Meta's id, what allowed it
 
 
 class Sender:
@@ -61,40 +63,87 @@ class Sender:
         self.outbox = outbox
         self.api = api
         self.sleep = sleep
-        self._number = api.phone_number_id or "unconfigured"
-        self._pair_slots = Batcher(lambda keys: pair.reserve_many(keys, max_wait=PAIR_MAX_WAIT), "pair-slots")
-        self._send_slots = Batcher(throughput.reserve_many, "send-slots")
-        self._decisions = Batcher(outbox.decide_many, "consent-checks")
-        self._records = Batcher(outbox.mark_sent_many, "send-records")
+        self._throughput = throughput
+        self._pair = pair
+        number = api.phone_number_id or "unconfigured"
+        self._rate_key = f"whatsapp:rate:{number}"
+        self._pair_key = f"whatsapp:pair:{number}:"
 
     def send(self, message_id: str) -> Outcome:
-        """Claim one message and send it."""
+        """Claim one message and send it now, through the steps a worker's send loop takes."""
         message = self.outbox.claim(message_id)
         if message is None:
             return Outcome.SKIPPED
-        return self.send_claimed(message)
+        paced = self.pace([message])
+        if not paced:
+            return Outcome.RETRY
+        self.sleep(paced[0][1])
+        while True:  # a slot missed (a busy CPU) is given up for a new one
+            slot = self.send_slots(1)[0]
+            self.sleep(max(0.0, slot - time.monotonic()))
+            decision = self.check([message])[0]
+            if not decision.allowed:
+                return Outcome.BLOCKED
+            if time.monotonic() - slot <= LATE_SLOT:
+                break
+        outcome, meta_id = self.call(message)
+        if meta_id is not None:
+            self.record([(message, meta_id, decision)])
+        return outcome
 
-    def send_claimed(self, message: StoredMessage) -> Outcome:
-        """Send a message this worker has claimed (Outbox.claim_many) and record the outcome."""
-        pair_slot = self._pair_slots.call(f"whatsapp:pair:{self._number}:{message.wa_id}")
-        if not pair_slot.reserved:
-            return self._retry(message, timedelta(seconds=pair_slot.wait))
-        self.sleep(pair_slot.wait)
-        decision = self._decide_in_send_slot(message)
-        if not decision.allowed:
-            self.outbox.mark_blocked(message.id, decision.reason)
-            log.info("message %s to %s blocked at send time: %s", message.id, mask(message.wa_id), decision.reason.value)
-            return Outcome.BLOCKED
+    def pace(self, messages: Sequence[StoredMessage]) -> list[tuple[StoredMessage, float]]:
+        """Reserve each message's slot under the pair rate, in one Redis call: the messages
+        with the seconds each must wait. One that would wait longer than PAIR_MAX_WAIT goes
+        back to the queue, due when its slot would have been."""
+        reservations = self._pair.reserve_many([self._pair_key + m.wa_id for m in messages], max_wait=PAIR_MAX_WAIT)
+        paced = []
+        for message, reservation in zip(messages, reservations, strict=True):
+            if reservation.reserved:
+                paced.append((message, reservation.wait))
+            else:
+                self._retry(message, timedelta(seconds=reservation.wait))
+        return paced
+
+    def send_slots(self, count: int) -> list[float]:
+        """Reserve the phone number's next `count` send slots, in one Redis call: when each is,
+        in time.monotonic(). Redis counts the waits from some moment during the call: from its
+        middle, a slot is off by at most half the call's time, early or late."""
+        before = time.monotonic()
+        reservations = self._throughput.reserve_many([self._rate_key] * count)
+        middle = (before + time.monotonic()) / 2
+        return [middle + reservation.wait for reservation in reservations]
+
+    def check(self, messages: Sequence[StoredMessage]) -> list[Decision]:
+        """The policy's answer for each message now, from one read of the ledger; the refused
+        are recorded `blocked`."""
+        decisions = self.outbox.decide_many([(m.wa_id, m.kind) for m in messages])
+        for message, decision in zip(messages, decisions, strict=True):
+            if not decision.allowed:
+                self.outbox.mark_blocked(message.id, decision.reason)
+                log.info("message %s to %s blocked at send time: %s", message.id, mask(message.wa_id), decision.reason.value)
+        return decisions
+
+    def call(self, message: StoredMessage) -> tuple[Outcome, str | None]:
+        """The Cloud API call: SENT with Meta's message id, for `record`; or a failure, already
+        recorded (failed, or back in the queue for a retry)."""
         try:
-            meta_id = self._call(message)
+            if "template" in message.content:
+                template = message.content["template"]
+                meta_id = self.api.send_template(message.wa_id, template["name"], template["language"], template["components"])
+            else:
+                meta_id = self.api.send_text(message.wa_id, message.content["text"])
         except CloudApiError as error:
-            return self._failed(message, error)
-        self._keep_trying(message, lambda: self._records.call((message.id, meta_id, decision.consent_event_id)))
-        return Outcome.SENT
+            return self._failed(message, error), None
+        return Outcome.SENT, meta_id
 
-    def _keep_trying(self, message: StoredMessage, record: Callable[[], object]) -> None:
-        """Record what a Cloud API call did, waiting out a database outage: given up, the
-        message would stay queued and be sent again once its lease ran out."""
+    def record(self, sends: Sequence[Sent]) -> None:
+        """Record calls Meta accepted, in one transaction."""
+        rows = [(message.id, meta_id, decision.consent_event_id) for message, meta_id, decision in sends]
+        self._keep_trying(f"{len(rows)} sent message(s)", lambda: self.outbox.mark_sent_many(rows))
+
+    def _keep_trying(self, what: str, record: Callable[[], object]) -> None:
+        """Record what Cloud API calls did, waiting out a database outage: given up, the
+        messages would stay queued and be sent again once their lease ran out."""
         pause, deadline = 0.5, time.monotonic() + RECORD_PATIENCE
         while True:
             try:
@@ -103,42 +152,21 @@ class Sender:
             except (sa.exc.OperationalError, sa.exc.InterfaceError) as failure:
                 if time.monotonic() > deadline:
                     raise
-                log.warning("cannot record the outcome of message %s yet (%s); trying again", message.id, type(failure).__name__)
+                log.warning("cannot record the outcome of %s yet (%s); trying again", what, type(failure).__name__)
                 self.sleep(pause)
                 pause = min(pause * 2, 10.0)
-
-    def _decide_in_send_slot(self, message: StoredMessage) -> Decision:
-        """Sleep until this send's slot, then ask the policy: consent is asked after the waits,
-        right before the call, so a STOP that landed meanwhile wins.
-
-        A slot missed by more than LATE_SLOT, counting the consent check, is given up for a new
-        one: a thread that wakes late (a busy CPU) and sends anyway would crowd the next second,
-        and Meta counts arrivals.
-        """
-        while True:
-            wait = self._send_slots.call(f"whatsapp:rate:{self._number}").wait
-            slot = time.monotonic() + wait
-            self.sleep(wait)
-            decision = self._decisions.call((message.wa_id, message.kind))
-            if not decision.allowed or time.monotonic() - slot <= LATE_SLOT:
-                return decision
-
-    def _call(self, message: StoredMessage) -> str:
-        if "template" in message.content:
-            template = message.content["template"]
-            return self.api.send_template(message.wa_id, template["name"], template["language"], template["components"])
-        return self.api.send_text(message.wa_id, message.content["text"])
 
     def _failed(self, message: StoredMessage, error: CloudApiError) -> Outcome:
         if error.retryable and message.attempts < MAX_ATTEMPTS:
             backoff = min(error.retry_after * 2 ** (message.attempts - 1), max(MAX_BACKOFF, error.retry_after))
             return self._retry(message, backoff, error)
         reason = Refusal.WINDOW_CLOSED.value if isinstance(error, WindowClosed) else "send_error"
+        what = f"message {message.id}"
         if isinstance(error, MarketingOptedOut):  # the ledger first: a marketing opt-out must not be lost
             evidence = {"message_id": message.id, "error_code": error.code, "details": error.details}
             draft = delivery_marketing_opt_out(message.wa_id, f"send-error-131050:{message.id}", "sender", evidence)
-            self._keep_trying(message, lambda: self.outbox.ledger.append(draft))
-        self._keep_trying(message, lambda: self.outbox.mark_failed(message.id, reason, error.code, error.details or str(error)))
+            self._keep_trying(what, lambda: self.outbox.ledger.append(draft))
+        self._keep_trying(what, lambda: self.outbox.mark_failed(message.id, reason, error.code, error.details or str(error)))
         log.warning("message %s to %s failed: %s (code %s)", message.id, mask(message.wa_id), type(error).__name__, error.code)
         return Outcome.FAILED
 

@@ -12,6 +12,7 @@ Several may run on one host or many; they share the queues, the limiter and the 
 """
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -91,6 +92,13 @@ def main() -> int:
         return 1
     send_runtime = SendRuntime(app)
     use_runtime(send_runtime)
+    # The app's objects live as long as the process: left out of garbage collection, a full
+    # collection no longer stalls every send thread for some 30 ms, long enough to miss slots.
+    gc.freeze()
+    # A send thread that wakes at its slot while another thread runs Python waits for the
+    # interpreter up to this long (5 ms by default) per thread ahead of it; sends that go out
+    # late crowd the next second or, later than LATE_SLOT, lose their slot.
+    sys.setswitchinterval(0.001)
     stop = threading.Event()
     threading.Thread(target=_sweep_forever, args=(send_runtime, stop), name="sweeper", daemon=True).start()
     queues = [send_runtime.queues[QueueName.REPLIES], send_runtime.queues[QueueName.BULK]]  # replies first
@@ -100,7 +108,7 @@ def main() -> int:
         _work_through_redis_outages(lambda: SimpleWorker(queues, connection=connection), stop)
     finally:
         stop.set()
-        send_runtime.pool.shutdown(wait=True)  # let sends in flight finish and record their outcome
+        send_runtime.shutdown()  # let sends in flight finish and record their outcome
     return 0
 
 

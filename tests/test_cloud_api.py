@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import ssl
+import subprocess
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import requests
 
 from bot import graph_errors as errors
 from bot.cloud_api import CloudApi
+from tests.local_services import free_port
 
 PAYLOADS = Path(__file__).parent / "fixtures" / "payloads"
 URL = "http://graph.test/v99.0/106540352242922/messages"
@@ -123,6 +128,58 @@ def test_connections_are_pooled_and_kept_alive(graph):
     for text in ("one", "two", "three"):
         assert api.send_text(TO, text).startswith("wamid.")
     assert graph.connections == 1
+
+
+def test_a_connection_the_server_closed_is_replaced_before_the_next_send(graph):
+    api = CloudApi("token", "106540352242922", base_url=graph.url)
+    assert api.send_text(TO, "one").startswith("wamid.")
+    graph.drop_connections()
+    assert api.send_text(TO, "two").startswith("wamid.")
+    assert (graph.connections, len(graph.requests)) == (2, 2)
+
+
+def test_an_answer_later_than_the_read_timeout_is_transient(graph):
+    api = CloudApi("token", "106540352242922", base_url=graph.url, timeout=(3.05, 0.2))
+    graph.hang_until, graph.hang_seconds = float("inf"), 1.0
+    with pytest.raises(errors.TransientError, match="did not answer in time"):
+        api.send_text(TO, "hi")
+
+
+def test_a_host_that_refuses_connections_is_transient():
+    api = CloudApi("token", "106540352242922", base_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(errors.TransientError, match="cannot reach"):
+        api.send_text(TO, "hi")
+
+
+def test_an_https_host_whose_certificate_is_not_trusted_is_not_sent_to(tmp_path):
+    """TLS as requests does it: a self-signed certificate is refused before anything is sent."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    received = []
+
+    def serve_one() -> None:
+        connection, _ = listener.accept()
+        try:
+            with context.wrap_socket(connection, server_side=True) as tls:
+                received.append(tls.recv(1024))
+        except (ssl.SSLError, OSError):  # the client gave up on the handshake
+            pass
+
+    server = threading.Thread(target=serve_one, daemon=True)
+    server.start()
+    api = CloudApi("token", "106540352242922", base_url=f"https://127.0.0.1:{listener.getsockname()[1]}")
+    with pytest.raises(errors.TransientError, match="cannot reach"):
+        api.send_text(TO, "hi")
+    server.join(timeout=5)
+    listener.close()
+    assert received == []
 
 
 def test_logs_never_hold_a_whole_number(api, requests_mock, caplog):

@@ -212,7 +212,7 @@ def test_a_job_sends_its_messages_through_the_batched_path(app, outbox, graph):
     ledger.append(opt_out(users[0], ref="stop-0"))  # after queuing: the batched check at send time sees it
     runtime = SendRuntime(app)
     runtime.dispatch(ids + ids)  # a job repeated: each message is claimed once
-    runtime.pool.shutdown(wait=True)
+    runtime.shutdown()
     assert graph.sent_to() == {u: 1 for u in users[1:]}
     assert [outbox.get(i).state for i in ids] == [MessageState.BLOCKED] + [MessageState.SENT] * 29
     assert outbox.get(ids[0]).reason == "opted_out"
