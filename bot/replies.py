@@ -20,7 +20,7 @@ class Reply(str, enum.Enum):
 
 
 # The replies that can be the first a user ever gets: each must say how to stop (R9).
-TELLS_HOW_TO_STOP = (Reply.WELCOME, Reply.START_CONFIRMATION, Reply.HELP, Reply.POSSIBLE_OPT_OUT, Reply.MARKETING_STOP_CONFIRMATION)
+TELLS_HOW_TO_STOP = (Reply.WELCOME, Reply.START_CONFIRMATION, Reply.HELP, Reply.POSSIBLE_OPT_OUT)
 
 
 class ReplyTextError(ValueError):

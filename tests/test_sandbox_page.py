@@ -28,9 +28,10 @@ def test_a_person_chats_with_the_bot_on_the_sandbox_page(tmp_path, redis_url, br
         page.get_by_role("button", name="Stop promotions").click()  # a quick-reply tap
         expect(page.locator("#marketing")).to_have_text("opted_out")
         expect(page.locator(".msg.in .label").last).to_have_text("Quick reply")
+        expect(bot_messages.nth(1)).to_contain_text("You will get no more offers from Acme Bakery")
 
         page.get_by_role("button", name="STOP", exact=True).click()
-        expect(bot_messages.nth(1)).to_contain_text("You are unsubscribed from Acme Bakery")
+        expect(bot_messages.nth(2)).to_contain_text("You are unsubscribed from Acme Bakery")
         expect(page.locator("#state")).to_have_text("opted_out")
         expect(page.locator("#history li")).to_have_count(4)  # implicit, notice given, marketing opt-out, opt-out
         expect(page.locator("#history li").first).to_contain_text(re.compile(r"opt_out · all · whatsapp_keyword"))
