@@ -3,9 +3,9 @@
 POST checks `X-Hub-Signature-256` over the raw bytes (constant-time), parses every event of
 the batch and hands each to its handler, all of them in one transaction shared with the
 POSTs that arrived at the same moment (`handlers.dispatch`). It answers 200 only once that
-transaction has committed, so every consent-affecting event is
-recorded; if the database or Redis fails it answers 503, Meta retries, and the idempotent
-handlers finish what was left without doubling anything.
+transaction has committed, so every consent-affecting event is recorded; if the database or
+Redis fails it answers 503, Meta retries, and the idempotent handlers finish what was left
+without doubling anything.
 """
 from __future__ import annotations
 
