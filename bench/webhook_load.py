@@ -568,7 +568,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="open-loop seconds; the closed loop runs 2/3 of it")
     parser.add_argument("--concurrency", type=int, default=32, help="connections in the closed loop")
     options = parser.parse_args()
-    durations = Durations(0.5, 3, 3) if options.quick else Durations(2, options.seconds, options.seconds * 2 / 3)
+    durations = Durations(2, 3, 3) if options.quick else Durations(2, options.seconds, options.seconds * 2 / 3)
     logs = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
     print(
         f"gunicorn, {WORKERS} {SERVING['worker_class']} workers with {SERVING['threads']} threads; open loop {durations.open_loop:g} s at {RATE} events/s, closed loop "
