@@ -26,7 +26,6 @@ from bot.phone import InvalidNumber, normalize_wa_id
 from bot.policy import Decision, ImplicitCoverage, MessageKind, Refusal, decide
 
 
-
 class QueueName(str, enum.Enum):
     REPLIES = "replies"  # answers to users: small, latency matters
     BULK = "bulk"  # campaigns and staff sends
@@ -97,7 +96,6 @@ class StoredMessage:
 
 
 Enqueue = Callable[[QueueName, list[str]], None]
-
 
 
 class Outbox:
@@ -239,6 +237,10 @@ class Outbox:
         """Record several sends in one transaction: (message id, Meta's message id, consent event id)."""
         now = self.clock()
         with self._writer.begin() as conn:
+            if conn.dialect.name == "postgresql":  # one statement, however many sends
+                rows = [{"id": message_id, "meta_id": meta_id, "consent_event_id": event_id} for message_id, meta_id, event_id in sends]
+                conn.execute(_MARK_ALL_SENT, {"rows": json.dumps(rows), "ids": [row["id"] for row in rows], "now": now})
+                return
             conn.execute(_MARK_SENT, [
                 {"message_id": message_id, "meta_id": meta_id, "consent_event_id": consent_event_id, "now": now}
                 for message_id, meta_id, consent_event_id in sends
@@ -364,6 +366,14 @@ _CLAIM = (
     .values(lease_until=sa.bindparam("until"), attempts=messages.c.attempts + 1, updated_at=sa.bindparam("now"))
     .returning(*messages.c)
 )
+
+
+def _json_records(name: str, *columns: sa.ColumnClause) -> sa.TableValuedAlias:
+    """PostgreSQL: rows sent as one JSON array in the parameter `rows`, so the statement stays prepared."""
+    rows = sa.cast(sa.bindparam("rows", type_=sa.Text), postgresql.JSON)
+    return sa.func.json_to_recordset(rows).table_valued(*columns).render_derived(name=name, with_types=True)
+
+
 _MARK_SENT = (
     messages.update()
     .where(messages.c.id == sa.bindparam("message_id"))
@@ -373,6 +383,18 @@ _MARK_SENT = (
     )
 )
 
+_SENDS = _json_records("sends", sa.column("id", sa.String), sa.column("meta_id", sa.String), sa.column("consent_event_id", sa.String))
+_MARK_ALL_SENT = (
+    messages.update()
+    .where(
+        messages.c.id == _SENDS.c.id,
+        messages.c.id == sa.any_(sa.cast(sa.bindparam("ids"), postgresql.ARRAY(sa.String))),  # the index, not a scan
+    )
+    .values(
+        state=MessageState.SENT.value, meta_message_id=_SENDS.c.meta_id, consent_event_id=_SENDS.c.consent_event_id,
+        sent_at=sa.bindparam("now"), updated_at=sa.bindparam("now"), lease_until=None, error_code=None, error_detail=None,
+    )
+)
 
 _BY_KEY = sa.select(messages.c.idempotency_key, messages.c.id, messages.c.state, messages.c.reason).where(
     messages.c.idempotency_key == sa.bindparam("key")
@@ -418,12 +440,8 @@ _APPLY_STATUS = (
 # PostgreSQL applies a group of statuses (one per message) in one statement: the messages they
 # move on are locked in Meta id order and updated; statuses of messages not known yet are kept.
 _META_IDS = sa.any_(sa.cast(sa.bindparam("meta_ids"), postgresql.ARRAY(sa.String)))  # lets the plan use the index, not a scan
-_INCOMING = (
-    sa.func.json_to_recordset(sa.cast(sa.bindparam("rows", type_=sa.Text), postgresql.JSON))
-    .table_valued(
-        sa.column("meta_id", sa.String), sa.column("status", sa.String), sa.column("code", sa.Integer), sa.column("allowed", sa.String)
-    )
-    .render_derived(name="incoming", with_types=True)
+_INCOMING = _json_records(
+    "incoming", sa.column("meta_id", sa.String), sa.column("status", sa.String), sa.column("code", sa.Integer), sa.column("allowed", sa.String)
 )
 _LOCKED = (
     sa.select(messages.c.id, _INCOMING.c.status, _INCOMING.c.code)
