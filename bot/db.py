@@ -193,6 +193,18 @@ def json_rows(table: sa.Table) -> sa.TableValuedAlias:
     )
 
 
+def json_records(name: str, *columns: sa.ColumnClause) -> sa.TableValuedAlias:
+    """PostgreSQL: like `json_rows`, for rows that are not a table's (typed `columns`)."""
+    rows = sa.cast(sa.bindparam("rows", type_=sa.Text), postgresql.JSON)
+    return sa.func.json_to_recordset(rows).table_valued(*columns).render_derived(name=name, with_types=True)
+
+
+def string_array(name: str) -> sa.Cast:
+    """PostgreSQL: a list of strings as one array parameter, so that `= ANY(...)` stays one
+    prepared statement whatever the list's length, and its plan can use an index."""
+    return sa.cast(sa.bindparam(name), postgresql.ARRAY(sa.String))
+
+
 def as_json_rows(rows: list[dict]) -> str:
     """Rows for `json_rows`: times in ISO 8601, non-ASCII escaped."""
     return json.dumps(rows, default=_iso_time)

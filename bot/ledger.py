@@ -36,7 +36,7 @@ from bot.consent import (
     session_opened,
     state_from_fold,
 )
-from bot.db import GENESIS_HASH, WriteConflict, as_json_rows, consent_events, contacts, json_rows, ledger_head, reading, writer
+from bot.db import GENESIS_HASH, WriteConflict, as_json_rows, consent_events, contacts, json_rows, ledger_head, reading, string_array, writer
 from bot.phone import InvalidNumber, normalize_wa_id
 
 
@@ -101,7 +101,7 @@ _BY_SOURCE_REFS = sa.select(consent_events).where(consent_events.c.source_ref.in
 # the events (as JSON, so the statement never changes and stays prepared) and moves the
 # head, but only if every one of them was added. A source_ref committed by another transaction
 # while this one waited for the head can escape the first look: then nothing moves (WriteConflict).
-_ANY_REF = sa.any_(sa.cast(sa.bindparam("refs"), postgresql.ARRAY(sa.String)))
+_ANY_REF = sa.any_(string_array("refs"))
 _HEAD_AND_TAKEN = (
     sa.select(
         ledger_head.c.seq, ledger_head.c.hash,
@@ -162,7 +162,7 @@ _LOCK_CONTACT = _LAST_INBOUND.with_for_update()
 # PostgreSQL creates and locks any number of contacts in two statements: the missing ones are
 # inserted (in wa_id order; a row another transaction is inserting is waited for), then the
 # others are locked, also in wa_id order.
-_WA_IDS = sa.cast(sa.bindparam("wa_ids"), postgresql.ARRAY(sa.String))
+_WA_IDS = string_array("wa_ids")
 _NEW_CONTACTS = (
     sa.func.unnest(_WA_IDS, sa.cast(sa.bindparam("ats"), postgresql.ARRAY(contacts.c.last_inbound_at.type)))
     .table_valued("wa_id", "at")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import itertools
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from bot.db import as_json_rows, campaigns, early_statuses, json_rows, one_statement, outbound_messages as messages, reading, writer
+from bot.db import as_json_rows, campaigns, early_statuses, json_records, json_rows, one_statement, outbound_messages as messages, reading, string_array, writer
 from bot.consent import ConsentState
 from bot.ledger import Ledger, utc_now
 from bot.phone import InvalidNumber, normalize_wa_id
@@ -239,7 +240,7 @@ class Outbox:
         with self._writer.begin() as conn:
             if conn.dialect.name == "postgresql":  # one statement, however many sends
                 rows = [{"id": message_id, "meta_id": meta_id, "consent_event_id": event_id} for message_id, meta_id, event_id in sends]
-                conn.execute(_MARK_ALL_SENT, {"rows": json.dumps(rows), "ids": [row["id"] for row in rows], "now": now})
+                conn.execute(_MARK_ALL_SENT, {"rows": as_json_rows(rows), "ids": [row["id"] for row in rows], "now": now})
                 return
             conn.execute(_MARK_SENT, [
                 {"message_id": message_id, "meta_id": meta_id, "consent_event_id": consent_event_id, "now": now}
@@ -274,18 +275,16 @@ class Outbox:
         ordered = sorted(statuses, key=lambda triple: (triple[0], _RANK[triple[1]]))
         now = self.clock()
         if conn.dialect.name == "postgresql":  # one statement per status of a message, mostly just one
-            rounds: list[list[dict]] = []
-            previous, depth = None, 0
-            for meta_id, status, code in ordered:
-                depth = depth + 1 if meta_id == previous else 0
-                previous = meta_id
-                if depth == len(rounds):
-                    rounds.append([])
-                rounds[depth].append({"meta_id": meta_id, "status": status, "code": code, "allowed": ",".join(_EARLIER[status])})
-            return sum(
-                conn.execute(_APPLY_STATUSES, {"rows": json.dumps(batch), "meta_ids": [row["meta_id"] for row in batch], "now": now}).one()[0]
-                for batch in rounds
-            )
+            by_message = [list(group) for _, group in itertools.groupby(ordered, key=lambda triple: triple[0])]
+            changed = 0
+            for depth in range(max(map(len, by_message), default=0)):
+                rows = [
+                    {"meta_id": meta_id, "status": status, "code": code, "allowed": ",".join(_EARLIER[status])}
+                    for meta_id, status, code in (statuses[depth] for statuses in by_message if len(statuses) > depth)
+                ]
+                values = {"rows": as_json_rows(rows), "meta_ids": [row["meta_id"] for row in rows], "now": now}
+                changed += conn.execute(_APPLY_STATUSES, values).one()[0]
+            return changed
         changed = 0
         for meta_id, status, code in ordered:
             values = {"meta_id": meta_id, "status": status, "earlier": list(_EARLIER[status]), "code": code, "now": now}
@@ -368,12 +367,6 @@ _CLAIM = (
 )
 
 
-def _json_records(name: str, *columns: sa.ColumnClause) -> sa.TableValuedAlias:
-    """PostgreSQL: rows sent as one JSON array in the parameter `rows`, so the statement stays prepared."""
-    rows = sa.cast(sa.bindparam("rows", type_=sa.Text), postgresql.JSON)
-    return sa.func.json_to_recordset(rows).table_valued(*columns).render_derived(name=name, with_types=True)
-
-
 _MARK_SENT = (
     messages.update()
     .where(messages.c.id == sa.bindparam("message_id"))
@@ -383,12 +376,12 @@ _MARK_SENT = (
     )
 )
 
-_SENDS = _json_records("sends", sa.column("id", sa.String), sa.column("meta_id", sa.String), sa.column("consent_event_id", sa.String))
+_SENDS = json_records("sends", sa.column("id", sa.String), sa.column("meta_id", sa.String), sa.column("consent_event_id", sa.String))
 _MARK_ALL_SENT = (
     messages.update()
     .where(
         messages.c.id == _SENDS.c.id,
-        messages.c.id == sa.any_(sa.cast(sa.bindparam("ids"), postgresql.ARRAY(sa.String))),  # the index, not a scan
+        messages.c.id == sa.any_(string_array("ids")),  # the index, not a scan
     )
     .values(
         state=MessageState.SENT.value, meta_message_id=_SENDS.c.meta_id, consent_event_id=_SENDS.c.consent_event_id,
@@ -439,8 +432,8 @@ _APPLY_STATUS = (
 
 # PostgreSQL applies a group of statuses (one per message) in one statement: the messages they
 # move on are locked in Meta id order and updated; statuses of messages not known yet are kept.
-_META_IDS = sa.any_(sa.cast(sa.bindparam("meta_ids"), postgresql.ARRAY(sa.String)))  # lets the plan use the index, not a scan
-_INCOMING = _json_records(
+_META_IDS = sa.any_(string_array("meta_ids"))  # lets the plan use the index, not a scan
+_INCOMING = json_records(
     "incoming", sa.column("meta_id", sa.String), sa.column("status", sa.String), sa.column("code", sa.Integer), sa.column("allowed", sa.String)
 )
 _LOCKED = (
