@@ -30,8 +30,8 @@ from bot.sender import LATE_SLOT, Outcome, Sender, Sent
 
 log = logging.getLogger(__name__)
 
-DECIDE_WINDOW = 0.03  # seconds: a wave's consent check covers the slots this close
-DECIDE_LEAD = 0.01  # seconds before its first slot that a wave is checked: the query's time, and a busy CPU's
+DECIDE_WINDOW = 0.01  # seconds: a wave's consent check covers the slots this close (a STOP recorded later is not seen)
+DECIDE_LEAD = 0.005  # seconds before its first slot that a wave is checked: the query's time, and a busy CPU's
 RECORD_EVERY = 0.02  # seconds a finished call may wait for its record: the calls ending meanwhile share it
 POLL = 0.01  # seconds between looks at the call threads while messages wait for one of them
 
