@@ -2,8 +2,8 @@
 
 It starts `gunicorn wsgi:app` with 2 workers as gunicorn.conf.py sets them (threaded) on a free 127.0.0.1 port (PostgreSQL schema
 `bench_webhook` of the database `test` ($BENCH_POSTGRES_SCHEMA), Redis database 12 ($BENCH_REDIS_URL),
-both emptied first; no RQ worker, so
-queued replies just wait), then drives it from a separate load-generator process with a mix
+both emptied first, then given the history of 100,000 earlier users (`with_history`); no RQ
+worker, so queued replies just wait), then drives it from a separate load-generator process with a mix
 of bodies in the shapes of tests/fixtures/payloads: mostly new users saying hello (a new wa_id
 1555... and message id each), STOPs from users seen before, STARTs from users who stopped,
 delivered / read statuses for message ids the bot never sent, and batches of several messages
@@ -71,7 +71,7 @@ import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from bot.consent import Action, Scope  # noqa: E402
-from bot.db import consent_events  # noqa: E402
+from bot.db import consent_events, init_schema  # noqa: E402
 from tests.local_services import free_port, fresh_postgres_schema, stop_group, wait_healthy  # noqa: E402
 
 SCHEMA = os.environ.get("BENCH_POSTGRES_SCHEMA", "bench_webhook")
@@ -100,6 +100,7 @@ STOP_WORDS = {"stop", "रोकें"}
 START_WORDS = {"start"}
 # A STOP or START comes from a user whose hello was at least this many senders ago (already answered).
 SEEN_LAG = 50
+PAST_USERS = 100_000  # users the bot served before the bench (with_history)
 
 PYWA_VENV = Path(os.environ.get("PYWA_VENV", ROOT / ".venv-pywa"))
 PYWA_PACKAGES = ("pywa[flask]==4.5.0", "gunicorn==27.0.1")
@@ -460,12 +461,45 @@ def postgres_cpu(database_url: str) -> float:
 
 
 def reset_stores() -> str:
-    """Empty the bench's PostgreSQL schema and Redis database; return the database URL."""
+    """Empty the bench's PostgreSQL schema and Redis database, then give the bot a history
+    (`with_history`); return the database URL."""
     database_url = fresh_postgres_schema(SCHEMA)
     connection = redis.Redis.from_url(REDIS_URL)
     connection.flushdb()
     connection.close()
+    with_history(database_url, PAST_USERS)
     return database_url
+
+
+def with_history(database_url: str, users: int) -> None:
+    """Tables as after some days of service: `users` earlier users, each with a session opened
+    and the opt-out notice given in the ledger and a delivered welcome, then the planner's
+    statistics as autovacuum keeps them. An empty table with none makes PostgreSQL scan where
+    a bot in service uses its indexes, and skews its CPU per event. Chain hashes are filler:
+    the bench does not verify the chain."""
+    engine = sa.create_engine(database_url)
+    init_schema(engine)
+    day_ago = "now() - interval '1 day'"
+    with engine.begin() as conn:
+        for statement in (
+            f"INSERT INTO contacts (wa_id, last_inbound_at) SELECT '1777' || lpad(i::text, 7, '0'), {day_ago} FROM generate_series(1, {users}) i",
+            "INSERT INTO consent_events (seq, event_id, wa_id, action, scope, basis, channel, evidence, source_ref,"
+            " occurred_at, recorded_at, recorded_by, prev_hash, hash)"
+            " SELECT 2 * i - 1 + k, gen_random_uuid(), '1777' || lpad(i::text, 7, '0'),"
+            " (ARRAY['implicit', 'opt_out_notice_given'])[k + 1], 'all', (ARRAY['implicit', NULL])[k + 1], 'whatsapp_session',"
+            " '{\"message_id\":\"wamid.past-' || i || '\"}', (ARRAY['implicit:', 'notice:'])[k + 1] || 'wamid.past-' || i,"
+            f" {day_ago}, {day_ago}, 'webhook', repeat('0', 64), md5(i::text || k) || md5(k || i::text)"
+            f" FROM generate_series(1, {users}) i, generate_series(0, 1) k",
+            f"UPDATE ledger_head SET seq = {2 * users}, hash = repeat('0', 64)",
+            "INSERT INTO outbound_messages (id, idempotency_key, wa_id, kind, content, queue, state, meta_message_id, attempts,"
+            " requested_by, created_at, updated_at, sent_at)"
+            " SELECT gen_random_uuid(), 'welcome:wamid.past-' || i, '1777' || lpad(i::text, 7, '0'), 'free_form',"
+            f" '{{\"text\": \"Welcome\"}}', 'replies', 'delivered', 'wamid.out-past-' || i, 1, 'webhook', {day_ago}, {day_ago}, {day_ago}"
+            f" FROM generate_series(1, {users}) i",
+            "ANALYZE",
+        ):
+            conn.exec_driver_sql(statement)
+    engine.dispose()
 
 
 def ledger_stops(database_url: str) -> int:
