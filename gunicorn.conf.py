@@ -9,5 +9,5 @@ import os
 
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", "8"))
+threads = int(os.environ.get("WEB_THREADS", "32"))
 logger_class = "bot.access_log.MaskedAccessLogger"  # phone numbers in request lines are masked
