@@ -35,8 +35,6 @@ class Intake:
         self.conn, self.ledger, self.outbox, self.careful = conn, ledger, outbox, careful
         self.now = ledger.clock()
         self._last_inbound: dict[str, datetime | None] = {}
-        self._created: set[str] = set()  # contacts created here hold their latest time already
-        self._moved: dict[str, datetime] = {}
         self._events: dict[str, list] = {}  # per locked user: stored rows, then the rows this POST adds
         self._drafts: list[dict] = []
         self._messages: list[dict] = []
@@ -45,25 +43,22 @@ class Intake:
         self._statuses: list[tuple[str, str, int | None]] = []
 
     def lock_contacts(self, inbound: Iterable[tuple[str, datetime]]) -> None:
-        """Lock (or create) the contacts of these (sender, sent at) pairs and read their events."""
+        """Lock (or create) the contacts of these (sender, sent at) pairs, note their latest
+        inbound times, and read their events."""
         latest: dict[str, datetime] = {}
         for wa_id, at in inbound:
             at = self._clamp(at)
             latest[wa_id] = max(at, latest.get(wa_id, at))
         if not latest:
             return
-        previous = self.ledger.lock_contacts(self.conn, latest)
-        self._last_inbound.update(previous)
-        self._created.update(wa_id for wa_id, at in previous.items() if at is None)
+        self._last_inbound.update(self.ledger.note_inbound(self.conn, latest))
         self._events.update(self.ledger.rows_of(self.conn, latest))
 
     def inbound(self, wa_id: str, message_id: str, sent_at: datetime, recorded_by: str) -> None:
-        """Note a message from a locked user; when it opens a session, record implicit consent (R6)."""
+        """A message from a locked user; when it opens a session, record implicit consent (R6)."""
         at, previous = self._clamp(sent_at), self._last_inbound[wa_id]
         if previous is None or at > previous:
             self._last_inbound[wa_id] = at
-            if wa_id not in self._created:
-                self._moved[wa_id] = at
         draft = session_opened(wa_id, message_id, at, previous, recorded_by)
         if draft is not None:
             self.record(draft)
@@ -104,8 +99,6 @@ class Intake:
 
     def finish(self) -> dict[QueueName, list[str]]:
         """Write what was gathered; return the message ids to queue once the transaction commits."""
-        if self._moved:
-            self.ledger.move_last_inbound(self.conn, self._moved)
         if self._statuses:
             self.outbox.apply_statuses_in(self.conn, self._statuses)
         if self._messages and len(self.outbox.store_new(self.conn, self._messages)) < len(self._messages):

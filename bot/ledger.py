@@ -152,6 +152,7 @@ _EVENTS_OF = (
     .where(consent_events.c.wa_id.in_(sa.bindparam("wa_ids", expanding=True)))
     .order_by(consent_events.c.seq)
 )
+_EVENTS_OF_ANY = sa.select(consent_events).where(consent_events.c.wa_id == sa.any_(string_array("wa_ids"))).order_by(consent_events.c.seq)
 _CREATE_CONTACT = (  # SQLite, one at a time
     sqlite.insert(contacts)
     .values(wa_id=sa.bindparam("wa_id"), last_inbound_at=sa.bindparam("at"))
@@ -159,9 +160,12 @@ _CREATE_CONTACT = (  # SQLite, one at a time
     .returning(contacts.c.wa_id)
 )
 _LOCK_CONTACT = _LAST_INBOUND.with_for_update()
-# PostgreSQL creates and locks any number of contacts in two statements: the missing ones are
+_MOVE_LAST_INBOUND = (
+    contacts.update().where(contacts.c.wa_id == sa.bindparam("contact")).values(last_inbound_at=sa.bindparam("at"))
+)
+# PostgreSQL notes any number of inbound senders in two statements: the missing contacts are
 # inserted (in wa_id order; a row another transaction is inserting is waited for), then the
-# others are locked, also in wa_id order.
+# others are locked, also in wa_id order, and moved on, their previous times returned.
 _WA_IDS = string_array("wa_ids")
 _NEW_CONTACTS = (
     sa.func.unnest(_WA_IDS, sa.cast(sa.bindparam("ats"), postgresql.ARRAY(contacts.c.last_inbound_at.type)))
@@ -174,14 +178,18 @@ _CREATE_CONTACTS = (
     .on_conflict_do_nothing(index_elements=["wa_id"])
     .returning(contacts.c.wa_id)
 )
-_LOCK_CONTACTS = (
-    sa.select(contacts.c.wa_id, contacts.c.last_inbound_at)
-    .where(contacts.c.wa_id == sa.any_(_WA_IDS))
+_LOCKED = (
+    sa.select(contacts.c.wa_id, contacts.c.last_inbound_at.label("previous"), _NEW_CONTACTS.c.at)
+    .join_from(contacts, _NEW_CONTACTS, contacts.c.wa_id == _NEW_CONTACTS.c.wa_id)
     .order_by(contacts.c.wa_id)
-    .with_for_update()
+    .with_for_update(of=contacts)
+    .subquery("locked")
 )
-_MOVE_LAST_INBOUND = (
-    contacts.update().where(contacts.c.wa_id == sa.bindparam("contact")).values(last_inbound_at=sa.bindparam("at"))
+_LOCK_AND_MOVE_CONTACTS = (
+    contacts.update()
+    .where(contacts.c.wa_id == _LOCKED.c.wa_id)
+    .values(last_inbound_at=sa.func.greatest(contacts.c.last_inbound_at, _LOCKED.c.at))
+    .returning(contacts.c.wa_id, _LOCKED.c.previous)
 )
 
 
@@ -231,17 +239,16 @@ class Ledger:
         wa_id = _valid_wa_id(wa_id)
         at = as_utc(at)
         with self._writer.begin() as conn:
-            previous = self.lock_contacts(conn, {wa_id: at})[wa_id]
-            if previous is not None and at > previous:
-                self.move_last_inbound(conn, {wa_id: at})
+            previous = self.note_inbound(conn, {wa_id: at})[wa_id]
             draft = session_opened(wa_id, message_id, at, previous, "webhook")
             return self.extend_chain(conn, [self.prepare(draft)])[0] if draft else None
 
     # -- the parts of a write, for a caller's own transaction ------------------------------
 
-    def lock_contacts(self, conn: Connection, latest: dict[str, datetime]) -> dict[str, datetime | None]:
-        """Create or lock these users' contact rows until the transaction ends; return each
-        one's previous last-inbound time (None for a contact created here, which holds `latest`).
+    def note_inbound(self, conn: Connection, latest: dict[str, datetime]) -> dict[str, datetime | None]:
+        """Lock (or create) these users' contact rows until the transaction ends and move their
+        last-inbound times on to `latest` where it is later; return each one's previous time
+        (None for a contact created here).
 
         Rows are taken in wa_id order, so two transactions locking overlapping users cannot
         deadlock; holding them serialises everything done for one user.
@@ -252,24 +259,25 @@ class Ledger:
             previous: dict[str, datetime | None] = dict.fromkeys(created)
             others = [wa_id for wa_id in wa_ids if wa_id not in previous]
             if others:
-                previous.update((wa_id, as_utc(at)) for wa_id, at in conn.execute(_LOCK_CONTACTS, {"wa_ids": others}))
+                moved = conn.execute(_LOCK_AND_MOVE_CONTACTS, {"wa_ids": others, "ats": [as_utc(latest[w]) for w in others]})
+                previous.update((wa_id, as_utc(at)) for wa_id, at in moved)
             return previous
         previous = {}
         for wa_id in sorted(latest):
-            if conn.execute(_CREATE_CONTACT, {"wa_id": wa_id, "at": as_utc(latest[wa_id])}).first() is not None:
+            at = as_utc(latest[wa_id])
+            if conn.execute(_CREATE_CONTACT, {"wa_id": wa_id, "at": at}).first() is not None:
                 previous[wa_id] = None
-            else:
-                previous[wa_id] = as_utc(conn.execute(_LOCK_CONTACT, {"wa_id": wa_id}).scalar_one())
+                continue
+            previous[wa_id] = as_utc(conn.execute(_LOCK_CONTACT, {"wa_id": wa_id}).scalar_one())
+            if at > previous[wa_id]:
+                conn.execute(_MOVE_LAST_INBOUND, {"contact": wa_id, "at": at})
         return previous
-
-    def move_last_inbound(self, conn: Connection, latest: dict[str, datetime]) -> None:
-        """Set users' last-inbound times (their rows locked by `lock_contacts`)."""
-        conn.execute(_MOVE_LAST_INBOUND, [{"contact": wa_id, "at": at} for wa_id, at in latest.items()])
 
     def rows_of(self, conn: Connection, wa_ids: Iterable[str]) -> dict[str, list[sa.RowMapping]]:
         """These users' stored events, oldest first, in one query."""
         found: dict[str, list[sa.RowMapping]] = {wa_id: [] for wa_id in wa_ids}
-        for row in conn.execute(_EVENTS_OF, {"wa_ids": list(found)}).mappings():
+        query = _EVENTS_OF_ANY if conn.dialect.name == "postgresql" else _EVENTS_OF
+        for row in conn.execute(query, {"wa_ids": list(found)}).mappings():
             found[row["wa_id"]].append(row)
         return found
 
