@@ -11,6 +11,7 @@ import redis
 import sqlalchemy as sa
 from dotenv import load_dotenv
 from flask import Flask, jsonify
+from flask.sessions import SessionInterface
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -52,6 +53,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.from_mapping(settings_from_env({}))
         app.config.from_mapping(test_config)
 
+    app.session_interface = _NoSessions()
     app.config["DATABASE_URL"] = app.config["DATABASE_URL"] or default_database_url()
     app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or _instance_secret(Path(app.instance_path))
     keywords_path = Path(app.config["KEYWORDS_FILE"])
@@ -121,6 +123,17 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.cli.add_command(campaign_cli)
     app.cli.add_command(simulate)  # talks to the sandbox over HTTP; refuses when WHATSAPP_TOKEN is set
     return app
+
+
+class _NoSessions(SessionInterface):
+    """The bot keeps no Flask session (the pages sign their own form tokens). Flask's cookie
+    session would build a signing serializer for every request, every webhook POST included."""
+
+    def open_session(self, app: Flask, request):
+        return self.make_null_session(app)
+
+    def save_session(self, app: Flask, session, response) -> None:
+        pass
 
 
 def _instance_secret(instance: Path) -> str:

@@ -37,9 +37,17 @@ class Replies:
         self._env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(self.directory), undefined=jinja2.StrictUndefined, autoescape=False
         )
+        self._rendered: dict[tuple[Reply, str], str] = {}
 
     def render(self, reply: Reply, language: str) -> str:
-        """The text of `reply` in `language` (one of the keyword file's languages)."""
+        """The text of `reply` in `language` (one of the keyword file's languages). Texts are
+        read at start, like the keyword file: each is rendered once, not for every reply."""
+        key = (reply, language)
+        if key not in self._rendered:
+            self._rendered[key] = self._render(reply, language)
+        return self._rendered[key]
+
+    def _render(self, reply: Reply, language: str) -> str:
         words = {intent: self.keywords.words(language, intent)[0] for intent in (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP)}
         try:
             template = self._env.get_template(f"{language}/{reply.value}.txt")
