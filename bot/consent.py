@@ -207,8 +207,17 @@ def derive_state(
 def state_from_fold(
     wa_id: str, folded: Fold, event_at: Callable[[int], ConsentEvent], last_inbound_at: datetime | None
 ) -> ConsentState:
-    """Build the state, turning only the few positions the fold kept into events."""
-    pick = lambda position: None if position is None else event_at(position)  # noqa: E731
+    """Build the state, turning only the few positions the fold kept into events, each once
+    (the session that gave implicit consent is often the event behind the state too)."""
+    events: dict[int, ConsentEvent] = {}
+
+    def pick(position: int | None) -> ConsentEvent | None:
+        if position is None:
+            return None
+        if position not in events:
+            events[position] = event_at(position)
+        return events[position]
+
     return ConsentState(
         wa_id, folded.state, folded.marketing, last_inbound_at,
         pick(folded.consent), pick(folded.session), pick(folded.opt_out), pick(folded.notice),

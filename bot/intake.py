@@ -36,6 +36,7 @@ class Intake:
         self.now = ledger.clock()
         self._last_inbound: dict[str, datetime | None] = {}
         self._events: dict[str, list] = {}  # per locked user: stored rows, then the rows this POST adds
+        self._states: dict[str, ConsentState] = {}  # per locked user, until their events or last inbound time change
         self._drafts: list[dict] = []
         self._messages: list[dict] = []
         self._submitted: dict[str, Submission] = {}
@@ -59,13 +60,16 @@ class Intake:
         at, previous = self._clamp(sent_at), self._last_inbound[wa_id]
         if previous is None or at > previous:
             self._last_inbound[wa_id] = at
+            self._states.pop(wa_id, None)
         draft = session_opened(wa_id, message_id, at, previous, recorded_by)
         if draft is not None:
             self.record(draft)
 
     def state(self, wa_id: str) -> ConsentState:
         """A locked user's state, counting what this POST recorded so far."""
-        return state_of(wa_id, self._events[wa_id], self._last_inbound[wa_id])
+        if wa_id not in self._states:
+            self._states[wa_id] = state_of(wa_id, self._events[wa_id], self._last_inbound[wa_id])
+        return self._states[wa_id]
 
     def record(self, draft: EventDraft) -> None:
         """Add a ledger event (written at the end); an event already stored under its source_ref is not added again."""
@@ -75,6 +79,7 @@ class Intake:
             if any(stored["source_ref"] == row["source_ref"] for stored in events):
                 return
             events.append({**row, "seq": 0, "prev_hash": "", "hash": ""})  # its place in the chain comes at the end
+            self._states.pop(row["wa_id"], None)
         self._drafts.append(row)
 
     def submit(self, message: Message, key: str, requested_by: str, queue: QueueName) -> Submission:
@@ -106,7 +111,7 @@ class Intake:
         if self._drafts:
             stored = self.ledger.extend_chain(self.conn, self._drafts)
             for event, row in zip(stored, self._drafts):
-                if event.event_id != row["event_id"] and row["wa_id"] in self._events:
+                if event["event_id"] != row["event_id"] and row["wa_id"] in self._events:
                     raise WriteConflict(f"{row['source_ref']} was recorded by another delivery")
         return self._to_queue
 

@@ -14,7 +14,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -225,10 +225,11 @@ class Ledger:
         rows = [self._prepare(draft, now) for draft in drafts]
         try:
             with self._writer.begin() as conn:
-                return self.extend_chain(conn, rows)
+                stored = self.extend_chain(conn, rows)
         except WriteConflict:  # the other writer's events are committed now: the second look sees them
             with self._writer.begin() as conn:
-                return self.extend_chain(conn, rows)
+                stored = self.extend_chain(conn, rows)
+        return [to_event(row) for row in stored]
 
     def record_inbound(self, wa_id: str, message_id: str, at: datetime) -> ConsentEvent | None:
         """Note an inbound message; when it opens a new session, log implicit consent (R6).
@@ -241,7 +242,7 @@ class Ledger:
         with self._writer.begin() as conn:
             previous = self.note_inbound(conn, {wa_id: at})[wa_id]
             draft = session_opened(wa_id, message_id, at, previous, "webhook")
-            return self.extend_chain(conn, [self.prepare(draft)])[0] if draft else None
+            return to_event(self.extend_chain(conn, [self.prepare(draft)])[0]) if draft else None
 
     # -- the parts of a write, for a caller's own transaction ------------------------------
 
@@ -285,19 +286,19 @@ class Ledger:
         """Check a draft and give it its id and times: a row for `extend_chain`, which adds its place in the chain."""
         return self._prepare(draft, self.clock())
 
-    def extend_chain(self, conn: Connection, rows: list[dict]) -> list[ConsentEvent]:
-        """Append prepared rows after the head, which stays locked until the transaction ends.
+    def extend_chain(self, conn: Connection, rows: list[dict]) -> list[Mapping]:
+        """Append prepared rows after the head, which stays locked until the transaction ends;
+        return the stored rows, one per given row (`to_event` makes events of them).
 
-        A row whose source_ref is recorded already is not added: the stored event stands in for it.
+        A row whose source_ref is recorded already is not added: the stored one stands in for it.
         """
         if conn.dialect.name != "postgresql":
             return self._extend_row_by_row(conn, rows)
         refs = [row["source_ref"] for row in rows]
         seq, prev_hash, taken = conn.execute(_HEAD_AND_TAKEN, {"refs": refs}).one()
-        stored: dict[str, ConsentEvent] = {}
+        stored: dict[str, Mapping] = {}
         if taken:
-            found = conn.execute(_BY_SOURCE_REFS, {"refs": taken}).mappings()
-            stored.update((row["source_ref"], to_event(row)) for row in found)
+            stored.update((row["source_ref"], row) for row in conn.execute(_BY_SOURCE_REFS, {"refs": taken}).mappings())
         added: list[dict] = []
         for row in rows:
             if row["source_ref"] in stored:
@@ -306,7 +307,7 @@ class Ledger:
             row = {**row, "seq": seq + 1, "prev_hash": prev_hash}
             row["hash"] = event_hash(row)
             seq, prev_hash = row["seq"], row["hash"]
-            stored[row["source_ref"]] = to_event(row)
+            stored[row["source_ref"]] = row
             added.append(row)
         if added:
             values = {"rows": as_json_rows(added), "count": len(added), "new_seq": seq, "new_hash": prev_hash}
@@ -315,21 +316,21 @@ class Ledger:
                 raise WriteConflict("a source_ref was recorded by another transaction meanwhile")
         return [stored[ref] for ref in refs]
 
-    def _extend_row_by_row(self, conn: Connection, rows: list[dict]) -> list[ConsentEvent]:
+    def _extend_row_by_row(self, conn: Connection, rows: list[dict]) -> list[Mapping]:
         """SQLite: writers hold the database's write lock throughout, so no other can interleave."""
         head = conn.execute(_HEAD_FOR_UPDATE).one()
         seq, prev_hash = head.seq, head.hash
-        stored: list[ConsentEvent] = []
+        stored: list[Mapping] = []
         for row in rows:
             row = {**row, "seq": seq + 1, "prev_hash": prev_hash}
             row["hash"] = event_hash(row)
             if conn.execute(_INSERT_IF_NEW, row).first() is None:  # this source_ref is recorded already
-                existing = self._by_source_ref(conn, row["source_ref"])
+                existing = conn.execute(_BY_SOURCE_REF, {"ref": row["source_ref"]}).mappings().one()
                 _check_same_event(existing, row)
                 stored.append(existing)
                 continue
             seq, prev_hash = row["seq"], row["hash"]
-            stored.append(to_event(row))
+            stored.append(row)
         if seq != head.seq:
             conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev_hash})
         return stored
@@ -358,11 +359,6 @@ class Ledger:
             "recorded_at": now,
             "recorded_by": draft.recorded_by,
         }
-
-    @staticmethod
-    def _by_source_ref(conn: Connection, source_ref: str) -> ConsentEvent | None:
-        row = conn.execute(_BY_SOURCE_REF, {"ref": source_ref}).mappings().first()
-        return to_event(row) if row else None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -496,6 +492,6 @@ def _valid_wa_id(wa_id: str) -> str:
     return wa_id
 
 
-def _check_same_event(existing: ConsentEvent, row: dict) -> None:
-    if (existing.wa_id, existing.action.value, existing.scope.value) != (row["wa_id"], row["action"], row["scope"]):
+def _check_same_event(existing: Mapping, row: dict) -> None:
+    if (existing["wa_id"], existing["action"], existing["scope"]) != (row["wa_id"], row["action"], row["scope"]):
         raise SourceRefConflict(f"source_ref {row['source_ref']!r} was already used for a different event")
