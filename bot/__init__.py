@@ -22,6 +22,7 @@ from bot.cloud_api import CloudApi
 from bot.keywords import KeywordFileError, load_keywords
 from bot.ledger import Ledger
 from bot.limiter import RateLimiter
+from bot.opt_out_marks import OptOutMarks
 from bot.outbox import Outbox
 from bot.policy import ImplicitCoverage
 from bot.queues import enqueuer, make_queues
@@ -70,10 +71,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         location = engine.url.render_as_string(hide_password=True)
         raise ConfigError(f"cannot open the ledger database {location}: {str(error.orig).strip().splitlines()[0]}") from None
 
-    ledger = Ledger(engine)
     connection = redis.Redis.from_url(
         app.config["REDIS_URL"], socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
     )
+    opt_out_marks = OptOutMarks(connection)
+    ledger = Ledger(engine, opted_out=opt_out_marks.mark)
     coverage = ImplicitCoverage(
         utility=app.config["IMPLICIT_CONSENT_COVERS_UTILITY"],
         authentication=app.config["IMPLICIT_CONSENT_COVERS_AUTHENTICATION"],
@@ -83,6 +85,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         replies=replies,
         ledger=ledger,
         redis=connection,
+        opt_out_marks=opt_out_marks,
         outbox=Outbox(
             engine, ledger, enqueuer(make_queues(connection)), coverage,
             lease=timedelta(seconds=app.config["SEND_LEASE_SECONDS"]),

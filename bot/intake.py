@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from bot.consent import ConsentState, EventDraft, session_opened
+from bot.consent import Action, ConsentState, EventDraft, session_opened
 from bot.db import WriteConflict, writer
 from bot.ledger import Ledger, as_utc, state_of
 from bot.outbox import Message, Outbox, QueueName, Submission, submitted
@@ -42,6 +42,7 @@ class Intake:
         self._submitted: dict[str, Submission] = {}
         self._to_queue: dict[QueueName, list[str]] = {}
         self._statuses: list[tuple[str, str, int | None]] = []
+        self.opted_out: set[str] = set()  # users with an opt-out in this POST, new or recorded before
 
     def lock_contacts(self, inbound: Iterable[tuple[str, datetime]]) -> None:
         """Lock (or create) the contacts of these (sender, sent at) pairs, note their latest
@@ -74,6 +75,8 @@ class Intake:
     def record(self, draft: EventDraft) -> None:
         """Add a ledger event (written at the end); an event already stored under its source_ref is not added again."""
         row = self.ledger.prepare(draft)
+        if draft.action is Action.OPT_OUT:
+            self.opted_out.add(row["wa_id"])
         events = self._events.get(row["wa_id"])
         if events is not None:
             if any(stored["source_ref"] == row["source_ref"] for stored in events):
@@ -121,7 +124,8 @@ class Intake:
 
 
 def record(ledger: Ledger, outbox: Outbox, handle: Callable[[Intake], None]) -> None:
-    """Run `handle` on an Intake in one transaction, then queue the replies it allowed.
+    """Run `handle` on an Intake in one transaction, tell the ledger's listener who opted out,
+    then queue the replies it allowed.
 
     After a `WriteConflict` (or a unique key another process took first) it runs once more, looking
     keys up first. A queuing failure after the commit loses nothing: the rows stay queued and
@@ -137,5 +141,6 @@ def record(ledger: Ledger, outbox: Outbox, handle: Callable[[Intake], None]) -> 
         except (WriteConflict, sa.exc.IntegrityError):
             if careful:
                 raise
+    ledger.opted_out(intake.opted_out)  # before the replies and the 200: send threads look there last
     for queue, message_ids in to_queue.items():
         outbox.enqueue(queue, message_ids)

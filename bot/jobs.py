@@ -24,7 +24,7 @@ class SendRuntime:
     def __init__(self, app: Flask):
         self.app = app
         ext, concurrency = app.extensions, app.config["SEND_CONCURRENCY"]
-        self.sender = Sender(ext["outbox"], ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"])
+        self.sender = Sender(ext["outbox"], ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"], ext["opt_out_marks"])
         # Messages are claimed in groups, one statement each; while the dispatcher waits for the
         # loop to free the next group, the loop sends from the group claimed before it. So a
         # process holds at most 1.5 x concurrency leases: each must last its wait in the loop.

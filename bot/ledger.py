@@ -208,10 +208,16 @@ class Verification:
 class Ledger:
     """Records consent events and answers what they add up to. Knows nothing of Flask."""
 
-    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utc_now):
+    def __init__(
+        self, engine: Engine, clock: Callable[[], datetime] = utc_now,
+        opted_out: Callable[[Iterable[str]], None] = lambda wa_ids: None,
+    ):
+        """`opted_out` is told, once a transaction has committed, who opted out in it (any
+        scope, newly or already recorded), before anyone is told so (bot.opt_out_marks)."""
         self.engine = engine
         self._writer = writer(engine)
         self.clock = clock
+        self.opted_out = opted_out
 
     # -- writing -------------------------------------------------------------------------
 
@@ -229,6 +235,7 @@ class Ledger:
         except WriteConflict:  # the other writer's events are committed now: the second look sees them
             with self._writer.begin() as conn:
                 stored = self.extend_chain(conn, rows)
+        self.opted_out({row["wa_id"] for row in stored if row["action"] == Action.OPT_OUT})
         return [to_event(row) for row in stored]
 
     def record_inbound(self, wa_id: str, message_id: str, at: datetime) -> ConsentEvent | None:

@@ -11,8 +11,10 @@ that ended in one transaction every RECORD_EVERY, apart from the conductor so th
 never makes a wave late. A call thread wakes only to take a message, at its slot, and with
 Meta's answer.
 
-Consent is asked at most DECIDE_WINDOW before the call; a call thread that wakes more than
-LATE_SLOT after its slot (a busy CPU) hands the message back for a new slot and a new check.
+Consent is asked at most DECIDE_WINDOW before the call. Right before it, the call thread reads
+its user's opt-out mark (bot.opt_out_marks): if the user opted out since the check, or the
+thread woke more than LATE_SLOT after its slot (a busy CPU), it hands the message back for a new
+slot and a new check.
 """
 from __future__ import annotations
 
@@ -24,13 +26,14 @@ import threading
 import time
 from typing import Callable, Sequence
 
+from bot.opt_out_marks import Mark
 from bot.outbox import StoredMessage
 from bot.policy import Decision
 from bot.sender import LATE_SLOT, Outcome, Sender, Sent
 
 log = logging.getLogger(__name__)
 
-DECIDE_WINDOW = 0.01  # seconds: a wave's consent check covers the slots this close (a STOP recorded later is not seen)
+DECIDE_WINDOW = 0.01  # seconds: a wave's consent check covers the slots this close (a later STOP is seen by its mark)
 DECIDE_LEAD = 0.005  # seconds before its first slot that a wave is checked: the query's time, and a busy CPU's
 RECORD_EVERY = 0.02  # seconds a finished call may wait for its record: the calls ending meanwhile share it
 POLL = 0.01  # seconds between looks at the call threads while messages wait for one of them
@@ -52,7 +55,7 @@ class SendLoop:
         self._results = threading.Condition(lock)  # for the recorder
         # Shared, under the lock:
         self._arrived: list[StoredMessage] = []  # claimed, not yet paced
-        self._returned: list[StoredMessage] = []  # woke too late for their slot: need a new one
+        self._returned: list[StoredMessage] = []  # woke too late for their slot, or their user opted out: need a new one
         self._finished: list[Sent] = []  # accepted by Meta, to record
         self._settled = 0  # calls that ended with their outcome recorded (failures, retries)
         self._busy = 0  # messages handed to call threads and not back
@@ -62,7 +65,7 @@ class SendLoop:
         self._pair_waits: list[Timed] = []  # heap, by when the pair rate lets them go
         self._ready: list[StoredMessage] = []  # may go: waiting for a free call thread
         self._scheduled: list[Timed] = []  # heap, by send slot
-        self._calls: queue.SimpleQueue[tuple[StoredMessage, Decision, float] | None] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[tuple[StoredMessage, Decision, Mark, float] | None] = queue.SimpleQueue()
         self._conductor: threading.Thread | None = None  # the threads start with the first message
         self._callers: list[threading.Thread] = []
         self._recorder: threading.Thread | None = None
@@ -179,8 +182,11 @@ class SendLoop:
             due.append(heapq.heappop(self._scheduled))
 
         def check() -> None:
-            decisions = self._sender.check([message for _, _, message in due])
-            allowed = [(message, decision, slot) for (slot, _, message), decision in zip(due, decisions, strict=True) if decision.allowed]
+            checked = self._sender.check([message for _, _, message in due])
+            allowed = [
+                (message, decision, mark, slot)
+                for (slot, _, message), (decision, mark) in zip(due, checked, strict=True) if decision.allowed
+            ]
             with self._news:
                 self._busy += len(allowed)
             self._leave(len(due) - len(allowed))
@@ -193,9 +199,9 @@ class SendLoop:
 
     def _call_forever(self) -> None:
         while (call := self._calls.get()) is not None:
-            message, decision, slot = call
+            message, decision, mark, slot = call
             time.sleep(max(0.0, slot - time.monotonic()))
-            if time.monotonic() - slot > LATE_SLOT:
+            if not self._sender.unchanged(message, mark) or time.monotonic() - slot > LATE_SLOT:
                 with self._news:
                     self._busy -= 1
                     self._returned.append(message)

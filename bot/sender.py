@@ -3,7 +3,9 @@
 Pacing has two limits shared through Redis: the phone number's messages/second and Meta's
 pair rate to one user. A message waiting longer for the pair rate than `PAIR_MAX_WAIT` goes
 back to the queue instead of holding a send slot. Policy is asked again after the waits, just
-before the call, so a STOP recorded after queuing wins (the message becomes `blocked`).
+before the call, so a STOP recorded after queuing wins (the message becomes `blocked`); and
+right before the call its user's opt-out mark is read once more (bot.opt_out_marks), so a STOP
+recorded after that check sends the message back to be checked again.
 
 Each step takes many messages at once: at 1,000 messages/second, one Redis call or database
 statement per message costs more CPU than the sends themselves. A worker's send loop
@@ -17,6 +19,7 @@ import time
 from datetime import timedelta
 from typing import Callable, Sequence
 
+import redis
 import sqlalchemy as sa
 
 from bot.cloud_api import CloudApi
@@ -24,6 +27,7 @@ from bot.consent import delivery_marketing_opt_out
 from bot.graph_errors import CloudApiError, MarketingOptedOut, WindowClosed
 from bot.ledger import utc_now
 from bot.limiter import RateLimiter
+from bot.opt_out_marks import Mark, OptOutMarks
 from bot.outbox import Outbox, StoredMessage
 from bot.phone import mask
 from bot.policy import Decision, Refusal
@@ -58,6 +62,7 @@ class Sender:
         api: CloudApi,
         throughput: RateLimiter,
         pair: RateLimiter,
+        marks: OptOutMarks,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.outbox = outbox
@@ -65,6 +70,7 @@ class Sender:
         self.sleep = sleep
         self._throughput = throughput
         self._pair = pair
+        self._marks = marks
         number = api.phone_number_id or "unconfigured"
         self._rate_key = f"whatsapp:rate:{number}"
         self._pair_key = f"whatsapp:pair:{number}:"
@@ -78,13 +84,13 @@ class Sender:
         if not paced:
             return Outcome.RETRY
         self.sleep(paced[0][1])
-        while True:  # a slot missed (a busy CPU) is given up for a new one
+        while True:  # a slot missed (a busy CPU), or an opt-out since the check, asks for a new one
             slot = self.send_slots(1)[0]
             self.sleep(max(0.0, slot - time.monotonic()))
-            decision = self.check([message])[0]
+            decision, mark = self.check([message])[0]
             if not decision.allowed:
                 return Outcome.BLOCKED
-            if time.monotonic() - slot <= LATE_SLOT:
+            if self.unchanged(message, mark) and time.monotonic() - slot <= LATE_SLOT:
                 break
         outcome, meta_id = self.call(message)
         if meta_id is not None:
@@ -113,15 +119,24 @@ class Sender:
         middle = (before + time.monotonic()) / 2
         return [middle + reservation.wait for reservation in reservations]
 
-    def check(self, messages: Sequence[StoredMessage]) -> list[Decision]:
-        """The policy's answer for each message now, from one read of the ledger; the refused
-        are recorded `blocked`."""
+    def check(self, messages: Sequence[StoredMessage]) -> list[tuple[Decision, Mark]]:
+        """The policy's answer for each message now, from one read of the ledger, with the
+        opt-out mark its user had just before (for `unchanged`); the refused are recorded `blocked`."""
+        marks = self._marks.read([m.wa_id for m in messages])
         decisions = self.outbox.decide_many([(m.wa_id, m.kind) for m in messages])
         for message, decision in zip(messages, decisions, strict=True):
             if not decision.allowed:
                 self.outbox.mark_blocked(message.id, decision.reason)
                 log.info("message %s to %s blocked at send time: %s", message.id, mask(message.wa_id), decision.reason.value)
-        return decisions
+        return list(zip(decisions, marks, strict=True))
+
+    def unchanged(self, message: StoredMessage, mark: Mark) -> bool:
+        """The last look, right before the call: the user has not opted out since `check` read
+        `mark`. False too when Redis does not answer: no call goes without this look."""
+        try:
+            return self._marks.read_one(message.wa_id) == mark
+        except redis.RedisError:
+            return False
 
     def call(self, message: StoredMessage) -> tuple[Outcome, str | None]:
         """The Cloud API call: SENT with Meta's message id, for `record`; or a failure, already

@@ -186,9 +186,37 @@ def test_stop_while_a_message_waits_for_its_send_slot_wins(app, outbox, graph):
     def stop_arrives_while_sleeping(seconds: float) -> None:
         ledger.append(opt_out(ref="wamid.STOP-while-waiting"))
 
-    sender = Sender(outbox, ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"], sleep=stop_arrives_while_sleeping)
+    sender = Sender(outbox, ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"], ext["opt_out_marks"], sleep=stop_arrives_while_sleeping)
     assert sender.send(message_id) is Outcome.BLOCKED
     assert outbox.get(message_id).reason == "opted_out" and graph.requests == []
+
+
+@pytest.mark.parametrize("path", ["send", "send loop"])
+def test_stop_after_the_consent_check_and_before_the_call_wins(app, outbox, graph, path):
+    """The check against the ledger comes a few ms before the call; a STOP recorded between
+    them changes the user's opt-out mark, which the call thread reads last."""
+    ledger = app.extensions["ledger"]
+    ledger.append(web_opt_in())
+    message_id = outbox.submit(UTILITY, "req-1", "staff:test").message_id
+    runtime = SendRuntime(app)
+    checks, check = [], runtime.sender.check
+
+    def stop_arrives_after_the_first_check(messages):
+        checked = check(messages)
+        if not checks:
+            ledger.append(opt_out(ref="wamid.STOP-after-check"))
+        checks.append([decision.allowed for decision, _ in checked])
+        return checked
+
+    runtime.sender.check = stop_arrives_after_the_first_check
+    if path == "send":
+        assert runtime.sender.send(message_id) is Outcome.BLOCKED
+    else:
+        runtime.dispatch([message_id])
+        runtime.shutdown()
+    assert checks == [[True], [False]]  # allowed, then checked again and refused
+    assert (outbox.get(message_id).state, outbox.get(message_id).reason) == (MessageState.BLOCKED, "opted_out")
+    assert graph.requests == []
 
 
 def test_claim_many_leases_only_due_queued_messages_in_one_go(app, outbox, sender, graph):
@@ -234,7 +262,7 @@ def test_a_database_outage_after_the_call_is_waited_out_not_sent_again(app, outb
 
     outbox.mark_sent_many = database_down_twice
     pauses = []
-    sender = Sender(outbox, ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"], sleep=lambda s: pauses.append(s) if s >= 0.5 else None)
+    sender = Sender(outbox, ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"], ext["opt_out_marks"], sleep=lambda s: pauses.append(s) if s >= 0.5 else None)
     assert sender.send(message_id) is Outcome.SENT
     assert outbox.get(message_id).state is MessageState.SENT and len(failures) == 2 and pauses == [0.5, 1.0]
     assert graph.sent_to() == {USER: 1}

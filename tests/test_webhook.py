@@ -150,6 +150,20 @@ def test_stop_opts_out_with_one_confirmation_even_when_redelivered(app, client):
     assert kind == "stop_confirmation" and "START" in text and "Acme Bakery" in text
 
 
+def test_each_acknowledged_opt_out_leaves_a_new_mark_for_the_send_threads(app, client):
+    """A send thread reads its user's mark right before its call (bot.opt_out_marks)."""
+    marks = app.extensions["opt_out_marks"]
+    assert post(client, payload("text_message.json")).status_code == 200
+    assert marks.read_one(USER) is None  # no opt-out, no mark
+    assert post(client, payload("stop_message.json")).status_code == 200
+    after_stop = marks.read_one(USER)
+    assert after_stop is not None
+    assert post(client, payload("start_message.json")).status_code == 200
+    assert marks.read_one(USER) == after_stop  # an opt-in asks for no second look
+    assert post(client, payload("user_preferences_stop.json")).status_code == 200
+    assert marks.read_one(USER) not in (None, after_stop)  # a marketing opt-out does
+
+
 def test_an_opted_out_user_writing_again_gets_one_reminder_per_session(app, client):
     post(client, payload("stop_message.json"))
     for n in range(3):
