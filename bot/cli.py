@@ -9,6 +9,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from bot.audit import FORMATS, export_lines
+from bot.cli_outages import OutageAware
 from bot.consent import ConsentEvent, EventDraft
 from bot.consent_import import BadFile, Row, read_rows
 from bot.keywords import Intent
@@ -37,7 +38,7 @@ def _describe(event: ConsentEvent | None) -> str:
     return f"seq {event.seq} ({event.action.value}, {event.channel.value}, {event.occurred_at.isoformat()})"
 
 
-@click.group("consent")
+@click.group("consent", cls=OutageAware)
 def consent_cli() -> None:
     """Look at, export and verify the consent ledger."""
 
@@ -144,7 +145,7 @@ def verify() -> None:
     click.echo(f"ledger OK: {result.checked} event(s), hash chain intact")
 
 
-@click.group("keywords")
+@click.group("keywords", cls=OutageAware)
 def keywords_cli() -> None:
     """Inspect the keyword configuration."""
 

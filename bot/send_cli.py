@@ -15,6 +15,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from bot.campaigns import CampaignRefused, Campaigns
+from bot.cli_outages import OutageAware
 from bot.outbox import Message, QueueName
 from bot.progress import progress_bar
 from bot.staff_requests import InvalidField, template_field
@@ -43,7 +44,7 @@ def template_options(command):
     return command
 
 
-@click.group("send")
+@click.group("send", cls=OutageAware)
 def send_cli() -> None:
     """Send one message through the consent policy."""
 
@@ -64,7 +65,7 @@ def send_template(name: str, to: str, language: str, category: str, components: 
     click.echo(f"queued message {submission.message_id}")
 
 
-@click.group("campaign")
+@click.group("campaign", cls=OutageAware)
 def campaign_cli() -> None:
     """Send a template to a list, watch it, pause and resume it."""
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 from rq import Queue
 
+from bot import create_app
 from bot.consent import Action, Channel, State
+from tests.conftest import app_config
 from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
 
 HEADER = "wa_id,action,channel,scope,consent_text,evidence,occurred_at\n"
@@ -49,6 +51,18 @@ def test_importing_the_same_file_again_adds_nothing(runner, ledger, tmp_path):
     again = runner.invoke(args=["consent", "import", path])
     assert again.exit_code == 0 and again.output.strip().endswith("0 recorded, 4 already in the ledger, 0 rejected")
     assert len(list(ledger.events())) == 3 and ledger.verify().ok
+
+
+def test_an_import_while_redis_is_down_fails_in_one_line_and_keeps_what_it_recorded(database_url, graph, ledger, tmp_path):
+    """An opt-out also leaves a mark in Redis for the send threads (bot.opt_out_marks): without
+    Redis the import stops with the reason, and importing again once it answers adds nothing twice."""
+    down = create_app(app_config(database_url, "redis://127.0.0.1:1/0", graph))
+    path = write(tmp_path, HEADER + GOOD_ROWS)
+    result = down.test_cli_runner().invoke(args=["consent", "import", path])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.splitlines()[-1].startswith("Error: Redis does not answer (")
+    assert ledger.state("19175550100").state is State.OPTED_OUT  # committed before the mark failed
+    down.extensions["ledger"].engine.dispose()
 
 
 def test_a_mixed_file_records_the_good_rows_and_names_each_rejected_line(runner, ledger, tmp_path):
