@@ -13,6 +13,7 @@ class Reply(str, enum.Enum):
     WELCOME = "welcome"
     STOP_CONFIRMATION = "stop_confirmation"
     MARKETING_STOP_CONFIRMATION = "marketing_stop_confirmation"  # offers stopped, the rest goes on
+    MARKETING_RESUME_CONFIRMATION = "marketing_resume_confirmation"  # offers come again
     START_CONFIRMATION = "start_confirmation"
     HELP = "help"
     UNSUBSCRIBED_REMINDER = "unsubscribed_reminder"

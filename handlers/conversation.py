@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from bot.consent import Action, Channel, ConsentState, EventDraft, Scope, State
+from bot.consent import Action, Channel, ConsentState, EventDraft, Marketing, Scope, State
 from bot.intake import Intake
 from bot.keywords import Intent, KeywordMatch
 from bot.ledger import utc_now
@@ -39,6 +39,8 @@ def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
         _record(intake, message, Action.OPT_IN, match.scope, channel, said, evidence)  # R8
         if match.scope is Scope.ALL:
             _reply(ctx, intake, message, Reply.START_CONFIRMATION, MessageKind.REPLY, match.language)
+        else:  # "Resume promotions"
+            _reply(ctx, intake, message, *_marketing_resumed(intake.state(message.wa_id)), match.language)
     elif match.intent is Intent.HELP:
         _reply(ctx, intake, message, Reply.HELP, MessageKind.HELP_ANSWER, match.language)
     else:  # a possible opt-out: staff review it; the user is told how to stop
@@ -52,6 +54,16 @@ def _match(ctx: Context, message: InboundMessage) -> KeywordMatch | None:
     if message.type in (MessageType.BUTTON, MessageType.INTERACTIVE):
         return ctx.keywords.match_button(message.button_payload, message.button_title)
     return None
+
+
+def _marketing_resumed(state: ConsentState) -> tuple[Reply, MessageKind]:
+    """The answer to a "Resume promotions" tap: it brings offers back only to a user opted in to
+    messages; one opted out of everything is told how to resume, anyone else how it works."""
+    if state.marketing is Marketing.ALLOWED:
+        return Reply.MARKETING_RESUME_CONFIRMATION, MessageKind.REPLY
+    if state.state is State.OPTED_OUT:
+        return Reply.UNSUBSCRIBED_REMINDER, MessageKind.REPLY
+    return Reply.HELP, MessageKind.HELP_ANSWER
 
 
 def _ordinary(ctx: Context, intake: Intake, message: InboundMessage, state: ConsentState) -> None:

@@ -213,6 +213,39 @@ def test_stop_promotions_button_stops_marketing_only(app, client):
     assert kind == "reply" and "no more offers" in text and "Acme Bakery" in text and "STOP" in text
 
 
+def button_tap(text: str, message_id: str) -> dict:
+    """The "Stop promotions" sample, with another button's text and a message id of its own."""
+    body = payload("button_stop_promotions.json")
+    message = body["entry"][0]["changes"][0]["value"]["messages"][0]
+    message["button"] = {"payload": text, "text": text}
+    message["id"] = message_id
+    return body
+
+
+def test_resume_promotions_button_brings_offers_back_and_says_so(app, client):
+    app.extensions["ledger"].append(web_opt_in())
+    assert post(client, payload("button_stop_promotions.json")).status_code == 200
+    assert post(client, button_tap("Resume promotions", "wamid.RESUME")).status_code == 200
+    state = app.extensions["ledger"].state(USER)
+    assert (state.state, state.marketing) == (State.OPTED_IN, Marketing.ALLOWED)
+    assert (Action.OPT_IN, Scope.MARKETING, Channel.WHATSAPP_BUTTON) in actions(app)
+    assert [text for _, text in replies(app)][-1] == (
+        "You will get offers from Acme Bakery on WhatsApp again. Reply STOP at any time to stop all messages."
+    )
+
+
+@pytest.mark.parametrize(("opt_in_first", "answer"), [(False, "help_answer"), (True, "reply")])
+def test_resume_promotions_promises_offers_only_to_users_opted_in_to_messages(app, client, opt_in_first, answer):
+    """Implicit consent never covers marketing; after STOP, a tap resumes nothing: START does."""
+    if opt_in_first:
+        app.extensions["ledger"].append(web_opt_in())
+        assert post(client, payload("stop_message.json")).status_code == 200
+    assert post(client, button_tap("Reanudar promociones", "wamid.RESUME-es")).status_code == 200
+    kind, text = replies(app)[-1]
+    assert kind == answer and "ofertas" not in text and "Acme Bakery" in text
+    assert app.extensions["ledger"].state(USER).marketing is not Marketing.ALLOWED
+
+
 def test_unsubscribe_button_opts_out_of_everything(app, client):
     assert post(client, payload("interactive_button_reply.json")).status_code == 200
     assert app.extensions["ledger"].state(USER).state is State.OPTED_OUT
