@@ -17,13 +17,16 @@ class MessageKind(str, enum.Enum):
     FREE_FORM = "free_form"  # business-initiated text in the window (welcome, staff text)
     REPLY = "reply"  # an answer to what the user just asked
     STOP_CONFIRMATION = "stop_confirmation"
+    START_CONFIRMATION = "start_confirmation"  # says the user is subscribed: never once they have opted out again
     HELP_ANSWER = "help_answer"
     UTILITY_TEMPLATE = "utility"
     MARKETING_TEMPLATE = "marketing"
     AUTHENTICATION_TEMPLATE = "authentication"
 
 
-FREE_FORM_KINDS = frozenset({MessageKind.FREE_FORM, MessageKind.REPLY, MessageKind.STOP_CONFIRMATION, MessageKind.HELP_ANSWER})
+FREE_FORM_KINDS = frozenset({
+    MessageKind.FREE_FORM, MessageKind.REPLY, MessageKind.STOP_CONFIRMATION, MessageKind.START_CONFIRMATION, MessageKind.HELP_ANSWER,
+})
 # What an opted-out user may still get inside the window: they asked for it (R10).
 ANSWERS_AFTER_OPT_OUT = frozenset({MessageKind.REPLY, MessageKind.STOP_CONFIRMATION, MessageKind.HELP_ANSWER})
 

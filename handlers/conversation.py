@@ -38,7 +38,7 @@ def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
     elif match.intent is Intent.OPT_IN:
         _record(intake, message, Action.OPT_IN, match.scope, channel, said, evidence)  # R8
         if match.scope is Scope.ALL:
-            _reply(ctx, intake, message, Reply.START_CONFIRMATION, MessageKind.REPLY, match.language)
+            _reply(ctx, intake, message, Reply.START_CONFIRMATION, MessageKind.START_CONFIRMATION, match.language)
         else:  # "Resume promotions"
             _reply(ctx, intake, message, *_marketing_resumed(intake.state(message.wa_id)), match.language)
     elif match.intent is Intent.HELP:

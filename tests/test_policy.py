@@ -41,10 +41,12 @@ TABLE = [
     (K.REPLY, True, [N_C, Y, Y, Y, Y]),
     (K.STOP_CONFIRMATION, True, [N_C, Y, Y, Y, Y]),
     (K.HELP_ANSWER, True, [N_C, Y, Y, Y, Y]),
+    (K.START_CONFIRMATION, True, [N_C, Y, Y, OUT, Y]),  # a START confirmation still queued after a later STOP
     (K.FREE_FORM, False, [N_C, CLOSED, CLOSED, OUT, CLOSED]),
     (K.REPLY, False, [N_C, CLOSED, CLOSED, CLOSED, CLOSED]),
     (K.STOP_CONFIRMATION, False, [N_C, CLOSED, CLOSED, CLOSED, CLOSED]),
     (K.HELP_ANSWER, False, [N_C, CLOSED, CLOSED, CLOSED, CLOSED]),
+    (K.START_CONFIRMATION, False, [N_C, CLOSED, CLOSED, OUT, CLOSED]),
     (K.UTILITY_TEMPLATE, False, [N_C, Y, Y, OUT, Y]),
     (K.MARKETING_TEMPLATE, False, [N_C, N_C, Y, OUT, M_OUT]),
     (K.AUTHENTICATION_TEMPLATE, False, [N_C, Y, Y, OUT, Y]),

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from bot.consent import Action, Channel, Marketing, Scope, State
 from bot.db import account_notices, early_statuses, make_engine, outbound_messages, unread_webhooks
+from bot.jobs import SendRuntime
 from bot.ledger import Ledger, utc_now
 from bot.outbox import Message, MessageState, Outbox, Template
 from bot.policy import MessageKind
@@ -184,7 +185,26 @@ def test_start_after_stop_opts_in_again_with_a_confirmation(app, client):
     assert (start.action, start.channel, start.consent_text) == (Action.OPT_IN, Channel.WHATSAPP_KEYWORD, "start")
     assert history[-1].action is Action.OPT_OUT_NOTICE_GIVEN
     assert app.extensions["ledger"].state(USER).state is State.OPTED_IN
-    assert [kind for kind, _ in replies(app)] == ["stop_confirmation", "reply"]
+    assert [kind for kind, _ in replies(app)] == ["stop_confirmation", "start_confirmation"]
+
+
+def test_a_start_confirmation_still_queued_when_the_user_stops_again_is_not_sent(app, client, graph):
+    """It would tell them they are subscribed; after the STOP only its own confirmation goes (R10)."""
+    post(client, payload("start_message.json"))
+    again = payload("stop_message.json")
+    again["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = "wamid.STOP-again"
+    assert post(client, again).status_code == 200
+    runtime = SendRuntime(app)
+    with app.extensions["ledger"].engine.connect() as conn:
+        queued = list(conn.execute(sa.select(outbound_messages.c.id).order_by(outbound_messages.c.created_at)).scalars())
+    runtime.dispatch(queued)
+    runtime.shutdown()
+    outbox = app.extensions["outbox"]
+    assert [(m.kind.value, m.state.value, m.reason) for m in map(outbox.get, queued)] == [
+        ("start_confirmation", "blocked", "opted_out"), ("stop_confirmation", "sent", None),
+    ]
+    [sent] = graph.requests
+    assert sent.to == USER and sent.body["text"]["body"].startswith("You are unsubscribed from Acme Bakery")
 
 
 def test_help_is_answered_in_the_keywords_language(app, client):
