@@ -38,7 +38,7 @@ PAIR_RATE = (1, 6.0)  # Meta: about one message every 6 seconds to the same user
 PAIR_BURST = 5  # ...with short bursts tolerated (a reply right after a welcome)
 PAIR_MAX_WAIT = 2.0  # seconds a message may wait for the pair rate while claimed
 PACING_MARGIN = 0.97  # pace a little under the cap: network jitter must not push a second over it
-LATE_SLOT = 0.02  # seconds a call may go out after its slot; later, it takes a new slot
+LATE_SLOT = 0.01  # seconds a call may go out after its slot; later, it takes a new slot
 MAX_ATTEMPTS = 8
 RECORD_PATIENCE = 600.0  # seconds to keep trying to record calls that were made
 MAX_BACKOFF = timedelta(hours=1)

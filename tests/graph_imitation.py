@@ -109,17 +109,25 @@ class GraphImitation:
             return collections.Counter(r.to for r in self.requests if r.status == 200)
 
     def stats(self) -> dict:
-        """Accepted sends per recipient, error counts, and the first and last accepted times."""
+        """Accepted sends per recipient, error counts, the first and last accepted times, and the
+        most requests that arrived within one second (what the cap is counted on)."""
         with self._lock:
             accepted = [r for r in self.requests if r.status == 200]
             errors = collections.Counter(str(r.code) for r in self.requests if r.code is not None)
-            return {
-                "accepted": len(accepted),
-                "sent_to": dict(collections.Counter(r.to for r in accepted)),
-                "errors": dict(errors),
-                "first": accepted[0].at if accepted else None,
-                "last": accepted[-1].at if accepted else None,
-            }
+            arrivals = [r.at for r in self.requests]
+        peak = start = 0
+        for end, at in enumerate(arrivals):
+            while arrivals[start] <= at - 1.0:
+                start += 1
+            peak = max(peak, end - start + 1)
+        return {
+            "accepted": len(accepted),
+            "sent_to": dict(collections.Counter(r.to for r in accepted)),
+            "errors": dict(errors),
+            "first": accepted[0].at if accepted else None,
+            "last": accepted[-1].at if accepted else None,
+            "busiest_second": peak,
+        }
 
     def count(self, code: int) -> int:
         with self._lock:
