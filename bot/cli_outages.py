@@ -15,6 +15,6 @@ class OutageAware(click.Group):
             return super().invoke(ctx)
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
             reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
-            raise click.ClickException(f"the database does not answer ({reason}); try again once it does") from None
+            raise click.ClickException(f"the database does not answer ({reason})") from None
         except redis.RedisError as error:
-            raise click.ClickException(f"Redis does not answer ({error}); try again once it does") from None
+            raise click.ClickException(f"Redis does not answer ({error})") from None

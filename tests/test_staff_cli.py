@@ -53,15 +53,23 @@ def test_importing_the_same_file_again_adds_nothing(runner, ledger, tmp_path):
     assert len(list(ledger.events())) == 3 and ledger.verify().ok
 
 
-def test_an_import_while_redis_is_down_fails_in_one_line_and_keeps_what_it_recorded(database_url, graph, ledger, tmp_path):
-    """An opt-out also leaves a mark in Redis for the send threads (bot.opt_out_marks): without
-    Redis the import stops with the reason, and importing again once it answers adds nothing twice."""
+def test_an_import_records_its_opt_outs_while_redis_is_down(database_url, graph, ledger, tmp_path, caplog):
+    """An opt-out also leaves a mark in Redis for the send threads (bot.opt_out_marks); without
+    Redis it is recorded all the same, and the failure logged."""
     down = create_app(app_config(database_url, "redis://127.0.0.1:1/0", graph))
-    path = write(tmp_path, HEADER + GOOD_ROWS)
-    result = down.test_cli_runner().invoke(args=["consent", "import", path])
+    result = down.test_cli_runner().invoke(args=["consent", "import", write(tmp_path, HEADER + GOOD_ROWS)])
+    assert result.exit_code == 0 and result.output.strip().endswith("3 recorded, 0 already in the ledger, 0 rejected")
+    assert ledger.state("19175550100").state is State.OPTED_OUT
+    assert "could not mark 1 opt-out(s) for the send threads" in caplog.text
+    down.extensions["ledger"].engine.dispose()
+
+
+def test_send_template_while_redis_is_down_fails_in_one_line(database_url, graph, ledger):
+    ledger.append(web_opt_in())
+    down = create_app(app_config(database_url, "redis://127.0.0.1:1/0", graph))
+    result = down.test_cli_runner().invoke(args=["send", "template", "order_update", "--to", USER, "--category", "utility"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.splitlines()[-1].startswith("Error: Redis does not answer (")
-    assert ledger.state("19175550100").state is State.OPTED_OUT  # committed before the mark failed
     down.extensions["ledger"].engine.dispose()
 
 
