@@ -161,8 +161,17 @@ class Fold:
     notice: int | None = None
 
 
+def occurrence_order(occurred_at: Sequence[datetime]) -> list[int]:
+    """Positions of a user's events, given in chain (recording) order, in the order they
+    happened. State follows what the user did when: a paper opt-in from last year imported
+    today does not undo last week's STOP, and a STOP Meta redelivers days late does not undo
+    the START the user sent after it. Meta's timestamps are whole seconds, so events are
+    compared to the second, and those of the same second keep their chain order."""
+    return sorted(range(len(occurred_at)), key=lambda position: (occurred_at[position].replace(microsecond=0), position))
+
+
 def fold(events: Sequence[tuple[str, str]]) -> Fold:
-    """Fold (action, scope) pairs, oldest first, into a state.
+    """Fold (action, scope) pairs, in the order they happened, into a state.
 
     The latest event that speaks about a scope wins: an opt-out of all also stops marketing,
     an opt-in of all also allows it again, a marketing-scope event touches marketing only.
@@ -199,9 +208,10 @@ def fold(events: Sequence[tuple[str, str]]) -> Fold:
 def derive_state(
     wa_id: str, events: Sequence[ConsentEvent], last_inbound_at: datetime | None = None
 ) -> ConsentState:
-    """A user's current state from their events, oldest first."""
-    folded = fold([(event.action, event.scope) for event in events])
-    return state_from_fold(wa_id, folded, lambda position: events[position], last_inbound_at)
+    """A user's current state from their events, in chain order."""
+    order = occurrence_order([event.occurred_at for event in events])
+    folded = fold([(events[at].action, events[at].scope) for at in order])
+    return state_from_fold(wa_id, folded, lambda position: events[order[position]], last_inbound_at)
 
 
 def state_from_fold(

@@ -33,6 +33,7 @@ from bot.consent import (
     basis_of,
     check_draft,
     fold,
+    occurrence_order,
     session_opened,
     state_from_fold,
 )
@@ -370,9 +371,10 @@ class Ledger:
     # -- reading -------------------------------------------------------------------------
 
     def history(self, wa_id: str) -> list[ConsentEvent]:
-        """A user's events, oldest first."""
+        """A user's events, oldest first: in the order they happened, as their state is folded."""
         with reading(self.engine) as conn:
-            return [to_event(row) for row in conn.execute(_HISTORY, {"wa_id": _valid_wa_id(wa_id)}).mappings()]
+            events = [to_event(row) for row in conn.execute(_HISTORY, {"wa_id": _valid_wa_id(wa_id)}).mappings()]
+        return [events[at] for at in occurrence_order([event.occurred_at for event in events])]
 
     def recorded_refs(self, source_refs: Iterable[str]) -> set[str]:
         """Which of these source references the ledger holds already."""
@@ -479,10 +481,11 @@ class Ledger:
 
 
 def state_of(wa_id: str, rows: list, last_inbound_at: datetime | None) -> ConsentState:
-    """A user's state from their event rows, oldest first (stored rows, or prepared ones not
-    written yet): only the few rows the state rests on become events."""
-    folded = fold([(row["action"], row["scope"]) for row in rows])
-    return state_from_fold(wa_id, folded, lambda at: to_event(rows[at]), last_inbound_at)
+    """A user's state from their event rows in chain order (stored rows, then prepared ones not
+    written yet), folded in the order they happened: only the few rows the state rests on become events."""
+    order = occurrence_order([as_utc(row["occurred_at"]) for row in rows])
+    folded = fold([(rows[at]["action"], rows[at]["scope"]) for at in order])
+    return state_from_fold(wa_id, folded, lambda position: to_event(rows[order[position]]), last_inbound_at)
 
 
 def _broken(checked: int, seq: int, problem: str) -> Verification:

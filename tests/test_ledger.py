@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -132,6 +133,32 @@ def test_stop_start_and_sessions_after_stop(ledger, clock):
     state = ledger.state(USER)
     assert (state.state, state.marketing, state.consent_event) == (State.OPTED_IN, Marketing.ALLOWED, start)
     assert start.channel is Channel.WHATSAPP_KEYWORD and start.basis is Basis.EXPLICIT
+
+
+def test_a_backdated_opt_in_recorded_after_a_stop_does_not_undo_it(ledger, clock):
+    """State follows when things happened, not when they were recorded: a paper form from
+    last year, imported today, says nothing about last week's STOP."""
+    stop = ledger.append(opt_out(ref="wamid.STOP"))
+    paper = ledger.append(web_opt_in(ref="paper-2025", occurred_at=clock.now - timedelta(days=300)))
+    state = ledger.state(USER)
+    assert (state.state, state.consent_event) == (State.OPTED_OUT, stop)
+    assert ledger.states([USER, OTHER_USER])[USER] == state
+    assert [event.source_ref for event in ledger.history(USER)] == ["paper-2025", "wamid.STOP"]  # oldest first
+
+
+def test_a_stop_redelivered_late_does_not_undo_the_start_sent_after_it(ledger, clock):
+    start = ledger.append(keyword_opt_in(ref="wamid.START"))
+    ledger.append(replace(opt_out(ref="wamid.STOP-sent-an-hour-earlier"), occurred_at=clock.now - timedelta(hours=1)))
+    state = ledger.state(USER)
+    assert (state.state, state.consent_event) == (State.OPTED_IN, start)
+    assert state.opt_out_event.source_ref == "wamid.STOP-sent-an-hour-earlier"
+
+
+def test_events_of_the_same_second_keep_their_recording_order(ledger, clock):
+    """Meta's timestamps are whole seconds: a STOP stamped 12:00:00 may follow an opt-in recorded at 12:00:00.5."""
+    ledger.append(web_opt_in(occurred_at=clock.now.replace(microsecond=500_000)))
+    ledger.append(replace(opt_out(), occurred_at=clock.now.replace(microsecond=0)))
+    assert ledger.state(USER).state is State.OPTED_OUT
 
 
 def test_marketing_scope_is_tracked_apart(ledger):
