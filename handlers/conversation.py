@@ -67,8 +67,14 @@ def _marketing_resumed(state: ConsentState) -> tuple[Reply, MessageKind]:
 
 
 def _ordinary(ctx: Context, intake: Intake, message: InboundMessage, state: ConsentState) -> None:
-    """No keyword: the welcome on first contact, or a reminder to an opted-out user once per session."""
+    """No keyword: the welcome on first contact, or a reminder to an opted-out user once per session.
+
+    Both are said once, so neither is tried while the window is closed (a message Meta delivers
+    more than 24 hours late): refused, it would use up its once, and the user's next message,
+    inside the window, would get nothing."""
     language = ctx.keywords.languages[0]
+    if state.window_open_until(intake.now) is None:
+        return
     if state.state is State.OPTED_OUT:
         session = state.session_event.event_id if state.session_event else message.message_id
         _reply(ctx, intake, message, Reply.UNSUBSCRIBED_REMINDER, MessageKind.REPLY, language, f"session:{session}")

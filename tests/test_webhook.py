@@ -67,6 +67,13 @@ def replies(app, wa_id: str = USER) -> list[tuple[str, str]]:
     return [(kind, json.loads(content).get("text")) for kind, content, state in rows if state == "queued"]
 
 
+def blocked(app) -> list[tuple[str, str]]:
+    """(kind, reason) of the messages refused when they were queued."""
+    with app.extensions["ledger"].engine.connect() as conn:
+        query = sa.select(outbound_messages.c.kind, outbound_messages.c.reason).where(outbound_messages.c.state == "blocked")
+        return [tuple(row) for row in conn.execute(query)]
+
+
 def actions(app, wa_id: str = USER) -> list[tuple[Action, Scope, Channel]]:
     return [(e.action, e.scope, e.channel) for e in app.extensions["ledger"].history(wa_id)]
 
@@ -137,6 +144,20 @@ def test_first_message_logs_implicit_consent_and_welcomes_once_with_how_to_stop(
     second["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = "wamid.second"
     assert post(client, second).status_code == 200
     assert len(replies(app)) == 1 and len(actions(app)) == 2
+
+
+def test_a_first_message_delivered_after_the_window_closed_leaves_the_welcome_for_the_next(app, client):
+    """Meta retries for days: a hello that arrives 30 hours late cannot be answered, and must
+    not use up the welcome (R9) that the user's next message, inside the window, gets."""
+    late = payload("text_message.json")
+    late["entry"][0]["changes"][0]["value"]["messages"][0]["timestamp"] = str(int(time.time()) - 30 * 3600)
+    assert post(client, late).status_code == 200
+    assert replies(app) == [] and blocked(app) == []
+    again = payload("text_message.json")
+    again["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = "wamid.hello-again"
+    assert post(client, again).status_code == 200
+    [(kind, text)] = replies(app)
+    assert kind == "free_form" and text.startswith("Welcome to Acme Bakery!")
 
 
 def test_stop_opts_out_with_one_confirmation_even_when_redelivered(app, client):
