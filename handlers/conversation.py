@@ -23,6 +23,8 @@ def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
     """Record what the message means for consent, then answer it (the sender's contact is locked)."""
     intake.inbound(message.wa_id, message.message_id, message.timestamp, RECORDED_BY)  # R6: a new session is implicit consent
     match = _match(ctx, message)
+    if match is not None and match.intent is Intent.POSSIBLE_OPT_OUT and intake.state(message.wa_id).state is State.OPTED_OUT:
+        match = None  # "stop sending me ads" after STOP: nothing left to stop; an ordinary message
     if match is None:
         _ordinary(ctx, intake, message, intake.state(message.wa_id))
         return

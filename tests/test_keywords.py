@@ -166,3 +166,13 @@ def test_a_broken_keyword_file_stops_start_up_with_one_line(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr == f"error: {path}:5: word 'stop' is listed under both opt_out (line 3) and help\n"
+
+
+@pytest.mark.parametrize("language", BOOK.languages)
+@pytest.mark.parametrize("intent", [Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP])
+def test_the_word_each_reply_tells_people_to_send_is_answered_in_that_language(language, intent):
+    """Replies name each list's first word; sent back, it must answer in the same language
+    (Portuguese once started with PARAR, which Spanish lists first)."""
+    word = BOOK.words(language, intent)[0]
+    match = BOOK.match_text(word)
+    assert (match.intent, match.language) == (intent, language)

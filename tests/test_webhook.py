@@ -244,6 +244,17 @@ def test_a_possible_opt_out_is_recorded_for_review_and_answered(app, client):
     assert "STOP" in text
 
 
+def test_an_opted_out_user_who_writes_a_stop_sentence_gets_the_reminder_not_the_question(app, client):
+    """Asking "do you want to stop?" of someone who has stopped would be wrong, and would count as a new notice."""
+    assert post(client, payload("stop_message.json")).status_code == 200
+    sentence = payload("text_message.json")
+    sentence["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"] = "please stop sending me ads"
+    assert post(client, sentence).status_code == 200
+    assert [kind for kind, _ in replies(app)] == ["stop_confirmation", "reply"]
+    assert replies(app)[1][1].startswith("You are unsubscribed from Acme Bakery")
+    assert [a for a, _, _ in actions(app)] == [Action.IMPLICIT, Action.OPT_OUT]  # no possible opt-out, no new notice
+
+
 def test_stop_promotions_button_stops_marketing_only(app, client):
     app.extensions["ledger"].append(web_opt_in())
     assert post(client, payload("button_stop_promotions.json")).status_code == 200
