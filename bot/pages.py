@@ -13,6 +13,8 @@ import hashlib
 import logging
 from pathlib import Path
 
+import redis
+import sqlalchemy as sa
 from flask import Blueprint, current_app, make_response, render_template, request
 
 from bot import form_tokens
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("pages", __name__)
 
 COOKIE = "form_token"
+UNAVAILABLE = "We could not record this just now. Please try again in a minute."
 RECORDED_BY = "page"
 
 
@@ -85,12 +88,22 @@ def _submit(page: str):
         return _render(page, 422, error="Please enter your WhatsApp number with its country code, for example +1 650 555 1234.", phone=number[:32])
     if page == "opt_in" and request.form.get("consent") != "yes":
         return _render(page, 200, notice="Nothing was recorded: you did not tick the box. That is fine — we will not message you on WhatsApp.")
-    if not _within_limits(wa_id):
+    try:
+        within_limits = _within_limits(wa_id)
+    except redis.RedisError:
+        if page == "opt_in":
+            return _render(page, 503, error=UNAVAILABLE)
+        log.warning("opt-out page: Redis does not answer; recording without the rate limit (R7: an opt-out is never refused)")
+        within_limits = True
+    if not within_limits:
         return _render(page, 429, error="Too many submissions. Please wait a few minutes and try again.")
     try:
         current_app.extensions["ledger"].append(_draft(page, wa_id, nonce))
     except SourceRefConflict:
         return _render(page, 400, error="This form was already used. Please try again.")
+    except (sa.exc.OperationalError, sa.exc.InterfaceError):
+        log.error("%s page: the database does not answer; nothing recorded", page)
+        return _render(page, 503, error=UNAVAILABLE)
     log.info("%s recorded from the hosted page for %s", page, mask(wa_id))
     return _render(page, 200, done=True)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 import re
 
 import pytest
+import sqlalchemy as sa
 
-from bot import form_tokens
+from bot import create_app, form_tokens
 from bot.consent import Action, Channel, Scope
-from tests.conftest import BUSINESS
+from tests.conftest import BUSINESS, app_config
 from tests.helpers import USER
 
 BROWSER = {"User-Agent": "Mozilla/5.0 (Linux; Android 14) Mobile"}
@@ -105,3 +106,30 @@ def test_submissions_are_limited_per_ip_and_per_number(client, ledger):
     # The same number from many addresses is limited too: nobody flips someone's consent at scale.
     codes = [submit(client, "/opt-out", environ={"REMOTE_ADDR": f"203.0.113.{n}"}, phone=USER).status_code for n in range(7)]
     assert codes == [200] * 5 + [429] * 2 and len(ledger.history(USER)) == 5
+
+
+def test_with_redis_down_an_opt_out_is_still_recorded_and_an_opt_in_waits(database_url, graph):
+    """The rate limit lives in Redis. Without it an opt-out is recorded all the same (R7: never
+    refused), while an opt-in, which the limit guards against abuse, is answered with a page
+    asking to try again."""
+    down = create_app(app_config(database_url, "redis://127.0.0.1:1/0", graph))
+    client = down.test_client()
+    opt_out = submit(client, "/opt-out", phone=USER)
+    assert opt_out.status_code == 200 and "text/html" in opt_out.content_type
+    assert down.extensions["ledger"].state(USER).state.value == "opted_out"
+    opt_in = submit(client, "/opt-in", phone="447700900123", consent="yes")
+    assert opt_in.status_code == 503 and "Please try again in a minute" in opt_in.get_data(as_text=True)
+    assert down.extensions["ledger"].history("447700900123") == []
+    down.extensions["ledger"].engine.dispose()
+
+
+def test_with_the_database_down_the_page_says_so_in_html(app, client, monkeypatch):
+    ledger = app.extensions["ledger"]
+
+    def unreachable(draft):
+        raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(ledger, "append", unreachable)
+    response = submit(client, "/opt-out", phone=USER)
+    assert response.status_code == 503 and "text/html" in response.content_type
+    assert "Please try again in a minute" in response.get_data(as_text=True)
