@@ -6,7 +6,7 @@ pages refuse the same things with the same one-line reasons. Nothing here knows 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from bot.consent import Action, Channel, EventDraft, Scope
@@ -22,6 +22,7 @@ TEMPLATE_KINDS = {
     "authentication": MessageKind.AUTHENTICATION_TEMPLATE,
 }
 MAX_TEXT = 4096  # Meta's limit for a text message body
+YEARS = range(1900, 10_000)  # when a recorded time may fall, in UTC
 _TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
 _LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2,4})?")
 
@@ -72,7 +73,7 @@ def wa_id_field(value: object, field: str = "wa_id") -> str:
 
 
 def timestamp_field(value: object, field: str) -> datetime:
-    """An ISO 8601 time with its zone: a time without one is ambiguous evidence."""
+    """An ISO 8601 time with its zone (a time without one is ambiguous evidence), in UTC."""
     if not isinstance(value, str):
         raise InvalidField(field, "must be an ISO 8601 date-time string")
     try:
@@ -81,7 +82,20 @@ def timestamp_field(value: object, field: str) -> datetime:
         raise InvalidField(field, f"{value[:40]!r} is not an ISO 8601 date-time") from None
     if moment.tzinfo is None:
         raise InvalidField(field, "must carry a time zone, for example 2026-11-24T12:00:00Z")
-    return moment
+    return _in_utc_range(moment, field)
+
+
+def _in_utc_range(moment: datetime, field: str) -> datetime:
+    """The time in UTC, refused outside YEARS: the ledger stores UTC, and a year 1 time would
+    not even read back on a PostgreSQL session west of Greenwich (there is no year 0)."""
+    out_of_range = InvalidField(field, f"must fall in the years {YEARS.start} to {YEARS.stop - 1} (UTC)")
+    try:
+        utc = moment.astimezone(timezone.utc)
+    except OverflowError:  # before year 1 or after 9999 once in UTC
+        raise out_of_range from None
+    if utc.year not in YEARS:
+        raise out_of_range
+    return utc
 
 
 def staff_channel(value: object) -> Channel:

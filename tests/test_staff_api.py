@@ -137,6 +137,8 @@ def test_a_number_never_seen_has_state_none(client):
         ({"occurred_at": "2026-11-24 10:00"}, "occurred_at", "time zone"),
         ({"occurred_at": "last tuesday"}, "occurred_at", "ISO 8601"),
         ({"occurred_at": 1732000000}, "occurred_at", "ISO 8601"),
+        ({"occurred_at": "0001-01-01T00:00:00+14:00"}, "occurred_at", "years 1900 to 9999"),  # before year 1 in UTC
+        ({"occurred_at": "1899-12-31T23:59:59Z"}, "occurred_at", "years 1900 to 9999"),
         ({"consent_txt": "typo"}, "consent_txt", "unknown field"),
     ],
 )
@@ -370,7 +372,13 @@ def test_the_audit_export_streams_csv_and_jsonl_with_filters(client, app, clock)
     assert [json.loads(line)["wa_id"] for line in recent.get_data(as_text=True).splitlines()] == [OTHER_USER, USER]
 
 
-@pytest.mark.parametrize("query,field", [("format=xml", "format"), ("since=yesterday", "since"), ("until=2026-01-01", "until"), ("wa_id=abc", "wa_id")])
+@pytest.mark.parametrize(
+    "query,field",
+    [
+        ("format=xml", "format"), ("since=yesterday", "since"), ("until=2026-01-01", "until"), ("wa_id=abc", "wa_id"),
+        ("since=0001-01-01T00:00:00%2B14:00", "since"), ("until=9999-12-31T23:59:59-14:00", "until"),  # out of range in UTC
+    ],
+)
 def test_bad_audit_parameters_answer_422(client, query, field):
     response = client.get(f"/api/v1/audit?{query}", headers=AUTH)
     assert response.status_code == 422 and response.get_json()["field"] == field
