@@ -25,6 +25,7 @@ MAX_TEXT = 4096  # Meta's limit for a text message body
 YEARS = range(1900, 10_000)  # when a recorded time may fall, in UTC
 _TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
 _LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2,4})?")
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")  # JSON's "\ud800" escape decodes to one; UTF-8 cannot hold it
 
 
 class InvalidField(ValueError):
@@ -55,6 +56,22 @@ def _text(body: Mapping[str, Any], field: str, limit: int, required: bool = Fals
         raise InvalidField(field, "must be a non-empty string")
     if len(value) > limit:
         raise InvalidField(field, f"must be at most {limit} characters")
+    return unicode_field(value, field)
+
+
+def unicode_field(value: object, field: str) -> Any:
+    """`value` if every string in it (object keys too, at any depth) is valid Unicode: a lone
+    surrogate cannot be stored, hashed or sent, and would otherwise fail deep in the ledger."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str) and _LONE_SURROGATE.search(item):
+            raise InvalidField(field, "must be valid Unicode text (it holds a lone UTF-16 surrogate)")
+        if isinstance(item, Mapping):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return value
 
 
@@ -127,7 +144,7 @@ def consent_draft(body: object, source_ref: str, recorded_by: str) -> EventDraft
         channel=staff_channel(body["channel"]),
         scope=Scope(_choice(body, "scope", tuple(scope.value for scope in Scope), Scope.ALL.value)),
         consent_text=_text(body, "consent_text", 10_000, required=action is Action.OPT_IN),
-        evidence=dict(evidence),
+        evidence=dict(unicode_field(evidence, "evidence")),
         occurred_at=timestamp_field(occurred_at, "occurred_at") if occurred_at is not None else None,
         source_ref=source_ref,
         recorded_by=recorded_by,
@@ -146,6 +163,7 @@ def template_field(value: object) -> tuple[Template, MessageKind]:
     components = body.get("components", [])
     if not isinstance(components, list) or not all(isinstance(part, Mapping) for part in components):
         raise InvalidField("template.components", "must be a list of objects, as in Meta's template message")
+    unicode_field(components, "template.components")
     return Template(name, language, [dict(part) for part in components]), kind
 
 

@@ -262,6 +262,29 @@ def test_invalid_message_requests_answer_422_naming_the_field(client, app, body,
     assert stored_messages(app) == []
 
 
+SURROGATE_COMPONENTS = [{"type": "body", "parameters": [{"type": "text", "text": "x\ud800"}]}]
+
+
+@pytest.mark.parametrize(
+    "path,body,field",
+    [
+        ("/api/v1/consents", {**OPT_IN, "consent_text": "x\ud800"}, "consent_text"),
+        ("/api/v1/consents", {**OPT_IN, "evidence": {"a": "\udc00"}}, "evidence"),
+        ("/api/v1/consents", {**OPT_IN, "evidence": {"scans": [{"\udc00": 1}]}}, "evidence"),
+        ("/api/v1/messages", {"to": USER, "text": "x\ud800"}, "text"),
+        ("/api/v1/messages", {"to": USER, "template": {**ORDER_UPDATE, "components": SURROGATE_COMPONENTS}}, "template.components"),
+        ("/api/v1/campaigns", {"template": {**ORDER_UPDATE, "components": SURROGATE_COMPONENTS}, "recipients": [USER]}, "template.components"),
+    ],
+)
+def test_a_lone_surrogate_answers_422_naming_the_field_and_nothing_is_stored(client, app, path, body, field):
+    """JSON may escape half a UTF-16 pair ("\\ud800"): no UTF-8 text can hold it, so no row or hash can either."""
+    response = client.post(path, headers=AUTH, json=body)
+    assert response.status_code == 422
+    error = response.get_json()
+    assert (error["error"], error["field"]) == ("invalid_field", field) and "valid Unicode" in error["detail"]
+    assert events(app) == [] and stored_messages(app) == []
+
+
 def test_an_unknown_message_id_answers_404(client):
     response = client.get("/api/v1/messages/not-a-message", headers=AUTH)
     assert response.status_code == 404 and response.get_json()["error"] == "not_found"
