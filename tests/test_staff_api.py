@@ -395,6 +395,12 @@ def test_the_audit_export_streams_csv_and_jsonl_with_filters(client, app, clock)
     assert [json.loads(line)["wa_id"] for line in recent.get_data(as_text=True).splitlines()] == [OTHER_USER, USER]
 
 
+@pytest.mark.parametrize("fmt,content_type", [("csv", "text/csv; charset=utf-8"), ("jsonl", "application/x-ndjson; charset=utf-8")])
+def test_the_audit_export_names_its_charset_once(client, fmt, content_type):
+    response = client.get(f"/api/v1/audit?format={fmt}", headers=AUTH)
+    assert response.status_code == 200 and response.headers["Content-Type"] == content_type
+
+
 @pytest.mark.parametrize(
     "query,field",
     [
