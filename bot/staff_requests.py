@@ -34,6 +34,7 @@ class InvalidField(ValueError):
     def __init__(self, field: str, problem: str):
         super().__init__(f"{field}: {problem}")
         self.field = field
+        self.problem = problem
 
 
 def _only(body: object, allowed: set[str], required: set[str], what: str) -> Mapping[str, Any]:
@@ -89,14 +90,19 @@ def wa_id_field(value: object, field: str = "wa_id") -> str:
         raise InvalidField(field, str(error)) from None
 
 
-def timestamp_field(value: object, field: str) -> datetime:
-    """An ISO 8601 time with its zone (a time without one is ambiguous evidence), in UTC."""
+def timestamp_field(value: object, field: str, naive_is_utc: bool = False) -> datetime:
+    """An ISO 8601 time with its zone (a time without one is ambiguous evidence), in UTC.
+
+    `naive_is_utc` reads a time without a zone as UTC, for filters staff type by hand.
+    """
     if not isinstance(value, str):
         raise InvalidField(field, "must be an ISO 8601 date-time string")
     try:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         raise InvalidField(field, f"{value[:40]!r} is not an ISO 8601 date-time") from None
+    if moment.tzinfo is None and naive_is_utc:
+        moment = moment.replace(tzinfo=timezone.utc)
     if moment.tzinfo is None:
         raise InvalidField(field, "must carry a time zone, for example 2026-11-24T12:00:00Z")
     return _in_utc_range(moment, field)
