@@ -121,12 +121,20 @@ def _in_utc_range(moment: datetime, field: str) -> datetime:
     return utc
 
 
-def staff_channel(value: object) -> Channel:
+# Why staff may not name WhatsApp as the channel: what users do there, the webhook records.
+WHATSAPP_REFUSALS = {
+    Action.OPT_IN: "staff cannot record consent collected through WhatsApp: an explicit opt-in cannot come "
+    "from a business-initiated message (R5); users opt in themselves by writing START",
+    Action.OPT_OUT: "staff cannot record an opt-out through WhatsApp: WhatsApp opt-outs come from the user's own "
+    "messages (STOP, the opt-out buttons), which the bot records itself; record one the user asked staff for "
+    "under another channel, such as api",
+}
+
+
+def staff_channel(value: object, action: Action) -> Channel:
+    """Where staff collected an opt-in or opt-out; WhatsApp is refused with the reason for that action."""
     if isinstance(value, str) and value.startswith("whatsapp"):
-        raise InvalidField(
-            "channel", "staff cannot record consent collected through WhatsApp: an explicit opt-in cannot come "
-            "from a business-initiated message (R5); users opt in themselves by writing START",
-        )
+        raise InvalidField("channel", WHATSAPP_REFUSALS[action])
     names = tuple(channel.value for channel in STAFF_CHANNELS)
     if value not in names:
         raise InvalidField("channel", f"must be one of {', '.join(names)}")
@@ -147,7 +155,7 @@ def consent_draft(body: object, source_ref: str, recorded_by: str) -> EventDraft
     return EventDraft(
         wa_id=wa_id_field(body["wa_id"]),
         action=action,
-        channel=staff_channel(body["channel"]),
+        channel=staff_channel(body["channel"], action),
         scope=Scope(_choice(body, "scope", tuple(scope.value for scope in Scope), Scope.ALL.value)),
         consent_text=_text(body, "consent_text", 10_000, required=action is Action.OPT_IN),
         evidence=dict(unicode_field(evidence, "evidence")),

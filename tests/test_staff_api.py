@@ -116,6 +116,17 @@ def test_recording_an_opt_out_of_marketing_only(client):
     assert [e["action"] for e in state["history"]] == ["opt_in", "opt_out"]
 
 
+@pytest.mark.parametrize("channel", ["whatsapp", "whatsapp_keyword"])
+def test_a_whatsapp_opt_out_from_staff_is_refused_saying_where_whatsapp_opt_outs_come_from(client, app, channel):
+    body = {"wa_id": USER, "action": "opt_out", "channel": channel, "evidence": {"call": "C-7"}}
+    response = client.post("/api/v1/consents", headers=AUTH, json=body)
+    assert response.status_code == 422
+    error = response.get_json()
+    assert (error["error"], error["field"]) == ("invalid_field", "channel")
+    assert "the user's own messages (STOP" in error["detail"] and "under another channel, such as api" in error["detail"]
+    assert "R5" not in error["detail"] and events(app) == []
+
+
 def test_a_number_never_seen_has_state_none(client):
     state = client.get("/api/v1/consents/447700900123", headers=AUTH).get_json()
     assert (state["state"], state["marketing"], state["history"]) == ("none", "none", [])
