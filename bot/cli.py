@@ -16,6 +16,7 @@ from bot.keywords import Intent
 from bot.ledger import Ledger, utc_now
 from bot.phone import InvalidNumber, normalize_wa_id
 from bot.progress import progress_bar
+from bot.staff_requests import InvalidField, timestamp_field
 
 IMPORT_BATCH = 500  # rows recorded per transaction
 
@@ -36,6 +37,20 @@ def _describe(event: ConsentEvent | None) -> str:
     if event is None:
         return "-"
     return f"seq {event.seq} ({event.action.value}, {event.channel.value}, {event.occurred_at.isoformat()})"
+
+
+class IsoTime(click.ParamType):
+    """An ISO 8601 time as the staff API takes it, except that one without a zone is read as UTC."""
+
+    name = "time"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return timestamp_field(value, param.name if param else "time", naive_is_utc=True)
+        except InvalidField as error:
+            self.fail(error.problem, param, ctx)
 
 
 @click.group("consent", cls=OutageAware)
@@ -68,8 +83,8 @@ def show(wa_id: str) -> None:
 @consent_cli.command("export")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
 @click.option("-o", "--output", default="-", help="File to write (default: standard output).")
-@click.option("--since", type=click.DateTime(), help="Only events that occurred at or after this UTC time.")
-@click.option("--until", type=click.DateTime(), help="Only events that occurred before this UTC time.")
+@click.option("--since", type=IsoTime(), help="Only events that occurred at or after this ISO 8601 time (UTC if it has no zone).")
+@click.option("--until", type=IsoTime(), help="Only events that occurred before this ISO 8601 time (UTC if it has no zone).")
 @click.option("--wa-id", help="Only this user's events.")
 @with_appcontext
 def export(fmt: str, output: str, since: datetime | None, until: datetime | None, wa_id: str | None) -> None:

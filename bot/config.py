@@ -2,9 +2,21 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Mapping
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from redis.connection import parse_url as parse_redis_url
 
 DEFAULT_GRAPH_API_VERSION = "v25.0"
+DEFAULT_GRAPH_API_URL = "https://graph.facebook.com"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# The ledger's dialects: the SQLite bundled with Python, PostgreSQL through psycopg 3 (bot.db.engine_url).
+DATABASE_DRIVERS = {"sqlite", "sqlite+pysqlite", "postgres", "postgresql", "postgresql+psycopg"}
+DATABASE_EXAMPLES = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE (psycopg 3)"
+_PASSWORD = re.compile(r"^([^:/@]*://)?([^:/@]*):.*@")  # user:password@ at the start of a URL
+_SPACE = re.compile(r"\s")
 
 
 class ConfigError(ValueError):
@@ -58,6 +70,52 @@ def _rate(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def masked_url(url: str) -> str:
+    """The URL with any password in it as ***, so that an error message can show it."""
+    return _PASSWORD.sub(r"\1\2:***@", url, count=1)
+
+
+def _database_url(env: Mapping[str, str], name: str) -> str | None:
+    """A SQLAlchemy URL for one of DATABASE_DRIVERS (others fail later, deep in SQLAlchemy)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        driver = sa.engine.make_url(raw).drivername
+    except (sa.exc.ArgumentError, ValueError):
+        raise ConfigError(f"{name} is not a database URL: {masked_url(raw)!r}; use {DATABASE_EXAMPLES}") from None
+    if driver not in DATABASE_DRIVERS:
+        raise ConfigError(f"{name} uses {driver}, which the bot does not support: use {DATABASE_EXAMPLES}")
+    return raw
+
+
+def _redis_url(env: Mapping[str, str], name: str, default: str) -> str:
+    """A URL redis-py can connect to, checked as it will read it."""
+    raw = env.get(name, "").strip() or default
+    try:
+        parse_redis_url(raw)
+    except ValueError as error:
+        raise ConfigError(f"{name} is not a Redis URL ({error}): {masked_url(raw)!r}, for example {default}") from None
+    return raw
+
+
+def _http_url(env: Mapping[str, str], name: str, default: str) -> str:
+    """An http(s) base URL with a host, so that the first send does not fail on the URL itself."""
+    raw = env.get(name, "").strip() or default
+    if not _is_http_url(raw):
+        raise ConfigError(f"{name} must be an http:// or https:// URL with a host, such as {default}, got {masked_url(raw)!r}")
+    return raw.rstrip("/")
+
+
+def _is_http_url(raw: str) -> bool:
+    try:
+        url = urlsplit(raw)
+        port_in_range = url.port is None or url.port > 0  # .port raises ValueError beyond 65535
+    except ValueError:  # that, or a broken [IPv6] address
+        return False
+    return url.scheme in ("http", "https") and bool(url.hostname) and port_in_range and not _SPACE.search(raw)
+
+
 def settings_from_env(env: Mapping[str, str] = os.environ) -> dict:
     """Flask config keys read from environment variables; unset optional ones stay None."""
     text = lambda name, default=None: env.get(name, "").strip() or default  # noqa: E731
@@ -67,11 +125,11 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> dict:
         "WHATSAPP_APP_SECRET": text("WHATSAPP_APP_SECRET"),
         "WHATSAPP_VERIFY_TOKEN": text("WHATSAPP_VERIFY_TOKEN"),
         "WEBHOOK_INSECURE_DEV": _flag(env, "WEBHOOK_INSECURE_DEV", False),
-        "GRAPH_API_URL": text("GRAPH_API_URL", "https://graph.facebook.com").rstrip("/"),
+        "GRAPH_API_URL": _http_url(env, "GRAPH_API_URL", DEFAULT_GRAPH_API_URL),
         "GRAPH_API_VERSION": text("GRAPH_API_VERSION", DEFAULT_GRAPH_API_VERSION),
         "BUSINESS_NAME": text("BUSINESS_NAME", "Our business"),
-        "DATABASE_URL": text("DATABASE_URL"),
-        "REDIS_URL": text("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "DATABASE_URL": _database_url(env, "DATABASE_URL"),
+        "REDIS_URL": _redis_url(env, "REDIS_URL", DEFAULT_REDIS_URL),
         "ADMIN_API_TOKEN": text("ADMIN_API_TOKEN"),
         "SECRET_KEY": text("SECRET_KEY"),
         "TRUSTED_PROXIES": _count(env, "TRUSTED_PROXIES", 0),

@@ -15,7 +15,7 @@ from typing import Iterator, TextIO
 
 from bot.consent import EventDraft, InvalidEvent, check_draft
 from bot.ledger import canonical_json, utc_now
-from bot.staff_requests import CONSENT_FIELDS, InvalidField, consent_draft
+from bot.staff_requests import CONSENT_FIELDS, InvalidField, consent_draft, unicode_field
 
 RECORDED_BY = "staff:import"
 REQUIRED_COLUMNS = {"wa_id", "channel", "occurred_at"}
@@ -79,4 +79,4 @@ def _evidence(cell: str) -> dict:
         raise InvalidField("evidence", "starts with { but is not a JSON object") from None
     if not isinstance(value, dict):
         raise InvalidField("evidence", "must be a JSON object or a plain reference")
-    return value
+    return unicode_field(value, "evidence")  # checked before the row's digest is taken

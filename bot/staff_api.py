@@ -28,6 +28,7 @@ bp = Blueprint("staff_api", __name__, url_prefix="/api/v1")
 
 RECORDED_BY = "staff:api"
 MAX_CAMPAIGN_RECIPIENTS = 100_000
+# Whole Content-Type values: given as a mimetype, a text/* type would get a second charset from Flask.
 EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
 
 
@@ -119,7 +120,7 @@ def audit():
     since, until = (_time_arg(name) for name in ("since", "until"))
     wa_id = request.args.get("wa_id")
     events = current_app.extensions["ledger"].events(since, until, wa_id_field(wa_id) if wa_id else None)
-    response = Response(stream_with_context(_in_chunks(export_lines(events, fmt))), mimetype=EXPORT_TYPES[fmt])
+    response = Response(stream_with_context(_in_chunks(export_lines(events, fmt))), content_type=EXPORT_TYPES[fmt])
     response.headers["Content-Disposition"] = f'attachment; filename="consent-ledger.{fmt}"'
     return response
 

@@ -6,7 +6,7 @@ pages refuse the same things with the same one-line reasons. Nothing here knows 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from bot.consent import Action, Channel, EventDraft, Scope
@@ -22,8 +22,10 @@ TEMPLATE_KINDS = {
     "authentication": MessageKind.AUTHENTICATION_TEMPLATE,
 }
 MAX_TEXT = 4096  # Meta's limit for a text message body
+YEARS = range(1900, 10_000)  # when a recorded time may fall, in UTC
 _TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
 _LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2,4})?")
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")  # JSON's "\ud800" escape decodes to one; UTF-8 cannot hold it
 
 
 class InvalidField(ValueError):
@@ -32,6 +34,7 @@ class InvalidField(ValueError):
     def __init__(self, field: str, problem: str):
         super().__init__(f"{field}: {problem}")
         self.field = field
+        self.problem = problem
 
 
 def _only(body: object, allowed: set[str], required: set[str], what: str) -> Mapping[str, Any]:
@@ -54,6 +57,22 @@ def _text(body: Mapping[str, Any], field: str, limit: int, required: bool = Fals
         raise InvalidField(field, "must be a non-empty string")
     if len(value) > limit:
         raise InvalidField(field, f"must be at most {limit} characters")
+    return unicode_field(value, field)
+
+
+def unicode_field(value: object, field: str) -> Any:
+    """`value` if every string in it (object keys too, at any depth) is valid Unicode: a lone
+    surrogate cannot be stored, hashed or sent, and would otherwise fail deep in the ledger."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str) and _LONE_SURROGATE.search(item):
+            raise InvalidField(field, "must be valid Unicode text (it holds a lone UTF-16 surrogate)")
+        if isinstance(item, Mapping):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return value
 
 
@@ -71,25 +90,51 @@ def wa_id_field(value: object, field: str = "wa_id") -> str:
         raise InvalidField(field, str(error)) from None
 
 
-def timestamp_field(value: object, field: str) -> datetime:
-    """An ISO 8601 time with its zone: a time without one is ambiguous evidence."""
+def timestamp_field(value: object, field: str, naive_is_utc: bool = False) -> datetime:
+    """An ISO 8601 time with its zone (a time without one is ambiguous evidence), in UTC.
+
+    `naive_is_utc` reads a time without a zone as UTC, for filters staff type by hand.
+    """
     if not isinstance(value, str):
         raise InvalidField(field, "must be an ISO 8601 date-time string")
     try:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         raise InvalidField(field, f"{value[:40]!r} is not an ISO 8601 date-time") from None
+    if moment.tzinfo is None and naive_is_utc:
+        moment = moment.replace(tzinfo=timezone.utc)
     if moment.tzinfo is None:
         raise InvalidField(field, "must carry a time zone, for example 2026-11-24T12:00:00Z")
-    return moment
+    return _in_utc_range(moment, field)
 
 
-def staff_channel(value: object) -> Channel:
+def _in_utc_range(moment: datetime, field: str) -> datetime:
+    """The time in UTC, refused outside YEARS: the ledger stores UTC, and a year 1 time would
+    not even read back on a PostgreSQL session west of Greenwich (there is no year 0)."""
+    out_of_range = InvalidField(field, f"must fall in the years {YEARS.start} to {YEARS.stop - 1} (UTC)")
+    try:
+        utc = moment.astimezone(timezone.utc)
+    except OverflowError:  # before year 1 or after 9999 once in UTC
+        raise out_of_range from None
+    if utc.year not in YEARS:
+        raise out_of_range
+    return utc
+
+
+# Why staff may not name WhatsApp as the channel: what users do there, the webhook records.
+WHATSAPP_REFUSALS = {
+    Action.OPT_IN: "staff cannot record consent collected through WhatsApp: an explicit opt-in cannot come "
+    "from a business-initiated message (R5); users opt in themselves by writing START",
+    Action.OPT_OUT: "staff cannot record an opt-out through WhatsApp: WhatsApp opt-outs come from the user's own "
+    "messages (STOP, the opt-out buttons), which the bot records itself; record one the user asked staff for "
+    "under another channel, such as api",
+}
+
+
+def staff_channel(value: object, action: Action) -> Channel:
+    """Where staff collected an opt-in or opt-out; WhatsApp is refused with the reason for that action."""
     if isinstance(value, str) and value.startswith("whatsapp"):
-        raise InvalidField(
-            "channel", "staff cannot record consent collected through WhatsApp: an explicit opt-in cannot come "
-            "from a business-initiated message (R5); users opt in themselves by writing START",
-        )
+        raise InvalidField("channel", WHATSAPP_REFUSALS[action])
     names = tuple(channel.value for channel in STAFF_CHANNELS)
     if value not in names:
         raise InvalidField("channel", f"must be one of {', '.join(names)}")
@@ -110,10 +155,10 @@ def consent_draft(body: object, source_ref: str, recorded_by: str) -> EventDraft
     return EventDraft(
         wa_id=wa_id_field(body["wa_id"]),
         action=action,
-        channel=staff_channel(body["channel"]),
+        channel=staff_channel(body["channel"], action),
         scope=Scope(_choice(body, "scope", tuple(scope.value for scope in Scope), Scope.ALL.value)),
         consent_text=_text(body, "consent_text", 10_000, required=action is Action.OPT_IN),
-        evidence=dict(evidence),
+        evidence=dict(unicode_field(evidence, "evidence")),
         occurred_at=timestamp_field(occurred_at, "occurred_at") if occurred_at is not None else None,
         source_ref=source_ref,
         recorded_by=recorded_by,
@@ -132,6 +177,7 @@ def template_field(value: object) -> tuple[Template, MessageKind]:
     components = body.get("components", [])
     if not isinstance(components, list) or not all(isinstance(part, Mapping) for part in components):
         raise InvalidField("template.components", "must be a list of objects, as in Meta's template message")
+    unicode_field(components, "template.components")
     return Template(name, language, [dict(part) for part in components]), kind
 
 

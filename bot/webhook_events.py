@@ -73,7 +73,7 @@ class PreferenceUpdate:
 
     wa_id: str
     category: str
-    value: str  # "stop" or "resume"
+    value: str  # one of PREFERENCE_VALUES
     timestamp: datetime
     detail: str | None = None
 
@@ -99,6 +99,8 @@ class Unrecognized:
 _UNREADABLE = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, OSError)
 WebhookEvent = Union[InboundMessage, StatusUpdate, PreferenceUpdate, AccountNotice, Unrecognized]
 ACCOUNT_FIELDS = ("account_update", "phone_number_quality_update", "message_template_status_update")
+PREFERENCE_CATEGORY = "marketing_messages"  # the only category users can stop and resume inside WhatsApp
+PREFERENCE_VALUES = ("stop", "resume")
 
 
 def parse(body: object) -> list[WebhookEvent]:
@@ -124,12 +126,21 @@ def _change(change: object) -> list[WebhookEvent]:
         return [_unrecognized("change without a value", change)]
     field, value = change.get("field"), change["value"]
     if field == "messages":
-        return [_message(m) for m in _list(value, "messages")] + [_status(s) for s in _list(value, "statuses")]
+        messages, statuses = _list(value, "messages"), _list(value, "statuses")
+        return _batch_errors(value, change) + [_message(m) for m in messages] + [_status(s) for s in statuses]
     if field == "user_preferences":
         return [_preference(p) for p in _list(value, "user_preferences")]
     if field in ACCOUNT_FIELDS:
         return [AccountNotice(field, _str(str(value.get("event", ""))), value)]
     return [_unrecognized(f"field {field!r} is not handled", change)]
+
+
+def _batch_errors(value: dict, change: dict) -> list[WebhookEvent]:
+    """Errors Meta reports for a whole batch (in the value, not in a status): kept for staff."""
+    if "errors" not in value:
+        return []
+    codes = [str(e["code"]) for e in _list(value, "errors") if isinstance(e, dict) and isinstance(e.get("code"), int)]
+    return [_unrecognized(f"Meta reported errors for the batch (codes: {', '.join(codes) or 'none given'})", change)]
 
 
 def _message(item: object) -> WebhookEvent:
@@ -168,12 +179,15 @@ def _status(item: object) -> WebhookEvent:
 
 def _preference(item: object) -> WebhookEvent:
     try:
-        return PreferenceUpdate(
+        update = PreferenceUpdate(
             wa_id=normalize_wa_id(item["wa_id"]), category=_required(item["category"]), value=_required(item["value"]),
             timestamp=_time(item["timestamp"]), detail=_str(item.get("detail")),
         )
     except _UNREADABLE as error:
         return _unrecognized(f"unreadable user preference ({type(error).__name__})", item)
+    if update.category != PREFERENCE_CATEGORY or update.value not in PREFERENCE_VALUES:
+        return _unrecognized(f"user preference {update.category[:40]!r} = {update.value[:40]!r} is not handled", item)
+    return update
 
 
 def _list(value: dict, key: str) -> list:

@@ -1,28 +1,20 @@
 """user_preferences: the user stopped or resumed marketing messages inside WhatsApp."""
 from __future__ import annotations
 
-import logging
-
 from bot.consent import Action, Channel, EventDraft, Scope
 from bot.intake import Intake
 from bot.ledger import utc_now
-from bot.phone import mask
 from bot.webhook_events import PreferenceUpdate
 from handlers import Context
-
-log = logging.getLogger(__name__)
 
 ACTIONS = {"stop": Action.OPT_OUT, "resume": Action.OPT_IN}
 
 
 def on_preference(ctx: Context, intake: Intake, update: PreferenceUpdate) -> None:
-    action = ACTIONS.get(update.value)
-    if update.category != "marketing_messages" or action is None:
-        log.warning("user preference %s=%s from %s not understood", update.category, update.value, mask(update.wa_id))
-        return
+    """A marketing stop or resume (bot.webhook_events keeps any other preference as unread)."""
     intake.record(
         EventDraft(
-            wa_id=update.wa_id, action=action, scope=Scope.MARKETING, channel=Channel.WHATSAPP_PREFERENCES,
+            wa_id=update.wa_id, action=ACTIONS[update.value], scope=Scope.MARKETING, channel=Channel.WHATSAPP_PREFERENCES,
             source_ref=f"preferences:{update.wa_id}:{int(update.timestamp.timestamp())}:{update.value}",
             recorded_by="webhook", consent_text=update.detail or f"{update.value} marketing messages",
             evidence={"category": update.category, "value": update.value, "detail": update.detail},

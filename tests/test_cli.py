@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import re
+from datetime import datetime, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -115,6 +116,40 @@ def test_export_csv_filters_by_user_and_neutralises_formulas(runner, ledger):
     assert len(rows) == 1 and rows[0]["wa_id"] == USER
     assert rows[0]["source_ref"] == "'=HYPERLINK(\"http://evil\")"
     assert json.loads(rows[0]["evidence"]) == {"form": "signup", "ip": "203.0.113.9"}
+
+
+@pytest.fixture
+def three_days(ledger):
+    """One opt-in at 08:00 UTC on each of 20, 21 and 22 November 2026."""
+    for day in (20, 21, 22):
+        ledger.append(web_opt_in(ref=f"form-{day}", occurred_at=datetime(2026, 11, day, 8, tzinfo=timezone.utc)))
+    return ledger
+
+
+@pytest.mark.parametrize(
+    "window,refs",
+    [
+        (["--since", "2026-11-21T09:00:00+01:00"], ["form-21", "form-22"]),
+        (["--since", "2026-11-21T08:00:00Z"], ["form-21", "form-22"]),
+        (["--since", "2026-11-21T08:00:00"], ["form-21", "form-22"]),  # no zone: UTC
+        (["--until", "2026-11-22T10:00:00+02:00"], ["form-20", "form-21"]),
+        (["--since", "2026-11-21T03:00:00-05:00", "--until", "2026-11-22"], ["form-21"]),
+    ],
+)
+def test_export_since_and_until_take_iso_times_with_or_without_a_zone(runner, three_days, window, refs):
+    result = runner.invoke(args=["consent", "export", "--format", "jsonl", *window])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["source_ref"] for line in result.output.splitlines()] == refs
+
+
+@pytest.mark.parametrize(
+    "value,says",
+    [("yesterday", "'yesterday' is not an ISO 8601 date-time"), ("0001-01-01T00:00:00+14:00", "must fall in the years 1900 to 9999 (UTC)")],
+)
+def test_export_refuses_a_bad_time_with_its_reason(runner, value, says):
+    result = runner.invoke(args=["consent", "export", "--since", value])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == f"Error: Invalid value for '--since': {says}"
 
 
 def test_export_to_an_unwritable_place_fails_cleanly(runner, five_events, tmp_path):

@@ -1,8 +1,12 @@
 """Environment configuration: defaults from SPEC §4 and one-line errors for bad values."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
+from bot import PROJECT_ROOT
 from bot.config import ConfigError, settings_from_env
 
 
@@ -32,8 +36,35 @@ def test_values_are_read_and_trimmed():
         ({"SEND_RATE_LIMIT": "0"}, "SEND_RATE_LIMIT must be positive, got 0"),
         ({"WEBHOOK_INSECURE_DEV": "maybe"}, "WEBHOOK_INSECURE_DEV must be 1 or 0"),
         ({"IMPLICIT_CONSENT_COVERS_UTILITY": "2"}, "IMPLICIT_CONSENT_COVERS_UTILITY must be 1 or 0"),
+        ({"DATABASE_URL": "garbage"}, "DATABASE_URL is not a database URL: 'garbage'; use sqlite:///PATH or postgresql://"),
+        ({"DATABASE_URL": "mysql://app:s3cret@db/ledger"}, "DATABASE_URL uses mysql, which the bot does not support: use sqlite"),
+        ({"DATABASE_URL": "postgresql+psycopg2://db/ledger"}, r"DATABASE_URL uses postgresql\+psycopg2, which the bot does not support"),
+        ({"DATABASE_URL": "postgresql://app:s3cret@db:port/ledger"}, r"DATABASE_URL is not a database URL: 'postgresql://app:\*\*\*@db:port/ledger'"),
+        ({"REDIS_URL": "garbage"}, "REDIS_URL is not a Redis URL .+: 'garbage'"),
+        ({"REDIS_URL": "http://:s3cret@cache"}, r"REDIS_URL is not a Redis URL .+: 'http://:\*\*\*@cache'"),
+        ({"REDIS_URL": "redis://cache:99999/0"}, r"REDIS_URL is not a Redis URL \(Port out of range"),
+        ({"GRAPH_API_URL": "not a url"}, "GRAPH_API_URL must be an http:// or https:// URL with a host, .+, got 'not a url'"),
+        ({"GRAPH_API_URL": "graph.facebook.com"}, "GRAPH_API_URL must be an http:// or https:// URL"),
+        ({"GRAPH_API_URL": "http://graph facebook.com"}, "GRAPH_API_URL must be an http:// or https:// URL"),
+        ({"GRAPH_API_URL": "ftp://me:s3cret@graph.facebook.com"}, r"GRAPH_API_URL .+, got 'ftp://me:\*\*\*@graph.facebook.com'"),
     ],
 )
 def test_bad_values_fail_with_one_line(env, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as refused:
         settings_from_env(env)
+    assert "\n" not in str(refused.value) and "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "variable,value",
+    [
+        ("DATABASE_URL", "garbage"), ("DATABASE_URL", "mysql://app:s3cret@db/ledger"),
+        ("REDIS_URL", "garbage"), ("REDIS_URL", "http://:s3cret@cache"), ("GRAPH_API_URL", "not a url"),
+    ],
+)
+def test_a_bad_url_stops_start_up_with_one_line(tmp_path, variable, value):
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}", "PATH": "", variable: value}
+    result = subprocess.run([sys.executable, "-c", "import wsgi"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {variable} ") and result.stderr.count("\n") == 1, result.stderr
+    assert "s3cret" not in result.stderr

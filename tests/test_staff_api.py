@@ -117,6 +117,17 @@ def test_recording_an_opt_out_of_marketing_only(client):
     assert [e["action"] for e in state["history"]] == ["opt_in", "opt_out"]
 
 
+@pytest.mark.parametrize("channel", ["whatsapp", "whatsapp_keyword"])
+def test_a_whatsapp_opt_out_from_staff_is_refused_saying_where_whatsapp_opt_outs_come_from(client, app, channel):
+    body = {"wa_id": USER, "action": "opt_out", "channel": channel, "evidence": {"call": "C-7"}}
+    response = client.post("/api/v1/consents", headers=AUTH, json=body)
+    assert response.status_code == 422
+    error = response.get_json()
+    assert (error["error"], error["field"]) == ("invalid_field", "channel")
+    assert "the user's own messages (STOP" in error["detail"] and "under another channel, such as api" in error["detail"]
+    assert "R5" not in error["detail"] and events(app) == []
+
+
 def test_a_number_never_seen_has_state_none(client):
     state = client.get("/api/v1/consents/447700900123", headers=AUTH).get_json()
     assert (state["state"], state["marketing"], state["history"]) == ("none", "none", [])
@@ -138,6 +149,8 @@ def test_a_number_never_seen_has_state_none(client):
         ({"occurred_at": "2026-11-24 10:00"}, "occurred_at", "time zone"),
         ({"occurred_at": "last tuesday"}, "occurred_at", "ISO 8601"),
         ({"occurred_at": 1732000000}, "occurred_at", "ISO 8601"),
+        ({"occurred_at": "0001-01-01T00:00:00+14:00"}, "occurred_at", "years 1900 to 9999"),  # before year 1 in UTC
+        ({"occurred_at": "1899-12-31T23:59:59Z"}, "occurred_at", "years 1900 to 9999"),
         ({"consent_txt": "typo"}, "consent_txt", "unknown field"),
     ],
 )
@@ -261,6 +274,29 @@ def test_invalid_message_requests_answer_422_naming_the_field(client, app, body,
     assert stored_messages(app) == []
 
 
+SURROGATE_COMPONENTS = [{"type": "body", "parameters": [{"type": "text", "text": "x\ud800"}]}]
+
+
+@pytest.mark.parametrize(
+    "path,body,field",
+    [
+        ("/api/v1/consents", {**OPT_IN, "consent_text": "x\ud800"}, "consent_text"),
+        ("/api/v1/consents", {**OPT_IN, "evidence": {"a": "\udc00"}}, "evidence"),
+        ("/api/v1/consents", {**OPT_IN, "evidence": {"scans": [{"\udc00": 1}]}}, "evidence"),
+        ("/api/v1/messages", {"to": USER, "text": "x\ud800"}, "text"),
+        ("/api/v1/messages", {"to": USER, "template": {**ORDER_UPDATE, "components": SURROGATE_COMPONENTS}}, "template.components"),
+        ("/api/v1/campaigns", {"template": {**ORDER_UPDATE, "components": SURROGATE_COMPONENTS}, "recipients": [USER]}, "template.components"),
+    ],
+)
+def test_a_lone_surrogate_answers_422_naming_the_field_and_nothing_is_stored(client, app, path, body, field):
+    """JSON may escape half a UTF-16 pair ("\\ud800"): no UTF-8 text can hold it, so no row or hash can either."""
+    response = client.post(path, headers=AUTH, json=body)
+    assert response.status_code == 422
+    error = response.get_json()
+    assert (error["error"], error["field"]) == ("invalid_field", field) and "valid Unicode" in error["detail"]
+    assert events(app) == [] and stored_messages(app) == []
+
+
 def test_an_unknown_message_id_answers_404(client):
     response = client.get("/api/v1/messages/not-a-message", headers=AUTH)
     assert response.status_code == 404 and response.get_json()["error"] == "not_found"
@@ -371,7 +407,19 @@ def test_the_audit_export_streams_csv_and_jsonl_with_filters(client, app, clock)
     assert [json.loads(line)["wa_id"] for line in recent.get_data(as_text=True).splitlines()] == [OTHER_USER, USER]
 
 
-@pytest.mark.parametrize("query,field", [("format=xml", "format"), ("since=yesterday", "since"), ("until=2026-01-01", "until"), ("wa_id=abc", "wa_id")])
+@pytest.mark.parametrize("fmt,content_type", [("csv", "text/csv; charset=utf-8"), ("jsonl", "application/x-ndjson; charset=utf-8")])
+def test_the_audit_export_names_its_charset_once(client, fmt, content_type):
+    response = client.get(f"/api/v1/audit?format={fmt}", headers=AUTH)
+    assert response.status_code == 200 and response.headers["Content-Type"] == content_type
+
+
+@pytest.mark.parametrize(
+    "query,field",
+    [
+        ("format=xml", "format"), ("since=yesterday", "since"), ("until=2026-01-01", "until"), ("wa_id=abc", "wa_id"),
+        ("since=0001-01-01T00:00:00%2B14:00", "since"), ("until=9999-12-31T23:59:59-14:00", "until"),  # out of range in UTC
+    ],
+)
 def test_bad_audit_parameters_answer_422(client, query, field):
     response = client.get(f"/api/v1/audit?{query}", headers=AUTH)
     assert response.status_code == 422 and response.get_json()["field"] == field

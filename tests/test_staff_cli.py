@@ -24,6 +24,8 @@ MIXED_ROWS = (
     "16505550006,opt_in,paper,all,Yes please,FORM-6,2099-01-01T00:00:00Z\n"  # the future
     "16505550007,opt_in,paper,all,Yes please,{not json,2026-10-01T09:30:00Z\n"
     "16505550008,opt_in,paper,all,Yes please,FORM-8,2026-10-01T09:30:00Z,extra\n"
+    "16505550009,opt_in,paper,all,Yes please,FORM-9,0001-01-01T00:00:00+14:00\n"  # before year 1 in UTC
+    '16505550010,opt_in,paper,all,Yes please,"{""form"": ""\\ud800""}",2026-10-01T09:30:00Z\n'  # half a UTF-16 pair
 )
 
 
@@ -78,10 +80,14 @@ def test_a_mixed_file_records_the_good_rows_and_names_each_rejected_line(runner,
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     rejected = [line for line in lines if ": rejected: " in line]
-    assert [line.split(":")[1] for line in rejected] == ["5", "6", "7", "8", "9", "10", "11", "12"]
-    for line, says in zip(rejected, ["consent_text", "needs evidence", "wa_id", "R5", "occurred_at", "future", "JSON", "more cells"]):
+    assert [line.split(":")[1] for line in rejected] == ["5", "6", "7", "8", "9", "10", "11", "12", "13", "14"]
+    reasons = [
+        "consent_text", "needs evidence", "wa_id", "R5", "occurred_at", "future", "JSON", "more cells", "years 1900 to 9999",
+        "evidence: must be valid Unicode",
+    ]
+    for line, says in zip(rejected, reasons):
         assert says in line, line
-    assert lines[-1] == "Error: 3 recorded, 0 already in the ledger, 8 rejected"
+    assert lines[-1] == "Error: 3 recorded, 0 already in the ledger, 10 rejected"
     assert {event.wa_id for event in ledger.events()} == {USER, OTHER_USER, "19175550100"}
 
 

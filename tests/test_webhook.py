@@ -453,6 +453,32 @@ def test_signed_bodies_we_cannot_read_are_kept_and_acknowledged(app, client, raw
         assert unread(app) != []
 
 
+def unread_items(app) -> list[tuple[str, object]]:
+    with app.extensions["ledger"].engine.connect() as conn:
+        return [(reason, json.loads(raw)) for reason, raw in conn.execute(sa.select(unread_webhooks.c.reason, unread_webhooks.c.raw))]
+
+
+def test_errors_meta_reports_for_a_whole_batch_are_kept_with_their_codes(app, client):
+    body = payload("messages_errors.json")
+    assert post(client, body).status_code == 200
+    assert unread_items(app) == [("Meta reported errors for the batch (codes: 131000)", body["entry"][0]["changes"][0])]
+
+
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        ({"value": "pause"}, "user preference 'marketing_messages' = 'pause' is not handled"),
+        ({"category": "utility_messages"}, "user preference 'utility_messages' = 'stop' is not handled"),
+    ],
+)
+def test_a_user_preference_we_do_not_handle_is_kept_and_records_nothing(app, client, change, reason):
+    body = payload("user_preferences_stop.json")
+    [item] = body["entry"][0]["changes"][0]["value"]["user_preferences"]
+    item.update(change)
+    assert post(client, body).status_code == 200
+    assert unread_items(app) == [(reason, item)] and actions(app) == []
+
+
 def test_an_oversized_body_is_refused_with_413(client):
     raw = b"{" + b" " * (5 * 1024 * 1024) + b"}"
     response = post(client, raw)
