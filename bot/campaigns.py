@@ -49,6 +49,10 @@ class CampaignRefused(Exception):
     """A staff request on a campaign that cannot be done now; `str()` is the reason."""
 
 
+class CampaignIdTaken(Exception):
+    """The campaign id (an idempotency key) names a campaign with another template or list."""
+
+
 @dataclass(frozen=True)
 class CampaignResult:
     campaign_id: str | None  # None for a dry run, or when nothing could be queued
@@ -151,9 +155,13 @@ class Campaigns:
             "template": json.dumps({"name": template.name, "language": template.language, "components": template.components}),
             "created_at": self.clock(),
         }
+        same = ("template", "category", "recipients")
         with one_statement(self.engine) as conn:
-            if conn.execute(sa.select(campaigns.c.id).where(campaigns.c.id == campaign_id)).first() is None:
+            existing = conn.execute(sa.select(*(campaigns.c[name] for name in same)).where(campaigns.c.id == campaign_id)).first()
+            if existing is None:
                 conn.execute(campaigns.insert().values(row))
+            elif tuple(existing) != tuple(row[name] for name in same):
+                raise CampaignIdTaken(f"campaign {campaign_id} was started with another template, category or number of recipients")
 
     # -- watching ------------------------------------------------------------------------
 

@@ -17,11 +17,11 @@ from typing import Iterator
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from bot.audit import FORMATS, export_lines
-from bot.campaigns import CampaignRefused, Campaigns
+from bot.campaigns import CampaignIdTaken, CampaignRefused, Campaigns
 from bot.consent import ConsentEvent, InvalidEvent
 from bot.ledger import SourceRefConflict, utc_now
 from bot.openapi import openapi_document
-from bot.outbox import QueueName
+from bot.outbox import Message, Outbox, QueueName
 from bot.staff_requests import InvalidField, campaign_request, consent_draft, message_request, timestamp_field, wa_id_field
 
 bp = Blueprint("staff_api", __name__, url_prefix="/api/v1")
@@ -79,12 +79,16 @@ def _json_body() -> object:
         raise MalformedJson() from None
 
 
-def _request_key(prefix: str) -> str:
-    """The idempotency key: the caller's `Idempotency-Key`, or a fresh one (each call is new)."""
+def _given_key() -> str:
     given = request.headers.get("Idempotency-Key", "").strip()
     if len(given) > 200:
         raise InvalidField("Idempotency-Key", "must be at most 200 characters")
-    return f"{prefix}:{given or uuid.uuid4()}"
+    return given
+
+
+def _request_key(prefix: str) -> str:
+    """The idempotency key: the caller's `Idempotency-Key`, or a fresh one (each call is new)."""
+    return f"{prefix}:{_given_key() or uuid.uuid4()}"
 
 
 # -- consent ---------------------------------------------------------------------------------
@@ -153,12 +157,20 @@ def send_message():
     outbox = current_app.extensions["outbox"]
     # One message to one person (an order update, a code): the fast queue, not behind campaigns.
     submission = outbox.submit(message, _request_key("api"), RECORDED_BY, QueueName.REPLIES)
+    if _given_key() and _stored_differently(outbox, submission.message_id, message):
+        return api_error(409, "idempotency_key_reused", "this Idempotency-Key was used for a message with another recipient or content")
     if not submission.queued:
         return api_error(
             409, "not_allowed", f"the policy refuses this message: {submission.reason.value}",
             reason=submission.reason.value, id=submission.message_id,
         )
     return jsonify(id=submission.message_id, status="queued"), 202
+
+
+def _stored_differently(outbox: Outbox, message_id: str | None, message: Message) -> bool:
+    """A repeated request must ask for what the first one did, or it is not a repeat."""
+    stored = outbox.get(message_id) if message_id else None
+    return stored is not None and (stored.wa_id, stored.kind, stored.content) != (message.to, message.kind, message.content())
 
 
 @bp.get("/messages/<message_id>")
@@ -187,7 +199,10 @@ def _campaigns() -> Campaigns:
 def start_campaign():
     template, kind, recipients, dry_run = campaign_request(_json_body(), MAX_CAMPAIGN_RECIPIENTS)
     campaign_id = str(uuid.uuid5(uuid.NAMESPACE_URL, _request_key("campaign")))
-    result = _campaigns().send(template, kind, recipients, RECORDED_BY, dry_run, campaign_id)
+    try:
+        result = _campaigns().send(template, kind, recipients, RECORDED_BY, dry_run, campaign_id)
+    except CampaignIdTaken as taken:
+        return api_error(409, "idempotency_key_reused", f"this Idempotency-Key was used for another campaign: {taken}")
     if result.campaign_id is None and not dry_run:
         return api_error(409, "not_allowed", f"no campaign can start: {_campaigns().account_flag()}", reason="paused", **result.as_dict())
     return jsonify(dry_run=dry_run, **result.as_dict()), 200 if dry_run else 202

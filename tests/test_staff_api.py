@@ -309,6 +309,17 @@ def test_a_message_idempotency_key_queues_once(client, app):
     assert len(ids) == 1 and len(stored_messages(app)) == 1
 
 
+def test_a_message_idempotency_key_reused_for_another_message_is_refused(client, app):
+    app.extensions["ledger"].append(web_opt_in())
+    app.extensions["ledger"].append(web_opt_in(OTHER_USER, ref="form-2"))
+    headers = {**AUTH, "Idempotency-Key": "order-991-shipped"}
+    first = client.post("/api/v1/messages", headers=headers, json={"to": USER, "template": ORDER_UPDATE})
+    other = client.post("/api/v1/messages", headers=headers, json={"to": OTHER_USER, "template": ORDER_UPDATE})
+    assert first.status_code == 202
+    assert other.status_code == 409 and other.get_json()["error"] == "idempotency_key_reused"
+    assert [wa_id for wa_id, _ in stored_messages(app)] == [USER]
+
+
 # -- campaigns -------------------------------------------------------------------------------
 
 CAMPAIGN_LIST = [USER, "+1 650 555 1234", OTHER_USER, "19175550100", "12ab"]
@@ -352,6 +363,17 @@ def test_a_campaign_sent_again_with_its_key_adds_nothing(client, app):
     again = client.post("/api/v1/campaigns", headers=headers, json={"template": SPRING_SALE, "recipients": CAMPAIGN_LIST}).get_json()
     assert first["campaign_id"] == again["campaign_id"] and len(stored_messages(app)) == 3
     assert sum(len(job.args[0]) for job in Queue("bulk", connection=app.extensions["redis"]).jobs) == 1
+
+
+def test_a_campaign_key_reused_for_another_template_or_list_is_refused_and_queues_nothing(client, app):
+    opt_in_list(app)
+    headers = {**AUTH, "Idempotency-Key": "spring-2026"}
+    assert client.post("/api/v1/campaigns", headers=headers, json={"template": SPRING_SALE, "recipients": [USER]}).status_code == 202
+    for body in ({"template": {**SPRING_SALE, "name": "summer_sale"}, "recipients": [USER]},
+                 {"template": SPRING_SALE, "recipients": [USER, OTHER_USER]}):
+        response = client.post("/api/v1/campaigns", headers=headers, json=body)
+        assert response.status_code == 409 and response.get_json()["error"] == "idempotency_key_reused"
+    assert len(stored_messages(app)) == 1
 
 
 @pytest.mark.parametrize(
