@@ -6,8 +6,8 @@ import re
 from typing import Mapping
 from urllib.parse import urlsplit
 
+import redis
 import sqlalchemy as sa
-from redis.connection import parse_url as parse_redis_url
 
 DEFAULT_GRAPH_API_VERSION = "v25.0"
 DEFAULT_GRAPH_API_URL = "https://graph.facebook.com"
@@ -93,8 +93,8 @@ def _redis_url(env: Mapping[str, str], name: str, default: str) -> str:
     """A URL redis-py can connect to, checked as it will read it."""
     raw = env.get(name, "").strip() or default
     try:
-        parse_redis_url(raw)
-    except ValueError as error:
+        redis.Redis.from_url(raw).connection_pool.make_connection()  # builds a connection; does not connect
+    except (ValueError, TypeError) as error:  # TypeError: an option redis-py does not know (?foo=1)
         raise ConfigError(f"{name} is not a Redis URL ({error}): {masked_url(raw)!r}, for example {default}") from None
     return raw
 

@@ -26,6 +26,7 @@ from rq import Worker
 from sqlalchemy.engine import make_url
 
 from bot import PROJECT_ROOT, default_database_url
+from bot.config import masked_url
 from bot.phone import mask
 from devstack import embedded_redis
 from devstack.processes import Child, Supervisor
@@ -74,9 +75,12 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
 
 def _redis(env: dict[str, str], supervisor: Supervisor, directory: str) -> Child | None:
     """Use the Redis at REDIS_URL when it answers; otherwise start one and point REDIS_URL at it."""
-    env["REDIS_URL"] = env.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    given = env.get("REDIS_URL")
+    env["REDIS_URL"] = given or "redis://127.0.0.1:6379/0"
     if embedded_redis.answers(env["REDIS_URL"]):
         return None
+    if given:  # the user asked for that one: say why another is used
+        supervisor.say(f"devstack: nothing answers at REDIS_URL={masked_url(given)}; starting an embedded redis-server instead")
     port = embedded_redis.free_port()
     child = supervisor.start("redis", embedded_redis.server_command(port, directory), env)
     env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"

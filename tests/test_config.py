@@ -43,6 +43,7 @@ def test_values_are_read_and_trimmed():
         ({"REDIS_URL": "garbage"}, "REDIS_URL is not a Redis URL .+: 'garbage'"),
         ({"REDIS_URL": "http://:s3cret@cache"}, r"REDIS_URL is not a Redis URL .+: 'http://:\*\*\*@cache'"),
         ({"REDIS_URL": "redis://cache:99999/0"}, r"REDIS_URL is not a Redis URL \(Port out of range"),
+        ({"REDIS_URL": "redis://cache/0?foo=1"}, r"REDIS_URL is not a Redis URL \(.*unexpected keyword argument 'foo'"),
         ({"GRAPH_API_URL": "not a url"}, "GRAPH_API_URL must be an http:// or https:// URL with a host, .+, got 'not a url'"),
         ({"GRAPH_API_URL": "graph.facebook.com"}, "GRAPH_API_URL must be an http:// or https:// URL"),
         ({"GRAPH_API_URL": "http://graph facebook.com"}, "GRAPH_API_URL must be an http:// or https:// URL"),

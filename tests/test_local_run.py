@@ -89,6 +89,7 @@ def test_without_redis_it_runs_its_own_and_simulate_chats_from_a_shell(tmp_path)
     closed = "redis://127.0.0.1:1/0"  # nothing listens on port 1: the embedded redis-server is used
     with running_bot(tmp_path, closed) as bot:
         assert "(embedded, stops with the bot)" in bot.output()
+        assert f"nothing answers at REDIS_URL={closed}; starting an embedded redis-server instead" in bot.output()
         env = {**bot.env, "SANDBOX_URL": bot.sandbox_url}
         simulate = [sys.executable, "-m", "flask", "--app", "wsgi", "simulate", "hello", "--from", USER, "--wait", "3"]
         chat = subprocess.run(simulate, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60)
