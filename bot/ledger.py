@@ -283,7 +283,7 @@ class Ledger:
         return previous
 
     def rows_of(self, conn: Connection, wa_ids: Iterable[str]) -> dict[str, list[sa.RowMapping]]:
-        """These users' stored events, oldest first, in one query."""
+        """These users' stored events, in chain order (as `state_of` takes them), in one query."""
         found: dict[str, list[sa.RowMapping]] = {wa_id: [] for wa_id in wa_ids}
         query = _EVENTS_OF_ANY if conn.dialect.name == "postgresql" else _EVENTS_OF
         for row in conn.execute(query, {"wa_ids": list(found)}).mappings():
