@@ -127,12 +127,14 @@ def _change(change: object) -> list[WebhookEvent]:
     field, value = change.get("field"), change["value"]
     if field == "messages":
         messages, statuses = _list(value, "messages"), _list(value, "statuses")
-        return _batch_errors(value, change) + [_message(m) for m in messages] + [_status(s) for s in statuses]
-    if field == "user_preferences":
-        return [_preference(p) for p in _list(value, "user_preferences")]
-    if field in ACCOUNT_FIELDS:
+        events = _batch_errors(value, change) + [_message(m) for m in messages] + [_status(s) for s in statuses]
+    elif field == "user_preferences":
+        events = [_preference(p) for p in _list(value, "user_preferences")]
+    elif field in ACCOUNT_FIELDS:
         return [AccountNotice(field, _str(str(value.get("event", ""))), value)]
-    return [_unrecognized(f"field {field!r} is not handled", change)]
+    else:
+        return [_unrecognized(f"field {field!r} is not handled", change)]
+    return events or [_unrecognized(f"{field} change with nothing in it that we read", change)]
 
 
 def _batch_errors(value: dict, change: dict) -> list[WebhookEvent]:

@@ -443,8 +443,10 @@ def test_a_131050_failure_records_a_marketing_opt_out(app, client):
         b"[" * 50_000 + b"]" * 50_000,
         json.dumps({"object": "page", "entry": []}).encode(),
         json.dumps({"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages", "value": {"messages": [{"from": "nope"}]}}]}]}).encode(),
+        json.dumps({"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages", "value": {"messaging_product": "whatsapp"}}]}]}).encode(),
+        json.dumps({"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "user_preferences", "value": {"user_preferences": []}}]}]}).encode(),
     ],
-    ids=["unsupported-type", "not-json", "invalid-utf8", "deeply-nested", "other-object", "broken-message"],
+    ids=["unsupported-type", "not-json", "invalid-utf8", "deeply-nested", "other-object", "broken-message", "empty-messages", "empty-preferences"],
 )
 def test_signed_bodies_we_cannot_read_are_kept_and_acknowledged(app, client, raw):
     response = post(client, raw)
