@@ -17,7 +17,7 @@ class MessageKind(str, enum.Enum):
     FREE_FORM = "free_form"  # business-initiated text in the window (welcome, staff text)
     REPLY = "reply"  # an answer to what the user just asked
     STOP_CONFIRMATION = "stop_confirmation"
-    START_CONFIRMATION = "start_confirmation"  # says the user is subscribed: never once they have opted out again
+    START_CONFIRMATION = "start_confirmation"  # says the user is subscribed (START, "Resume promotions"): not once they have opted out again
     HELP_ANSWER = "help_answer"
     UTILITY_TEMPLATE = "utility"
     MARKETING_TEMPLATE = "marketing"

@@ -62,7 +62,7 @@ def _marketing_resumed(state: ConsentState) -> tuple[Reply, MessageKind]:
     """The answer to a "Resume promotions" tap: it brings offers back only to a user opted in to
     messages; one opted out of everything is told how to resume, anyone else how it works."""
     if state.marketing is Marketing.ALLOWED:
-        return Reply.MARKETING_RESUME_CONFIRMATION, MessageKind.REPLY
+        return Reply.MARKETING_RESUME_CONFIRMATION, MessageKind.START_CONFIRMATION  # not sent if they stop meanwhile
     if state.state is State.OPTED_OUT:
         return Reply.UNSUBSCRIBED_REMINDER, MessageKind.REPLY
     return Reply.HELP, MessageKind.HELP_ANSWER

@@ -281,8 +281,8 @@ def test_resume_promotions_button_brings_offers_back_and_says_so(app, client):
     state = app.extensions["ledger"].state(USER)
     assert (state.state, state.marketing) == (State.OPTED_IN, Marketing.ALLOWED)
     assert (Action.OPT_IN, Scope.MARKETING, Channel.WHATSAPP_BUTTON) in actions(app)
-    assert [text for _, text in replies(app)][-1] == (
-        "You will get offers from Acme Bakery on WhatsApp again. Reply STOP at any time to stop all messages."
+    assert replies(app)[-1] == (
+        "start_confirmation", "You will get offers from Acme Bakery on WhatsApp again. Reply STOP at any time to stop all messages.",
     )
 
 
