@@ -84,6 +84,14 @@ def app(database_url, redis_url, graph):
 
 
 @pytest.fixture
+def app_without_redis(database_url, graph):
+    """The same app while Redis is down: nothing listens at its REDIS_URL."""
+    app = create_app(app_config(database_url, "redis://127.0.0.1:1/0", graph))
+    yield app
+    app.extensions["ledger"].engine.dispose()
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

@@ -10,12 +10,11 @@ import pytest
 import sqlalchemy as sa
 from rq import Queue
 
-from bot import create_app
 from bot.consent import Action, Scope
 from bot.db import consent_events, outbound_messages
 from bot.ledger import utc_now
 from bot.openapi import openapi_document
-from tests.conftest import ADMIN_TOKEN, app_config
+from tests.conftest import ADMIN_TOKEN
 from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -456,11 +455,10 @@ def test_an_opt_out_recorded_through_the_api_blocks_queued_sends(client, app):
     assert response.get_json()["reason"] == "opted_out"
 
 
-def test_an_opt_out_is_recorded_and_answered_201_while_redis_is_down(database_url, graph):
+def test_an_opt_out_is_recorded_and_answered_201_while_redis_is_down(app_without_redis):
     """Its mark for the send threads (bot.opt_out_marks) cannot be set; the opt-out stands."""
-    down = create_app(app_config(database_url, "redis://127.0.0.1:1/0", graph))
+    down = app_without_redis
     body = {"wa_id": USER, "action": "opt_out", "channel": "email", "evidence": {"mail": "M-1"}}
     response = down.test_client().post("/api/v1/consents", headers=AUTH, json=body)
     assert response.status_code == 201 and response.get_json()["action"] == "opt_out"
     assert down.extensions["ledger"].state(USER).state.value == "opted_out"
-    down.extensions["ledger"].engine.dispose()

@@ -4,9 +4,7 @@ from __future__ import annotations
 import pytest
 from rq import Queue
 
-from bot import create_app
 from bot.consent import Action, Channel, State
-from tests.conftest import app_config
 from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
 
 HEADER = "wa_id,action,channel,scope,consent_text,evidence,occurred_at\n"
@@ -55,24 +53,20 @@ def test_importing_the_same_file_again_adds_nothing(runner, ledger, tmp_path):
     assert len(list(ledger.events())) == 3 and ledger.verify().ok
 
 
-def test_an_import_records_its_opt_outs_while_redis_is_down(database_url, graph, ledger, tmp_path, caplog):
+def test_an_import_records_its_opt_outs_while_redis_is_down(app_without_redis, ledger, tmp_path, caplog):
     """An opt-out also leaves a mark in Redis for the send threads (bot.opt_out_marks); without
     Redis it is recorded all the same, and the failure logged."""
-    down = create_app(app_config(database_url, "redis://127.0.0.1:1/0", graph))
-    result = down.test_cli_runner().invoke(args=["consent", "import", write(tmp_path, HEADER + GOOD_ROWS)])
+    result = app_without_redis.test_cli_runner().invoke(args=["consent", "import", write(tmp_path, HEADER + GOOD_ROWS)])
     assert result.exit_code == 0 and result.output.strip().endswith("3 recorded, 0 already in the ledger, 0 rejected")
     assert ledger.state("19175550100").state is State.OPTED_OUT
     assert "could not mark 1 opt-out(s) for the send threads" in caplog.text
-    down.extensions["ledger"].engine.dispose()
 
 
-def test_send_template_while_redis_is_down_fails_in_one_line(database_url, graph, ledger):
+def test_send_template_while_redis_is_down_fails_in_one_line(app_without_redis, ledger):
     ledger.append(web_opt_in())
-    down = create_app(app_config(database_url, "redis://127.0.0.1:1/0", graph))
-    result = down.test_cli_runner().invoke(args=["send", "template", "order_update", "--to", USER, "--category", "utility"])
+    result = app_without_redis.test_cli_runner().invoke(args=["send", "template", "order_update", "--to", USER, "--category", "utility"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.splitlines()[-1].startswith("Error: Redis does not answer (")
-    down.extensions["ledger"].engine.dispose()
 
 
 def test_a_mixed_file_records_the_good_rows_and_names_each_rejected_line(runner, ledger, tmp_path):
