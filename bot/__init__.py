@@ -27,7 +27,7 @@ from bot.outbox import Outbox
 from bot.policy import ImplicitCoverage
 from bot.queues import enqueuer, make_queues
 from bot.replies import Replies, ReplyTextError
-from bot.sender import PACING_MARGIN, PAIR_BURST, PAIR_RATE
+from bot.sender import PACING_MARGIN, PAIR_BURST, PAIR_RATE, SLOT_HORIZON
 from handlers import Context
 
 app_log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def create_app(test_config: dict | None = None) -> Flask:
             app.config["WHATSAPP_TOKEN"], app.config["WHATSAPP_PHONE_NUMBER_ID"], app.config["GRAPH_API_URL"],
             app.config["GRAPH_API_VERSION"], pool_size=app.config["SEND_CONCURRENCY"],
         ),
-        throughput_limiter=RateLimiter(connection, rate=app.config["SEND_RATE_LIMIT"] * PACING_MARGIN),
+        throughput_limiter=RateLimiter(connection, rate=app.config["SEND_RATE_LIMIT"] * PACING_MARGIN, fresh_start=SLOT_HORIZON),
         pair_limiter=RateLimiter(connection, rate=PAIR_RATE[0], per=PAIR_RATE[1], burst=PAIR_BURST),
         page_limiter=RateLimiter(connection, rate=PAGE_SUBMISSIONS[0], per=PAGE_SUBMISSIONS[1], burst=PAGE_SUBMISSIONS[0]),
     )

@@ -169,8 +169,13 @@ class SendLoop:
 
         def take_slots() -> None:
             slots = self._sender.send_slots(len(wave))
+            waiting = []  # no slot free soon enough: they ask again at the next wake
             for message, slot in zip(wave, slots, strict=True):
-                heapq.heappush(self._scheduled, (slot, next(self._order), message))
+                if slot is None:
+                    waiting.append(message)
+                else:
+                    heapq.heappush(self._scheduled, (slot, next(self._order), message))
+            self._ready[:0] = waiting
 
         self._step("pacing", wave, take_slots)
 

@@ -85,3 +85,27 @@ def test_processes_share_one_pace(connection):
     # 200 slots at 200/s, taken by two processes at once, span one second: each process alone
     # would have spread its 100 over half a second.
     assert slots[-1] - slots[0] == pytest.approx(0.995, abs=0.05)
+
+
+def test_slots_are_handed_out_at_most_a_horizon_ahead_and_a_forgotten_key_starts_past_it(connection):
+    """What a restarted, empty Redis forgot can only be slots within the horizon; a key it does
+    not have starts past it, so no second gets its slots twice."""
+    limiter, slot = RateLimiter(connection, rate=100, fresh_start=0.1), key()
+    first = limiter.reserve_many([slot] * 3, max_wait=0.1)
+    assert [r.reserved for r in first] == [True, False, False]  # a new key starts at the horizon: 10 ms apart, only one fits
+    assert first[0].wait == pytest.approx(0.1, abs=0.01)
+    time.sleep(0.05)
+    handed_out = limiter.reserve_many([slot] * 10, max_wait=0.1)
+    assert sum(r.reserved for r in handed_out) == 5  # 0.05 s later, five more fit under the horizon
+    last = time.monotonic() + max(r.wait for r in handed_out if r.reserved)
+    connection.delete(slot)  # Redis restarted empty
+    [after] = limiter.reserve_many([slot], max_wait=0.1)
+    assert after.reserved and time.monotonic() + after.wait >= last  # not on top of the slots handed out before
+
+
+def test_an_idle_key_is_kept_so_that_it_does_not_start_afresh(connection):
+    limiter, slot = RateLimiter(connection, rate=100, fresh_start=0.1), key()
+    limiter.reserve(slot)
+    time.sleep(0.2)
+    assert limiter.reserve(slot).wait == 0  # idle, not forgotten: no fresh-start wait
+    assert connection.pttl(slot) > 55_000
