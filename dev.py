@@ -1,8 +1,12 @@
 """Developer entry point, needing only Python 3.11+.
 
-    python3 dev.py start            run the whole bot: web, worker, Redis if none answers, and the
-                                    WhatsApp sandbox unless WHATSAPP_TOKEN is set (python -m devstack)
-    python3 dev.py test [options]   run the test suite (options go to pytest)
+    python3 dev.py start            run the whole bot: upgrade the database schema, then web, worker,
+                                    Redis if none answers, and the WhatsApp sandbox unless
+                                    WHATSAPP_TOKEN is set (python -m devstack)
+    python3 dev.py test [options]   run the test suite (options go to pytest); first starts or installs
+                                    PostgreSQL, Redis and Chromium (devstack/services.sh), except
+                                    for `-m unit`, the tests that need none of them
+    python3 dev.py lint             ruff and mypy
     python3 dev.py bench            run the benchmarks in their short form (bench/*.py --quick)
 
 It keeps a virtualenv in .venv in step with the pinned requirements, then runs the command in it.
@@ -35,12 +39,24 @@ def ensure_virtualenv(requirements: str) -> None:
     stamp.write_text(digest)
 
 
+def only_unit_tests(pytest_args: list[str]) -> bool:
+    """`-m unit` selects the tests that need no database server, Redis or browser."""
+    return any(arg == "-m" and value == "unit" for arg, value in zip(pytest_args, pytest_args[1:])) or "-munit" in pytest_args
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else ""
     os.chdir(ROOT)
     if command == "test":
         ensure_virtualenv("requirements-dev.txt")
+        if not only_unit_tests(argv[1:]) and subprocess.run(["bash", str(ROOT / "devstack" / "services.sh")]).returncode:
+            print("dev.py: some services are missing (above); the tests that need them will fail", file=sys.stderr, flush=True)
         os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *argv[1:]])
+    if command == "lint":
+        ensure_virtualenv("requirements-dev.txt")
+        ruff = subprocess.run([str(VENV / "bin" / "ruff"), "check", "."]).returncode
+        mypy = subprocess.run([str(PYTHON), "-m", "mypy"]).returncode
+        return 1 if ruff or mypy else 0
     if command == "bench":
         ensure_virtualenv("requirements-dev.txt")
         for script in ("bench/ledger.py", "bench/send_throughput.py", "bench/webhook_load.py", "bench/export_memory.py", "bench/soak.py"):

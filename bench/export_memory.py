@@ -43,11 +43,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,9 +56,11 @@ import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from bench.ledger import SEED, populate, positive_int  # noqa: E402
-from bot.audit import COLUMNS, FORMATS  # noqa: E402
-from bot.db import GENESIS_HASH, consent_events, init_schema, ledger_head, make_engine  # noqa: E402
-from bot.ledger import Ledger, as_utc  # noqa: E402
+from bot.staff.audit import COLUMNS, FORMATS  # noqa: E402
+from bot.storage.db import make_engine  # noqa: E402
+from bot.storage.ledger import Ledger, as_utc  # noqa: E402
+from bot.storage.migrate import upgrade  # noqa: E402
+from bot.storage.schema import GENESIS_HASH, consent_events, ledger_head  # noqa: E402
 from tests.local_services import POSTGRES_SERVER, free_port, fresh_postgres_schema, stop_group, wait_healthy  # noqa: E402
 
 FULL_EVENTS = 1_000_000
@@ -72,7 +74,7 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
 ADMIN_TOKEN = "bench-export-token"
 GROWTH_LIMIT_MIB = 100
 SLICE_FRACTION = 0.1
-NOTHING_SINCE = datetime(2100, 1, 1, tzinfo=timezone.utc)  # a range with no events: app loaded, nothing exported
+NOTHING_SINCE = datetime(2100, 1, 1, tzinfo=UTC)  # a range with no events: app loaded, nothing exported
 READ_BLOCK = 1 << 20
 HTTP_CHUNK = 64 * 1024
 RSS_SAMPLE_SECONDS = 0.05
@@ -163,7 +165,7 @@ def build_ledger(backend: str, events: int, reuse: bool) -> str:
             url = postgresql_url(empty=True)
         engine = make_engine(url)
         try:
-            init_schema(engine)
+            upgrade(engine)
             populate(engine, Ledger(engine), random.Random(SEED), events)
         finally:
             engine.dispose()

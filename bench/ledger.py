@@ -1,4 +1,4 @@
-"""Benchmark of the consent ledger (bot/ledger.py) on SQLite and PostgreSQL.
+"""Benchmark of the consent ledger (bot/storage/ledger.py) on SQLite and PostgreSQL.
 
 For each backend it measures:
 
@@ -33,20 +33,22 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa  # noqa: E402
 from sqlalchemy.engine import Connection, Engine  # noqa: E402
 
-from bot.consent import Action, Channel, EventDraft, Scope  # noqa: E402
-from bot.db import GENESIS_HASH, WRITE_OPTION, consent_events, contacts, init_schema, ledger_head, make_engine  # noqa: E402
-from bot.ledger import Ledger, event_hash, utc_now  # noqa: E402
+from bot.domain.consent import Action, Channel, EventDraft, Scope  # noqa: E402
+from bot.storage.db import WRITE_OPTION, make_engine  # noqa: E402
+from bot.storage.ledger import Ledger, event_hash, utc_now  # noqa: E402
+from bot.storage.migrate import upgrade  # noqa: E402
+from bot.storage.schema import GENESIS_HASH, consent_events, contacts, ledger_head  # noqa: E402
 
 POSTGRESQL_SCHEMA = "bench_ledger"
 POSTGRESQL_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{POSTGRESQL_SCHEMA}"
@@ -312,7 +314,7 @@ def run_backend(name: str, sizes: Sizes, verify: bool) -> None:
         try:
             print(f"== {name}: {engine.url.render_as_string(hide_password=True)}")
             load_at_start = os.getloadavg()[0]
-            init_schema(engine)
+            upgrade(engine)
             ledger, rng = Ledger(engine), random.Random(SEED)
             wa_ids = populate(engine, ledger, rng, sizes.events)
             bench_state(ledger, rng, wa_ids, sizes.lookups)

@@ -1,8 +1,8 @@
 """Send throughput: campaigns through the real outbox, RQ queue and worker processes.
 
-A local HTTP server imitates the Graph API (tests/graph_imitation.py, in its own process):
+A local HTTP server imitates the Graph API (sandbox/graph_imitation.py, in its own process):
 150 ms per call, 130429 once more than the cap arrived within a second, every request
-recorded. For each cap, the bench opts in a set of users, starts two `python -m bot.worker`
+recorded. For each cap, the bench opts in a set of users, starts two `python -m bot.outbound.worker`
 processes with SEND_RATE_LIMIT set to the cap, submits one campaign, waits until every
 message has a final state and prints the achieved messages/second against the cap, the 130429
 answers, duplicates and losses, and the CPU each message cost the workers and the imitation
@@ -33,11 +33,12 @@ import sqlalchemy as sa  # noqa: E402
 from rq import Worker  # noqa: E402
 
 from bot import create_app  # noqa: E402
-from bot.consent import Action, Channel, EventDraft  # noqa: E402
-from bot.db import outbound_messages  # noqa: E402
-from bot.outbox import Message, QueueName, Template  # noqa: E402
-from bot.policy import MessageKind  # noqa: E402
-from tests.local_services import free_port, fresh_postgres_schema  # noqa: E402
+from bot.domain.consent import Action, Channel, EventDraft  # noqa: E402
+from bot.domain.policy import MessageKind  # noqa: E402
+from bot.services import services_of  # noqa: E402
+from bot.storage.outbox import Message, QueueName, Template  # noqa: E402
+from bot.storage.schema import outbound_messages  # noqa: E402
+from tests.local_services import free_port, fresh_postgres_schema, migrated  # noqa: E402
 
 SCHEMA = "bench_send"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -45,17 +46,17 @@ PHONE_NUMBER_ID = "106540352242922"
 LATENCY = 0.15
 WORKERS = 2
 
-HEYOO_LOOP = """
+HEYOO_LOOP = f"""
 import sys, time, heyoo
-client = heyoo.WhatsApp("token", "%s")
-client.url = sys.argv[1] + "/v25.0/%s/messages"
+client = heyoo.WhatsApp("token", "{PHONE_NUMBER_ID}")
+client.url = sys.argv[1] + "/v25.0/{PHONE_NUMBER_ID}/messages"
 seconds, sent = float(sys.argv[2]), 0
 end = time.monotonic() + seconds
 while time.monotonic() < end:
-    client.send_template("order_update", "1666%%07d" %% sent, [], lang="en_US")
+    client.send_template("order_update", "1666%07d" % sent, [], lang="en_US")
     sent += 1
 print(sent / seconds)
-""" % (PHONE_NUMBER_ID, PHONE_NUMBER_ID)
+"""
 
 
 def start(command: list[str], env: dict[str, str] | None = None, log=None) -> subprocess.Popen:
@@ -70,7 +71,7 @@ def stop(process: subprocess.Popen) -> None:
 
 def start_imitation(cap: int | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [sys.executable, "-m", "tests.graph_imitation", "--port", str(port), "--latency", str(LATENCY)]
+    command = [sys.executable, "-m", "sandbox.graph_imitation", "--port", str(port), "--latency", str(LATENCY)]
     process = start(command + (["--cap", str(cap)] if cap else []), log=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
@@ -89,7 +90,7 @@ def final_states(engine: sa.Engine) -> dict[str, int]:
 
 
 def run_campaign(cap: int, count: int, log_dir: Path) -> dict:
-    database_url = fresh_postgres_schema(SCHEMA)
+    database_url = migrated(fresh_postgres_schema(SCHEMA))
     redis.Redis.from_url(REDIS_URL).flushdb()
     imitation, graph_url = start_imitation(cap)
     concurrency = max(16, math.ceil(cap * LATENCY * 1.5 / WORKERS))
@@ -98,8 +99,8 @@ def run_campaign(cap: int, count: int, log_dir: Path) -> dict:
         "WHATSAPP_TOKEN": "bench-token", "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
         "SEND_RATE_LIMIT": str(cap), "SEND_CONCURRENCY": str(concurrency),
     }
-    app = create_app({**settings, "SEND_RATE_LIMIT": cap, "SEND_CONCURRENCY": concurrency})
-    ledger, outbox = app.extensions["ledger"], app.extensions["outbox"]
+    app = create_app(settings)
+    ledger, outbox = services_of(app).ledger, services_of(app).outbox
     users = [f"1555{n:07d}" for n in range(count)]
     for start_at in range(0, count, 5000):
         ledger.append_many(
@@ -107,9 +108,9 @@ def run_campaign(cap: int, count: int, log_dir: Path) -> dict:
             for u in users[start_at : start_at + 5000]
         )
     env = {"PATH": os.environ.get("PATH", ""), **settings}
-    workers = [start([sys.executable, "-m", "bot.worker"], env, open(log_dir / f"worker-{cap}-{n}.log", "w")) for n in range(WORKERS)]
+    workers = [start([sys.executable, "-m", "bot.outbound.worker"], env, open(log_dir / f"worker-{cap}-{n}.log", "w")) for n in range(WORKERS)]
     try:
-        wait_until_listening(app.extensions["redis"])
+        wait_until_listening(services_of(app).redis)
         cpu_before = cpu_seconds(workers), cpu_seconds([imitation])  # start-up is not sending
         template = Template("spring_sale", "en_US")
         submitted = time.monotonic()

@@ -9,9 +9,9 @@ FAIL (WARN for memory growth, INFO for what is only reported) and the exit code 
 What runs, all on this host and all of it the soak's own (the machine's shared PostgreSQL and
 Redis are never touched): a PostgreSQL instance (initdb into a temporary directory, run as the
 `postgres` user, so run the soak as root), a `redis-server` without persistence, the Graph API
-imitation (tests/graph_imitation.py, in this process: 150 ms per call, 130429 above
+imitation (sandbox/graph_imitation.py, in this process: 150 ms per call, 130429 above
 SEND_RATE_LIMIT per second, every request recorded), gunicorn as the Procfile runs it (one
-master, 2 threaded workers as gunicorn.conf.py sets them, access log on) and 2 `python -m bot.worker` processes. Every process's
+master, 2 threaded workers as gunicorn.conf.py sets them, access log on) and 2 `python -m bot.outbound.worker` processes. Every process's
 output goes to bench/out/soak/processes.log (PostgreSQL's to bench/out/soak/postgres.log).
 
 The traffic comes from a load generator in its own process: signed POST /webhook bodies at a
@@ -70,10 +70,10 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -85,13 +85,13 @@ import sqlalchemy as sa  # noqa: E402
 from bench.send_throughput import final_states, final_states_summary  # noqa: E402
 from bench.webhook_load import APP_SECRET, PHONE_NUMBER_ID, REQUEST_TIMEOUT, VERIFY_TOKEN, Request, _post, percentile, sign, wait_healthy  # noqa: E402
 from bot import create_app  # noqa: E402
-from bot.config import settings_from_env  # noqa: E402
-from bot.db import consent_events, outbound_messages  # noqa: E402
-from bot.phone import mask  # noqa: E402
-from bot.replies import Reply  # noqa: E402
+from bot.domain.phone import mask  # noqa: E402
+from bot.domain.replies import Reply  # noqa: E402
+from bot.services import services_of  # noqa: E402
+from bot.storage.schema import consent_events, outbound_messages  # noqa: E402
 from devstack.processes import Child, Supervisor  # noqa: E402
-from tests.graph_imitation import GraphImitation, Received  # noqa: E402
-from tests.local_services import free_port  # noqa: E402
+from sandbox.graph_imitation import GraphImitation, Received  # noqa: E402
+from tests.local_services import free_port, migrated  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "soak"
 ADMIN_TOKEN = "soak-admin-token"
@@ -242,7 +242,7 @@ class Generator:
             async with self.connections:
                 try:
                     status = await asyncio.wait_for(_post(self.plan.port, body.request), REQUEST_TIMEOUT)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     status = "timeout"
                 except OSError as error:
                     status = type(error).__name__
@@ -476,7 +476,7 @@ class Stack:
                 return
             except redis.RedisError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the soak's redis-server did not answer within 20 s")
+                    raise RuntimeError("the soak's redis-server did not answer within 20 s") from None
                 time.sleep(0.05)
 
     def start_web(self, initial: bool = False) -> None:
@@ -500,7 +500,7 @@ class Stack:
         raise RuntimeError(f"gunicorn did not serve /healthz again within 180 s (exit code {self.web.process.poll()})")
 
     def start_worker(self, number: int) -> None:
-        self.workers[number] = self.supervisor.start(f"worker{number}", [sys.executable, "-m", "bot.worker"], self.env)
+        self.workers[number] = self.supervisor.start(f"worker{number}", [sys.executable, "-m", "bot.outbound.worker"], self.env)
 
     def processes(self) -> Iterator[tuple[str, int]]:
         """(role, pid) of every web and worker process running now."""
@@ -818,8 +818,8 @@ class Soak:
             self.postgres.start()
             self.postgres.create_database("soak")
             redis_port = free_port()
-            env = self.environment(self.postgres.url("soak"), f"redis://127.0.0.1:{redis_port}/0", self.imitation.url)
-            app = create_app(settings_from_env(env))  # creates the schema once, before the processes race to
+            env = self.environment(migrated(self.postgres.url("soak")), f"redis://127.0.0.1:{redis_port}/0", self.imitation.url)
+            app = create_app(env)  # after `flask db upgrade`, as a release step runs it
             self.stack = Stack(supervisor, env, log_path, redis_port)
             self.stack.start_redis()
             self.stack.start_web(initial=True)
@@ -845,13 +845,13 @@ class Soak:
             traffic = _result(generator, results)
             sent.cancel_join_thread()
             print("soak: traffic done; waiting for the outbox to drain", flush=True)
-            app.extensions["ledger"].engine.dispose()  # its pooled connections died with the PostgreSQL restarts
-            drained, remaining = self.drain(app.extensions["ledger"].engine)
+            services_of(app).ledger.engine.dispose()  # its pooled connections died with the PostgreSQL restarts
+            drained, remaining = self.drain(services_of(app).ledger.engine)
             monitor.stop.set()
             monitor.join()
             monitor.sample()
             self.check_all(app, traffic, drained, remaining, monitor)
-            self.summary(traffic, timeline, app.extensions["ledger"].engine)
+            self.summary(traffic, timeline, services_of(app).ledger.engine)
         finally:
             if monitor is not None:
                 monitor.stop.set()
@@ -885,7 +885,7 @@ class Soak:
         self.checks.append(Check(name, verdict, detail))
 
     def check_all(self, app, traffic: TrafficResult, drained: float, remaining: list[sa.Row], monitor: Monitor) -> None:
-        engine = app.extensions["ledger"].engine
+        engine = services_of(app).ledger.engine
         with engine.connect() as conn:
             events = conn.execute(sa.select(consent_events).order_by(consent_events.c.seq)).mappings().all()
             outbound = conn.execute(sa.select(outbound_messages)).mappings().all()
@@ -896,7 +896,7 @@ class Soak:
         self.check_stops_recorded(traffic, events)
         self.check_final_states(app, traffic)
         self.check_ledger_counts(traffic, events)
-        texts = {app.extensions["replies"].render(reply, language): reply.value for reply in Reply for language in app.extensions["keywords"].languages}
+        texts = {services_of(app).replies.render(reply, language): reply.value for reply in Reply for language in services_of(app).keywords.languages}
         self.check_opted_out_sends(traffic, events, received, texts)
         self.check_stop_confirmations(events, outbound, received, texts)
         self.check_campaign_duplicates(received)
@@ -958,7 +958,7 @@ class Soak:
                 ambiguous.add(said.wa_id)
             expected[said.wa_id] = "opted_out" if said.action == "opt_out" else "opted_in"
         users = [u for u in expected if u not in ambiguous]
-        states = app.extensions["ledger"].states(users)
+        states = services_of(app).ledger.states(users)
         wrong = [u for u in users if states[u].state.value != expected[u]]
         tally = collections.Counter(expected[u] for u in users)
         detail = f"{len(users)} users ({', '.join(f'{k} {v}' for k, v in sorted(tally.items()))}); {len(wrong)} wrong"

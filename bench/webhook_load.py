@@ -58,11 +58,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -70,8 +70,9 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from bot.consent import Action, Scope  # noqa: E402
-from bot.db import consent_events, init_schema  # noqa: E402
+from bot.domain.consent import Action, Scope  # noqa: E402
+from bot.storage.migrate import upgrade  # noqa: E402
+from bot.storage.schema import consent_events  # noqa: E402
 from tests.local_services import free_port, fresh_postgres_schema, stop_group, wait_healthy  # noqa: E402
 
 SCHEMA = os.environ.get("BENCH_POSTGRES_SCHEMA", "bench_webhook")
@@ -282,7 +283,7 @@ async def _closed_loop(spec: PhaseSpec, traffic: Traffic, end: float) -> list[Ou
 async def _timed(port: int, request: Request, since: float) -> Outcome:
     try:
         status = await asyncio.wait_for(_post(port, request), REQUEST_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         status = "timeout"
     except OSError as error:
         status = type(error).__name__
@@ -478,7 +479,7 @@ def with_history(database_url: str, users: int) -> None:
     a bot in service uses its indexes, and skews its CPU per event. Chain hashes are filler:
     the bench does not verify the chain."""
     engine = sa.create_engine(database_url)
-    init_schema(engine)
+    upgrade(engine)
     day_ago = "now() - interval '1 day'"
     with engine.begin() as conn:
         for statement in (

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import redis
 import sqlalchemy as sa
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
+
+from bot.services import current_services
 
 bp = Blueprint("health", __name__)
 
@@ -17,12 +19,12 @@ def _first_line(error: Exception) -> str:
 def healthz():
     problems = []
     try:
-        with current_app.extensions["ledger"].engine.connect() as conn:
+        with current_services().engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.SQLAlchemyError as error:
         problems.append(f"database: {_first_line(error)}")
     try:
-        current_app.extensions["redis"].ping()
+        current_services().redis.ping()
     except redis.RedisError as error:
         problems.append(f"redis: {_first_line(error)}")
     if problems:

@@ -1,10 +1,11 @@
 """`python -m devstack`, which `python3 dev.py start` runs: the whole bot on this machine.
 
-It starts what the Procfile runs, a web process (gunicorn, on 127.0.0.1:$PORT) and a worker
-(`python -m bot.worker`), and what they need: Redis (the one at REDIS_URL when it answers,
+It brings the database schema up to date (`flask db upgrade`, the Procfile's release step), then
+starts what the Procfile runs, a web process (gunicorn, on 127.0.0.1:$PORT) and a worker
+(`python -m bot.outbound.worker`), and what they need: Redis (the one at REDIS_URL when it answers,
 otherwise an embedded redis-server that lives as long as the run) and the ledger (DATABASE_URL,
 by default the SQLite file under instance/). Without WHATSAPP_TOKEN it also starts the WhatsApp
-sandbox (`python -m sandbox`, on $SANDBOX_PORT) and points the bot's Graph API URL, token, phone
+sandbox (`python -m sandbox serve`, on $SANDBOX_PORT) and points the bot's Graph API URL, token, phone
 number id and app secret at it; with WHATSAPP_TOKEN set the bot talks to Meta and no sandbox runs.
 Ctrl-C (SIGINT) or SIGTERM stops everything it started; a second one stops it at once.
 """
@@ -17,17 +18,18 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import redis
 import requests
-from dotenv import load_dotenv
 from rq import Worker
 from sqlalchemy.engine import make_url
 
-from bot import PROJECT_ROOT, default_database_url
-from bot.config import masked_url
-from bot.phone import mask
+from bot import STARTUP_ERRORS
+from bot.domain.phone import mask
+from bot.settings import PROJECT_ROOT, Settings, load_settings, masked_url
+from bot.storage.db import make_engine
+from bot.storage.migrate import upgrade
 from devstack import embedded_redis
 from devstack.processes import Child, Supervisor
 
@@ -37,14 +39,14 @@ STOP_TIMEOUT = 20.0  # seconds each process gets to finish what it is doing
 
 
 def main() -> int:
-    load_dotenv(PROJECT_ROOT / ".env")
-    env = dict(os.environ)
     try:
-        port, sandbox_port = _port(env, "PORT", 8000), _port(env, "SANDBOX_PORT", 8001)
-    except ValueError as error:
+        settings = load_settings()  # reads .env into the environment the processes get
+        _upgrade_schema(settings)
+    except STARTUP_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    env["DATABASE_URL"] = env.get("DATABASE_URL") or default_database_url()
+    env = dict(os.environ, DATABASE_URL=settings.database_url)
+    port, sandbox_port = settings.port, settings.sandbox_port
     supervisor = Supervisor(PROJECT_ROOT)
     stopping, hurry = threading.Event(), threading.Event()
 
@@ -66,11 +68,15 @@ def main() -> int:
             supervisor.say("devstack: stopped")
 
 
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name) or str(default)
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise ValueError(f"{name} must be a port number, got {raw!r}")
-    return int(raw)
+def _upgrade_schema(settings: Settings) -> None:
+    """What the Procfile's release step does: no process changes the schema at start."""
+    engine = make_engine(settings.database_url)
+    try:
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
+    if before != after:
+        print(f"devstack: database schema upgraded from {before or 'none'} to {after}", flush=True)
 
 
 def _redis(env: dict[str, str], supervisor: Supervisor, directory: str) -> Child | None:
@@ -102,11 +108,11 @@ def _run(
             GRAPH_API_URL=sandbox_url, WHATSAPP_TOKEN=f"sandbox-{secrets.token_hex(16)}",
             WHATSAPP_PHONE_NUMBER_ID=SANDBOX_PHONE_NUMBER_ID, WHATSAPP_APP_SECRET=secrets.token_hex(32),
         )
-        supervisor.start("sandbox", [sys.executable, "-m", "sandbox", "--port", str(sandbox_port), "--bot-url", web_url], env)
+        supervisor.start("sandbox", [sys.executable, "-m", "sandbox", "serve", "--port", str(sandbox_port), "--bot-url", web_url], env)
     supervisor.start("web", [  # processes and threads from gunicorn.conf.py, as in production
         sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}", "--no-control-socket", "--access-logfile", "-",
     ], env)
-    worker = supervisor.start("worker", [sys.executable, "-m", "bot.worker"], env)
+    worker = supervisor.start("worker", [sys.executable, "-m", "bot.outbound.worker"], env)
     ready = [f"{web_url}/healthz"] + ([f"{sandbox_url}/healthz"] if sandboxed else [])
     problem = _wait_until_ready(supervisor, ready, env["REDIS_URL"], worker.process.pid, stopping)
     if problem:
@@ -160,10 +166,10 @@ def _banner(env: Mapping[str, str], web_url: str, sandbox_url: str | None, embed
         where = "" if sandbox_url.endswith(":8001") else f"SANDBOX_URL={sandbox_url} "
         lines += [
             f"  sandbox   {sandbox_url}   chat with the bot as a WhatsApp user",
-            f"            or from a shell: {where}.venv/bin/flask --app wsgi simulate \"hello\" --from 15550100001",
+            f"            or from a shell: {where}.venv/bin/python -m sandbox simulate \"hello\" --from 15550100001",
         ]
     lines += [
-        "  worker    python -m bot.worker",
+        "  worker    python -m bot.outbound.worker",
         f"  redis     {redis_url}" + ("   (embedded, stops with the bot)" if embedded else ""),
         f"  database  {make_url(env['DATABASE_URL']).render_as_string(hide_password=True)}",
         "Ctrl-C stops everything.",

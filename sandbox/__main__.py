@@ -1,25 +1,44 @@
-"""`python -m sandbox --port 8001 --bot-url http://127.0.0.1:8000`: serve the sandbox (devstack does)."""
+"""The sandbox's command line.
+
+    python -m sandbox serve --port 8001 --bot-url http://127.0.0.1:8000   serve it (devstack does)
+    python -m sandbox simulate "hello" --from 15550100001                  be a WhatsApp user from a shell
+"""
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
 
+import click
 from werkzeug.serving import make_server
 
-from sandbox import create_sandbox, settings_from_env
+from bot import STARTUP_ERRORS
+from bot.settings import Settings, load_settings
+from sandbox import create_sandbox
+from sandbox.cli import simulate
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--bot-url", required=True, help="where the bot serves /webhook")
-    options = parser.parse_args()
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except STARTUP_ERRORS as error:
+        raise click.ClickException(str(error)) from None
+
+
+@click.group()
+def main() -> None:
+    """The WhatsApp sandbox: stands in for Meta in a local run."""
+
+
+@main.command()
+@click.option("--port", type=int, required=True)
+@click.option("--bot-url", required=True, help="Where the bot serves /webhook.")
+def serve(port: int, bot_url: str) -> None:
+    """Serve the sandbox for the bot configured in the environment."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the chat page polls: no line per request
-    app = create_sandbox(settings_from_env(options.bot_url))
-    server = make_server("127.0.0.1", options.port, app, threaded=True)
+    app = create_sandbox(_settings(), bot_url)
+    server = make_server("127.0.0.1", port, app, threaded=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         server.serve_forever()
@@ -28,8 +47,9 @@ def main() -> int:
     finally:
         app.extensions["sandbox"].deliveries.stop()
         server.server_close()
-    return 0
 
+
+main.add_command(simulate)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(prog_name="python -m sandbox")

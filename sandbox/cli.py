@@ -1,18 +1,12 @@
-"""`flask simulate "TEXT" --from WA_ID`: be a WhatsApp user from a script, through the sandbox."""
+"""`python -m sandbox simulate "TEXT" --from WA_ID`: be a WhatsApp user from a script, through the sandbox."""
 from __future__ import annotations
 
-import os
 import time
 
 import click
 import requests
-from flask import current_app
-from flask.cli import with_appcontext
 
-
-def sandbox_url() -> str:
-    """Where devstack serves the sandbox: SANDBOX_URL, or 127.0.0.1 on SANDBOX_PORT (default 8001)."""
-    return os.environ.get("SANDBOX_URL") or f"http://127.0.0.1:{os.environ.get('SANDBOX_PORT') or 8001}"
+from bot.settings import ConfigError, load_settings
 
 
 @click.command("simulate")
@@ -20,12 +14,15 @@ def sandbox_url() -> str:
 @click.option("--from", "wa_id", required=True, help="The WhatsApp user who sends it (digits with country code).")
 @click.option("--button", is_flag=True, help="Send TEXT as a quick-reply button tap instead of a typed message.")
 @click.option("--wait", default=4.0, show_default=True, help="Seconds to wait for the bot's replies.")
-@with_appcontext
 def simulate(text: str, wa_id: str, button: bool, wait: float) -> None:
-    """Send TEXT to the bot as a WhatsApp user and print the bot's replies."""
-    if current_app.config["WHATSAPP_TOKEN"]:
+    """Send TEXT to the bot as a WhatsApp user and print the bot's replies (SANDBOX_URL, or SANDBOX_PORT)."""
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    if not settings.sandboxed:
         raise click.ClickException("WHATSAPP_TOKEN is set, so the bot talks to Meta and no sandbox runs")
-    url = sandbox_url()
+    url = settings.sandbox_url
     try:
         sent = requests.post(f"{url}/api/chats/{wa_id}/messages", json={"button" if button else "text": text}, timeout=10)
     except requests.ConnectionError:

@@ -1,4 +1,4 @@
-"""Being a WhatsApp user: the chat page and the JSON API behind it (which `flask simulate` uses too).
+"""Being a WhatsApp user: the chat page and the JSON API behind it (which `python -m sandbox simulate` uses too).
 
 What a user sends becomes the webhook Meta would send; each user's consent comes from the
 bot's ledger, read-only, so the page shows what the bot recorded, not what the sandbox assumes.
@@ -10,8 +10,8 @@ import logging
 import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify, render_template, request
 
-from bot.ledger import utc_now
-from bot.phone import InvalidNumber, mask, normalize_wa_id
+from bot.domain.phone import InvalidNumber, mask, normalize_wa_id
+from bot.storage.ledger import utc_now
 from sandbox import DISPLAY_NUMBER, QUICK_REPLY_BUTTONS, Sandbox
 from sandbox.chats import Entry, new_wamid
 from sandbox.graph import report
@@ -38,7 +38,7 @@ def _invalid_number(error: InvalidNumber):
 def chat_page():
     sandbox = _sandbox()
     return render_template(
-        "sandbox/chat.html", business=sandbox.settings.business, keywords=sandbox.keywords,
+        "sandbox/chat.html", business=sandbox.settings.business_name, keywords=sandbox.keywords,
         buttons=QUICK_REPLY_BUTTONS, display_number=DISPLAY_NUMBER,
     )
 
@@ -77,7 +77,7 @@ def user_sends(number: str):
         return _refused('send {"text": "..."} or {"button": "..."}')
     sandbox = _sandbox()
     sandbox.chats.add(entry)
-    sandbox.deliveries.send(notification(sandbox.settings.phone_number_id, DISPLAY_NUMBER, inbound(wa_id, entry.id, content)))
+    sandbox.deliveries.send(notification(sandbox.settings.whatsapp_phone_number_id, DISPLAY_NUMBER, inbound(wa_id, entry.id, content)))
     log.info("%s sent a %s", mask(wa_id), entry.kind)
     return jsonify(message=entry.as_json()), 201
 

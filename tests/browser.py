@@ -3,13 +3,13 @@ own browser download cannot run here). Loaded for every test module by conftest.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from bot import PROJECT_ROOT
+from bot.settings import PROJECT_ROOT
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"  # screenshots to look at; ignored by git

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import redis
 
 from bot import create_app
-from bot.ledger import Ledger
-from tests.graph_imitation import GraphImitation
-from tests.local_services import fresh_postgres_schema
+from bot.services import services_of
+from bot.storage.ledger import Ledger
+from sandbox.graph_imitation import GraphImitation
+from tests.local_services import fresh_postgres_schema, migrated
 
 pytest_plugins = ("tests.browser",)  # the headless Chromium fixtures, for page tests
 
@@ -39,14 +42,26 @@ class FakeClock:
 
 
 def fresh_postgres_url() -> str:
+    """An empty schema in the test database, not migrated."""
     return fresh_postgres_schema(TEST_POSTGRES_SCHEMA)
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite_file(tmp_path_factory) -> Path:
+    """A SQLite ledger at this code's schema revision, made once and copied for each test."""
+    path = tmp_path_factory.mktemp("template") / "ledger.db"
+    migrated(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path) -> str:
+def database_url(request, tmp_path, migrated_sqlite_file) -> str:
+    """A database at this code's schema revision (`flask db upgrade` run), empty."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return fresh_postgres_url()
+        path = tmp_path / "ledger.db"
+        shutil.copyfile(migrated_sqlite_file, path)
+        return f"sqlite:///{path}"
+    return migrated(fresh_postgres_url())
 
 
 @pytest.fixture
@@ -80,7 +95,7 @@ def app_config(database_url: str, redis_url: str, graph: GraphImitation, **extra
 def app(database_url, redis_url, graph):
     app = create_app(app_config(database_url, redis_url, graph))
     yield app
-    app.extensions["ledger"].engine.dispose()
+    services_of(app).dispose()
 
 
 @pytest.fixture
@@ -88,7 +103,7 @@ def app_without_redis(database_url, graph):
     """The same app while Redis is down: nothing listens at its REDIS_URL."""
     app = create_app(app_config(database_url, "redis://127.0.0.1:1/0", graph))
     yield app
-    app.extensions["ledger"].engine.dispose()
+    services_of(app).dispose()
 
 
 @pytest.fixture
@@ -103,10 +118,28 @@ def runner(app):
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock(datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc))
+    return FakeClock(datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
 
 
 @pytest.fixture
 def ledger(app, clock) -> Ledger:
     """The app's ledger database, with a clock the test controls."""
-    return Ledger(app.extensions["ledger"].engine, clock=clock)
+    return Ledger(services_of(app).ledger.engine, clock=clock)
+
+
+# Markers from the fixtures a test uses, so that `-m unit` selects the tests that need no service.
+_SERVICE_FIXTURES = {"redis_url": "redis", "chromium": "browser", "browser_page": "browser"}
+_SERVICE_MARKERS = ("postgres", "redis", "browser", "processes")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in _SERVICE_FIXTURES.items():
+            if fixture in fixtures:
+                item.add_marker(marker)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database_url") == "postgresql":
+            item.add_marker("postgres")
+        if not any(item.get_closest_marker(marker) for marker in _SERVICE_MARKERS):
+            item.add_marker("unit")

@@ -1,10 +1,21 @@
 """Small builders shared by tests."""
 from __future__ import annotations
 
-from bot.consent import Action, Channel, EventDraft, Scope
+from dataclasses import replace
+
+from flask import Flask
+
+from bot.domain.consent import Action, Channel, EventDraft, Scope
+from bot.services import services_of
 
 USER = "16505551234"
 OTHER_USER = "447700900123"
+
+
+def reconfigure(app: Flask, **changes: object) -> None:
+    """Change settings of a running app, as a restart with other environment variables would."""
+    services = services_of(app)
+    services.settings = replace(services.settings, **changes)
 
 
 def web_opt_in(wa_id: str = USER, ref: str = "form-1", scope: Scope = Scope.ALL, **extra) -> EventDraft:

@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import requests
 
-from bot import PROJECT_ROOT
+from bot.settings import PROJECT_ROOT
 from tests.local_services import free_port
 
 READY_LINE = "The bot is running."

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from bot.storage.db import make_engine
+from bot.storage.migrate import upgrade
+
 POSTGRES_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -23,6 +26,16 @@ def fresh_postgres_schema(schema: str) -> str:
         conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
     engine.dispose()
     return f"{POSTGRES_SERVER}?options=-csearch_path%3D{schema}"
+
+
+def migrated(database_url: str) -> str:
+    """Run `flask db upgrade` on the database at `database_url`, and return it."""
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    return database_url
 
 
 def free_port() -> int:

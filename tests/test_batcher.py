@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bot.batcher import Combiner
+from bot.inbound.batcher import Combiner
 
 
 def test_combined_calls_share_batches_and_a_failure_of_one_item_goes_to_its_caller_alone():

@@ -8,10 +8,11 @@ import pytest
 import sqlalchemy as sa
 from rq import Queue
 
-from bot.campaigns import CampaignRefused, Campaigns, Status
-from bot.db import outbound_messages
-from bot.outbox import Template
-from bot.policy import MessageKind
+from bot.domain.policy import MessageKind
+from bot.services import services_of
+from bot.storage.campaigns import CampaignRefused, Campaigns, Status
+from bot.storage.outbox import Template
+from bot.storage.schema import outbound_messages
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers import opt_out, web_opt_in
 from tests.test_webhook import payload, post
@@ -23,10 +24,10 @@ RECIPIENTS = [f"1650555{n:04d}" for n in range(10)]
 
 @pytest.fixture
 def campaigns(app) -> Campaigns:
-    ledger = app.extensions["ledger"]
+    ledger = services_of(app).ledger
     for n, wa_id in enumerate(RECIPIENTS):
         ledger.append(web_opt_in(wa_id, ref=f"form-{n}"))
-    return app.extensions["campaigns"]
+    return services_of(app).campaigns
 
 
 def start(campaigns: Campaigns, template: Template = SPRING_SALE) -> str:
@@ -83,7 +84,7 @@ def test_informational_notices_pause_nothing(client, campaigns):
 
 def reach(app, campaign_id: str, count: int) -> list[str]:
     """Mark `count` of the campaign's messages sent, as the worker would; returns their recipients."""
-    outbox = app.extensions["outbox"]
+    outbox = services_of(app).outbox
     reached = sorted(_messages(app, campaign_id), key=lambda message: message.wa_id)[:count]
     for message in reached:
         claimed = outbox.claim(message.id)
@@ -95,7 +96,7 @@ def test_the_opt_out_rate_pauses_a_campaign_once_enough_recipients_were_reached(
     watcher = Campaigns(campaigns.engine, campaigns.ledger, campaigns.outbox, max_opt_out_rate=0.2, min_reached=5)
     campaign_id = start(campaigns)
     reached = reach(app, campaign_id, 6)
-    ledger = app.extensions["ledger"]
+    ledger = services_of(app).ledger
     ledger.append(opt_out(reached[0], ref="stop-a"))
     assert watcher.enforce_opt_out_limit() == []  # 1 of 6 = 17%, under 20%
     ledger.append(opt_out(reached[1], ref="stop-b"))
@@ -109,25 +110,25 @@ def test_the_opt_out_rate_pauses_a_campaign_once_enough_recipients_were_reached(
 def test_opt_outs_before_the_campaign_reached_someone_do_not_count(app, campaigns):
     watcher = Campaigns(campaigns.engine, campaigns.ledger, campaigns.outbox, max_opt_out_rate=0.01, min_reached=1)
     campaign_id = start(campaigns)
-    app.extensions["ledger"].append(opt_out(RECIPIENTS[0], ref="stop-early"))
+    services_of(app).ledger.append(opt_out(RECIPIENTS[0], ref="stop-early"))
     reach(app, campaign_id, 3)  # (the sender would have blocked the first; here it is marked sent regardless)
     assert watcher.progress(campaign_id).opt_outs == 0 and watcher.enforce_opt_out_limit() == []
 
 
 def test_a_paused_campaigns_messages_wait_and_go_after_resume(app, campaigns):
-    outbox = app.extensions["outbox"]
+    outbox = services_of(app).outbox
     campaign_id = start(campaigns)
     waiting = [message.id for message in _messages(app, campaign_id)]
     campaigns.pause(campaign_id, "paused by staff")
     assert outbox.claim_many(waiting) == []  # a worker that gets their job sends nothing
     assert outbox.due_for_recovery(timedelta(0)) == []  # and the sweeper leaves them alone
-    Queue("bulk", connection=app.extensions["redis"]).empty()
+    Queue("bulk", connection=services_of(app).redis).empty()
     campaigns.resume(campaign_id)
-    queued_again = [id_ for job in Queue("bulk", connection=app.extensions["redis"]).jobs for id_ in job.args[0]]
+    queued_again = [id_ for job in Queue("bulk", connection=services_of(app).redis).jobs for id_ in job.args[0]]
     assert sorted(queued_again) == sorted(waiting)
     assert {message.wa_id for message in outbox.claim_many(waiting)} == set(RECIPIENTS)
 
 
 def _messages(app, campaign_id: str) -> list:
-    with app.extensions["ledger"].engine.connect() as conn:
+    with services_of(app).ledger.engine.connect() as conn:
         return conn.execute(sa.select(outbound_messages).where(outbound_messages.c.campaign_id == campaign_id)).all()

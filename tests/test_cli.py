@@ -5,13 +5,13 @@ import csv
 import io
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 
-from bot.db import consent_events
-from bot.ledger import Ledger, event_hash
+from bot.storage.ledger import Ledger, event_hash
+from bot.storage.schema import consent_events
 from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
 
 
@@ -122,7 +122,7 @@ def test_export_csv_filters_by_user_and_neutralises_formulas(runner, ledger):
 def three_days(ledger):
     """One opt-in at 08:00 UTC on each of 20, 21 and 22 November 2026."""
     for day in (20, 21, 22):
-        ledger.append(web_opt_in(ref=f"form-{day}", occurred_at=datetime(2026, 11, day, 8, tzinfo=timezone.utc)))
+        ledger.append(web_opt_in(ref=f"form-{day}", occurred_at=datetime(2026, 11, day, 8, tzinfo=UTC)))
     return ledger
 
 

@@ -8,13 +8,14 @@ import ssl
 import subprocess
 import threading
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 
-from bot import graph_errors as errors
-from bot.cloud_api import CloudApi
+from bot.outbound import graph_errors as errors
+from bot.outbound.cloud_api import CloudApi
 from tests.local_services import free_port
 
 PAYLOADS = Path(__file__).parent / "fixtures" / "payloads"
@@ -191,3 +192,61 @@ def test_logs_never_hold_a_whole_number(api, requests_mock, caplog):
         api.send_text(TO, "hi")
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert "1234" in text and TO not in text
+
+
+class RecordingProxy:
+    """A forward proxy that answers every request itself, like Meta, and notes its target."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy.targets.append(self.path)  # a proxied request names the whole URL
+                body = json.dumps(payload("graph_send_ok.json")).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+
+@pytest.fixture
+def proxy():
+    recording = RecordingProxy()
+    yield recording
+    recording.server.shutdown()
+
+
+@pytest.mark.parametrize(
+    "no_proxy, through_proxy",
+    [("127.0.0.1", False), ("localhost,127.0.0.1", False), ("", True), ("graph.facebook.com", True)],
+)
+def test_proxies_are_chosen_as_requests_chooses_them(monkeypatch, graph, proxy, no_proxy, through_proxy):
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    api = CloudApi("secret-token", "106540352242922", base_url=graph.url, version="v25.0")
+    assert requests.utils.should_bypass_proxies(api.url, no_proxy=None) is not through_proxy  # what requests itself does
+    api.send_text(TO, "Hello")
+    if through_proxy:
+        assert proxy.targets == [api.url] and graph.requests == [] and api.proxy == proxy.url
+    else:
+        assert proxy.targets == [] and [r.to for r in graph.requests] == [TO] and api.proxy is None
+
+
+def test_the_process_heyoo_module_is_left_as_it_is():
+    import heyoo
+
+    assert heyoo.requests is requests and heyoo.logging is logging

@@ -3,30 +3,36 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import FrozenInstanceError
 
 import pytest
 
-from bot import PROJECT_ROOT
-from bot.config import ConfigError, settings_from_env
+from bot.settings import PROJECT_ROOT, ConfigError, Settings
 
 
 def test_defaults_follow_the_spec():
-    settings = settings_from_env({})
-    assert settings["GRAPH_API_URL"] == "https://graph.facebook.com"
-    assert settings["GRAPH_API_VERSION"] == "v25.0"
-    assert settings["BUSINESS_NAME"] == "Our business"
-    assert settings["REDIS_URL"] == "redis://127.0.0.1:6379/0"
-    assert settings["KEYWORDS_FILE"] == "keywords.yml"
-    assert settings["SEND_RATE_LIMIT"] == 80
-    assert settings["WHATSAPP_APP_SECRET"] is None and settings["ADMIN_API_TOKEN"] is None
-    assert settings["IMPLICIT_CONSENT_COVERS_UTILITY"] is True
+    settings = Settings.from_env({})
+    assert settings.graph_api_url == "https://graph.facebook.com"
+    assert settings.graph_api_version == "v25.0"
+    assert settings.business_name == "Our business"
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.keywords_file == PROJECT_ROOT / "keywords.yml"
+    assert settings.send_rate_limit == 80
+    assert settings.whatsapp_app_secret is None and settings.admin_api_token is None
+    assert settings.implicit_consent_covers_utility is True
+
+
+def test_settings_cannot_change_behind_a_running_process():
+    settings = Settings.from_env({})
+    with pytest.raises(FrozenInstanceError):
+        settings.send_rate_limit = 1000  # type: ignore[misc]
 
 
 def test_values_are_read_and_trimmed():
-    settings = settings_from_env({"SEND_RATE_LIMIT": " 1000 ", "GRAPH_API_URL": "http://127.0.0.1:9/", "WEBHOOK_INSECURE_DEV": "1"})
-    assert settings["SEND_RATE_LIMIT"] == 1000
-    assert settings["GRAPH_API_URL"] == "http://127.0.0.1:9"
-    assert settings["WEBHOOK_INSECURE_DEV"] is True
+    settings = Settings.from_env({"SEND_RATE_LIMIT": " 1000 ", "GRAPH_API_URL": "http://127.0.0.1:9/", "WEBHOOK_INSECURE_DEV": "1"})
+    assert settings.send_rate_limit == 1000
+    assert settings.graph_api_url == "http://127.0.0.1:9"
+    assert settings.webhook_insecure_dev is True
 
 
 @pytest.mark.parametrize(
@@ -48,11 +54,14 @@ def test_values_are_read_and_trimmed():
         ({"GRAPH_API_URL": "graph.facebook.com"}, "GRAPH_API_URL must be an http:// or https:// URL"),
         ({"GRAPH_API_URL": "http://graph facebook.com"}, "GRAPH_API_URL must be an http:// or https:// URL"),
         ({"GRAPH_API_URL": "ftp://me:s3cret@graph.facebook.com"}, r"GRAPH_API_URL .+, got 'ftp://me:\*\*\*@graph.facebook.com'"),
+        ({"PORT": "80a"}, "PORT must be a port number, got '80a'"),
+        ({"SANDBOX_PORT": "70000"}, "SANDBOX_PORT must be a port number, got '70000'"),
+        ({"WEB_THREADS": "many"}, "WEB_THREADS must be a whole number, got 'many'"),
     ],
 )
 def test_bad_values_fail_with_one_line(env, message):
     with pytest.raises(ConfigError, match=message) as refused:
-        settings_from_env(env)
+        Settings.from_env(env)
     assert "\n" not in str(refused.value) and "s3cret" not in str(refused.value)
 
 

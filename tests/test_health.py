@@ -5,8 +5,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from bot.db import make_engine
-from bot.ledger import Ledger
+from bot.services import services_of
+from bot.storage.db import make_engine
 
 
 def test_healthy_when_database_and_redis_answer(client):
@@ -16,7 +16,7 @@ def test_healthy_when_database_and_redis_answer(client):
 
 
 def test_names_redis_when_it_does_not_answer(app, client):
-    app.extensions["redis"] = redis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    services_of(app).redis = redis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
     response = client.get("/healthz")
     assert response.status_code == 503
     body = response.get_json()
@@ -25,7 +25,7 @@ def test_names_redis_when_it_does_not_answer(app, client):
 
 
 def test_names_the_database_when_it_does_not_answer(app, client):
-    app.extensions["ledger"] = Ledger(make_engine("postgresql://postgres@127.0.0.1:1/test"))
+    services_of(app).engine = make_engine("postgresql://postgres@127.0.0.1:1/test")
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.get_json()["detail"].startswith("database: ")

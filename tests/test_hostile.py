@@ -12,7 +12,8 @@ import logging
 import pytest
 
 from bot import STARTUP_ERRORS, create_app
-from bot.consent import Action
+from bot.domain.consent import Action
+from bot.services import services_of
 from tests.conftest import ADMIN_TOKEN, APP_SECRET, app_config
 from tests.helpers import USER
 from tests.test_webhook import actions, payload, post, sign
@@ -73,7 +74,7 @@ def test_injection_strings_are_stored_verbatim_and_exported_inert(app, client):
         message["text"]["body"] = f"{text} stop sending me this"
         value["contacts"][0]["profile"]["name"] = text
         assert post(client, body).status_code == 200
-    stored = [e.consent_text for e in app.extensions["ledger"].history(sender) if e.action.value == "possible_opt_out"]
+    stored = [e.consent_text for e in services_of(app).ledger.history(sender) if e.action.value == "possible_opt_out"]
     # Verbatim, but for NUL, which PostgreSQL text cannot hold: both backends store U+FFFD.
     assert stored == [f"{text} stop sending me this".replace("\x00", "\ufffd") for text in INJECTIONS]
     exported = client.get("/api/v1/audit", headers=AUTH).get_data(as_text=True)
@@ -96,7 +97,7 @@ def test_injection_strings_in_staff_fields_are_refused_or_stored_as_text(client,
         response = client.open(path, method=method, headers=AUTH, json=body, query_string={"wa_id": text} if path.endswith("audit") else None)
         assert response.status_code < 500 and response.is_json or response.status_code == 200
         assert "Traceback" not in response.get_data(as_text=True)
-    [event] = app.extensions["ledger"].history(USER)
+    [event] = services_of(app).ledger.history(USER)
     assert event.consent_text == text.replace("\x00", "\ufffd") and event.evidence == {"x": text}
 
 
@@ -119,7 +120,7 @@ def test_error_bodies_and_logs_never_carry_secrets(app, client, raw_stop, caplog
         client.get("/webhook?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1"),
         post(client, raw_stop),
     ]
-    secrets = (APP_SECRET, ADMIN_TOKEN, app.config["WHATSAPP_VERIFY_TOKEN"], app.config["WHATSAPP_TOKEN"], app.config["SECRET_KEY"])
+    secrets = (APP_SECRET, ADMIN_TOKEN, services_of(app).settings.whatsapp_verify_token, services_of(app).settings.whatsapp_token, app.config["SECRET_KEY"])
     for text in [r.get_data(as_text=True) for r in responses] + [caplog.text]:
         for secret in secrets:
             assert secret not in text
@@ -168,6 +169,6 @@ def test_a_lone_surrogate_in_a_users_text_still_records_the_stop(app, client):
     odd = {"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "novel\ud800", "value": {}}]}]}
     for document in (body, notice, odd):
         assert post(client, json.dumps(document).encode()).status_code == 200  # json.dumps writes the escapes
-    [*_, stop] = app.extensions["ledger"].history(USER)
+    [*_, stop] = services_of(app).ledger.history(USER)
     assert stop.action is Action.OPT_OUT and stop.consent_text == "STOP \ufffd"
-    assert app.extensions["ledger"].verify().ok
+    assert services_of(app).ledger.verify().ok

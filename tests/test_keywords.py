@@ -9,9 +9,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bot import PROJECT_ROOT
-from bot.consent import Scope
-from bot.keywords import Intent, KeywordFileError, load_keywords, normalize
+from bot.domain.consent import Scope
+from bot.domain.keywords import Intent, KeywordFileError, load_keywords, normalize
+from bot.settings import PROJECT_ROOT
 
 BOOK = load_keywords(PROJECT_ROOT / "keywords.yml")
 ALL_WORDS = [

@@ -9,9 +9,10 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from bot.consent import Action, Basis, Channel, EventDraft, InvalidEvent, Marketing, Scope, State
-from bot.db import _switch_to_wal, consent_events, make_engine
-from bot.ledger import Ledger, SourceRefConflict
+from bot.domain.consent import Action, Basis, Channel, EventDraft, InvalidEvent, Marketing, Scope, State
+from bot.storage.db import _switch_to_wal, make_engine
+from bot.storage.ledger import Ledger, SourceRefConflict
+from bot.storage.schema import consent_events
 from tests.helpers import OTHER_USER, USER, keyword_opt_in, notice_given, opt_out, web_opt_in
 
 
@@ -139,7 +140,7 @@ def test_a_backdated_opt_in_recorded_after_a_stop_does_not_undo_it(ledger, clock
     """State follows when things happened, not when they were recorded: a paper form from
     last year, imported today, says nothing about last week's STOP."""
     stop = ledger.append(opt_out(ref="wamid.STOP"))
-    paper = ledger.append(web_opt_in(ref="paper-2025", occurred_at=clock.now - timedelta(days=300)))
+    ledger.append(web_opt_in(ref="paper-2025", occurred_at=clock.now - timedelta(days=300)))
     state = ledger.state(USER)
     assert (state.state, state.consent_event) == (State.OPTED_OUT, stop)
     assert ledger.states([USER, OTHER_USER])[USER] == state

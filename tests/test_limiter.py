@@ -8,9 +8,10 @@ import uuid
 import pytest
 import redis
 
-from bot.limiter import RateLimiter
-
+from bot.outbound.limiter import RateLimiter
 from tests.conftest import TEST_REDIS_URL as REDIS_URL
+
+pytestmark = [pytest.mark.redis]
 
 
 @pytest.fixture

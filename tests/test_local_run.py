@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 import requests
+from click.testing import CliRunner
 
-from bot import PROJECT_ROOT
+from bot.settings import PROJECT_ROOT
+from sandbox.cli import simulate
 from tests.conftest import APP_SECRET, PHONE_NUMBER_ID
 from tests.local_run import ADMIN_TOKEN, RunningBot, SandboxUser, running_bot, still_running
 from tests.test_webhook import payload, sign
+
+pytestmark = [pytest.mark.processes]
 
 USER = "15550100001"
 SPRING_SALE = {"name": "spring_sale", "language": "en", "category": "marketing"}
@@ -91,8 +95,8 @@ def test_without_redis_it_runs_its_own_and_simulate_chats_from_a_shell(tmp_path)
         assert "(embedded, stops with the bot)" in bot.output()
         assert f"nothing answers at REDIS_URL={closed}; starting an embedded redis-server instead" in bot.output()
         env = {**bot.env, "SANDBOX_URL": bot.sandbox_url}
-        simulate = [sys.executable, "-m", "flask", "--app", "wsgi", "simulate", "hello", "--from", USER, "--wait", "3"]
-        chat = subprocess.run(simulate, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60)
+        command = [sys.executable, "-m", "sandbox", "simulate", "hello", "--from", USER, "--wait", "3"]
+        chat = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert chat.returncode == 0, chat.stderr
         assert "Welcome to Acme Bakery!" in chat.stdout
 
@@ -132,16 +136,15 @@ def _command(pid: int) -> str:
         return ""
 
 
-def test_simulate_refuses_when_the_bot_talks_to_meta(runner):
-    result = runner.invoke(args=["simulate", "hello", "--from", USER])
+def test_simulate_refuses_when_the_bot_talks_to_meta():
+    result = CliRunner().invoke(simulate, ["hello", "--from", USER], env={"WHATSAPP_TOKEN": "a-real-token"})
     assert result.exit_code == 1
     assert "WHATSAPP_TOKEN is set" in result.output
 
 
-def test_simulate_says_how_to_start_the_sandbox_when_none_runs(app, monkeypatch):
-    app.config["WHATSAPP_TOKEN"] = None
-    monkeypatch.setenv("SANDBOX_URL", "http://127.0.0.1:1")
-    result = app.test_cli_runner().invoke(args=["simulate", "hello", "--from", USER])
+def test_simulate_says_how_to_start_the_sandbox_when_none_runs():
+    env = {"WHATSAPP_TOKEN": "", "SANDBOX_URL": "http://127.0.0.1:1"}
+    result = CliRunner().invoke(simulate, ["hello", "--from", USER], env=env)
     assert result.exit_code == 1
     assert "no sandbox at http://127.0.0.1:1: start the bot with `python3 dev.py start`" in result.output
 

@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from bot import create_app
-from bot.openapi import openapi_document
+from bot.staff.openapi import openapi_document
 from tests.conftest import ADMIN_TOKEN, app_config
+from tests.local_services import migrated
 
 OPERATIONS = [
     (method.upper(), path) for path, operations in openapi_document()["paths"].items() for method in operations
@@ -26,7 +27,7 @@ OPERATIONS = [
 
 @pytest.mark.parametrize("method,path", OPERATIONS)
 def test_the_staff_api_keeps_its_openapi_document(tmp_path, redis_url, graph, method, path):
-    app = create_app(app_config(f"sqlite:///{tmp_path / 'ledger.db'}", redis_url, graph))
+    app = create_app(app_config(migrated(f"sqlite:///{tmp_path / 'ledger.db'}"), redis_url, graph))
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
     operation = schema[path][method]
 

@@ -8,14 +8,15 @@ import pytest
 import sqlalchemy as sa
 from rq import Queue
 
-from bot.consent import Action, Channel, Marketing, Scope
-from bot.jobs import SendRuntime
-from bot.ledger import utc_now
-from bot.outbox import Message, MessageState, Outbox, QueueName, Template
-from bot.queues import make_queues
-from bot.worker import SWEEPER_LOCK, sweep
-from bot.policy import MessageKind, Refusal
-from bot.sender import Outcome, Sender
+from bot.domain.consent import Action, Channel, Marketing, Scope
+from bot.domain.policy import MessageKind, Refusal
+from bot.outbound.jobs import SendRuntime
+from bot.outbound.queues import make_queues
+from bot.outbound.sender import Outcome, Sender
+from bot.outbound.worker import SWEEPER_LOCK, sweep
+from bot.services import services_of
+from bot.storage.ledger import utc_now
+from bot.storage.outbox import Message, MessageState, Outbox, QueueName, Template
 from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
 
 UTILITY = Message(USER, MessageKind.UTILITY_TEMPLATE, template=Template("order_update", "en_US", [{"type": "body"}]))
@@ -24,7 +25,7 @@ MARKETING = Message(USER, MessageKind.MARKETING_TEMPLATE, template=Template("spr
 
 @pytest.fixture
 def outbox(app):
-    return app.extensions["outbox"]
+    return services_of(app).outbox
 
 
 @pytest.fixture
@@ -35,25 +36,25 @@ def clock_outbox(outbox):
 
 @pytest.fixture
 def sender(app):
-    return SendRuntime(app).sender
+    return SendRuntime(services_of(app)).sender
 
 
 def test_allowed_message_is_stored_with_its_consent_event_and_queued(app, outbox):
-    opt_in = app.extensions["ledger"].append(web_opt_in())
+    opt_in = services_of(app).ledger.append(web_opt_in())
     submission = outbox.submit(UTILITY, "req-1", "staff:test", QueueName.BULK)
     assert submission.queued and submission.reason is None
     stored = outbox.get(submission.message_id)
     assert (stored.state, stored.consent_event_id, stored.wa_id) == (MessageState.QUEUED, opt_in.event_id, USER)
-    jobs = Queue("bulk", connection=app.extensions["redis"]).jobs
+    jobs = Queue("bulk", connection=services_of(app).redis).jobs
     assert [job.args for job in jobs] == [([submission.message_id],)]
 
 
 def test_refusal_is_recorded_with_its_reason_and_not_queued(app, outbox):
-    app.extensions["ledger"].record_inbound(USER, "wamid.A", app.extensions["ledger"].clock())
+    services_of(app).ledger.record_inbound(USER, "wamid.A", services_of(app).ledger.clock())
     submission = outbox.submit(MARKETING, "req-1", "staff:test")
     assert (submission.queued, submission.reason) == (False, Refusal.NO_CONSENT)
     assert outbox.get(submission.message_id).state is MessageState.BLOCKED
-    assert Queue("replies", connection=app.extensions["redis"]).count == 0
+    assert Queue("replies", connection=services_of(app).redis).count == 0
 
 
 def test_invalid_recipient_is_refused(outbox):
@@ -62,7 +63,7 @@ def test_invalid_recipient_is_refused(outbox):
 
 
 def test_same_idempotency_key_is_one_message_sent_once(app, outbox, sender, graph):
-    app.extensions["ledger"].append(web_opt_in())
+    services_of(app).ledger.append(web_opt_in())
     first = outbox.submit(UTILITY, "req-1", "staff:test")
     again = outbox.submit(UTILITY, "req-1", "staff:test")
     assert first.message_id == again.message_id
@@ -72,7 +73,7 @@ def test_same_idempotency_key_is_one_message_sent_once(app, outbox, sender, grap
 
 
 def test_send_records_meta_id_and_sends_the_template(app, outbox, sender, graph):
-    app.extensions["ledger"].append(web_opt_in())
+    services_of(app).ledger.append(web_opt_in())
     message_id = outbox.submit(UTILITY, "req-1", "staff:test").message_id
     assert sender.send(message_id) is Outcome.SENT
     stored = outbox.get(message_id)
@@ -81,7 +82,7 @@ def test_send_records_meta_id_and_sends_the_template(app, outbox, sender, graph)
 
 
 def test_stop_between_queuing_and_sending_wins(app, outbox, sender, graph):
-    ledger = app.extensions["ledger"]
+    ledger = services_of(app).ledger
     ledger.append(web_opt_in())
     message_id = outbox.submit(UTILITY, "req-1", "staff:test").message_id
     ledger.append(opt_out(ref="wamid.STOP"))
@@ -92,7 +93,7 @@ def test_stop_between_queuing_and_sending_wins(app, outbox, sender, graph):
 
 
 def test_transient_errors_go_back_to_the_queue_for_later(app, outbox, sender, graph, clock_outbox):
-    app.extensions["ledger"].append(web_opt_in())
+    services_of(app).ledger.append(web_opt_in())
     message_id = outbox.submit(UTILITY, "req-1", "staff:test").message_id
     graph.server_errors_until = float("inf")
     assert sender.send(message_id) is Outcome.RETRY
@@ -105,7 +106,7 @@ def test_transient_errors_go_back_to_the_queue_for_later(app, outbox, sender, gr
 
 
 def test_sweeper_queues_due_retries_expired_leases_and_lost_jobs_once(app, outbox, sender, graph):
-    ledger, connection = app.extensions["ledger"], app.extensions["redis"]
+    ledger, connection = services_of(app).ledger, services_of(app).redis
     ledger.append(web_opt_in())
     queues = make_queues(connection)
     claimed = outbox.submit(UTILITY, "req-1", "staff:test").message_id
@@ -128,7 +129,7 @@ def test_sweeper_queues_due_retries_expired_leases_and_lost_jobs_once(app, outbo
     [(131026, "send_error"), (131047, "window_closed"), (132001, "send_error"), (190, "send_error")],
 )
 def test_permanent_errors_fail_with_their_code(app, outbox, sender, graph, code, reason):
-    app.extensions["ledger"].append(web_opt_in())
+    services_of(app).ledger.append(web_opt_in())
     graph.fail[USER] = code
     message_id = outbox.submit(UTILITY, "req-1", "staff:test").message_id
     assert sender.send(message_id) is Outcome.FAILED
@@ -137,7 +138,7 @@ def test_permanent_errors_fail_with_their_code(app, outbox, sender, graph, code,
 
 
 def test_131050_records_a_marketing_opt_out(app, outbox, sender, graph):
-    ledger = app.extensions["ledger"]
+    ledger = services_of(app).ledger
     ledger.append(web_opt_in())
     graph.fail[USER] = 131050
     message_id = outbox.submit(MARKETING, "req-1", "staff:test").message_id
@@ -153,7 +154,7 @@ def test_131050_records_a_marketing_opt_out(app, outbox, sender, graph):
 
 
 def test_pair_rate_defers_a_burst_to_one_user(app, outbox, sender, graph):
-    app.extensions["ledger"].append(web_opt_in())
+    services_of(app).ledger.append(web_opt_in())
     ids = [outbox.submit(UTILITY, f"req-{n}", "staff:test").message_id for n in range(6)]
     outcomes = [sender.send(message_id) for message_id in ids]
     assert outcomes == [Outcome.SENT] * 5 + [Outcome.RETRY]
@@ -161,7 +162,7 @@ def test_pair_rate_defers_a_burst_to_one_user(app, outbox, sender, graph):
 
 
 def test_campaign_submission_skips_and_counts_by_reason(app, outbox):
-    ledger = app.extensions["ledger"]
+    ledger = services_of(app).ledger
     ledger.append(web_opt_in())
     ledger.append(web_opt_in(OTHER_USER, ref="form-2"))
     ledger.append(opt_out(OTHER_USER, ref="stop-2"))
@@ -171,22 +172,23 @@ def test_campaign_submission_skips_and_counts_by_reason(app, outbox):
 
 
 def test_a_key_repeated_within_one_submission_is_one_message(app, outbox):
-    app.extensions["ledger"].append(web_opt_in())
+    services_of(app).ledger.append(web_opt_in())
     first, again = outbox.submit_many([(UTILITY, "dup"), (UTILITY, "dup")], "staff:test")
     assert first == again and first.queued
-    jobs = Queue("bulk", connection=app.extensions["redis"]).jobs
+    jobs = Queue("bulk", connection=services_of(app).redis).jobs
     assert [job.args for job in jobs] == [([first.message_id],)]
 
 
 def test_stop_while_a_message_waits_for_its_send_slot_wins(app, outbox, graph):
-    ledger, ext = app.extensions["ledger"], app.extensions
+    services = services_of(app)
+    ledger = services.ledger
     ledger.append(web_opt_in())
     message_id = outbox.submit(UTILITY, "req-1", "staff:test").message_id
 
     def stop_arrives_while_sleeping(seconds: float) -> None:
         ledger.append(opt_out(ref="wamid.STOP-while-waiting"))
 
-    sender = Sender(outbox, ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"], ext["opt_out_marks"], sleep=stop_arrives_while_sleeping)
+    sender = Sender(outbox, services.cloud_api, services.throughput_limiter, services.pair_limiter, services.opt_out_marks, sleep=stop_arrives_while_sleeping)
     assert sender.send(message_id) is Outcome.BLOCKED
     assert outbox.get(message_id).reason == "opted_out" and graph.requests == []
 
@@ -195,10 +197,10 @@ def test_stop_while_a_message_waits_for_its_send_slot_wins(app, outbox, graph):
 def test_stop_after_the_consent_check_and_before_the_call_wins(app, outbox, graph, path):
     """The check against the ledger comes a few ms before the call; a STOP recorded between
     them changes the user's opt-out mark, which the call thread reads last."""
-    ledger = app.extensions["ledger"]
+    ledger = services_of(app).ledger
     ledger.append(web_opt_in())
     message_id = outbox.submit(UTILITY, "req-1", "staff:test").message_id
-    runtime = SendRuntime(app)
+    runtime = SendRuntime(services_of(app))
     checks, check = [], runtime.sender.check
 
     def stop_arrives_after_the_first_check(messages):
@@ -220,8 +222,8 @@ def test_stop_after_the_consent_check_and_before_the_call_wins(app, outbox, grap
 
 
 def test_claim_many_leases_only_due_queued_messages_in_one_go(app, outbox, sender, graph):
-    app.extensions["ledger"].append(web_opt_in())
-    app.extensions["ledger"].append(web_opt_in(OTHER_USER, ref="form-2"))
+    services_of(app).ledger.append(web_opt_in())
+    services_of(app).ledger.append(web_opt_in(OTHER_USER, ref="form-2"))
     due = outbox.submit(UTILITY, "req-1", "staff:test").message_id
     other = outbox.submit(Message(OTHER_USER, UTILITY.kind, template=UTILITY.template), "req-2", "staff:test").message_id
     sent = outbox.submit(UTILITY, "req-3", "staff:test").message_id
@@ -232,13 +234,13 @@ def test_claim_many_leases_only_due_queued_messages_in_one_go(app, outbox, sende
 
 
 def test_a_job_sends_its_messages_through_the_batched_path(app, outbox, graph):
-    ledger = app.extensions["ledger"]
+    ledger = services_of(app).ledger
     users = [f"1555000{n:04d}" for n in range(30)]
     for user in users:
         ledger.append(web_opt_in(user, ref=f"form-{user}"))
     ids = [outbox.submit(Message(u, UTILITY.kind, template=UTILITY.template), f"req-{u}", "staff:test").message_id for u in users]
     ledger.append(opt_out(users[0], ref="stop-0"))  # after queuing: the batched check at send time sees it
-    runtime = SendRuntime(app)
+    runtime = SendRuntime(services_of(app))
     runtime.dispatch(ids + ids)  # a job repeated: each message is claimed once
     runtime.shutdown()
     assert graph.sent_to() == {u: 1 for u in users[1:]}
@@ -249,8 +251,8 @@ def test_a_job_sends_its_messages_through_the_batched_path(app, outbox, graph):
 def test_a_database_outage_after_the_call_is_waited_out_not_sent_again(app, outbox, graph):
     """The call went out; recording it fails while the database is down. The thread keeps
     trying, so the message is recorded sent once the database is back, never sent twice."""
-    ext = app.extensions
-    ext["ledger"].append(web_opt_in())
+    services = services_of(app)
+    services.ledger.append(web_opt_in())
     message_id = outbox.submit(UTILITY, "req-1", "staff:test").message_id
     working, failures = outbox.mark_sent_many, []
 
@@ -262,7 +264,7 @@ def test_a_database_outage_after_the_call_is_waited_out_not_sent_again(app, outb
 
     outbox.mark_sent_many = database_down_twice
     pauses = []
-    sender = Sender(outbox, ext["cloud_api"], ext["throughput_limiter"], ext["pair_limiter"], ext["opt_out_marks"], sleep=lambda s: pauses.append(s) if s >= 0.5 else None)
+    sender = Sender(outbox, services.cloud_api, services.throughput_limiter, services.pair_limiter, services.opt_out_marks, sleep=lambda s: pauses.append(s) if s >= 0.5 else None)
     assert sender.send(message_id) is Outcome.SENT
     assert outbox.get(message_id).state is MessageState.SENT and len(failures) == 2 and pauses == [0.5, 1.0]
     assert graph.sent_to() == {USER: 1}

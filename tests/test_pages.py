@@ -6,8 +6,9 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from bot import form_tokens
-from bot.consent import Action, Channel, Scope
+from bot.domain.consent import Action, Channel, Scope
+from bot.services import services_of
+from bot.staff import form_tokens
 from tests.conftest import BUSINESS
 from tests.helpers import USER
 
@@ -116,14 +117,14 @@ def test_with_redis_down_an_opt_out_is_still_recorded_and_an_opt_in_waits(app_wi
     client = down.test_client()
     opt_out = submit(client, "/opt-out", phone=USER)
     assert opt_out.status_code == 200 and "text/html" in opt_out.content_type
-    assert down.extensions["ledger"].state(USER).state.value == "opted_out"
+    assert services_of(down).ledger.state(USER).state.value == "opted_out"
     opt_in = submit(client, "/opt-in", phone="447700900123", consent="yes")
     assert opt_in.status_code == 503 and "Please try again in a minute" in opt_in.get_data(as_text=True)
-    assert down.extensions["ledger"].history("447700900123") == []
+    assert services_of(down).ledger.history("447700900123") == []
 
 
 def test_with_the_database_down_the_page_says_so_in_html(app, client, monkeypatch):
-    ledger = app.extensions["ledger"]
+    ledger = services_of(app).ledger
 
     def unreachable(draft):
         raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))

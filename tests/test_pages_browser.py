@@ -6,7 +6,7 @@ import threading
 import pytest
 from werkzeug.serving import make_server
 
-from bot.consent import Action, Scope
+from bot.domain.consent import Action, Scope
 from tests.browser import screenshot
 from tests.conftest import BUSINESS
 from tests.helpers import USER

@@ -1,15 +1,15 @@
 """SPEC §2's table, cell by cell: the policy is a pure function of derived state, kind and time."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import count
 
 import pytest
 
-from bot.consent import Action, Channel, ConsentEvent, Scope, derive_state
-from bot.policy import ImplicitCoverage, MessageKind, Refusal, decide
+from bot.domain.consent import Action, Channel, ConsentEvent, Scope, derive_state
+from bot.domain.policy import ImplicitCoverage, MessageKind, Refusal, decide
 
-NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 _seq = count(1)
 
 

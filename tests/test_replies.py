@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot import PROJECT_ROOT
-from bot.keywords import Intent, load_keywords
-from bot.replies import TELLS_HOW_TO_STOP, Replies, Reply, ReplyTextError
+from bot.domain.keywords import Intent, load_keywords
+from bot.domain.replies import TELLS_HOW_TO_STOP, Replies, Reply, ReplyTextError
+from bot.settings import PROJECT_ROOT
 
 BOOK = load_keywords(PROJECT_ROOT / "keywords.yml")
 REPLIES = Replies(PROJECT_ROOT / "templates" / "replies", "Acme Bakery", BOOK)

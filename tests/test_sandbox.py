@@ -9,9 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bot.webhook import signature_matches
-from bot.webhook_events import DeliveryStatus, InboundMessage, MessageType, StatusUpdate, parse
-from sandbox import Settings, create_sandbox
+from bot.inbound.events import DeliveryStatus, InboundMessage, MessageType, StatusUpdate, parse
+from bot.inbound.webhook import signature_matches
+from bot.settings import Settings
+from sandbox import create_sandbox
 from sandbox.chats import Chats, Entry
 from tests.helpers import USER
 
@@ -55,8 +56,11 @@ def bot():
 
 @pytest.fixture
 def sandbox(bot, tmp_path):
-    settings = Settings(bot.url, SECRET, TOKEN, NUMBER_ID, f"sqlite:///{tmp_path / 'ledger.db'}", "Acme Bakery", "keywords.yml")
-    app = create_sandbox(settings)
+    settings = Settings.from_env({
+        "WHATSAPP_APP_SECRET": SECRET, "WHATSAPP_TOKEN": TOKEN, "WHATSAPP_PHONE_NUMBER_ID": NUMBER_ID,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}", "BUSINESS_NAME": "Acme Bakery",
+    })
+    app = create_sandbox(settings, bot.url)
     yield app.test_client()
     app.extensions["sandbox"].deliveries.stop()
 

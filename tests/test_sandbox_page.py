@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from playwright.sync_api import expect
 
 from tests.browser import screenshot
 from tests.local_run import running_bot
+
+pytestmark = [pytest.mark.processes, pytest.mark.browser]
 
 
 def test_a_person_chats_with_the_bot_on_the_sandbox_page(tmp_path, redis_url, browser_page):

@@ -10,12 +10,13 @@ import pytest
 import sqlalchemy as sa
 from rq import Queue
 
-from bot.consent import Action, Scope
-from bot.db import consent_events, outbound_messages
-from bot.ledger import utc_now
-from bot.openapi import openapi_document
+from bot.domain.consent import Action, Scope
+from bot.services import services_of
+from bot.staff.openapi import openapi_document
+from bot.storage.ledger import utc_now
+from bot.storage.schema import consent_events, outbound_messages
 from tests.conftest import ADMIN_TOKEN
-from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
+from tests.helpers import OTHER_USER, USER, opt_out, reconfigure, web_opt_in
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 OPT_IN = {
@@ -27,12 +28,12 @@ ORDER_UPDATE = {"name": "order_update", "language": "en", "category": "utility",
 
 
 def events(app) -> list:
-    with app.extensions["ledger"].engine.connect() as conn:
+    with services_of(app).ledger.engine.connect() as conn:
         return conn.execute(sa.select(consent_events.c.action, consent_events.c.wa_id)).all()
 
 
 def stored_messages(app) -> list:
-    with app.extensions["ledger"].engine.connect() as conn:
+    with services_of(app).ledger.engine.connect() as conn:
         return conn.execute(sa.select(outbound_messages.c.wa_id, outbound_messages.c.state)).all()
 
 
@@ -82,7 +83,7 @@ def test_a_wrong_token_is_refused(client, app, header):
 @sqlite_only
 @pytest.mark.parametrize("method,path", ROUTES)
 def test_every_endpoint_is_off_when_no_token_is_configured(client, app, method, path):
-    app.config["ADMIN_API_TOKEN"] = None
+    reconfigure(app, admin_api_token=None)
     response = client.open(path, method=method, headers=AUTH, json=OPT_IN)
     assert response.status_code == 403
     assert "set ADMIN_API_TOKEN" in response.get_json()["detail"]
@@ -226,7 +227,7 @@ def test_an_allowed_template_is_queued_and_shows_the_consent_that_allowed_it(cli
     state = client.get(f"/api/v1/messages/{sent['id']}", headers=AUTH).get_json()
     assert (state["state"], state["to"], state["kind"], state["error_code"]) == ("queued", USER, "marketing", None)
     assert state["consent_event"]["event_id"] == opt_in["event_id"]
-    assert [job.args for job in Queue("replies", connection=app.extensions["redis"]).jobs] == [([sent["id"]],)]
+    assert [job.args for job in Queue("replies", connection=services_of(app).redis).jobs] == [([sent["id"]],)]
 
 
 @pytest.mark.parametrize(
@@ -241,12 +242,12 @@ def test_an_allowed_template_is_queued_and_shows_the_consent_that_allowed_it(cli
 )
 def test_each_refusal_answers_409_with_its_reason_and_queues_nothing(client, app, setup, body, reason):
     for draft in setup:
-        app.extensions["ledger"].append(draft)
+        services_of(app).ledger.append(draft)
     response = client.post("/api/v1/messages", headers=AUTH, json=body)
     assert response.status_code == 409
     refusal = response.get_json()
     assert (refusal["error"], refusal["reason"]) == ("not_allowed", reason) and reason in refusal["detail"]
-    assert Queue("replies", connection=app.extensions["redis"]).count == 0
+    assert Queue("replies", connection=services_of(app).redis).count == 0
     if refusal["id"]:  # a refusal to a valid number is kept, for the audit
         assert client.get(f"/api/v1/messages/{refusal['id']}", headers=AUTH).get_json()["state"] == "blocked"
 
@@ -302,15 +303,15 @@ def test_an_unknown_message_id_answers_404(client):
 
 
 def test_a_message_idempotency_key_queues_once(client, app):
-    app.extensions["ledger"].append(web_opt_in())
+    services_of(app).ledger.append(web_opt_in())
     headers = {**AUTH, "Idempotency-Key": "order-991-shipped"}
     ids = {client.post("/api/v1/messages", headers=headers, json={"to": USER, "template": ORDER_UPDATE}).get_json()["id"] for _ in range(3)}
     assert len(ids) == 1 and len(stored_messages(app)) == 1
 
 
 def test_a_message_idempotency_key_reused_for_another_message_is_refused(client, app):
-    app.extensions["ledger"].append(web_opt_in())
-    app.extensions["ledger"].append(web_opt_in(OTHER_USER, ref="form-2"))
+    services_of(app).ledger.append(web_opt_in())
+    services_of(app).ledger.append(web_opt_in(OTHER_USER, ref="form-2"))
     headers = {**AUTH, "Idempotency-Key": "order-991-shipped"}
     first = client.post("/api/v1/messages", headers=headers, json={"to": USER, "template": ORDER_UPDATE})
     other = client.post("/api/v1/messages", headers=headers, json={"to": OTHER_USER, "template": ORDER_UPDATE})
@@ -325,7 +326,7 @@ CAMPAIGN_LIST = [USER, "+1 650 555 1234", OTHER_USER, "19175550100", "12ab"]
 
 
 def opt_in_list(app) -> None:
-    ledger = app.extensions["ledger"]
+    ledger = services_of(app).ledger
     ledger.append(web_opt_in(USER, ref="f-1"))
     ledger.append(web_opt_in(OTHER_USER, ref="f-2"))
     ledger.append(opt_out(OTHER_USER, ref="s-2"))
@@ -339,7 +340,7 @@ def test_a_dry_run_counts_and_queues_nothing(client, app):
         "dry_run": True, "campaign_id": None, "queued": 1, "duplicates": 1,
         "skipped": {"opted_out": 1, "no_consent": 1, "invalid_recipient": 1},
     }
-    assert stored_messages(app) == [] and Queue("bulk", connection=app.extensions["redis"]).count == 0
+    assert stored_messages(app) == [] and Queue("bulk", connection=services_of(app).redis).count == 0
 
 
 def test_a_campaign_queues_the_allowed_and_reports_progress(client, app):
@@ -351,7 +352,7 @@ def test_a_campaign_queues_the_allowed_and_reports_progress(client, app):
     progress = client.get(f"/api/v1/campaigns/{result['campaign_id']}", headers=AUTH).get_json()
     assert (progress["status"], progress["queued"], progress["blocked"], progress["sent"], progress["opt_outs"]) == ("running", 1, 2, 0, 0)
     assert progress["template"]["name"] == "spring_sale" and progress["recipients"] == 3
-    jobs = Queue("bulk", connection=app.extensions["redis"]).jobs
+    jobs = Queue("bulk", connection=services_of(app).redis).jobs
     assert sum(len(job.args[0]) for job in jobs) == 1
 
 
@@ -361,7 +362,7 @@ def test_a_campaign_sent_again_with_its_key_adds_nothing(client, app):
     first = client.post("/api/v1/campaigns", headers=headers, json={"template": SPRING_SALE, "recipients": CAMPAIGN_LIST}).get_json()
     again = client.post("/api/v1/campaigns", headers=headers, json={"template": SPRING_SALE, "recipients": CAMPAIGN_LIST}).get_json()
     assert first["campaign_id"] == again["campaign_id"] and len(stored_messages(app)) == 3
-    assert sum(len(job.args[0]) for job in Queue("bulk", connection=app.extensions["redis"]).jobs) == 1
+    assert sum(len(job.args[0]) for job in Queue("bulk", connection=services_of(app).redis).jobs) == 1
 
 
 def test_a_campaign_key_reused_for_another_template_or_list_is_refused_and_queues_nothing(client, app):
@@ -401,18 +402,18 @@ def test_staff_pause_and_resume_a_campaign(client, app):
     campaign_id = client.post("/api/v1/campaigns", headers=AUTH, json={"template": SPRING_SALE, "recipients": CAMPAIGN_LIST}).get_json()["campaign_id"]
     paused = client.post(f"/api/v1/campaigns/{campaign_id}/pause", headers=AUTH).get_json()
     assert (paused["status"], paused["pause_reason"]) == ("paused", "paused by staff")
-    Queue("bulk", connection=app.extensions["redis"]).empty()
+    Queue("bulk", connection=services_of(app).redis).empty()
     resumed = client.post(f"/api/v1/campaigns/{campaign_id}/resume", headers=AUTH).get_json()
     assert (resumed["status"], resumed["pause_reason"]) == ("running", None)
     # Resuming queues the waiting messages again.
-    assert sum(len(job.args[0]) for job in Queue("bulk", connection=app.extensions["redis"]).jobs) == 1
+    assert sum(len(job.args[0]) for job in Queue("bulk", connection=services_of(app).redis).jobs) == 1
 
 
 # -- audit -----------------------------------------------------------------------------------
 
 
 def test_the_audit_export_streams_csv_and_jsonl_with_filters(client, app, clock):
-    ledger = app.extensions["ledger"]
+    ledger = services_of(app).ledger
     ledger.append(web_opt_in(USER, ref="f-1", occurred_at=clock() - timedelta(days=3)))
     ledger.append(web_opt_in(OTHER_USER, ref="f-2", occurred_at=clock() - timedelta(days=1)))
     ledger.append(opt_out(USER, ref="s-1"))
@@ -456,9 +457,9 @@ def test_an_opt_out_recorded_through_the_api_blocks_queued_sends(client, app):
 
 
 def test_an_opt_out_is_recorded_and_answered_201_while_redis_is_down(app_without_redis):
-    """Its mark for the send threads (bot.opt_out_marks) cannot be set; the opt-out stands."""
+    """Its mark for the send threads (bot.outbound.opt_out_marks) cannot be set; the opt-out stands."""
     down = app_without_redis
     body = {"wa_id": USER, "action": "opt_out", "channel": "email", "evidence": {"mail": "M-1"}}
     response = down.test_client().post("/api/v1/consents", headers=AUTH, json=body)
     assert response.status_code == 201 and response.get_json()["action"] == "opt_out"
-    assert down.extensions["ledger"].state(USER).state.value == "opted_out"
+    assert services_of(down).ledger.state(USER).state.value == "opted_out"

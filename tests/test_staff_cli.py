@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 from rq import Queue
 
-from bot.consent import Action, Channel, State
+from bot.domain.consent import Action, Channel, State
+from bot.services import services_of
 from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
 
 HEADER = "wa_id,action,channel,scope,consent_text,evidence,occurred_at\n"
@@ -54,7 +55,7 @@ def test_importing_the_same_file_again_adds_nothing(runner, ledger, tmp_path):
 
 
 def test_an_import_records_its_opt_outs_while_redis_is_down(app_without_redis, ledger, tmp_path, caplog):
-    """An opt-out also leaves a mark in Redis for the send threads (bot.opt_out_marks); without
+    """An opt-out also leaves a mark in Redis for the send threads (bot.outbound.opt_out_marks); without
     Redis it is recorded all the same, and the failure logged."""
     result = app_without_redis.test_cli_runner().invoke(args=["consent", "import", write(tmp_path, HEADER + GOOD_ROWS)])
     assert result.exit_code == 0 and result.output.strip().endswith("3 recorded, 0 already in the ledger, 0 rejected")
@@ -115,8 +116,8 @@ def test_send_template_queues_or_names_the_refusal(runner, app, ledger):
     ok = runner.invoke(args=["send", "template", "order_update", "--to", "+1 650 555 1234", "--category", "utility"])
     assert ok.exit_code == 0 and ok.output.startswith("queued message ")
     message_id = ok.output.split()[-1]
-    assert app.extensions["outbox"].get(message_id).content["template"]["name"] == "order_update"
-    assert Queue("replies", connection=app.extensions["redis"]).count == 1
+    assert services_of(app).outbox.get(message_id).content["template"]["name"] == "order_update"
+    assert Queue("replies", connection=services_of(app).redis).count == 1
     refused = runner.invoke(args=["send", "template", "spring_sale", "--to", OTHER_USER, "--category", "marketing"])
     assert refused.exit_code == 1 and "not sent: no_consent" in refused.output
     bad = runner.invoke(args=["send", "template", "Spring Sale", "--to", USER, "--category", "marketing"])
@@ -134,7 +135,7 @@ def test_campaign_send_dry_run_then_real_then_status(runner, app, ledger, tmp_pa
     dry = runner.invoke(args=[*args, "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert dry.output.strip().splitlines()[-1] == "dry run: 1 queued, skipped: invalid_recipient 1, no_consent 1, opted_out 1; 1 duplicate(s)"
-    assert Queue("bulk", connection=app.extensions["redis"]).count == 0
+    assert Queue("bulk", connection=services_of(app).redis).count == 0
     real = runner.invoke(args=args)
     summary = real.output.strip().splitlines()[-1]
     assert real.exit_code == 0 and summary.endswith(": 1 queued, skipped: invalid_recipient 1, no_consent 1, opted_out 1; 1 duplicate(s)")

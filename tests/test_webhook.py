@@ -15,19 +15,21 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.consent import Action, Channel, Marketing, Scope, State
-from bot.db import account_notices, early_statuses, make_engine, outbound_messages, unread_webhooks
-from bot.jobs import SendRuntime
-from bot.ledger import Ledger, utc_now
-from bot.outbox import Message, MessageState, Outbox, Template
-from bot.policy import MessageKind
-from bot.queues import enqueuer, make_queues
-from bot.worker import sweep
-from bot.webhook_events import parse
-from handlers import Context
-from handlers.dispatch import record_posts
+from bot.domain.consent import Action, Channel, Marketing, Scope, State
+from bot.domain.policy import MessageKind
+from bot.inbound.events import parse
+from bot.inbound.handlers import Context
+from bot.inbound.handlers.dispatch import record_posts
+from bot.outbound.jobs import SendRuntime
+from bot.outbound.queues import enqueuer, make_queues
+from bot.outbound.worker import sweep
+from bot.services import services_of
+from bot.storage.db import make_engine
+from bot.storage.ledger import Ledger, utc_now
+from bot.storage.outbox import Message, MessageState, Outbox, Template
+from bot.storage.schema import account_notices, early_statuses, outbound_messages, unread_webhooks
 from tests.conftest import APP_SECRET, VERIFY_TOKEN
-from tests.helpers import OTHER_USER, USER, web_opt_in
+from tests.helpers import OTHER_USER, USER, reconfigure, web_opt_in
 
 PAYLOADS = Path(__file__).parent / "fixtures" / "payloads"
 
@@ -58,7 +60,7 @@ def post(client, body: dict | bytes, signature: str | None = None):
 
 def replies(app, wa_id: str = USER) -> list[tuple[str, str]]:
     """(kind, text) of the messages queued for a user, oldest first."""
-    with app.extensions["ledger"].engine.connect() as conn:
+    with services_of(app).ledger.engine.connect() as conn:
         rows = conn.execute(
             sa.select(outbound_messages.c.kind, outbound_messages.c.content, outbound_messages.c.state)
             .where(outbound_messages.c.wa_id == wa_id)
@@ -69,17 +71,17 @@ def replies(app, wa_id: str = USER) -> list[tuple[str, str]]:
 
 def blocked(app) -> list[tuple[str, str]]:
     """(kind, reason) of the messages refused when they were queued."""
-    with app.extensions["ledger"].engine.connect() as conn:
+    with services_of(app).ledger.engine.connect() as conn:
         query = sa.select(outbound_messages.c.kind, outbound_messages.c.reason).where(outbound_messages.c.state == "blocked")
         return [tuple(row) for row in conn.execute(query)]
 
 
 def actions(app, wa_id: str = USER) -> list[tuple[Action, Scope, Channel]]:
-    return [(e.action, e.scope, e.channel) for e in app.extensions["ledger"].history(wa_id)]
+    return [(e.action, e.scope, e.channel) for e in services_of(app).ledger.history(wa_id)]
 
 
 def unread(app) -> list[str]:
-    with app.extensions["ledger"].engine.connect() as conn:
+    with services_of(app).ledger.engine.connect() as conn:
         return list(conn.execute(sa.select(unread_webhooks.c.reason)).scalars())
 
 
@@ -94,7 +96,7 @@ def test_handshake_answers_the_challenge_only_with_the_token(client):
 
 
 def test_handshake_is_refused_when_no_token_is_configured(app, client):
-    app.config["WHATSAPP_VERIFY_TOKEN"] = None
+    reconfigure(app, whatsapp_verify_token=None)
     response = client.get("/webhook?hub.mode=subscribe&hub.verify_token=&hub.challenge=1")
     assert response.status_code == 403 and "WHATSAPP_VERIFY_TOKEN" in response.get_json()["detail"]
 
@@ -122,7 +124,7 @@ def test_a_tampered_body_is_refused(app, client):
 
 
 def test_without_an_app_secret_webhooks_fail_closed(app, client):
-    app.config["WHATSAPP_APP_SECRET"] = None
+    reconfigure(app, whatsapp_app_secret=None)
     response = post(client, payload("stop_message.json"))
     assert response.status_code == 503 and "WHATSAPP_APP_SECRET" in response.get_json()["detail"]
     assert actions(app) == []
@@ -167,14 +169,14 @@ def test_stop_opts_out_with_one_confirmation_even_when_redelivered(app, client):
         (Action.IMPLICIT, Scope.ALL, Channel.WHATSAPP_SESSION),
         (Action.OPT_OUT, Scope.ALL, Channel.WHATSAPP_KEYWORD),
     ]
-    assert app.extensions["ledger"].state(USER).state is State.OPTED_OUT
+    assert services_of(app).ledger.state(USER).state is State.OPTED_OUT
     [(kind, text)] = replies(app)
     assert kind == "stop_confirmation" and "START" in text and "Acme Bakery" in text
 
 
 def test_each_acknowledged_opt_out_leaves_a_new_mark_for_the_send_threads(app, client):
-    """A send thread reads its user's mark right before its call (bot.opt_out_marks)."""
-    marks = app.extensions["opt_out_marks"]
+    """A send thread reads its user's mark right before its call (bot.outbound.opt_out_marks)."""
+    marks = services_of(app).opt_out_marks
     assert post(client, payload("text_message.json")).status_code == 200
     assert marks.read_one(USER) is None  # no opt-out, no mark
     assert post(client, payload("stop_message.json")).status_code == 200
@@ -195,17 +197,17 @@ def test_an_opted_out_user_writing_again_gets_one_reminder_per_session(app, clie
     kinds = [kind for kind, _ in replies(app)]
     assert kinds == ["stop_confirmation", "reply"]
     assert "START" in replies(app)[1][1]
-    assert app.extensions["ledger"].state(USER).state is State.OPTED_OUT  # writing is not START (R10)
+    assert services_of(app).ledger.state(USER).state is State.OPTED_OUT  # writing is not START (R10)
 
 
 def test_start_after_stop_opts_in_again_with_a_confirmation(app, client):
     post(client, payload("stop_message.json"))
     assert post(client, payload("start_message.json")).status_code == 200
-    history = app.extensions["ledger"].history(USER)
+    history = services_of(app).ledger.history(USER)
     start = history[-2]
     assert (start.action, start.channel, start.consent_text) == (Action.OPT_IN, Channel.WHATSAPP_KEYWORD, "start")
     assert history[-1].action is Action.OPT_OUT_NOTICE_GIVEN
-    assert app.extensions["ledger"].state(USER).state is State.OPTED_IN
+    assert services_of(app).ledger.state(USER).state is State.OPTED_IN
     assert [kind for kind, _ in replies(app)] == ["stop_confirmation", "start_confirmation"]
 
 
@@ -215,12 +217,12 @@ def test_a_start_confirmation_still_queued_when_the_user_stops_again_is_not_sent
     again = payload("stop_message.json")
     again["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = "wamid.STOP-again"
     assert post(client, again).status_code == 200
-    runtime = SendRuntime(app)
-    with app.extensions["ledger"].engine.connect() as conn:
+    runtime = SendRuntime(services_of(app))
+    with services_of(app).ledger.engine.connect() as conn:
         queued = list(conn.execute(sa.select(outbound_messages.c.id).order_by(outbound_messages.c.created_at)).scalars())
     runtime.dispatch(queued)
     runtime.shutdown()
-    outbox = app.extensions["outbox"]
+    outbox = services_of(app).outbox
     assert [(m.kind.value, m.state.value, m.reason) for m in map(outbox.get, queued)] == [
         ("start_confirmation", "blocked", "opted_out"), ("stop_confirmation", "sent", None),
     ]
@@ -233,13 +235,13 @@ def test_help_is_answered_in_the_keywords_language(app, client):
     wa_id = payload("help_message_spanish.json")["entry"][0]["changes"][0]["value"]["messages"][0]["from"]
     [(kind, text)] = replies(app, wa_id)
     assert kind == "help_answer" and "PARAR" in text and "Acme Bakery" in text
-    assert app.extensions["ledger"].state(wa_id).notice_event is not None
+    assert services_of(app).ledger.state(wa_id).notice_event is not None
 
 
 def test_a_possible_opt_out_is_recorded_for_review_and_answered(app, client):
     assert post(client, payload("possible_opt_out.json")).status_code == 200
     assert (Action.POSSIBLE_OPT_OUT, Scope.ALL, Channel.WHATSAPP_KEYWORD) in actions(app, OTHER_USER)
-    assert app.extensions["ledger"].state(OTHER_USER).state is State.IMPLICIT  # it does not act
+    assert services_of(app).ledger.state(OTHER_USER).state is State.IMPLICIT  # it does not act
     [(kind, text)] = replies(app, OTHER_USER)
     assert "STOP" in text
 
@@ -256,9 +258,9 @@ def test_an_opted_out_user_who_writes_a_stop_sentence_gets_the_reminder_not_the_
 
 
 def test_stop_promotions_button_stops_marketing_only(app, client):
-    app.extensions["ledger"].append(web_opt_in())
+    services_of(app).ledger.append(web_opt_in())
     assert post(client, payload("button_stop_promotions.json")).status_code == 200
-    state = app.extensions["ledger"].state(USER)
+    state = services_of(app).ledger.state(USER)
     assert (state.state, state.marketing) == (State.OPTED_IN, Marketing.OPTED_OUT)
     assert (Action.OPT_OUT, Scope.MARKETING, Channel.WHATSAPP_BUTTON) in actions(app)
     [(kind, text)] = replies(app)
@@ -275,10 +277,10 @@ def button_tap(text: str, message_id: str) -> dict:
 
 
 def test_resume_promotions_button_brings_offers_back_and_says_so(app, client):
-    app.extensions["ledger"].append(web_opt_in())
+    services_of(app).ledger.append(web_opt_in())
     assert post(client, payload("button_stop_promotions.json")).status_code == 200
     assert post(client, button_tap("Resume promotions", "wamid.RESUME")).status_code == 200
-    state = app.extensions["ledger"].state(USER)
+    state = services_of(app).ledger.state(USER)
     assert (state.state, state.marketing) == (State.OPTED_IN, Marketing.ALLOWED)
     assert (Action.OPT_IN, Scope.MARKETING, Channel.WHATSAPP_BUTTON) in actions(app)
     assert replies(app)[-1] == (
@@ -290,26 +292,26 @@ def test_resume_promotions_button_brings_offers_back_and_says_so(app, client):
 def test_resume_promotions_promises_offers_only_to_users_opted_in_to_messages(app, client, opt_in_first, answer):
     """Implicit consent never covers marketing; after STOP, a tap resumes nothing: START does."""
     if opt_in_first:
-        app.extensions["ledger"].append(web_opt_in())
+        services_of(app).ledger.append(web_opt_in())
         assert post(client, payload("stop_message.json")).status_code == 200
     assert post(client, button_tap("Reanudar promociones", "wamid.RESUME-es")).status_code == 200
     kind, text = replies(app)[-1]
     assert kind == answer and "ofertas" not in text and "Acme Bakery" in text
-    assert app.extensions["ledger"].state(USER).marketing is not Marketing.ALLOWED
+    assert services_of(app).ledger.state(USER).marketing is not Marketing.ALLOWED
 
 
 def test_unsubscribe_button_opts_out_of_everything(app, client):
     assert post(client, payload("interactive_button_reply.json")).status_code == 200
-    assert app.extensions["ledger"].state(USER).state is State.OPTED_OUT
+    assert services_of(app).ledger.state(USER).state is State.OPTED_OUT
     assert [kind for kind, _ in replies(app)] == ["stop_confirmation"]
 
 
 def test_marketing_preferences_stop_and_resume(app, client):
-    app.extensions["ledger"].append(web_opt_in())
+    services_of(app).ledger.append(web_opt_in())
     assert post(client, payload("user_preferences_stop.json")).status_code == 200
-    assert app.extensions["ledger"].state(USER).marketing is Marketing.OPTED_OUT
+    assert services_of(app).ledger.state(USER).marketing is Marketing.OPTED_OUT
     assert post(client, payload("user_preferences_resume.json")).status_code == 200
-    assert app.extensions["ledger"].state(USER).marketing is Marketing.ALLOWED
+    assert services_of(app).ledger.state(USER).marketing is Marketing.ALLOWED
     assert [a for a in actions(app) if a[2] is Channel.WHATSAPP_PREFERENCES] == [
         (Action.OPT_OUT, Scope.MARKETING, Channel.WHATSAPP_PREFERENCES),
         (Action.OPT_IN, Scope.MARKETING, Channel.WHATSAPP_PREFERENCES),
@@ -318,7 +320,7 @@ def test_marketing_preferences_stop_and_resume(app, client):
 
 def test_the_batch_yields_every_event(app, client):
     assert post(client, payload("batch_mixed.json")).status_code == 200
-    ledger = app.extensions["ledger"]
+    ledger = services_of(app).ledger
     assert ledger.state(USER).state is State.IMPLICIT
     assert ledger.state(OTHER_USER).state is State.OPTED_OUT
     assert ledger.state("919812345678").state is State.OPTED_OUT  # रोकें, in Hindi
@@ -341,8 +343,8 @@ def test_an_item_the_ledger_refuses_is_kept_and_the_rest_of_the_post_recorded(ap
     assert post(client, body).status_code == 200
     assert [reason for reason in unread(app) if "refused by the ledger" in reason] != []
     assert actions(app, USER) == []
-    assert app.extensions["ledger"].state(OTHER_USER).state is State.OPTED_OUT
-    assert app.extensions["ledger"].verify().ok
+    assert services_of(app).ledger.state(OTHER_USER).state is State.OPTED_OUT
+    assert services_of(app).ledger.verify().ok
 
 
 def parsed(body: dict) -> list:
@@ -352,32 +354,32 @@ def parsed(body: dict) -> list:
 def test_posts_recorded_together_have_their_effects_once(app):
     """Concurrent POSTs share one transaction: a redelivery in the same group doubles nothing."""
     stop, hello = parsed(payload("stop_message.json")), parsed(payload("batch_mixed.json"))
-    assert record_posts(app.extensions["handlers"], [stop, hello, stop]) == [None, None, None]
+    assert record_posts(services_of(app).handlers, [stop, hello, stop]) == [None, None, None]
     assert [a for a, _, _ in actions(app)] == [Action.IMPLICIT, Action.OPT_OUT]
     assert [kind for kind, _ in replies(app)] == ["stop_confirmation", "reply"]  # the batch's hello came after the STOP
-    assert app.extensions["ledger"].state(OTHER_USER).state is State.OPTED_OUT
-    assert app.extensions["ledger"].verify().ok
+    assert services_of(app).ledger.state(OTHER_USER).state is State.OPTED_OUT
+    assert services_of(app).ledger.verify().ok
 
 
 def test_a_post_that_fails_on_its_own_does_not_fail_the_posts_recorded_with_it(app, monkeypatch):
     def broken(*_):
         raise RuntimeError("a bug in the preferences handler")
 
-    monkeypatch.setattr("handlers.dispatch.on_preference", broken)
+    monkeypatch.setattr("bot.inbound.handlers.dispatch.on_preference", broken)
     stop, preferences = parsed(payload("stop_message.json")), parsed(payload("user_preferences_stop.json"))
     hello = parsed(payload("batch_mixed.json"))
-    outcomes = record_posts(app.extensions["handlers"], [stop, preferences, hello])
+    outcomes = record_posts(services_of(app).handlers, [stop, preferences, hello])
     assert outcomes[0] is None and isinstance(outcomes[1], RuntimeError) and outcomes[2] is None
-    assert app.extensions["ledger"].state(USER).state is State.OPTED_OUT
-    assert app.extensions["ledger"].state(OTHER_USER).state is State.OPTED_OUT
+    assert services_of(app).ledger.state(USER).state is State.OPTED_OUT
+    assert services_of(app).ledger.state(OTHER_USER).state is State.OPTED_OUT
 
 
 # -- statuses ---------------------------------------------------------------------------
 
 
 def sent_message(app, meta_id: str) -> str:
-    app.extensions["ledger"].append(web_opt_in())
-    outbox = app.extensions["outbox"]
+    services_of(app).ledger.append(web_opt_in())
+    outbox = services_of(app).outbox
     message_id = outbox.submit(Message(USER, MessageKind.MARKETING_TEMPLATE, template=Template("sale", "en")), "s-1", "staff").message_id
     outbox.mark_sent(message_id, meta_id, None)
     return message_id
@@ -391,7 +393,7 @@ def status_body(name: str) -> tuple[dict, str]:
 def test_statuses_move_a_message_forward_only(app, client):
     body, meta_id = status_body("status_read.json")
     message_id = sent_message(app, meta_id)
-    outbox = app.extensions["outbox"]
+    outbox = services_of(app).outbox
     for name, expected in [("status_delivered.json", "delivered"), ("status_read.json", "read"), ("status_delivered.json", "read"), ("status_sent.json", "read")]:
         late, _ = status_body(name)
         late["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = meta_id
@@ -414,9 +416,9 @@ def test_statuses_of_one_message_in_one_post_apply_in_order_of_progress(app, cli
         status("status_failed_131026.json", "wamid.not-sent-yet"),
     ]
     assert post(client, body).status_code == 200
-    message = app.extensions["outbox"].get(message_id)
+    message = services_of(app).outbox.get(message_id)
     assert message.state.value == "read" and message.error_code is None
-    with app.extensions["ledger"].engine.connect() as conn:
+    with services_of(app).ledger.engine.connect() as conn:
         kept = conn.execute(sa.select(early_statuses.c.meta_message_id, early_statuses.c.status)).all()
     assert kept == [("wamid.not-sent-yet", "failed")]
 
@@ -425,9 +427,9 @@ def test_a_131050_failure_records_a_marketing_opt_out(app, client):
     body, meta_id = status_body("status_failed_131050.json")
     message_id = sent_message(app, meta_id)
     assert post(client, body).status_code == 200
-    stored = app.extensions["outbox"].get(message_id)
+    stored = services_of(app).outbox.get(message_id)
     assert (stored.state, stored.error_code) == (MessageState.FAILED, 131050)
-    assert app.extensions["ledger"].state(USER).marketing is Marketing.OPTED_OUT
+    assert services_of(app).ledger.state(USER).marketing is Marketing.OPTED_OUT
     assert (Action.OPT_OUT, Scope.MARKETING, Channel.WHATSAPP_DELIVERY) in actions(app)
 
 
@@ -456,7 +458,7 @@ def test_signed_bodies_we_cannot_read_are_kept_and_acknowledged(app, client, raw
 
 
 def unread_items(app) -> list[tuple[str, object]]:
-    with app.extensions["ledger"].engine.connect() as conn:
+    with services_of(app).ledger.engine.connect() as conn:
         return [(reason, json.loads(raw)) for reason, raw in conn.execute(sa.select(unread_webhooks.c.reason, unread_webhooks.c.raw))]
 
 
@@ -488,17 +490,17 @@ def test_an_oversized_body_is_refused_with_413(client):
 
 
 def test_redis_down_answers_503_and_the_retry_completes_once(app, client):
-    outbox = app.extensions["outbox"]
+    outbox = services_of(app).outbox
     working = outbox.enqueue
     outbox.enqueue = enqueuer(make_queues(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=None)))
     response = post(client, payload("stop_message.json"))
     assert response.status_code == 503 and response.get_json()["error"] == "unavailable"
-    assert app.extensions["ledger"].state(USER).state is State.OPTED_OUT  # recorded before the failure
+    assert services_of(app).ledger.state(USER).state is State.OPTED_OUT  # recorded before the failure
     outbox.enqueue = working
     assert post(client, payload("stop_message.json")).status_code == 200
     assert len(actions(app)) == 2 and [kind for kind, _ in replies(app)] == ["stop_confirmation"]
     # The confirmation never reached the queue; the workers' sweeper finds it stale and queues it.
-    connection = app.extensions["redis"]
+    connection = services_of(app).redis
     later = Outbox(outbox.engine, outbox.ledger, working, lease=outbox.lease, clock=lambda: utc_now() + timedelta(minutes=1))
     assert sweep(later, make_queues(connection), connection, every=5) == 1
     assert connection.llen("rq:queue:replies") == 1
@@ -520,13 +522,13 @@ def test_fuzzed_signed_bodies_never_give_a_500(client, body):
 
 
 def test_database_unreachable_answers_503_and_the_retry_completes_once(app, client):
-    working = app.extensions["handlers"]
+    working = services_of(app).handlers
     down = make_engine("postgresql://postgres@127.0.0.1:1/test")
     down_ledger = Ledger(down)
-    app.extensions["handlers"] = Context(down_ledger, Outbox(down, down_ledger, working.outbox.enqueue), working.keywords, working.replies, working.campaigns)
+    services_of(app).handlers = Context(down_ledger, Outbox(down, down_ledger, working.outbox.enqueue), working.keywords, working.replies, working.campaigns)
     response = post(client, payload("stop_message.json"))
     assert response.status_code == 503 and "Traceback" not in response.get_data(as_text=True)
-    app.extensions["handlers"] = working
+    services_of(app).handlers = working
     assert actions(app) == []
     assert post(client, payload("stop_message.json")).status_code == 200
     assert [a for a, _, _ in actions(app)] == [Action.IMPLICIT, Action.OPT_OUT]
@@ -537,7 +539,7 @@ def test_a_status_arriving_before_its_send_is_recorded_is_applied_later(app, cli
     body, meta_id = status_body("status_delivered.json")
     assert post(client, body).status_code == 200  # Meta was quicker than our bookkeeping
     message_id = sent_message(app, meta_id)
-    outbox = app.extensions["outbox"]
+    outbox = services_of(app).outbox
     assert outbox.get(message_id).state is MessageState.SENT
     assert outbox.apply_early_statuses() == 1
     assert outbox.get(message_id).state is MessageState.DELIVERED
@@ -552,7 +554,7 @@ def test_every_sample_body_is_accepted_signed_and_refused_tampered(app, client, 
     raw = json.dumps(payload(name)).encode()
     tampered = post(client, raw + b" ", sign(raw))
     assert tampered.status_code == 401 and unread(app) == []
-    assert app.extensions["ledger"].verify().checked == 0  # nothing recorded, for anyone
+    assert services_of(app).ledger.verify().checked == 0  # nothing recorded, for anyone
     response = post(client, raw)
     assert response.status_code == 200 and response.get_json()["events"] >= 1
 
@@ -560,6 +562,6 @@ def test_every_sample_body_is_accepted_signed_and_refused_tampered(app, client, 
 @pytest.mark.parametrize("name", ["account_update_violation.json", "phone_number_quality_update.json", "template_status_paused.json"])
 def test_account_notices_are_kept_for_staff(app, client, name):
     assert post(client, payload(name)).status_code == 200
-    with app.extensions["ledger"].engine.connect() as conn:
+    with services_of(app).ledger.engine.connect() as conn:
         [(field, event)] = conn.execute(sa.select(account_notices.c.field, account_notices.c.event)).all()
     assert (field, event) == (payload(name)["entry"][0]["changes"][0]["field"], payload(name)["entry"][0]["changes"][0]["value"]["event"])

@@ -15,17 +15,20 @@ import redis
 import requests
 import sqlalchemy as sa
 
-from bot import PROJECT_ROOT
-from bot.db import consent_events, make_engine, outbound_messages
+from bot.settings import PROJECT_ROOT
+from bot.storage.db import make_engine
+from bot.storage.schema import consent_events, outbound_messages
 from tests.conftest import APP_SECRET, fresh_postgres_url
 from tests.helpers import USER
-from tests.local_services import free_port
+from tests.local_services import free_port, migrated
 from tests.test_webhook import payload, sign
+
+pytestmark = [pytest.mark.processes, pytest.mark.postgres]
 
 
 @pytest.fixture
 def served(redis_url, tmp_path):
-    database_url, port = fresh_postgres_url(), free_port()
+    database_url, port = migrated(fresh_postgres_url()), free_port()
     env = {
         "PATH": os.environ.get("PATH", ""), "DATABASE_URL": database_url, "REDIS_URL": redis_url,
         "WHATSAPP_APP_SECRET": APP_SECRET, "BUSINESS_NAME": "Acme Bakery",

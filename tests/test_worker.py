@@ -1,4 +1,4 @@
-"""Real worker processes (`python -m bot.worker`) sending through RQ on the real Redis to the
+"""Real worker processes (`python -m bot.outbound.worker`) sending through RQ on the real Redis to the
 local Graph API imitation, including workers SIGKILLed in the middle of a campaign."""
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from bot import PROJECT_ROOT, create_app
-from bot.consent import Action, Channel, EventDraft
-from bot.db import outbound_messages
-from bot.outbox import Message, QueueName, Template
-from bot.policy import MessageKind
+from bot import create_app
+from bot.domain.consent import Action, Channel, EventDraft
+from bot.domain.policy import MessageKind
+from bot.services import services_of
+from bot.settings import PROJECT_ROOT
+from bot.storage.outbox import Message, QueueName, Template
+from bot.storage.schema import outbound_messages
 from tests.conftest import app_config, fresh_postgres_url
-from tests.local_services import free_port
+from tests.local_services import free_port, migrated
+
+pytestmark = [pytest.mark.processes, pytest.mark.postgres]
 
 TEMPLATE = Template("order_update", "en_US")
 
@@ -32,7 +36,7 @@ class Workers:
     def start(self) -> subprocess.Popen:
         log = open(self.log_dir / f"worker-{len(self.processes)}.log", "w")
         process = subprocess.Popen(
-            [sys.executable, "-m", "bot.worker"], cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=log,
+            [sys.executable, "-m", "bot.outbound.worker"], cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=log,
             start_new_session=True,
         )
         self.processes.append(process)
@@ -51,19 +55,19 @@ class Workers:
 
 @pytest.fixture
 def campaign_app(redis_url, graph):
-    database_url = fresh_postgres_url()
+    database_url = migrated(fresh_postgres_url())
     app = create_app(app_config(database_url, redis_url, graph, SEND_RATE_LIMIT=300))
     yield app
-    app.extensions["ledger"].engine.dispose()
+    services_of(app).dispose()
 
 
 @pytest.fixture
 def workers(campaign_app, tmp_path):
-    config = campaign_app.config
+    settings = services_of(campaign_app).settings
     env = {
-        "PATH": os.environ.get("PATH", ""), "DATABASE_URL": config["DATABASE_URL"], "REDIS_URL": config["REDIS_URL"],
-        "GRAPH_API_URL": config["GRAPH_API_URL"], "WHATSAPP_TOKEN": "test-token",
-        "WHATSAPP_PHONE_NUMBER_ID": config["WHATSAPP_PHONE_NUMBER_ID"], "SEND_RATE_LIMIT": "300",
+        "PATH": os.environ.get("PATH", ""), "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+        "GRAPH_API_URL": settings.graph_api_url, "WHATSAPP_TOKEN": "test-token",
+        "WHATSAPP_PHONE_NUMBER_ID": settings.whatsapp_phone_number_id, "SEND_RATE_LIMIT": "300",
         "SEND_LEASE_SECONDS": "3", "SWEEP_INTERVAL_SECONDS": "1",
     }
     pool = Workers(env, tmp_path)
@@ -73,7 +77,7 @@ def workers(campaign_app, tmp_path):
 
 def opted_in_users(app, count: int) -> list[str]:
     users = [f"1555{n:07d}" for n in range(count)]
-    app.extensions["ledger"].append_many(
+    services_of(app).ledger.append_many(
         EventDraft(u, Action.OPT_IN, Channel.WEB, f"form-{u}", "staff:test", consent_text="Send me updates", evidence={"form": "t"})
         for u in users
     )
@@ -81,7 +85,7 @@ def opted_in_users(app, count: int) -> list[str]:
 
 
 def states(app) -> dict[str, int]:
-    with app.extensions["ledger"].engine.connect() as conn:
+    with services_of(app).ledger.engine.connect() as conn:
         query = sa.select(outbound_messages.c.state, sa.func.count()).group_by(outbound_messages.c.state)
         return dict(conn.execute(query).all())
 
@@ -98,7 +102,7 @@ def wait_until_final(app, total: int, timeout: float) -> dict[str, int]:
 
 def submit_campaign(app, users: list[str]) -> None:
     items = [(Message(u, MessageKind.UTILITY_TEMPLATE, template=TEMPLATE), f"campaign-1:{u}") for u in users]
-    submissions = app.extensions["outbox"].submit_many(items, "staff:test", QueueName.BULK, campaign_id="campaign-1")
+    submissions = services_of(app).outbox.submit_many(items, "staff:test", QueueName.BULK, campaign_id="campaign-1")
     assert all(s.queued for s in submissions)
 
 
@@ -151,7 +155,7 @@ def test_a_worker_outlives_a_redis_restart_and_sends_what_came_before_and_after(
     try:
         wait_for_redis(port)
         url = f"redis://127.0.0.1:{port}/0"
-        app = create_app({**app_config(campaign_app.config["DATABASE_URL"], url, graph), "SEND_RATE_LIMIT": 300})
+        app = create_app({**app_config(services_of(campaign_app).settings.database_url, url, graph), "SEND_RATE_LIMIT": 300})
         workers.env["REDIS_URL"] = url
         worker = workers.start()
         users = opted_in_users(app, 200)
@@ -163,7 +167,7 @@ def test_a_worker_outlives_a_redis_restart_and_sends_what_came_before_and_after(
         redis_server = subprocess.Popen(server, stdout=subprocess.DEVNULL, start_new_session=True)
         wait_for_redis(port)
         items = [(Message(u, MessageKind.UTILITY_TEMPLATE, template=TEMPLATE), f"campaign-2:{u}") for u in users[100:]]
-        app.extensions["outbox"].submit_many(items, "staff:test", QueueName.BULK)
+        services_of(app).outbox.submit_many(items, "staff:test", QueueName.BULK)
         # Jobs lost with the restart come back through the sweeper; new ones arrive on the new server.
         assert wait_until_final(app, 200, timeout=60) == {"sent": 200}
         assert worker.poll() is None, "the worker process quit with Redis"

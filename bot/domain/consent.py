@@ -1,0 +1,302 @@
+"""The consent vocabulary and the pure fold from ledger events to a user's current state.
+
+Nothing here touches a database or Flask: the ledger stores events, this module says
+what they mean.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+SERVICE_WINDOW = timedelta(hours=24)
+
+
+class Action(str, enum.Enum):
+    OPT_IN = "opt_in"
+    OPT_OUT = "opt_out"
+    IMPLICIT = "implicit"
+    OPT_OUT_NOTICE_GIVEN = "opt_out_notice_given"
+    POSSIBLE_OPT_OUT = "possible_opt_out"
+
+
+class Scope(str, enum.Enum):
+    ALL = "all"
+    MARKETING = "marketing"
+
+
+class Basis(str, enum.Enum):
+    EXPLICIT = "explicit"
+    IMPLICIT = "implicit"
+
+
+class Channel(str, enum.Enum):
+    """How an event was collected: off WhatsApp by staff (R1), or from the user on WhatsApp.
+
+    There is deliberately no channel for a business-initiated WhatsApp message: explicit
+    opt-in cannot be collected that way (R5).
+    """
+
+    WEB = "web"
+    IVR = "ivr"
+    PAPER = "paper"
+    SMS = "sms"
+    EMAIL = "email"
+    IN_PERSON = "in_person"
+    API = "api"
+    # Recorded by the bot itself from user-initiated WhatsApp traffic, never by staff (R5).
+    WHATSAPP_KEYWORD = "whatsapp_keyword"
+    WHATSAPP_SESSION = "whatsapp_session"
+    WHATSAPP_BUTTON = "whatsapp_button"
+    WHATSAPP_PREFERENCES = "whatsapp_preferences"
+    WHATSAPP_DELIVERY = "whatsapp_delivery"
+
+
+class State(str, enum.Enum):
+    NONE = "none"
+    IMPLICIT = "implicit"
+    OPTED_IN = "opted_in"
+    OPTED_OUT = "opted_out"
+
+
+class Marketing(str, enum.Enum):
+    """Marketing consent, tracked apart from the overall state (Meta's marketing opt-out)."""
+
+    NONE = "none"
+    ALLOWED = "allowed"
+    OPTED_OUT = "opted_out"
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    """An event as a caller asks for it to be recorded; the ledger adds ids, times and hashes.
+
+    `source_ref` makes recording idempotent: the same inbound message id or API request id
+    recorded twice yields one event.
+    """
+
+    wa_id: str
+    action: Action
+    channel: Channel
+    source_ref: str
+    recorded_by: str
+    scope: Scope = Scope.ALL
+    consent_text: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ConsentEvent:
+    """One stored, hash-chained ledger event."""
+
+    seq: int
+    event_id: str
+    wa_id: str
+    action: Action
+    scope: Scope
+    basis: Basis | None
+    channel: Channel
+    consent_text: str | None
+    evidence: dict[str, Any]
+    source_ref: str
+    occurred_at: datetime
+    recorded_at: datetime
+    recorded_by: str
+    prev_hash: str
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form, used by the API, the CLI and the audit export."""
+        return {
+            "seq": self.seq,
+            "event_id": self.event_id,
+            "wa_id": self.wa_id,
+            "action": self.action.value,
+            "scope": self.scope.value,
+            "basis": self.basis.value if self.basis else None,
+            "channel": self.channel.value,
+            "consent_text": self.consent_text,
+            "evidence": self.evidence,
+            "source_ref": self.source_ref,
+            "occurred_at": self.occurred_at.isoformat(),
+            "recorded_at": self.recorded_at.isoformat(),
+            "recorded_by": self.recorded_by,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+@dataclass(frozen=True)
+class ConsentState:
+    """What a user's events add up to, with the events that justify it."""
+
+    wa_id: str
+    state: State = State.NONE
+    marketing: Marketing = Marketing.NONE
+    last_inbound_at: datetime | None = None
+    consent_event: ConsentEvent | None = None  # the event behind the current state
+    session_event: ConsentEvent | None = None  # latest implicit consent (user-initiated session)
+    opt_out_event: ConsentEvent | None = None  # latest opt-out of any scope
+    notice_event: ConsentEvent | None = None  # when the user was told how to stop (R9)
+
+    def window_open_until(self, now: datetime) -> datetime | None:
+        """End of the 24-hour customer service window, or None when it is closed."""
+        if self.last_inbound_at is None:
+            return None
+        closes = self.last_inbound_at + SERVICE_WINDOW
+        return closes if closes > now else None
+
+
+@dataclass(frozen=True)
+class Fold:
+    """What a user's events add up to, with the positions of the events that justify it."""
+
+    state: State = State.NONE
+    marketing: Marketing = Marketing.NONE
+    consent: int | None = None
+    session: int | None = None
+    opt_out: int | None = None
+    notice: int | None = None
+
+
+def occurrence_order(occurred_at: Sequence[datetime]) -> list[int]:
+    """Positions of a user's events, given in chain (recording) order, in the order they
+    happened. State follows what the user did when: a paper opt-in from last year imported
+    today does not undo last week's STOP, and a STOP Meta redelivers days late does not undo
+    the START the user sent after it. Meta's timestamps are whole seconds, so events are
+    compared to the second, and those of the same second keep their chain order."""
+    return sorted(range(len(occurred_at)), key=lambda position: (occurred_at[position].replace(microsecond=0), position))
+
+
+def fold(events: Sequence[tuple[str, str]]) -> Fold:
+    """Fold (action, scope) pairs, in the order they happened, into a state.
+
+    The latest event that speaks about a scope wins: an opt-out of all also stops marketing,
+    an opt-in of all also allows it again, a marketing-scope event touches marketing only.
+    A user-initiated session gives implicit consent unless a stronger state already holds:
+    it never undoes an opt-out (R10) or downgrades an explicit opt-in. Works on plain strings
+    so that the ledger can fold database rows without building an object per event.
+    """
+    state, marketing_out = State.NONE, False
+    consent = session = opt_out = notice = None
+    for position, (action, scope) in enumerate(events):
+        if action == Action.OPT_IN:
+            marketing_out = False
+            if scope == Scope.ALL:
+                state, consent = State.OPTED_IN, position
+        elif action == Action.OPT_OUT:
+            marketing_out, opt_out = True, position
+            if scope == Scope.ALL:
+                state, consent = State.OPTED_OUT, position
+        elif action == Action.IMPLICIT:
+            session = position
+            if state in (State.NONE, State.IMPLICIT):
+                state, consent = State.IMPLICIT, position
+        elif action == Action.OPT_OUT_NOTICE_GIVEN and notice is None:
+            notice = position
+    if marketing_out:
+        marketing = Marketing.OPTED_OUT
+    elif state is State.OPTED_IN:
+        marketing = Marketing.ALLOWED
+    else:
+        marketing = Marketing.NONE
+    return Fold(state, marketing, consent, session, opt_out, notice)
+
+
+def derive_state(
+    wa_id: str, events: Sequence[ConsentEvent], last_inbound_at: datetime | None = None
+) -> ConsentState:
+    """A user's current state from their events, in chain order."""
+    order = occurrence_order([event.occurred_at for event in events])
+    folded = fold([(events[at].action, events[at].scope) for at in order])
+    return state_from_fold(wa_id, folded, lambda position: events[order[position]], last_inbound_at)
+
+
+def state_from_fold(
+    wa_id: str, folded: Fold, event_at: Callable[[int], ConsentEvent], last_inbound_at: datetime | None
+) -> ConsentState:
+    """Build the state, turning only the few positions the fold kept into events, each once
+    (the session that gave implicit consent is often the event behind the state too)."""
+    events: dict[int, ConsentEvent] = {}
+
+    def pick(position: int | None) -> ConsentEvent | None:
+        if position is None:
+            return None
+        if position not in events:
+            events[position] = event_at(position)
+        return events[position]
+
+    return ConsentState(
+        wa_id, folded.state, folded.marketing, last_inbound_at,
+        pick(folded.consent), pick(folded.session), pick(folded.opt_out), pick(folded.notice),
+    )
+
+
+def delivery_marketing_opt_out(
+    wa_id: str, source_ref: str, recorded_by: str, evidence: dict[str, Any], occurred_at: datetime | None = None
+) -> EventDraft:
+    """Meta refused a delivery with 131050 (the user stopped marketing messages in WhatsApp):
+    the ledger must say so too, whether the send call or a status reported it."""
+    return EventDraft(
+        wa_id=wa_id, action=Action.OPT_OUT, scope=Scope.MARKETING, channel=Channel.WHATSAPP_DELIVERY,
+        source_ref=source_ref, recorded_by=recorded_by, evidence=evidence, occurred_at=occurred_at,
+    )
+
+
+def session_opened(wa_id: str, message_id: str, at: datetime, previous: datetime | None, recorded_by: str) -> EventDraft | None:
+    """The implicit consent an inbound message gives when it opens a session (R6), else None.
+
+    A session starts with the user's first message ever (`previous` is None), or the first
+    one after the 24-hour window since their previous message closed. A redelivery, however
+    late, is never after the message it repeats, so it opens nothing.
+    """
+    if previous is not None and at - previous < SERVICE_WINDOW:
+        return None
+    return EventDraft(
+        wa_id=wa_id, action=Action.IMPLICIT, channel=Channel.WHATSAPP_SESSION, source_ref=f"implicit:{message_id}",
+        recorded_by=recorded_by, evidence={"message_id": message_id}, occurred_at=at,
+    )
+
+
+class InvalidEvent(ValueError):
+    """An event the ledger refuses to record; the message is the one-line reason."""
+
+
+MAX_CONSENT_TEXT = 10_000
+MAX_EVIDENCE_BYTES = 64 * 1024
+
+
+def basis_of(action: Action) -> Basis | None:
+    """Opt-ins are explicit consent, sessions implicit; other events grant nothing."""
+    return {Action.OPT_IN: Basis.EXPLICIT, Action.IMPLICIT: Basis.IMPLICIT}.get(action)
+
+
+def check_draft(draft: EventDraft, now: datetime) -> None:
+    """Enforce what every recorded event must carry, whoever records it (R4, R5)."""
+    if not draft.source_ref or len(draft.source_ref) > 255:
+        raise InvalidEvent("source_ref must be 1 to 255 characters")
+    if not draft.source_ref.isprintable():
+        raise InvalidEvent("source_ref must not hold control characters")
+    if not draft.recorded_by or len(draft.recorded_by) > 64:
+        raise InvalidEvent("recorded_by must be 1 to 64 characters")
+    if not isinstance(draft.evidence, dict):
+        raise InvalidEvent("evidence must be a JSON object")
+    if draft.consent_text is not None and len(draft.consent_text) > MAX_CONSENT_TEXT:
+        raise InvalidEvent(f"consent_text is longer than {MAX_CONSENT_TEXT} characters")
+    if draft.occurred_at is not None:
+        if draft.occurred_at.tzinfo is None:
+            raise InvalidEvent("occurred_at must carry a time zone")
+        if draft.occurred_at > now + timedelta(minutes=5):
+            raise InvalidEvent("occurred_at is in the future")
+    if draft.action is Action.OPT_IN:
+        if not (draft.consent_text or "").strip():
+            raise InvalidEvent("an opt-in needs the consent_text the person agreed to")
+        if not draft.evidence:
+            raise InvalidEvent("an opt-in needs evidence of how it was collected")
+        if draft.channel is Channel.WHATSAPP_SESSION:
+            raise InvalidEvent("a WhatsApp session is implicit consent, not an opt-in")
+    if draft.action is Action.IMPLICIT and draft.channel is not Channel.WHATSAPP_SESSION:
+        raise InvalidEvent("implicit consent comes only from a user-initiated WhatsApp session")

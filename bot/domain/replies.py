@@ -1,0 +1,72 @@
+"""Reply texts: one file per reply and language under templates/replies/, naming the business."""
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+import jinja2
+
+from bot.domain.keywords import Intent, KeywordBook
+
+
+class Reply(str, enum.Enum):
+    WELCOME = "welcome"
+    STOP_CONFIRMATION = "stop_confirmation"
+    MARKETING_STOP_CONFIRMATION = "marketing_stop_confirmation"  # offers stopped, the rest goes on
+    MARKETING_RESUME_CONFIRMATION = "marketing_resume_confirmation"  # offers come again
+    START_CONFIRMATION = "start_confirmation"
+    HELP = "help"
+    UNSUBSCRIBED_REMINDER = "unsubscribed_reminder"
+    POSSIBLE_OPT_OUT = "possible_opt_out"
+
+
+# The replies that can be the first a user ever gets: each must say how to stop (R9).
+TELLS_HOW_TO_STOP = (Reply.WELCOME, Reply.START_CONFIRMATION, Reply.HELP, Reply.POSSIBLE_OPT_OUT)
+
+
+class ReplyTextError(ValueError):
+    """A reply text is missing or does not render."""
+
+
+class Replies:
+    """Renders reply texts with the business name and the keywords of the reply's language."""
+
+    def __init__(self, directory: str | Path, business_name: str, keywords: KeywordBook):
+        self.directory = Path(directory)
+        self.business_name = business_name
+        self.keywords = keywords
+        self._env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(self.directory), undefined=jinja2.StrictUndefined, autoescape=False
+        )
+        self._rendered: dict[tuple[Reply, str], str] = {}
+
+    def render(self, reply: Reply, language: str) -> str:
+        """The text of `reply` in `language` (one of the keyword file's languages). Texts are
+        read at start, like the keyword file: each is rendered once, not for every reply."""
+        key = (reply, language)
+        if key not in self._rendered:
+            self._rendered[key] = self._render(reply, language)
+        return self._rendered[key]
+
+    def _render(self, reply: Reply, language: str) -> str:
+        words = {intent: self.keywords.words(language, intent)[0] for intent in (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP)}
+        try:
+            template = self._env.get_template(f"{language}/{reply.value}.txt")
+            return template.render(
+                business=self.business_name,
+                stop_word=words[Intent.OPT_OUT],
+                start_word=words[Intent.OPT_IN],
+                help_word=words[Intent.HELP],
+            ).strip()
+        except jinja2.TemplateNotFound:
+            raise ReplyTextError(f"{self.directory / language / reply.value}.txt: reply text is missing") from None
+        except jinja2.TemplateError as error:
+            raise ReplyTextError(f"{self.directory / language / reply.value}.txt: {error}") from None
+
+    def check(self) -> None:
+        """Render every reply in every configured language; raise on the first that fails."""
+        for language in self.keywords.languages:
+            for reply in Reply:
+                text = self.render(reply, language)
+                if self.business_name not in text:
+                    raise ReplyTextError(f"{self.directory / language / reply.value}.txt: does not name the business")

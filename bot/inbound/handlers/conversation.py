@@ -1,0 +1,118 @@
+"""Inbound messages: implicit consent, STOP / START / HELP, the welcome, reminders (R6-R10)."""
+from __future__ import annotations
+
+import logging
+
+from bot.domain.consent import Action, Channel, ConsentState, EventDraft, Marketing, Scope, State
+from bot.domain.keywords import Intent, KeywordMatch
+from bot.domain.phone import mask, number_digest
+from bot.domain.policy import MessageKind
+from bot.domain.replies import TELLS_HOW_TO_STOP, Reply
+from bot.inbound.events import InboundMessage, MessageType
+from bot.inbound.handlers import Context
+from bot.storage.intake import Intake
+from bot.storage.ledger import utc_now
+from bot.storage.outbox import Message, QueueName
+
+log = logging.getLogger(__name__)
+
+RECORDED_BY = "webhook"
+
+
+def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
+    """Record what the message means for consent, then answer it (the sender's contact is locked)."""
+    intake.inbound(message.wa_id, message.message_id, message.timestamp, RECORDED_BY)  # R6: a new session is implicit consent
+    match = _match(ctx, message)
+    if match is not None and match.intent is Intent.POSSIBLE_OPT_OUT and intake.state(message.wa_id).state is State.OPTED_OUT:
+        match = None  # "stop sending me ads" after STOP: nothing left to stop; an ordinary message
+    if match is None:
+        _ordinary(ctx, intake, message, intake.state(message.wa_id))
+        return
+    said = message.text or message.button_title or message.button_payload or ""
+    channel = Channel.WHATSAPP_KEYWORD if message.type is MessageType.TEXT else Channel.WHATSAPP_BUTTON
+    evidence = {"message_id": message.message_id, "keyword": match.keyword, "language": match.language}
+    if match.intent is Intent.OPT_OUT:
+        _record(intake, message, Action.OPT_OUT, match.scope, channel, said, evidence)
+        if match.scope is Scope.ALL:
+            _reply(ctx, intake, message, Reply.STOP_CONFIRMATION, MessageKind.STOP_CONFIRMATION, match.language)  # R7, R10
+        else:  # "Stop promotions": say what stopped, what goes on, and how to stop everything
+            _reply(ctx, intake, message, Reply.MARKETING_STOP_CONFIRMATION, MessageKind.REPLY, match.language)
+    elif match.intent is Intent.OPT_IN:
+        _record(intake, message, Action.OPT_IN, match.scope, channel, said, evidence)  # R8
+        if match.scope is Scope.ALL:
+            _reply(ctx, intake, message, Reply.START_CONFIRMATION, MessageKind.START_CONFIRMATION, match.language)
+        else:  # "Resume promotions"
+            _reply(ctx, intake, message, *_marketing_resumed(intake.state(message.wa_id)), match.language)
+    elif match.intent is Intent.HELP:
+        _reply(ctx, intake, message, Reply.HELP, MessageKind.HELP_ANSWER, match.language)
+    else:  # a possible opt-out: staff review it; the user is told how to stop
+        _record(intake, message, Action.POSSIBLE_OPT_OUT, Scope.ALL, channel, said, evidence)
+        _reply(ctx, intake, message, Reply.POSSIBLE_OPT_OUT, MessageKind.REPLY, match.language)
+
+
+def _match(ctx: Context, message: InboundMessage) -> KeywordMatch | None:
+    if message.type is MessageType.TEXT and message.text:
+        return ctx.keywords.match_text(message.text)
+    if message.type in (MessageType.BUTTON, MessageType.INTERACTIVE):
+        return ctx.keywords.match_button(message.button_payload, message.button_title)
+    return None
+
+
+def _marketing_resumed(state: ConsentState) -> tuple[Reply, MessageKind]:
+    """The answer to a "Resume promotions" tap: it brings offers back only to a user opted in to
+    messages; one opted out of everything is told how to resume, anyone else how it works."""
+    if state.marketing is Marketing.ALLOWED:
+        return Reply.MARKETING_RESUME_CONFIRMATION, MessageKind.START_CONFIRMATION  # not sent if they stop meanwhile
+    if state.state is State.OPTED_OUT:
+        return Reply.UNSUBSCRIBED_REMINDER, MessageKind.REPLY
+    return Reply.HELP, MessageKind.HELP_ANSWER
+
+
+def _ordinary(ctx: Context, intake: Intake, message: InboundMessage, state: ConsentState) -> None:
+    """No keyword: the welcome on first contact, or a reminder to an opted-out user once per session.
+
+    Both are said once, so neither is tried while the window is closed (a message Meta delivers
+    more than 24 hours late): refused, it would use up its once, and the user's next message,
+    inside the window, would get nothing."""
+    language = ctx.keywords.languages[0]
+    if state.window_open_until(intake.now) is None:
+        return
+    if state.state is State.OPTED_OUT:
+        session = state.session_event.event_id if state.session_event else message.message_id
+        _reply(ctx, intake, message, Reply.UNSUBSCRIBED_REMINDER, MessageKind.REPLY, language, f"session:{session}")
+    elif state.notice_event is None:
+        _reply(ctx, intake, message, Reply.WELCOME, MessageKind.FREE_FORM, language, f"user:{number_digest(message.wa_id)}")
+
+
+def _record(
+    intake: Intake, message: InboundMessage, action: Action, scope: Scope, channel: Channel, said: str, evidence: dict
+) -> None:
+    intake.record(
+        EventDraft(
+            wa_id=message.wa_id, action=action, scope=scope, channel=channel,
+            source_ref=f"{action.value}:{message.message_id}", recorded_by=RECORDED_BY,
+            consent_text=said[:1000] or None, evidence=evidence, occurred_at=min(message.timestamp, utc_now()),
+        )
+    )
+
+
+def _reply(
+    ctx: Context, intake: Intake, message: InboundMessage, reply: Reply, kind: MessageKind, language: str,
+    once_per: str | None = None,
+) -> None:
+    """Queue a reply (the outbox asks the policy); when it tells how to stop, note that the user was told (R9)."""
+    key = f"{reply.value}:{once_per or message.message_id}"
+    text = ctx.replies.render(reply, language)
+    submission = intake.submit(Message(message.wa_id, kind, text=text), key, RECORDED_BY, QueueName.REPLIES)
+    if not submission.queued:
+        assert submission.reason is not None, "a refused submission has its reason"
+        log.info("no %s to %s: %s", reply.value, mask(message.wa_id), submission.reason.value)
+        return
+    if reply in TELLS_HOW_TO_STOP:
+        intake.record(
+            EventDraft(
+                wa_id=message.wa_id, action=Action.OPT_OUT_NOTICE_GIVEN, channel=Channel.WHATSAPP_SESSION,
+                source_ref=f"notice:{submission.message_id}", recorded_by=RECORDED_BY,
+                evidence={"reply": reply.value, "outbound_message_id": submission.message_id, "language": language},
+            )
+        )

@@ -1,0 +1,121 @@
+"""`python -m bot.outbound.worker`: an RQ worker for the replies and bulk queues, and the sweeper.
+
+The sweeper is the worker's scheduler: every SWEEP_INTERVAL_SECONDS it queues the messages
+whose retry came due, whose worker died mid-send, or whose job was lost, and applies delivery
+statuses that arrived before their send was recorded. The outbox row, not
+a job in Redis, is what says a message still has to go, so nothing is lost with a job or a
+worker. RQ's own scheduler is not used: it forks a child that inherits the worker's database
+connections and outlives a worker killed with SIGKILL.
+
+Workers are `SimpleWorker`s (no fork per job): each keeps its services, pools and send threads.
+Several may run on one host or many; they share the queues, the limiter and the sweeper lock.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+import redis
+from rq import Queue, SimpleWorker
+
+from bot import STARTUP_ERRORS
+from bot.outbound.jobs import SendRuntime, use_runtime
+from bot.services import build_services
+from bot.settings import load_settings
+from bot.storage.migrate import require_current
+from bot.storage.outbox import Outbox, QueueName
+
+log = logging.getLogger(__name__)
+
+SWEEPER_LOCK = "whatsapp:sweeper"
+
+
+def sweep(outbox: Outbox, queues: dict[QueueName, Queue], connection: redis.Redis, every: float) -> int | None:
+    """Queue due retries and lost messages; one sweeper per round across all workers.
+    Returns how many, or None when this round is another worker's."""
+    if not connection.set(SWEEPER_LOCK, "1", nx=True, px=int(every * 900)):
+        return None
+    idle = {name: queue.count == 0 for name, queue in queues.items()}
+    lost: dict[QueueName, list[str]] = {}
+    for message_id, queue, was_claimed in outbox.due_for_recovery(timedelta(seconds=2 * every)):
+        # An unclaimed message may simply be waiting in a long queue: only an idle queue proves it lost.
+        if was_claimed or idle[queue]:
+            lost.setdefault(queue, []).append(message_id)
+    for queue, message_ids in lost.items():
+        outbox.enqueue(queue, message_ids)
+        outbox.requeued(message_ids)
+    count = sum(map(len, lost.values()))
+    if count:
+        log.info("sweeper queued %d due or lost message(s)", count)
+    outbox.apply_early_statuses()
+    return count
+
+
+def _sweep_forever(send_runtime: SendRuntime, stop: threading.Event) -> None:
+    services = send_runtime.services
+    every = services.settings.sweep_interval_seconds
+    while not stop.wait(every):
+        try:
+            if sweep(services.outbox, send_runtime.queues, services.redis, every) is not None:
+                services.campaigns.enforce_opt_out_limit()  # R11: pause campaigns that drive users away
+        except Exception:  # a database or Redis outage: try again next round
+            log.exception("sweep failed")
+
+
+def _work_through_redis_outages(make_worker: Callable[[], SimpleWorker], stop: threading.Event) -> None:
+    """Run RQ's worker loop until a warm shutdown (SIGTERM, Ctrl-C).
+
+    RQ's worker quits when Redis drops while it finishes a job; a worker process must outlive
+    a Redis restart, so it waits and starts a fresh loop, as long as it is not told to stop.
+    """
+    pause = 1.0
+    while True:
+        try:
+            make_worker().work()
+            return
+        except redis.RedisError as error:
+            log.warning("lost Redis (%s); working again in %.0f s", error, pause)
+        for signum in (signal.SIGTERM, signal.SIGINT):  # RQ's handlers belong to the worker that quit
+            signal.signal(signum, lambda *_: stop.set())
+        if stop.wait(pause):
+            return
+        pause = min(pause * 2, 30.0)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        services = build_services(load_settings())
+        require_current(services.engine)
+    except STARTUP_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    send_runtime = SendRuntime(services)
+    use_runtime(send_runtime)
+    # The services' objects live as long as the process: left out of garbage collection, a full
+    # collection no longer stalls every send thread for some 30 ms, long enough to miss slots.
+    gc.freeze()
+    # A send thread that wakes at its slot while another thread runs Python waits for the
+    # interpreter up to this long (5 ms by default) per thread ahead of it; sends that go out
+    # late crowd the next second or, later than LATE_SLOT, lose their slot.
+    sys.setswitchinterval(0.001)
+    stop = threading.Event()
+    threading.Thread(target=_sweep_forever, args=(send_runtime, stop), name="sweeper", daemon=True).start()
+    queues = [send_runtime.queues[QueueName.REPLIES], send_runtime.queues[QueueName.BULK]]  # replies first
+    # Its own connection: RQ's blocking dequeue outlasts the services' client's socket timeout.
+    connection = redis.Redis.from_url(services.settings.redis_url)
+    try:
+        _work_through_redis_outages(lambda: SimpleWorker(queues, connection=connection), stop)
+    finally:
+        stop.set()
+        send_runtime.shutdown()  # let sends in flight finish and record their outcome
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The services the bot runs on, built once per process from its settings.
+
+`build_services` is the one place that wires the ledger, outbox, queues, limiters, keywords,
+replies, campaigns and the Cloud API client together. The web app registers the result
+(`create_app`) and reaches it with `current_services()`; the worker uses it without a Flask app.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import redis
+from flask import Flask, current_app
+from sqlalchemy.engine import Engine
+
+from bot.domain.keywords import KeywordBook, load_keywords
+from bot.domain.policy import ImplicitCoverage
+from bot.domain.replies import Replies
+from bot.inbound.batcher import Combiner
+from bot.inbound.handlers import Context
+from bot.inbound.handlers.dispatch import record_posts
+from bot.outbound.cloud_api import CloudApi
+from bot.outbound.limiter import RateLimiter
+from bot.outbound.opt_out_marks import OptOutMarks
+from bot.outbound.queues import enqueuer, make_queues
+from bot.outbound.sender import PACING_MARGIN, PAIR_BURST, PAIR_RATE, SLOT_HORIZON
+from bot.settings import INSTANCE, PROJECT_ROOT, Settings
+from bot.storage.campaigns import Campaigns
+from bot.storage.db import make_engine
+from bot.storage.ledger import Ledger
+from bot.storage.outbox import Outbox
+
+PAGE_SUBMISSIONS = (5, 600)  # hosted-page submissions per IP and per number: 5 per 10 minutes
+_EXTENSION = "consent_bot"  # the one key under which create_app registers the services
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    redis: redis.Redis
+    keywords: KeywordBook
+    replies: Replies
+    ledger: Ledger
+    opt_out_marks: OptOutMarks
+    outbox: Outbox
+    campaigns: Campaigns
+    cloud_api: CloudApi
+    throughput_limiter: RateLimiter  # the phone number's messages per second, shared by every worker
+    pair_limiter: RateLimiter  # Meta's pair rate: about one message per 6 s to one user
+    page_limiter: RateLimiter  # hosted-page submissions per client and per number
+    handlers: Context  # what the webhook's handlers work with
+    webhook_intake: Combiner = field(init=False)  # POSTs that wait together are recorded together
+
+    def __post_init__(self) -> None:
+        self.webhook_intake = Combiner(lambda posts: record_posts(self.handlers, posts))
+
+    def dispose(self) -> None:
+        """Close pooled connections (tests and short-lived tools build many)."""
+        self.engine.dispose()
+        self.redis.close()
+
+
+def build_services(settings: Settings) -> Services:
+    """Wire the bot's services. A broken keyword file or reply text raises here (STARTUP_ERRORS);
+    nothing connects to the database or Redis until first used."""
+    INSTANCE.mkdir(exist_ok=True)  # the default SQLite ledger lives there
+    keywords = load_keywords(settings.keywords_file)
+    replies = Replies(PROJECT_ROOT / "templates" / "replies", settings.business_name, keywords)
+    replies.check()
+    engine = make_engine(settings.database_url)
+    connection = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+    opt_out_marks = OptOutMarks(connection)
+    ledger = Ledger(engine, opted_out=opt_out_marks.mark)
+    coverage = ImplicitCoverage(
+        utility=settings.implicit_consent_covers_utility, authentication=settings.implicit_consent_covers_authentication
+    )
+    outbox = Outbox(
+        engine, ledger, enqueuer(make_queues(connection)), coverage, lease=timedelta(seconds=settings.send_lease_seconds)
+    )
+    campaigns = Campaigns(engine, ledger, outbox, max_opt_out_rate=settings.campaign_max_opt_out_rate)
+    return Services(
+        settings=settings,
+        engine=engine,
+        redis=connection,
+        keywords=keywords,
+        replies=replies,
+        ledger=ledger,
+        opt_out_marks=opt_out_marks,
+        outbox=outbox,
+        campaigns=campaigns,
+        cloud_api=CloudApi(
+            settings.whatsapp_token, settings.whatsapp_phone_number_id, settings.graph_api_url,
+            settings.graph_api_version, pool_size=settings.send_concurrency,
+        ),
+        throughput_limiter=RateLimiter(connection, rate=settings.send_rate_limit * PACING_MARGIN, fresh_start=SLOT_HORIZON),
+        pair_limiter=RateLimiter(connection, rate=PAIR_RATE[0], per=PAIR_RATE[1], burst=PAIR_BURST),
+        page_limiter=RateLimiter(connection, rate=PAGE_SUBMISSIONS[0], per=PAGE_SUBMISSIONS[1], burst=PAGE_SUBMISSIONS[0]),
+        handlers=Context(ledger, outbox, keywords, replies, campaigns),
+    )
+
+
+def register(app: Flask, services: Services) -> None:
+    app.extensions[_EXTENSION] = services
+
+
+def services_of(app: Flask) -> Services:
+    return app.extensions[_EXTENSION]
+
+
+def current_services() -> Services:
+    """The services of the app handling this request or command."""
+    return services_of(current_app)

@@ -1,0 +1,1 @@
+"""For people outside WhatsApp: the staff API, its request rules, the hosted consent pages, the CLI."""

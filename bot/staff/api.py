@@ -1,0 +1,242 @@
+"""The staff API under /api/v1 (SPEC §4): record consent, send templates, run campaigns, export the ledger.
+
+Every call needs `Authorization: Bearer $ADMIN_API_TOKEN` (compared in constant time); with
+no token configured the API is off (403, saying how to turn it on). Errors are
+`{"error", "detail"}`: 400 for a body that is not JSON, 422 for a field that cannot be used,
+409 for a send the policy refuses (with its reason), 413 for an oversized body.
+An `Idempotency-Key` header makes a POST safe to repeat.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+
+from bot.domain.consent import ConsentEvent, InvalidEvent
+from bot.services import current_services
+from bot.staff.audit import FORMATS, export_lines
+from bot.staff.openapi import openapi_document
+from bot.staff.request_rules import InvalidField, campaign_request, consent_draft, message_request, timestamp_field, wa_id_field
+from bot.storage.campaigns import CampaignIdTaken, CampaignRefused, Campaigns
+from bot.storage.ledger import SourceRefConflict, utc_now
+from bot.storage.outbox import Message, Outbox, QueueName
+
+bp = Blueprint("staff_api", __name__, url_prefix="/api/v1")
+
+RECORDED_BY = "staff:api"
+MAX_CAMPAIGN_RECIPIENTS = 100_000
+# Whole Content-Type values: given as a mimetype, a text/* type would get a second charset from Flask.
+EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
+
+
+def api_error(status: int, code: str, detail: str, **extra) -> tuple[Response, int]:
+    return jsonify(error=code, detail=detail, **extra), status
+
+
+@bp.before_request
+def require_token():
+    if request.endpoint == "staff_api.openapi":
+        return None
+    token = current_services().settings.admin_api_token
+    if not token:
+        return api_error(403, "disabled", "the staff API is off: set ADMIN_API_TOKEN and send it as 'Authorization: Bearer <token>'")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        response, status = api_error(401, "unauthorized", "missing or wrong 'Authorization: Bearer <ADMIN_API_TOKEN>'")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="staff API"'
+        return response, status
+    return None
+
+
+@bp.errorhandler(InvalidField)
+def invalid_field(error: InvalidField):
+    return api_error(422, "invalid_field", str(error), field=error.field)
+
+
+@bp.errorhandler(InvalidEvent)
+def invalid_event(error: InvalidEvent):
+    if isinstance(error, SourceRefConflict):
+        return api_error(409, "idempotency_key_reused", str(error))
+    return api_error(422, "invalid_event", str(error))
+
+
+class MalformedJson(Exception):
+    """The body is not JSON at all (as opposed to JSON with a bad field, a 422)."""
+
+
+@bp.errorhandler(MalformedJson)
+def malformed_json(_error: MalformedJson):
+    return api_error(400, "malformed_json", "the body must be a JSON object")
+
+
+def _json_body() -> object:
+    try:
+        return json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError):
+        raise MalformedJson() from None
+
+
+def _given_key() -> str:
+    given = request.headers.get("Idempotency-Key", "").strip()
+    if len(given) > 200:
+        raise InvalidField("Idempotency-Key", "must be at most 200 characters")
+    return given
+
+
+def _request_key(prefix: str) -> str:
+    """The idempotency key: the caller's `Idempotency-Key`, or a fresh one (each call is new)."""
+    return f"{prefix}:{_given_key() or uuid.uuid4()}"
+
+
+# -- consent ---------------------------------------------------------------------------------
+
+
+@bp.post("/consents")
+def record_consent():
+    draft = consent_draft(_json_body(), _request_key("api"), RECORDED_BY)
+    event = current_services().ledger.append(draft)
+    return jsonify(event.as_dict()), 201
+
+
+@bp.get("/consents/<wa_id>")
+def consent_state(wa_id: str):
+    wa_id = wa_id_field(wa_id)
+    ledger = current_services().ledger
+    state = ledger.state(wa_id)
+    window = state.window_open_until(utc_now())
+    return jsonify(
+        wa_id=wa_id, state=state.state.value, marketing=state.marketing.value,
+        window_open_until=window.isoformat() if window else None,
+        consent_event_id=state.consent_event.event_id if state.consent_event else None,
+        opt_out_notice_given=state.notice_event is not None,
+        history=[event.as_dict() for event in ledger.history(wa_id)],
+    )
+
+
+@bp.get("/audit")
+def audit():
+    fmt = request.args.get("format", "csv")
+    if fmt not in FORMATS:
+        raise InvalidField("format", f"must be one of {', '.join(FORMATS)}")
+    since, until = (_time_arg(name) for name in ("since", "until"))
+    wa_id = request.args.get("wa_id")
+    events = current_services().ledger.events(since, until, wa_id_field(wa_id) if wa_id else None)
+    response = Response(stream_with_context(_in_chunks(export_lines(events, fmt))), content_type=EXPORT_TYPES[fmt])
+    response.headers["Content-Disposition"] = f'attachment; filename="consent-ledger.{fmt}"'
+    return response
+
+
+def _in_chunks(lines: Iterator[str], size: int = 64 * 1024) -> Iterator[str]:
+    """Lines grouped into pieces of about `size` characters: one socket write per piece, not per event."""
+    piece: list[str] = []
+    length = 0
+    for line in lines:
+        piece.append(line)
+        length += len(line)
+        if length >= size:
+            yield "".join(piece)
+            piece, length = [], 0
+    if piece:
+        yield "".join(piece)
+
+
+def _time_arg(name: str) -> datetime | None:
+    value = request.args.get(name)
+    return timestamp_field(value, name) if value else None
+
+
+# -- messages --------------------------------------------------------------------------------
+
+
+@bp.post("/messages")
+def send_message():
+    message = message_request(_json_body())
+    outbox = current_services().outbox
+    # One message to one person (an order update, a code): the fast queue, not behind campaigns.
+    submission = outbox.submit(message, _request_key("api"), RECORDED_BY, QueueName.REPLIES)
+    if _given_key() and _stored_differently(outbox, submission.message_id, message):
+        return api_error(409, "idempotency_key_reused", "this Idempotency-Key was used for a message with another recipient or content")
+    if not submission.queued:
+        return api_error(
+            409, "not_allowed", f"the policy refuses this message: {submission.reason.value}",
+            reason=submission.reason.value, id=submission.message_id,
+        )
+    return jsonify(id=submission.message_id, status="queued"), 202
+
+
+def _stored_differently(outbox: Outbox, message_id: str | None, message: Message) -> bool:
+    """A repeated request must ask for what the first one did, or it is not a repeat."""
+    stored = outbox.get(message_id) if message_id else None
+    return stored is not None and (stored.wa_id, stored.kind, stored.content) != (message.to, message.kind, message.content())
+
+
+@bp.get("/messages/<message_id>")
+def message_state(message_id: str):
+    stored = current_services().outbox.get(message_id)
+    if stored is None:
+        return api_error(404, "not_found", "no message has this id")
+    event: ConsentEvent | None = None
+    if stored.consent_event_id:
+        event = current_services().ledger.event(stored.consent_event_id)
+    return jsonify(
+        id=stored.id, to=stored.wa_id, kind=stored.kind.value, state=stored.state.value,
+        reason=stored.reason, error_code=stored.error_code, meta_message_id=stored.meta_message_id,
+        campaign_id=stored.campaign_id, consent_event=event.as_dict() if event else None,
+    )
+
+
+# -- campaigns -------------------------------------------------------------------------------
+
+
+def _campaigns() -> Campaigns:
+    return current_services().campaigns
+
+
+@bp.post("/campaigns")
+def start_campaign():
+    template, kind, recipients, dry_run = campaign_request(_json_body(), MAX_CAMPAIGN_RECIPIENTS)
+    campaign_id = str(uuid.uuid5(uuid.NAMESPACE_URL, _request_key("campaign")))
+    try:
+        result = _campaigns().send(template, kind, recipients, RECORDED_BY, dry_run, campaign_id)
+    except CampaignIdTaken as taken:
+        return api_error(409, "idempotency_key_reused", f"this Idempotency-Key was used for another campaign: {taken}")
+    if result.campaign_id is None and not dry_run:
+        return api_error(409, "not_allowed", f"no campaign can start: {_campaigns().account_flag()}", reason="paused", **result.as_dict())
+    return jsonify(dry_run=dry_run, **result.as_dict()), 200 if dry_run else 202
+
+
+@bp.get("/campaigns/<campaign_id>")
+def campaign_progress(campaign_id: str):
+    progress = _campaigns().progress(campaign_id)
+    if progress is None:
+        return api_error(404, "not_found", "no campaign has this id")
+    return jsonify(progress.as_dict())
+
+
+@bp.post("/campaigns/<campaign_id>/pause")
+def pause_campaign(campaign_id: str):
+    if _campaigns().progress(campaign_id) is None:
+        return api_error(404, "not_found", "no campaign has this id")
+    _campaigns().pause(campaign_id, "paused by staff")
+    progress = _campaigns().progress(campaign_id)
+    assert progress is not None, "campaigns are never deleted"
+    return jsonify(progress.as_dict())
+
+
+@bp.post("/campaigns/<campaign_id>/resume")
+def resume_campaign(campaign_id: str):
+    if _campaigns().progress(campaign_id) is None:
+        return api_error(404, "not_found", "no campaign has this id")
+    try:
+        return jsonify(_campaigns().resume(campaign_id).as_dict())
+    except CampaignRefused as refused:
+        return api_error(409, "not_allowed", str(refused), reason="paused")
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_document())

@@ -1,0 +1,182 @@
+"""Command line for staff: `flask consent ...` and `flask keywords ...` (SPEC §4)."""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import overload
+
+import click
+from flask.cli import with_appcontext
+
+from bot.domain.consent import ConsentEvent, EventDraft
+from bot.domain.keywords import Intent
+from bot.domain.phone import InvalidNumber, normalize_wa_id
+from bot.services import current_services
+from bot.staff.audit import FORMATS, export_lines
+from bot.staff.cli_group import DatabaseCommands
+from bot.staff.consent_import import BadFile, Row, read_rows
+from bot.staff.progress import progress_bar
+from bot.staff.request_rules import InvalidField, timestamp_field
+from bot.storage.ledger import Ledger, utc_now
+
+IMPORT_BATCH = 500  # rows recorded per transaction
+
+
+def _ledger() -> Ledger:
+    return current_services().ledger
+
+
+@overload
+def _wa_id(raw: str) -> str: ...
+@overload
+def _wa_id(raw: None) -> None: ...
+def _wa_id(raw: str | None) -> str | None:
+    """Staff may type numbers as they write them: +1 (650) 555-1234."""
+    try:
+        return normalize_wa_id(raw) if raw is not None else None
+    except InvalidNumber as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _describe(event: ConsentEvent | None) -> str:
+    if event is None:
+        return "-"
+    return f"seq {event.seq} ({event.action.value}, {event.channel.value}, {event.occurred_at.isoformat()})"
+
+
+class IsoTime(click.ParamType):
+    """An ISO 8601 time as the staff API takes it, except that one without a zone is read as UTC."""
+
+    name = "time"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return timestamp_field(value, param.name if param else "time", naive_is_utc=True)
+        except InvalidField as error:
+            self.fail(error.problem, param, ctx)
+
+
+@click.group("consent", cls=DatabaseCommands)
+def consent_cli() -> None:
+    """Look at, export and verify the consent ledger."""
+
+
+@consent_cli.command("show")
+@click.argument("wa_id")
+@with_appcontext
+def show(wa_id: str) -> None:
+    """Print a user's current consent state and full history."""
+    wa_id = _wa_id(wa_id)
+    state, history = _ledger().state(wa_id), _ledger().history(wa_id)
+    window = state.window_open_until(utc_now())
+    click.echo(f"wa_id:        {state.wa_id}")
+    click.echo(f"state:        {state.state.value}")
+    click.echo(f"marketing:    {state.marketing.value}")
+    click.echo(f"window:       {'open until ' + window.isoformat() if window else 'closed'}")
+    click.echo(f"based on:     {_describe(state.consent_event)}")
+    click.echo(f"stop notice:  {_describe(state.notice_event)}")
+    click.echo(f"history:      {len(history)} event(s)")
+    for event in history:
+        click.echo(
+            f"  {event.seq:>8}  {event.occurred_at.isoformat()}  {event.action.value:<20} {event.scope.value:<9} "
+            f"{event.channel.value:<20} by {event.recorded_by}  ref {event.source_ref}"
+        )
+
+
+@consent_cli.command("export")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
+@click.option("-o", "--output", default="-", help="File to write (default: standard output).")
+@click.option("--since", type=IsoTime(), help="Only events that occurred at or after this ISO 8601 time (UTC if it has no zone).")
+@click.option("--until", type=IsoTime(), help="Only events that occurred before this ISO 8601 time (UTC if it has no zone).")
+@click.option("--wa-id", help="Only this user's events.")
+@with_appcontext
+def export(fmt: str, output: str, since: datetime | None, until: datetime | None, wa_id: str | None) -> None:
+    """Export the ledger (every event with its evidence and hashes) as CSV or JSON Lines."""
+    lines = export_lines(_ledger().events(since, until, _wa_id(wa_id)), fmt)
+    try:
+        with click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
+            for line in lines:
+                out.write(line)
+    except OSError as error:
+        raise click.ClickException(f"cannot write {output}: {error.strerror}") from None
+
+
+@consent_cli.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@with_appcontext
+def import_csv(file: Path) -> None:
+    """Record consent collected off WhatsApp from a CSV file with a header row.
+
+    Columns: wa_id, channel (web, ivr, paper, sms, email, in_person, api), occurred_at
+    (ISO 8601 with zone), and for opt-ins consent_text and evidence (a JSON object or a
+    reference); optional action (opt_in, the default, or opt_out) and scope (all, marketing).
+    Rows without consent evidence are rejected with their line and reason, the others are
+    recorded; importing the same file again adds nothing. Exits 1 when any row was rejected.
+    """
+    rejected: list[Row] = []
+    recorded = present = 0
+    try:
+        with file.open(newline="", encoding="utf-8-sig") as lines:
+            total = max(sum(1 for _ in lines) - 1, 0)
+            lines.seek(0)
+            with progress_bar(total, f"importing {file.name}") as done:
+                batch: list[EventDraft] = []
+                for row in read_rows(lines):
+                    if row.draft is None:
+                        rejected.append(row)
+                    else:
+                        batch.append(row.draft)
+                    if len(batch) == IMPORT_BATCH:
+                        recorded, present = _record_batch(batch, recorded, present)
+                        batch = []
+                    done(row.line - 1)
+                recorded, present = _record_batch(batch, recorded, present)
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file.name} is not UTF-8 text; save it as CSV UTF-8") from None
+    except BadFile as error:
+        raise click.ClickException(f"{file.name}: {error}") from None
+    for row in rejected:
+        click.echo(f"{file.name}:{row.line}: rejected: {row.problem}", err=True)
+    summary = f"{recorded} recorded, {present} already in the ledger, {len(rejected)} rejected"
+    if rejected:
+        raise click.ClickException(summary)
+    click.echo(summary)
+
+
+def _record_batch(batch: list[EventDraft], recorded: int, present: int) -> tuple[int, int]:
+    """Record one transaction's rows; returns the running counts (new, already present)."""
+    if not batch:
+        return recorded, present
+    ledger = _ledger()
+    fresh = {draft.source_ref for draft in batch} - ledger.recorded_refs(draft.source_ref for draft in batch)
+    ledger.append_many(batch)
+    return recorded + len(fresh), present + len(batch) - len(fresh)
+
+
+@consent_cli.command("verify")
+@with_appcontext
+def verify() -> None:
+    """Check the ledger's hash chain; exit 1 naming the first event that was tampered with."""
+    result = _ledger().verify()
+    if not result.ok:
+        raise click.ClickException(f"ledger verification FAILED after {result.checked} good event(s): {result.problem}")
+    click.echo(f"ledger OK: {result.checked} event(s), hash chain intact")
+
+
+@click.group("keywords")
+def keywords_cli() -> None:
+    """Inspect the keyword configuration."""
+
+
+@keywords_cli.command("check")
+@with_appcontext
+def check() -> None:
+    """Validate the keyword file and the reply texts (the app refuses to start when they are broken)."""
+    book = current_services().keywords
+    click.echo(f"{book.path}: OK")
+    for language in book.languages:
+        counts = ", ".join(f"{len(book.words(language, intent))} {intent.value}" for intent in (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP))
+        click.echo(f"  {language}: {counts}")
+    click.echo("reply texts: every reply renders in every language and names the business")

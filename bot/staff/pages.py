@@ -1,0 +1,142 @@
+"""Hosted pages for end users: /opt-in and /opt-out (R1, R2, R7).
+
+The opt-in page shows the exact consent text with an unticked, optional checkbox; only a
+ticked box records an opt-in, with the text shown, the page version, time, IP and user
+agent as evidence. The opt-out page records an opt-out at once. Forms carry a CSRF token,
+and submissions are rate limited per IP and per number so that nobody can use the pages to
+opt other people in or out at scale.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from pathlib import Path
+
+import redis
+import sqlalchemy as sa
+from flask import Blueprint, current_app, make_response, render_template, request
+
+from bot.domain.consent import Action, Channel, EventDraft, Scope
+from bot.domain.phone import mask
+from bot.outbound.limiter import RateLimiter
+from bot.services import current_services
+from bot.staff import form_tokens
+from bot.staff.request_rules import InvalidField, wa_id_field
+from bot.storage.ledger import SourceRefConflict
+
+log = logging.getLogger(__name__)
+bp = Blueprint("pages", __name__)
+
+COOKIE = "form_token"
+UNAVAILABLE = "We could not record this just now. Please try again in a minute."
+RECORDED_BY = "page"
+
+
+def consent_text() -> str:
+    """The exact sentence a person agrees to on the opt-in page, naming the business."""
+    return _app_wording()[0]
+
+
+def page_version() -> str:
+    """A digest of every page template and the consent text: the evidence says which wording was shown."""
+    return _app_wording()[1]
+
+
+def _app_wording() -> tuple[str, str]:
+    folder = current_app.template_folder
+    assert isinstance(folder, str), "create_app names the template folder"
+    return _wording(folder, current_services().settings.business_name)
+
+
+@functools.cache
+def _wording(template_folder: str, business: str) -> tuple[str, str]:
+    """(consent text, page version), read once per process: the files change only with a deploy."""
+    folder = Path(template_folder) / "pages"
+    text = (folder / "consent_text.txt").read_text(encoding="utf-8").strip().format(business=business)
+    digest = hashlib.sha256(text.encode())
+    for path in sorted(folder.iterdir()):
+        digest.update(path.name.encode() + path.read_bytes())
+    return text, digest.hexdigest()[:12]
+
+
+def _render(page: str, status: int = 200, **context):
+    token = form_tokens.issue(current_app.config["SECRET_KEY"])
+    body = render_template(
+        f"pages/{page}.html", business=current_services().settings.business_name, consent_text=consent_text(),
+        token=token, **context,
+    )
+    response = make_response(body, status)
+    response.set_cookie(COOKIE, token, max_age=form_tokens.MAX_AGE, httponly=True, samesite="Strict", secure=request.is_secure)
+    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@bp.route("/opt-in", methods=["GET", "POST"])
+def opt_in():
+    return _submit("opt_in") if request.method == "POST" else _render("opt_in")
+
+
+@bp.route("/opt-out", methods=["GET", "POST"])
+def opt_out():
+    return _submit("opt_out") if request.method == "POST" else _render("opt_out")
+
+
+def _submit(page: str):
+    nonce = form_tokens.nonce_if_valid(current_app.config["SECRET_KEY"], request.form.get("token", ""), request.cookies.get(COOKIE))
+    if nonce is None:
+        return _render(page, 400, error="This form has expired or was not sent from this page. Please try again.")
+    number = request.form.get("phone", "")
+    try:
+        wa_id = wa_id_field(number, "phone")
+    except InvalidField:
+        return _render(page, 422, error="Please enter your WhatsApp number with its country code, for example +1 650 555 1234.", phone=number[:32])
+    if page == "opt_in" and request.form.get("consent") != "yes":
+        return _render(page, 200, notice="Nothing was recorded: you did not tick the box. That is fine — we will not message you on WhatsApp.")
+    try:
+        within_limits = _within_limits(wa_id)
+    except redis.RedisError:
+        if page == "opt_in":
+            return _render(page, 503, error=UNAVAILABLE)
+        log.warning("opt-out page: Redis does not answer; recording without the rate limit (R7: an opt-out is never refused)")
+        within_limits = True
+    if not within_limits:
+        return _render(page, 429, error="Too many submissions. Please wait a few minutes and try again.")
+    try:
+        current_services().ledger.append(_draft(page, wa_id, nonce))
+    except SourceRefConflict:
+        return _render(page, 400, error="This form was already used. Please try again.")
+    except (sa.exc.OperationalError, sa.exc.InterfaceError):
+        log.error("%s page: the database does not answer; nothing recorded", page)
+        return _render(page, 503, error=UNAVAILABLE)
+    log.info("%s recorded from the hosted page for %s", page, mask(wa_id))
+    return _render(page, 200, done=True)
+
+
+def _draft(page: str, wa_id: str, nonce: str) -> EventDraft:
+    opting_in = page == "opt_in"
+    evidence = {
+        "page": f"/{page.replace('_', '-')}",
+        "page_version": page_version(),
+        "ip": request.remote_addr,
+        "user_agent": request.headers.get("User-Agent", "")[:512],
+    }
+    if opting_in:
+        evidence["consent_text_shown"] = consent_text()
+    scope = Scope.MARKETING if request.form.get("scope") == "marketing" and not opting_in else Scope.ALL
+    return EventDraft(
+        wa_id=wa_id, action=Action.OPT_IN if opting_in else Action.OPT_OUT, channel=Channel.WEB, scope=scope,
+        consent_text=consent_text() if opting_in else None, evidence=evidence,
+        source_ref=f"{page}:{nonce}", recorded_by=RECORDED_BY,
+    )
+
+
+def _within_limits(wa_id: str) -> bool:
+    """Per IP and per number, shared by every web process through Redis."""
+    limiter: RateLimiter = current_services().page_limiter
+    return all(
+        limiter.reserve(f"pages:{kind}:{value}", max_wait=0).reserved
+        for kind, value in (("ip", request.remote_addr), ("number", wa_id))
+    )

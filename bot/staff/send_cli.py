@@ -1,0 +1,141 @@
+"""Command line for sending: `flask send template ...` and `flask campaign ...` (SPEC §4).
+
+The same gate as the staff API: the policy decides, refusals name their reason, and the
+worker process (`python -m bot.outbound.worker`) does the sending.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import uuid
+from pathlib import Path
+
+import click
+from flask.cli import with_appcontext
+
+from bot.services import current_services
+from bot.staff.cli_group import DatabaseCommands
+from bot.staff.progress import progress_bar
+from bot.staff.request_rules import InvalidField, template_field
+from bot.storage.campaigns import CampaignRefused, Campaigns
+from bot.storage.outbox import Message, QueueName
+
+RECORDED_BY = "staff:cli"
+
+
+def _template(name: str, language: str, category: str, components: str | None):
+    try:
+        parts = json.loads(components) if components else []
+    except ValueError:
+        raise click.BadParameter("must be a JSON list of Meta template components", param_hint="--components") from None
+    try:
+        return template_field({"name": name, "language": language, "category": category, "components": parts})
+    except InvalidField as error:
+        raise click.ClickException(str(error)) from None
+
+
+def template_options(command):
+    for option in reversed([
+        click.option("--language", default="en_US", show_default=True, help="Template language code."),
+        click.option("--category", type=click.Choice(["marketing", "utility", "authentication"]), required=True),
+        click.option("--components", help="Template components as JSON, as in Meta's template message."),
+    ]):
+        command = option(command)
+    return command
+
+
+@click.group("send", cls=DatabaseCommands)
+def send_cli() -> None:
+    """Send one message through the consent policy."""
+
+
+@send_cli.command("template")
+@click.argument("name")
+@click.option("--to", "to", required=True, help="Recipient's number, with country code.")
+@template_options
+@with_appcontext
+def send_template(name: str, to: str, language: str, category: str, components: str | None) -> None:
+    """Queue the approved template NAME to one person; refused (exit 1) when the policy says no."""
+    template, kind = _template(name, language, category, components)
+    submission = current_services().outbox.submit(
+        Message(to, kind, template=template), f"cli:{uuid.uuid4()}", RECORDED_BY, QueueName.REPLIES
+    )
+    if not submission.queued:
+        assert submission.reason is not None, "a refused submission has its reason"
+        raise click.ClickException(f"not sent: {submission.reason.value}")
+    click.echo(f"queued message {submission.message_id}")
+
+
+@click.group("campaign", cls=DatabaseCommands)
+def campaign_cli() -> None:
+    """Send a template to a list, watch it, pause and resume it."""
+
+
+def _campaigns() -> Campaigns:
+    return current_services().campaigns
+
+
+@campaign_cli.command("send")
+@click.argument("name")
+@click.option("--recipients", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="CSV file: a wa_id column (or a single column of numbers).")
+@template_options
+@click.option("--dry-run", is_flag=True, help="Count what would be queued and skipped; queue nothing.")
+@with_appcontext
+def campaign_send(name: str, recipients: Path, language: str, category: str, components: str | None, dry_run: bool) -> None:
+    """Send the approved template NAME to every consenting number in the file."""
+    template, kind = _template(name, language, category, components)
+    numbers = _read_numbers(recipients)
+    with progress_bar(len(numbers), "dry run" if dry_run else "queuing") as done:
+        result = _campaigns().send(template, kind, numbers, RECORDED_BY, dry_run, progress=done)
+    skipped = ", ".join(f"{reason} {count}" for reason, count in sorted(result.skipped.items())) or "none"
+    head = "dry run" if dry_run else f"campaign {result.campaign_id}"
+    click.echo(f"{head}: {result.queued} queued, skipped: {skipped}; {result.duplicates} duplicate(s)")
+    if not dry_run and result.campaign_id is None:
+        raise click.ClickException(f"nothing queued: {_campaigns().account_flag()}")
+
+
+@campaign_cli.command("status")
+@click.argument("campaign_id")
+@with_appcontext
+def campaign_status(campaign_id: str) -> None:
+    """Show a campaign's progress and opt-outs since sending."""
+    progress = _campaigns().progress(campaign_id)
+    if progress is None:
+        raise click.ClickException(f"no campaign {campaign_id}")
+    for key, value in progress.as_dict().items():
+        click.echo(f"{key + ':':<14}{value}")
+
+
+@campaign_cli.command("resume")
+@click.argument("campaign_id")
+@with_appcontext
+def campaign_resume(campaign_id: str) -> None:
+    """Resume a paused campaign (refused while Meta flags the number)."""
+    if _campaigns().progress(campaign_id) is None:
+        raise click.ClickException(f"no campaign {campaign_id}")
+    try:
+        progress = _campaigns().resume(campaign_id)
+    except CampaignRefused as refused:
+        raise click.ClickException(str(refused)) from None
+    click.echo(f"campaign {campaign_id}: {progress.status.value}, {progress.states.get('queued', 0)} queued")
+
+
+def _read_numbers(path: Path) -> list[str]:
+    """The wa_id (or phone) column of a CSV file, or its only column."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            rows = list(csv.reader(file))
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{path.name} is not UTF-8 text; save it as CSV UTF-8") from None
+    if not rows:
+        raise click.ClickException(f"{path.name} is empty")
+    header = [cell.strip().lower() for cell in rows[0]]
+    for column in ("wa_id", "phone", "number"):
+        if column in header:
+            at = header.index(column)
+            return [row[at].strip() for row in rows[1:] if len(row) > at and row[at].strip()]
+    if len(header) == 1:
+        return [row[0].strip() for row in rows if row and row[0].strip()]
+    raise click.ClickException(f"{path.name}: no wa_id column in {', '.join(header)}")
+

@@ -1,0 +1,1 @@
+"""The database: schema and migrations, the consent ledger, the outbox, campaigns, webhook intake."""

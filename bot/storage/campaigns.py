@@ -1,0 +1,312 @@
+"""Campaigns: one approved template to a list of recipients, with pausing to protect the number (R11).
+
+A campaign's messages go through the outbox like every other message (policy at queue time
+and at send time). A campaign is paused, and its queued messages wait, when its opt-out rate
+passes the configured threshold, when Meta flags the account or the number's quality, or when
+Meta pauses its template. While the number is flagged, new campaigns queue nothing (reason
+`paused`) and paused ones cannot be resumed. Nothing here knows Flask.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from bot.domain.consent import Action
+from bot.domain.phone import InvalidNumber, normalize_wa_id
+from bot.domain.policy import MessageKind, Refusal, decide
+from bot.storage.db import one_statement, reading
+from bot.storage.ledger import Ledger, as_utc, utc_now
+from bot.storage.outbox import Message, MessageState, Outbox, QueueName, Template
+from bot.storage.schema import account_notices, campaigns, consent_events
+from bot.storage.schema import outbound_messages as messages
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1000  # recipients decided and stored per transaction
+REACHED = (MessageState.SENT.value, MessageState.DELIVERED.value, MessageState.READ.value)
+
+# Meta's notices that pause every running campaign, and the quality events that flag or clear the number.
+ACCOUNT_ALARMS = {"ACCOUNT_VIOLATION", "ACCOUNT_RESTRICTION", "DISABLED_UPDATE", "ACCOUNT_DELETED"}
+QUALITY_FLAGS = {"FLAGGED", "DOWNGRADE"}
+QUALITY_CLEARS = {"UNFLAGGED", "UPGRADE"}
+TEMPLATE_STOPS = {"PAUSED", "DISABLED", "REJECTED"}
+
+
+class Status(str, enum.Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    FINISHED = "finished"  # nothing left queued
+
+
+class CampaignRefused(Exception):
+    """A staff request on a campaign that cannot be done now; `str()` is the reason."""
+
+
+class CampaignIdTaken(Exception):
+    """The campaign id (an idempotency key) names a campaign with another template or list."""
+
+
+@dataclass(frozen=True)
+class CampaignResult:
+    campaign_id: str | None  # None for a dry run, or when nothing could be queued
+    queued: int
+    skipped: dict[str, int]  # refusal reason -> count
+    duplicates: int  # numbers listed more than once, sent once
+
+    def as_dict(self) -> dict:
+        return {"campaign_id": self.campaign_id, "queued": self.queued, "skipped": self.skipped, "duplicates": self.duplicates}
+
+
+@dataclass(frozen=True)
+class Progress:
+    id: str
+    template: dict
+    category: str
+    recipients: int
+    created_at: datetime
+    status: Status
+    pause_reason: str | None
+    states: dict[str, int] = field(default_factory=dict)
+    opt_outs: int = 0  # recipients who opted out after the campaign reached them
+
+    @property
+    def opt_out_rate(self) -> float:
+        reached = sum(self.states.get(state, 0) for state in REACHED)
+        return self.opt_outs / reached if reached else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id, "template": self.template, "category": self.category, "recipients": self.recipients,
+            "created_at": self.created_at.isoformat(), "status": self.status.value, "pause_reason": self.pause_reason,
+            **{state.value: self.states.get(state.value, 0) for state in MessageState},
+            "opt_outs": self.opt_outs, "opt_out_rate": round(self.opt_out_rate, 4),
+        }
+
+
+class Campaigns:
+    def __init__(
+        self, engine: Engine, ledger: Ledger, outbox: Outbox, max_opt_out_rate: float = 0.02,
+        min_reached: int = 50, clock: Callable[[], datetime] = utc_now,
+    ):
+        """`min_reached`: recipients reached before the opt-out rate means anything (one STOP in three is noise)."""
+        self.engine = engine
+        self.ledger = ledger
+        self.outbox = outbox
+        self.max_opt_out_rate = max_opt_out_rate
+        self.min_reached = min_reached
+        self.clock = clock
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(
+        self, template: Template, kind: MessageKind, recipients: Iterable[str], requested_by: str,
+        dry_run: bool = False, campaign_id: str | None = None, progress: Callable[[int], None] = lambda done: None,
+    ) -> CampaignResult:
+        """Decide every recipient; unless `dry_run`, store and queue the allowed ones on the bulk queue.
+
+        The same `campaign_id` sent again adds nothing (each recipient's message is keyed on it).
+        `progress` is told how many listed numbers were handled after each chunk.
+        """
+        recipients = list(recipients)
+        unique, invalid, duplicates = _distinct_numbers(recipients)
+        skipped: Counter[str] = Counter({Refusal.INVALID_RECIPIENT.value: invalid} if invalid else {})
+        flagged = self.account_flag()
+        if flagged:
+            skipped[Refusal.PAUSED.value] += len(unique)
+            progress(len(recipients))
+            return CampaignResult(None, 0, dict(skipped), duplicates)
+        campaign_id = campaign_id or str(uuid.uuid4())
+        if not dry_run:
+            self._create(campaign_id, template, kind, len(unique), requested_by)
+        queued, done = 0, invalid + duplicates
+        for start in range(0, len(unique), CHUNK):
+            chunk = unique[start : start + CHUNK]
+            outcomes = self._decide(chunk, kind) if dry_run else self._submit(chunk, template, kind, requested_by, campaign_id)
+            for reason in outcomes:
+                if reason is None:
+                    queued += 1
+                else:
+                    skipped[reason.value] += 1
+            done += len(chunk)
+            progress(done)
+        return CampaignResult(None if dry_run else campaign_id, queued, dict(skipped), duplicates)
+
+    def _decide(self, wa_ids: list[str], kind: MessageKind) -> list[Refusal | None]:
+        states, now = self.ledger.states(wa_ids), self.clock()
+        return [decide(states[wa_id], kind, now, self.outbox.coverage).reason for wa_id in wa_ids]
+
+    def _submit(
+        self, wa_ids: list[str], template: Template, kind: MessageKind, requested_by: str, campaign_id: str
+    ) -> list[Refusal | None]:
+        items = [(Message(wa_id, kind, template=template), f"campaign:{campaign_id}:{wa_id}") for wa_id in wa_ids]
+        submissions = self.outbox.submit_many(items, requested_by, QueueName.BULK, campaign_id)
+        return [submission.reason for submission in submissions]
+
+    def _create(self, campaign_id: str, template: Template, kind: MessageKind, recipients: int, requested_by: str) -> None:
+        row = {
+            "id": campaign_id, "template_name": template.name, "category": kind.value, "recipients": recipients, "requested_by": requested_by,
+            "template": json.dumps({"name": template.name, "language": template.language, "components": template.components}),
+            "created_at": self.clock(),
+        }
+        same = ("template", "category", "recipients")
+        with one_statement(self.engine) as conn:
+            existing = conn.execute(sa.select(*(campaigns.c[name] for name in same)).where(campaigns.c.id == campaign_id)).first()
+            if existing is None:
+                conn.execute(campaigns.insert().values(row))
+            elif tuple(existing) != tuple(row[name] for name in same):
+                raise CampaignIdTaken(f"campaign {campaign_id} was started with another template, category or number of recipients")
+
+    # -- watching ------------------------------------------------------------------------
+
+    def progress(self, campaign_id: str) -> Progress | None:
+        with reading(self.engine) as conn:
+            row = conn.execute(sa.select(campaigns).where(campaigns.c.id == campaign_id)).mappings().first()
+            if row is None:
+                return None
+            states: dict[str, int] = dict(
+                conn.execute(
+                    sa.select(messages.c.state, sa.func.count()).where(messages.c.campaign_id == campaign_id).group_by(messages.c.state)
+                ).all()
+            )
+            opt_outs = conn.execute(_OPT_OUTS_AFTER_REACHED, {"campaign_id": campaign_id}).scalar_one()
+        if row["paused_at"] is not None:
+            status = Status.PAUSED
+        else:
+            status = Status.RUNNING if states.get(MessageState.QUEUED.value) else Status.FINISHED
+        return Progress(
+            row["id"], json.loads(row["template"]), row["category"], row["recipients"], as_utc(row["created_at"]),
+            status, row["pause_reason"], states, opt_outs,
+        )
+
+    def enforce_opt_out_limit(self) -> list[str]:
+        """Pause running campaigns whose recipients opt out too often (R11). Returns the paused ids."""
+        with reading(self.engine) as conn:
+            running = conn.execute(_RUNNING).scalars().all()
+        paused = []
+        for campaign_id in running:
+            progress = self.progress(campaign_id)
+            assert progress is not None, "campaigns are never deleted"
+            reached = sum(progress.states.get(state, 0) for state in REACHED)
+            if reached >= self.min_reached and progress.opt_out_rate > self.max_opt_out_rate:
+                reason = (
+                    f"opt-out rate {progress.opt_out_rate:.1%} ({progress.opt_outs} of {reached}) "
+                    f"passed CAMPAIGN_MAX_OPT_OUT_RATE {self.max_opt_out_rate:.1%}"
+                )
+                if self.pause(campaign_id, reason):
+                    paused.append(campaign_id)
+        return paused
+
+    def on_account_notice(self, field_name: str, event: str, details: dict, conn: Connection | None = None) -> list[str]:
+        """Pause what Meta's notice puts at risk: everything for account or quality alarms,
+        the template's campaigns when Meta pauses or disables a template.
+
+        `conn`: the webhook's transaction, so that the pause commits with the notice.
+        """
+        if field_name == "account_update" and event in ACCOUNT_ALARMS:
+            return self._pause_where(sa.true(), f"Meta account_update {event}", conn)
+        if field_name == "phone_number_quality_update" and event in QUALITY_FLAGS:
+            return self._pause_where(sa.true(), f"Meta flagged the phone number's quality ({event})", conn)
+        if field_name == "message_template_status_update" and event in TEMPLATE_STOPS:
+            name = str(details.get("message_template_name", ""))
+            return self._pause_where(campaigns.c.template_name == name, f"Meta set template {name} to {event}", conn)
+        return []
+
+    def account_flag(self) -> str | None:
+        """Why the number counts as flagged now (its latest quality notice flags it), or None."""
+        with reading(self.engine) as conn:
+            latest = conn.execute(
+                sa.select(account_notices.c.event, account_notices.c.received_at)
+                .where(
+                    account_notices.c.field == "phone_number_quality_update",
+                    account_notices.c.event.in_(QUALITY_FLAGS | QUALITY_CLEARS),
+                )
+                .order_by(account_notices.c.id.desc())
+                .limit(1)
+            ).first()
+        if latest is None or latest.event not in QUALITY_FLAGS:
+            return None
+        return f"the phone number's quality is {latest.event} since {as_utc(latest.received_at):%Y-%m-%d %H:%M} UTC"
+
+    # -- pausing -------------------------------------------------------------------------
+
+    def pause(self, campaign_id: str, reason: str) -> bool:
+        """Pause one campaign; False when it does not exist or is paused already."""
+        return bool(self._pause_where(campaigns.c.id == campaign_id, reason))
+
+    def resume(self, campaign_id: str) -> Progress:
+        """Resume a paused campaign and queue its waiting messages again; refused while the number is flagged."""
+        flagged = self.account_flag()
+        if flagged:
+            raise CampaignRefused(f"cannot resume while {flagged}")
+        with one_statement(self.engine) as conn:
+            conn.execute(campaigns.update().where(campaigns.c.id == campaign_id).values(paused_at=None, pause_reason=None))
+        with reading(self.engine) as conn:
+            waiting = conn.execute(
+                sa.select(messages.c.id).where(messages.c.campaign_id == campaign_id, messages.c.state == MessageState.QUEUED.value)
+            ).scalars().all()
+        if waiting:
+            self.outbox.enqueue(QueueName.BULK, list(waiting))
+            self.outbox.requeued(list(waiting))
+        log.info("campaign %s resumed: %d message(s) queued again", campaign_id, len(waiting))
+        progress = self.progress(campaign_id)
+        assert progress is not None, "callers check that the campaign exists; none is ever deleted"
+        return progress
+
+    def _pause_where(self, condition: sa.ColumnElement[bool], reason: str, conn: Connection | None = None) -> list[str]:
+        pause = (
+            campaigns.update()
+            .where(condition, campaigns.c.paused_at.is_(None))
+            .values(paused_at=self.clock(), pause_reason=reason[:255])
+            .returning(campaigns.c.id)
+        )
+        if conn is not None:
+            paused = conn.execute(pause).scalars().all()
+        else:
+            with one_statement(self.engine) as own:
+                paused = own.execute(pause).scalars().all()
+        for campaign_id in paused:
+            log.warning("campaign %s paused: %s", campaign_id, reason)
+        return list(paused)
+
+
+def _distinct_numbers(listed: list[str]) -> tuple[list[str], int, int]:
+    """(valid wa_ids in first-seen order, invalid count, duplicate count)."""
+    seen: dict[str, None] = {}
+    invalid = duplicates = 0
+    for raw in listed:
+        try:
+            wa_id = normalize_wa_id(raw)
+        except InvalidNumber:
+            invalid += 1
+            continue
+        if wa_id in seen:
+            duplicates += 1
+        seen[wa_id] = None
+    return list(seen), invalid, duplicates
+
+
+# Campaigns not paused that still have messages waiting.
+_RUNNING = sa.select(campaigns.c.id).where(
+    campaigns.c.paused_at.is_(None),
+    sa.exists().where(messages.c.campaign_id == campaigns.c.id, messages.c.state == MessageState.QUEUED.value),
+)
+# Recipients who opted out (any scope) after a message of the campaign was sent to them.
+_OPT_OUTS_AFTER_REACHED = (
+    sa.select(sa.func.count(sa.distinct(consent_events.c.wa_id)))
+    .select_from(consent_events.join(messages, messages.c.wa_id == consent_events.c.wa_id))
+    .where(
+        messages.c.campaign_id == sa.bindparam("campaign_id"),
+        messages.c.sent_at.is_not(None),
+        consent_events.c.action == Action.OPT_OUT.value,
+        consent_events.c.occurred_at >= messages.c.sent_at,
+    )
+)

@@ -1,0 +1,146 @@
+"""One webhook POST's effects, gathered while its events are handled and written in one transaction.
+
+A POST may only be acknowledged once its consent events are durable, and Meta expects the
+answer fast. Recording each effect in its own transaction cost a new user's hello five
+transactions and two turns on the ledger head; here the handlers ask and record through an
+`Intake`, which reads each sender's contact and events once (their rows locked, so a duplicate
+delivery in another process waits, then sees everything this one did), keeps their state
+current in memory as events are added, and at the end writes the outbox rows, then the ledger
+events under one short hold of the head, and commits. Replies are queued after the commit,
+one RQ call per queue.
+
+Optimistic about idempotency keys: a key stored by an earlier delivery shows up as a
+conflict (WriteConflict) when the rows are written, and the whole POST is done again, looking keys up first.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from bot.domain.consent import Action, ConsentState, EventDraft, session_opened
+from bot.storage.db import WriteConflict, writer
+from bot.storage.ledger import Ledger, as_utc, state_of
+from bot.storage.outbox import Message, Outbox, QueueName, Submission, submitted
+
+
+class Intake:
+    """What one POST records. Every user it answers or reads the state of must first be
+    named in `lock_contacts` (their rows stay locked until the commit)."""
+
+    def __init__(self, conn: Connection, ledger: Ledger, outbox: Outbox, careful: bool = False):
+        """`careful`: look idempotency keys up before deciding (after a `WriteConflict`)."""
+        self.conn, self.ledger, self.outbox, self.careful = conn, ledger, outbox, careful
+        self.now = ledger.clock()
+        self._last_inbound: dict[str, datetime | None] = {}
+        self._events: dict[str, list] = {}  # per locked user: stored rows, then the rows this POST adds
+        self._states: dict[str, ConsentState] = {}  # per locked user, until their events or last inbound time change
+        self._drafts: list[dict] = []
+        self._messages: list[dict] = []
+        self._submitted: dict[str, Submission] = {}
+        self._to_queue: dict[QueueName, list[str]] = {}
+        self._statuses: list[tuple[str, str, int | None]] = []
+        self.opted_out: set[str] = set()  # users with an opt-out in this POST, new or recorded before
+
+    def lock_contacts(self, inbound: Iterable[tuple[str, datetime]]) -> None:
+        """Lock (or create) the contacts of these (sender, sent at) pairs, note their latest
+        inbound times, and read their events."""
+        latest: dict[str, datetime] = {}
+        for wa_id, at in inbound:
+            at = self._clamp(at)
+            latest[wa_id] = max(at, latest.get(wa_id, at))
+        if not latest:
+            return
+        self._last_inbound.update(self.ledger.note_inbound(self.conn, latest))
+        self._events.update(self.ledger.rows_of(self.conn, latest))
+
+    def inbound(self, wa_id: str, message_id: str, sent_at: datetime, recorded_by: str) -> None:
+        """A message from a locked user; when it opens a session, record implicit consent (R6)."""
+        at, previous = self._clamp(sent_at), self._last_inbound[wa_id]
+        if previous is None or at > previous:
+            self._last_inbound[wa_id] = at
+            self._states.pop(wa_id, None)
+        draft = session_opened(wa_id, message_id, at, previous, recorded_by)
+        if draft is not None:
+            self.record(draft)
+
+    def state(self, wa_id: str) -> ConsentState:
+        """A locked user's state, counting what this POST recorded so far."""
+        if wa_id not in self._states:
+            self._states[wa_id] = state_of(wa_id, self._events[wa_id], self._last_inbound[wa_id])
+        return self._states[wa_id]
+
+    def record(self, draft: EventDraft) -> None:
+        """Add a ledger event (written at the end); an event already stored under its source_ref is not added again."""
+        row = self.ledger.prepare(draft)
+        if draft.action is Action.OPT_OUT:
+            self.opted_out.add(row["wa_id"])
+        events = self._events.get(row["wa_id"])
+        if events is not None:
+            if any(stored["source_ref"] == row["source_ref"] for stored in events):
+                return
+            events.append({**row, "seq": 0, "prev_hash": "", "hash": ""})  # its place in the chain comes at the end
+            self._states.pop(row["wa_id"], None)
+        self._drafts.append(row)
+
+    def submit(self, message: Message, key: str, requested_by: str, queue: QueueName) -> Submission:
+        """`Outbox.submit` for a locked user, deciding on the state this POST has built."""
+        if key in self._submitted:
+            return self._submitted[key]
+        if self.careful and (known := submitted(self.conn, [key])):
+            return self._submitted.setdefault(key, known[key])
+        submission, row = self.outbox.draft(message, key, self.state(message.to), requested_by, queue, self.now)
+        self._messages.append(row)
+        if submission.queued:
+            self._to_queue.setdefault(queue, []).append(row["id"])
+        return self._submitted.setdefault(key, submission)
+
+    def apply_status(self, meta_message_id: str, status: str, error_code: int | None) -> None:
+        """A delivery status, applied at the end with the others."""
+        self._statuses.append((meta_message_id, status, error_code))
+
+    def keep(self, table: sa.Table, **values: object) -> None:
+        """A row kept for staff or inspection (account notices, unread items)."""
+        self.conn.execute(table.insert().values(**values))
+
+    def finish(self) -> dict[QueueName, list[str]]:
+        """Write what was gathered; return the message ids to queue once the transaction commits."""
+        if self._statuses:
+            self.outbox.apply_statuses_in(self.conn, self._statuses)
+        if self._messages and len(self.outbox.store_new(self.conn, self._messages)) < len(self._messages):
+            raise WriteConflict("an idempotency key was stored by another delivery")
+        if self._drafts:
+            stored = self.ledger.extend_chain(self.conn, self._drafts)
+            for event, row in zip(stored, self._drafts):
+                if event["event_id"] != row["event_id"] and row["wa_id"] in self._events:
+                    raise WriteConflict(f"{row['source_ref']} was recorded by another delivery")
+        return self._to_queue
+
+    def _clamp(self, at: datetime) -> datetime:
+        """Meta's clock may run a little ahead of ours; the ledger refuses events from the future."""
+        return min(as_utc(at), self.now)
+
+
+def record(ledger: Ledger, outbox: Outbox, handle: Callable[[Intake], None]) -> None:
+    """Run `handle` on an Intake in one transaction, tell the ledger's listener who opted out,
+    then queue the replies it allowed.
+
+    After a `WriteConflict` (or a unique key another process took first) it runs once more, looking
+    keys up first. A queuing failure after the commit loses nothing: the rows stay queued and
+    the sweeper queues them again.
+    """
+    for careful in (False, True):
+        try:
+            with writer(ledger.engine).begin() as conn:
+                intake = Intake(conn, ledger, outbox, careful)
+                handle(intake)
+                to_queue = intake.finish()
+            break
+        except (WriteConflict, sa.exc.IntegrityError):
+            if careful:
+                raise
+    ledger.opted_out(intake.opted_out)  # before the replies and the 200: send threads look there last
+    for queue, message_ids in to_queue.items():
+        outbox.enqueue(queue, message_ids)

@@ -1,0 +1,523 @@
+"""The append-only, hash-chained consent ledger.
+
+One global chain: every event stores the hash of the event before it and a gapless sequence
+number, and a one-row head keeps the newest seq and hash. Editing, deleting, reordering or
+truncating stored events therefore breaks the chain somewhere `verify` looks. A global chain
+(rather than one per user) also detects the removal of a user's whole history and gives an
+auditor one order for all records; the price is that writers take turns on the head row,
+which costs one short lock per transaction (see bench/ledger.py for the rate it allows).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from bot.domain.consent import (
+    MAX_EVIDENCE_BYTES,
+    Action,
+    Basis,
+    Channel,
+    ConsentEvent,
+    ConsentState,
+    EventDraft,
+    InvalidEvent,
+    Scope,
+    basis_of,
+    check_draft,
+    fold,
+    occurrence_order,
+    session_opened,
+    state_from_fold,
+)
+from bot.domain.phone import InvalidNumber, normalize_wa_id
+from bot.storage.db import WriteConflict, as_json_rows, json_rows, reading, string_array, writer
+from bot.storage.schema import GENESIS_HASH, consent_events, contacts, ledger_head
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Databases hand back naive (SQLite) or zoned (PostgreSQL) times; the ledger speaks UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def canonical_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _hash_v1(row: Mapping) -> str:
+    fields = [
+        row["seq"], row["event_id"], row["wa_id"], row["action"], row["scope"], row["basis"],
+        row["channel"], row["consent_text"], row["evidence"], row["source_ref"],
+        as_utc(row["occurred_at"]).isoformat(timespec="microseconds"),
+        as_utc(row["recorded_at"]).isoformat(timespec="microseconds"),
+        row["recorded_by"], row["prev_hash"],
+    ]
+    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
+
+
+# What each hash version covers. A change to what the hash covers is a new version (and the
+# new events' `hash_version`); stored events keep theirs and verify as they were written.
+_HASHES: dict[int, Callable[[Mapping], str]] = {1: _hash_v1}
+HASH_VERSION = 1  # the version new events are written with
+
+
+def event_hash(row: Mapping) -> str | None:
+    """Hash of an event's recorded fields and its predecessor's hash, as its hash version
+    defines it; None for a version this code does not know."""
+    hasher = _HASHES.get(row["hash_version"])
+    return hasher(row) if hasher else None
+
+
+def to_event(row: Mapping) -> ConsentEvent:
+    return ConsentEvent(
+        seq=row["seq"],
+        event_id=row["event_id"],
+        wa_id=row["wa_id"],
+        action=Action(row["action"]),
+        scope=Scope(row["scope"]),
+        basis=Basis(row["basis"]) if row["basis"] else None,
+        channel=Channel(row["channel"]),
+        consent_text=row["consent_text"],
+        evidence=json.loads(row["evidence"]),
+        source_ref=row["source_ref"],
+        occurred_at=as_utc(row["occurred_at"]),
+        recorded_at=as_utc(row["recorded_at"]),
+        recorded_by=row["recorded_by"],
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
+# Statements are built once: building SQLAlchemy statements per call costs more than running them.
+_HEAD_FOR_UPDATE = sa.select(ledger_head.c.seq, ledger_head.c.hash).where(ledger_head.c.id == 1).with_for_update()
+_MOVE_HEAD = (
+    ledger_head.update().where(ledger_head.c.id == 1).values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
+)
+# SQLite: idempotency without a look-up first: the unique source_ref turns a repeat into "no row".
+_INSERT_IF_NEW = sqlite.insert(consent_events).on_conflict_do_nothing(index_elements=["source_ref"]).returning(consent_events.c.seq)
+_BY_SOURCE_REF = sa.select(consent_events).where(consent_events.c.source_ref == sa.bindparam("ref"))
+_BY_SOURCE_REFS = sa.select(consent_events).where(consent_events.c.source_ref.in_(sa.bindparam("refs", expanding=True)))
+# PostgreSQL extends the chain in two round trips whatever the number of events: the head,
+# locked, with which of the new source_refs are taken already; then one statement that adds
+# the events (as JSON, so the statement never changes and stays prepared) and moves the
+# head, but only if every one of them was added. A source_ref committed by another transaction
+# while this one waited for the head can escape the first look: then nothing moves (WriteConflict).
+_ANY_REF = sa.any_(string_array("refs"))
+_HEAD_AND_TAKEN = (
+    sa.select(
+        ledger_head.c.seq, ledger_head.c.hash,
+        sa.func.array(sa.select(consent_events.c.source_ref).where(consent_events.c.source_ref == _ANY_REF).scalar_subquery()),
+    )
+    .where(ledger_head.c.id == 1)
+    .with_for_update(of=ledger_head)
+)
+_COLUMNS = [column.name for column in consent_events.c]
+_NEW_ROWS = json_rows(consent_events)
+_ADDED = (
+    postgresql.insert(consent_events)
+    .from_select(_COLUMNS, sa.select(*_NEW_ROWS.c))
+    .on_conflict_do_nothing(index_elements=["source_ref"])
+    .returning(consent_events.c.seq)
+    .cte("added")
+)
+_ADD_AND_MOVE_HEAD = (
+    ledger_head.update()
+    .where(ledger_head.c.id == 1, sa.select(sa.func.count()).select_from(_ADDED).scalar_subquery() == sa.bindparam("count"))
+    .values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
+    .returning(ledger_head.c.seq)
+)
+# One round trip for a user's state: their events plus, on every row, their last inbound time.
+_STATE = (
+    sa.select(
+        *consent_events.c,
+        sa.select(contacts.c.last_inbound_at).where(contacts.c.wa_id == sa.bindparam("wa_id")).scalar_subquery().label("last_inbound_at"),
+    )
+    .where(consent_events.c.wa_id == sa.bindparam("wa_id"))
+    .order_by(consent_events.c.seq)
+)
+_LAST_INBOUND = sa.select(contacts.c.last_inbound_at).where(contacts.c.wa_id == sa.bindparam("wa_id"))
+# The same for several users: their events, each row with its user's last inbound time...
+_STATES = (
+    sa.select(*consent_events.c, contacts.c.last_inbound_at)
+    .select_from(consent_events.outerjoin(contacts, contacts.c.wa_id == consent_events.c.wa_id))
+    .where(consent_events.c.wa_id.in_(sa.bindparam("wa_ids", expanding=True)))
+    .order_by(consent_events.c.seq)
+)
+# ...and the last inbound time of those without events.
+_LAST_INBOUND_OF = sa.select(contacts.c.wa_id, contacts.c.last_inbound_at).where(
+    contacts.c.wa_id.in_(sa.bindparam("wa_ids", expanding=True))
+)
+_HISTORY = sa.select(consent_events).where(consent_events.c.wa_id == sa.bindparam("wa_id")).order_by(consent_events.c.seq)
+_EVENTS_OF = (
+    sa.select(consent_events)
+    .where(consent_events.c.wa_id.in_(sa.bindparam("wa_ids", expanding=True)))
+    .order_by(consent_events.c.seq)
+)
+_EVENTS_OF_ANY = sa.select(consent_events).where(consent_events.c.wa_id == sa.any_(string_array("wa_ids"))).order_by(consent_events.c.seq)
+_CREATE_CONTACT = (  # SQLite, one at a time
+    sqlite.insert(contacts)
+    .values(wa_id=sa.bindparam("wa_id"), last_inbound_at=sa.bindparam("at"))
+    .on_conflict_do_nothing(index_elements=["wa_id"])
+    .returning(contacts.c.wa_id)
+)
+_LOCK_CONTACT = _LAST_INBOUND.with_for_update()
+_MOVE_LAST_INBOUND = (
+    contacts.update().where(contacts.c.wa_id == sa.bindparam("contact")).values(last_inbound_at=sa.bindparam("at"))
+)
+# PostgreSQL notes any number of inbound senders in two statements: the missing contacts are
+# inserted (in wa_id order; a row another transaction is inserting is waited for), then the
+# others are locked, also in wa_id order, and moved on, their previous times returned.
+_WA_IDS = string_array("wa_ids")
+_NEW_CONTACTS = (
+    sa.func.unnest(_WA_IDS, sa.cast(sa.bindparam("ats"), postgresql.ARRAY(contacts.c.last_inbound_at.type)))
+    .table_valued("wa_id", "at")
+    .render_derived(name="new_contacts")
+)
+_CREATE_CONTACTS = (
+    postgresql.insert(contacts)
+    .from_select(["wa_id", "last_inbound_at"], sa.select(_NEW_CONTACTS.c.wa_id, _NEW_CONTACTS.c.at).order_by(_NEW_CONTACTS.c.wa_id))
+    .on_conflict_do_nothing(index_elements=["wa_id"])
+    .returning(contacts.c.wa_id)
+)
+_LOCKED = (
+    sa.select(contacts.c.wa_id, contacts.c.last_inbound_at.label("previous"), _NEW_CONTACTS.c.at)
+    .join_from(contacts, _NEW_CONTACTS, contacts.c.wa_id == _NEW_CONTACTS.c.wa_id)
+    .order_by(contacts.c.wa_id)
+    .with_for_update(of=contacts)
+    .subquery("locked")
+)
+_LOCK_AND_MOVE_CONTACTS = (
+    contacts.update()
+    .where(contacts.c.wa_id == _LOCKED.c.wa_id)
+    .values(last_inbound_at=sa.func.greatest(contacts.c.last_inbound_at, _LOCKED.c.at))
+    .returning(contacts.c.wa_id, _LOCKED.c.previous)
+)
+
+
+class SourceRefConflict(InvalidEvent):
+    """The same source reference was already used for a different event."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    checked: int
+    problem: str | None = None
+    bad_seq: int | None = None
+
+
+class Ledger:
+    """Records consent events and answers what they add up to. Knows nothing of Flask."""
+
+    def __init__(
+        self, engine: Engine, clock: Callable[[], datetime] = utc_now,
+        opted_out: Callable[[Iterable[str]], None] = lambda wa_ids: None,
+    ):
+        """`opted_out` is told, once a transaction has committed, who opted out in it (any
+        scope, newly or already recorded), before anyone is told so (bot.outbound.opt_out_marks)."""
+        self.engine = engine
+        self._writer = writer(engine)
+        self.clock = clock
+        self.opted_out = opted_out
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append(self, draft: EventDraft) -> ConsentEvent:
+        """Record one event, or return the one already recorded under its source_ref."""
+        return self.append_many([draft])[0]
+
+    def append_many(self, drafts: Iterable[EventDraft]) -> list[ConsentEvent]:
+        """Record several events in one durable transaction: all of them or none."""
+        now = self.clock()
+        rows = [self._prepare(draft, now) for draft in drafts]
+        try:
+            with self._writer.begin() as conn:
+                stored = self.extend_chain(conn, rows)
+        except WriteConflict:  # the other writer's events are committed now: the second look sees them
+            with self._writer.begin() as conn:
+                stored = self.extend_chain(conn, rows)
+        self.opted_out({row["wa_id"] for row in stored if row["action"] == Action.OPT_OUT})
+        return [to_event(row) for row in stored]
+
+    def record_inbound(self, wa_id: str, message_id: str, at: datetime) -> ConsentEvent | None:
+        """Note an inbound message; when it opens a new session, log implicit consent (R6).
+
+        Returns the implicit-consent event, or None when the message belongs to a session
+        already open (including a redelivery of the same message).
+        """
+        wa_id = _valid_wa_id(wa_id)
+        at = as_utc(at)
+        with self._writer.begin() as conn:
+            previous = self.note_inbound(conn, {wa_id: at})[wa_id]
+            draft = session_opened(wa_id, message_id, at, previous, "webhook")
+            return to_event(self.extend_chain(conn, [self.prepare(draft)])[0]) if draft else None
+
+    # -- the parts of a write, for a caller's own transaction ------------------------------
+
+    def note_inbound(self, conn: Connection, latest: dict[str, datetime]) -> dict[str, datetime | None]:
+        """Lock (or create) these users' contact rows until the transaction ends and move their
+        last-inbound times on to `latest` where it is later; return each one's previous time
+        (None for a contact created here).
+
+        Rows are taken in wa_id order, so two transactions locking overlapping users cannot
+        deadlock; holding them serialises everything done for one user.
+        """
+        if conn.dialect.name == "postgresql":
+            wa_ids = sorted(latest)
+            created = conn.execute(_CREATE_CONTACTS, {"wa_ids": wa_ids, "ats": [as_utc(latest[w]) for w in wa_ids]}).scalars().all()
+            previous: dict[str, datetime | None] = dict.fromkeys(created)
+            others = [wa_id for wa_id in wa_ids if wa_id not in previous]
+            if others:
+                moved = conn.execute(_LOCK_AND_MOVE_CONTACTS, {"wa_ids": others, "ats": [as_utc(latest[w]) for w in others]})
+                previous.update((wa_id, as_utc(at)) for wa_id, at in moved)
+            return previous
+        previous = {}
+        for wa_id in sorted(latest):
+            at = as_utc(latest[wa_id])
+            if conn.execute(_CREATE_CONTACT, {"wa_id": wa_id, "at": at}).first() is not None:
+                previous[wa_id] = None
+                continue
+            previous[wa_id] = last = as_utc(conn.execute(_LOCK_CONTACT, {"wa_id": wa_id}).scalar_one())
+            if at > last:
+                conn.execute(_MOVE_LAST_INBOUND, {"contact": wa_id, "at": at})
+        return previous
+
+    def rows_of(self, conn: Connection, wa_ids: Iterable[str]) -> dict[str, list[sa.RowMapping]]:
+        """These users' stored events, in chain order (as `state_of` takes them), in one query."""
+        found: dict[str, list[sa.RowMapping]] = {wa_id: [] for wa_id in wa_ids}
+        query = _EVENTS_OF_ANY if conn.dialect.name == "postgresql" else _EVENTS_OF
+        for row in conn.execute(query, {"wa_ids": list(found)}).mappings():
+            found[row["wa_id"]].append(row)
+        return found
+
+    def prepare(self, draft: EventDraft) -> dict:
+        """Check a draft and give it its id and times: a row for `extend_chain`, which adds its place in the chain."""
+        return self._prepare(draft, self.clock())
+
+    def extend_chain(self, conn: Connection, rows: list[dict]) -> list[Mapping]:
+        """Append prepared rows after the head, which stays locked until the transaction ends;
+        return the stored rows, one per given row (`to_event` makes events of them).
+
+        A row whose source_ref is recorded already is not added: the stored one stands in for it.
+        """
+        if conn.dialect.name != "postgresql":
+            return self._extend_row_by_row(conn, rows)
+        refs = [row["source_ref"] for row in rows]
+        seq, prev_hash, taken = conn.execute(_HEAD_AND_TAKEN, {"refs": refs}).one()
+        stored: dict[str, Mapping] = {}
+        if taken:
+            stored.update((row["source_ref"], row) for row in conn.execute(_BY_SOURCE_REFS, {"refs": taken}).mappings())
+        added: list[dict] = []
+        for row in rows:
+            if row["source_ref"] in stored:
+                _check_same_event(stored[row["source_ref"]], row)
+                continue
+            row = {**row, "seq": seq + 1, "prev_hash": prev_hash}
+            row["hash"] = event_hash(row)
+            seq, prev_hash = row["seq"], row["hash"]
+            stored[row["source_ref"]] = row
+            added.append(row)
+        if added:
+            values = {"rows": as_json_rows(added), "count": len(added), "new_seq": seq, "new_hash": prev_hash}
+            moved = conn.execute(_ADD_AND_MOVE_HEAD, values)
+            if moved.first() is None:
+                raise WriteConflict("a source_ref was recorded by another transaction meanwhile")
+        return [stored[ref] for ref in refs]
+
+    def _extend_row_by_row(self, conn: Connection, rows: list[dict]) -> list[Mapping]:
+        """SQLite: writers hold the database's write lock throughout, so no other can interleave."""
+        head = conn.execute(_HEAD_FOR_UPDATE).one()
+        seq, prev_hash = head.seq, head.hash
+        stored: list[Mapping] = []
+        for row in rows:
+            row = {**row, "seq": seq + 1, "prev_hash": prev_hash}
+            row["hash"] = event_hash(row)
+            if conn.execute(_INSERT_IF_NEW, row).first() is None:  # this source_ref is recorded already
+                existing = conn.execute(_BY_SOURCE_REF, {"ref": row["source_ref"]}).mappings().one()
+                _check_same_event(existing, row)
+                stored.append(existing)
+                continue
+            seq, prev_hash = row["seq"], row["hash"]
+            stored.append(row)
+        if seq != head.seq:
+            conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev_hash})
+        return stored
+
+    def _prepare(self, draft: EventDraft, now: datetime) -> dict:
+        check_draft(draft, now)
+        try:
+            evidence = canonical_json(draft.evidence)
+        except (TypeError, ValueError):
+            raise InvalidEvent("evidence must be plain JSON (objects, lists, strings, finite numbers)") from None
+        if len(evidence.encode()) > MAX_EVIDENCE_BYTES:
+            raise InvalidEvent(f"evidence is larger than {MAX_EVIDENCE_BYTES // 1024} KiB")
+        return {
+            "event_id": str(uuid.uuid4()),
+            "wa_id": _valid_wa_id(draft.wa_id),
+            "action": draft.action.value,
+            "scope": draft.scope.value,
+            "basis": basis.value if (basis := basis_of(draft.action)) else None,
+            "channel": draft.channel.value,
+            # PostgreSQL text cannot hold NUL: both backends store U+FFFD instead, so a user's
+            # STOP with a stray NUL is recorded rather than refused forever.
+            "consent_text": draft.consent_text.replace("\x00", "\ufffd") if draft.consent_text else draft.consent_text,
+            "evidence": evidence,
+            "source_ref": draft.source_ref,
+            "occurred_at": as_utc(draft.occurred_at or now),
+            "recorded_at": now,
+            "recorded_by": draft.recorded_by,
+            "hash_version": HASH_VERSION,
+        }
+
+    # -- reading -------------------------------------------------------------------------
+
+    def history(self, wa_id: str) -> list[ConsentEvent]:
+        """A user's events, oldest first: in the order they happened, as their state is folded."""
+        with reading(self.engine) as conn:
+            events = [to_event(row) for row in conn.execute(_HISTORY, {"wa_id": _valid_wa_id(wa_id)}).mappings()]
+        return [events[at] for at in occurrence_order([event.occurred_at for event in events])]
+
+    def recorded_refs(self, source_refs: Iterable[str]) -> set[str]:
+        """Which of these source references the ledger holds already."""
+        refs = list(set(source_refs))
+        found: set[str] = set()
+        with reading(self.engine) as conn:
+            for start in range(0, len(refs), 1000):
+                query = sa.select(consent_events.c.source_ref).where(consent_events.c.source_ref.in_(refs[start : start + 1000]))
+                found.update(conn.execute(query).scalars())
+        return found
+
+    def event(self, event_id: str) -> ConsentEvent | None:
+        """One event by its id: the consent behind an outbound message."""
+        with reading(self.engine) as conn:
+            row = conn.execute(sa.select(consent_events).where(consent_events.c.event_id == event_id)).mappings().first()
+        return to_event(row) if row else None
+
+    def state(self, wa_id: str) -> ConsentState:
+        """What a user's events add up to now, with the 24-hour window.
+
+        Asked before every send, so it is lean: one query, and only the few events the state
+        rests on become objects.
+        """
+        wa_id = _valid_wa_id(wa_id)
+        with reading(self.engine) as conn:
+            rows = conn.execute(_STATE, {"wa_id": wa_id}).mappings().all()
+            last_inbound = rows[0]["last_inbound_at"] if rows else conn.execute(_LAST_INBOUND, {"wa_id": wa_id}).scalar()
+        return state_of(wa_id, rows, as_utc(last_inbound) if last_inbound else None)
+
+    def states(self, wa_ids: Iterable[str]) -> dict[str, ConsentState]:
+        """Several users' states, usually in one query: for deciding a whole campaign, or a
+        wave of sends, at once."""
+        wanted = sorted({_valid_wa_id(wa_id) for wa_id in wa_ids})
+        if len(wanted) == 1:  # the common case of a reply: the cached single-user query is cheaper
+            return {wanted[0]: self.state(wanted[0])}
+        rows_by_user: dict[str, list[sa.RowMapping]] = {wa_id: [] for wa_id in wanted}
+        last_inbound: dict[str, datetime] = {}
+        with reading(self.engine) as conn:
+            for start in range(0, len(wanted), 1000):
+                for row in conn.execute(_STATES, {"wa_ids": wanted[start : start + 1000]}).mappings():
+                    rows_by_user[row["wa_id"]].append(row)
+            without_events = [wa_id for wa_id, rows in rows_by_user.items() if not rows]
+            for start in range(0, len(without_events), 1000):
+                last_inbound.update(conn.execute(_LAST_INBOUND_OF, {"wa_ids": without_events[start : start + 1000]}).all())
+        for wa_id, rows in rows_by_user.items():
+            if rows:
+                last_inbound[wa_id] = rows[0]["last_inbound_at"]
+        return {
+            wa_id: state_of(wa_id, rows, as_utc(last_inbound[wa_id]) if last_inbound.get(wa_id) else None)
+            for wa_id, rows in rows_by_user.items()
+        }
+
+    def events(
+        self, since: datetime | None = None, until: datetime | None = None, wa_id: str | None = None
+    ) -> Iterator[ConsentEvent]:
+        """Stream events in chain order without loading the ledger into memory."""
+        query = sa.select(consent_events).order_by(consent_events.c.seq)
+        if since is not None:
+            query = query.where(consent_events.c.occurred_at >= as_utc(since))
+        if until is not None:
+            query = query.where(consent_events.c.occurred_at < as_utc(until))
+        if wa_id is not None:
+            query = query.where(consent_events.c.wa_id == _valid_wa_id(wa_id))
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=1000).execute(query)
+            for row in result.mappings():
+                yield to_event(row)
+
+    def verify(self) -> Verification:
+        """Walk the whole chain; report the first event that was edited, removed or moved."""
+        expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")  # head and events from one snapshot
+            head = conn.execute(sa.select(ledger_head.c.seq, ledger_head.c.hash)).one()
+            query = sa.select(consent_events).order_by(consent_events.c.seq)
+            rows = conn.execution_options(stream_results=True, yield_per=1000).execute(query).mappings()
+            for row in rows:
+                seq = row["seq"]
+                if seq != expected_seq:
+                    return _broken(checked, expected_seq, f"event seq {expected_seq} is missing (next found: seq {seq})")
+                if row["prev_hash"] != prev_hash:
+                    return _broken(
+                        checked, seq,
+                        f"event seq {seq} ({row['event_id']}) does not follow seq {seq - 1}: "
+                        "an event was removed, inserted or reordered",
+                    )
+                if row["hash_version"] not in _HASHES:
+                    return _broken(checked, seq, f"event seq {seq} ({row['event_id']}) has hash version {row['hash_version']}, which this code does not know")
+                if event_hash(row) != row["hash"]:
+                    return _broken(
+                        checked, seq, f"event seq {seq} ({row['event_id']}) was altered: its content does not match its hash"
+                    )
+                expected_seq, prev_hash, checked = seq + 1, row["hash"], checked + 1
+        if checked < head.seq or (checked == head.seq and prev_hash != head.hash):
+            return _broken(
+                checked, checked + 1,
+                f"the ledger head records {head.seq} events but only {checked} chain up to it: events were removed from the end",
+            )
+        if checked > head.seq:
+            return _broken(
+                checked, head.seq + 1,
+                f"events after seq {head.seq} are not covered by the ledger head: they were added outside the application",
+            )
+        return Verification(ok=True, checked=checked)
+
+
+def state_of(wa_id: str, rows: Sequence[Mapping], last_inbound_at: datetime | None) -> ConsentState:
+    """A user's state from their event rows in chain order (stored rows, then prepared ones not
+    written yet), folded in the order they happened: only the few rows the state rests on become events."""
+    order = occurrence_order([as_utc(row["occurred_at"]) for row in rows])
+    folded = fold([(rows[at]["action"], rows[at]["scope"]) for at in order])
+    return state_from_fold(wa_id, folded, lambda position: to_event(rows[order[position]]), last_inbound_at)
+
+
+def _broken(checked: int, seq: int, problem: str) -> Verification:
+    return Verification(ok=False, checked=checked, problem=problem, bad_seq=seq)
+
+
+def _valid_wa_id(wa_id: str) -> str:
+    try:
+        normalized = normalize_wa_id(wa_id)
+    except InvalidNumber as error:
+        raise InvalidEvent(str(error)) from None
+    if normalized != wa_id:
+        raise InvalidEvent("wa_id must be digits only (country code first, no + or spaces)")
+    return wa_id
+
+
+def _check_same_event(existing: Mapping, row: dict) -> None:
+    if (existing["wa_id"], existing["action"], existing["scope"]) != (row["wa_id"], row["action"], row["scope"]):
+        raise SourceRefConflict(f"source_ref {row['source_ref']!r} was already used for a different event")

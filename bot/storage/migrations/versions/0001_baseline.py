@@ -1,0 +1,181 @@
+"""Baseline: the schema as it was when every process created it at start (before migrations).
+
+On an empty database it creates everything. On a database made by that earlier code it adopts
+what is there: it creates only the tables and indexes that are missing, refuses a table that
+lacks a column, and never touches a stored row. Downgrading is refused: it would drop the ledger.
+
+Revision ID: 0001
+Revises:
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+GENESIS_HASH = "0" * 64
+baseline = sa.MetaData()  # a frozen copy: later revisions change bot.storage.schema, never this
+
+consent_events = sa.Table(
+    "consent_events",
+    baseline,
+    # seq is gapless and assigned under the chain lock, so a deleted event leaves a hole.
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("wa_id", sa.String(15), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("basis", sa.String(16)),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("consent_text", sa.Text),
+    # Kept as the exact canonical JSON text that was hashed (JSONB would reorder keys).
+    sa.Column("evidence", sa.Text, nullable=False),
+    sa.Column("source_ref", sa.String(255), nullable=False, unique=True),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("recorded_by", sa.String(64), nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index("ix_consent_events_wa_id_seq", "wa_id", "seq"),
+    sa.Index("ix_consent_events_occurred_at", "occurred_at"),
+)
+
+# One row: the newest event's seq and hash. Writers lock it to extend the chain one at a time,
+# and verification compares it with the last event, so truncating the tail is detected too.
+ledger_head = sa.Table(
+    "ledger_head",
+    baseline,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# Conversation facts that are not consent evidence: when the user last wrote (the 24-hour window).
+contacts = sa.Table(
+    "contacts",
+    baseline,
+    sa.Column("wa_id", sa.String(15), primary_key=True),
+    sa.Column("last_inbound_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# What the business sends, one row per message: the outbox the queue and the workers work from.
+# Rows change state (queued -> sent -> delivered -> read, or failed / blocked); the consent
+# ledger stays append-only. A claim is a lease: a worker that dies mid-send lets it expire.
+outbound_messages = sa.Table(
+    "outbound_messages",
+    baseline,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("idempotency_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("wa_id", sa.String(15), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),  # JSON: {"text": ...} or {"template": {...}}
+    sa.Column("queue", sa.String(16), nullable=False),
+    sa.Column("campaign_id", sa.String(64)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(32)),  # why it was blocked or failed, in SPEC's vocabulary
+    sa.Column("error_code", sa.Integer),
+    sa.Column("error_detail", sa.Text),
+    sa.Column("consent_event_id", sa.String(36)),  # the ledger event that allowed it
+    sa.Column("meta_message_id", sa.String(255), unique=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("not_before", sa.DateTime(timezone=True)),
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("requested_by", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_outbound_messages_state_not_before", "state", "not_before"),
+    sa.Index("ix_outbound_messages_campaign_id", "campaign_id"),
+)
+
+# Statuses that arrived before the send that produced them was recorded (Meta can be quicker
+# than our own bookkeeping); the sweeper applies them once the message has its Meta id.
+early_statuses = sa.Table(
+    "early_statuses",
+    baseline,
+    sa.Column("meta_message_id", sa.String(255), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("error_code", sa.Integer),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# A template sent to a list. Its messages are outbound_messages rows with its id; while
+# paused_at is set, none of them is claimed for sending.
+campaigns = sa.Table(
+    "campaigns",
+    baseline,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("template_name", sa.String(512), nullable=False),
+    sa.Column("template", sa.Text, nullable=False),  # JSON: name, language, components
+    sa.Column("category", sa.String(16), nullable=False),
+    sa.Column("recipients", sa.Integer, nullable=False),
+    sa.Column("requested_by", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("paused_at", sa.DateTime(timezone=True)),
+    sa.Column("pause_reason", sa.String(255)),
+)
+
+# account_update, phone_number_quality_update and message_template_status_update, kept for staff.
+account_notices = sa.Table(
+    "account_notices",
+    baseline,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("field", sa.String(64), nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+)
+
+# Signed webhook items we could not read, kept as they came so that nothing is silently dropped.
+unread_webhooks = sa.Table(
+    "unread_webhooks",
+    baseline,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("reason", sa.String(255), nullable=False),
+    sa.Column("raw", sa.Text, nullable=False),
+)
+
+APPEND_ONLY_TRIGGERS = {
+    "sqlite": [
+        f"CREATE TRIGGER IF NOT EXISTS consent_events_no_{op} BEFORE {op.upper()} ON consent_events "
+        "BEGIN SELECT RAISE(ABORT, 'consent_events is append-only'); END"
+        for op in ("update", "delete")
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION consent_events_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'consent_events is append-only'; END $$",
+        "DROP TRIGGER IF EXISTS consent_events_append_only ON consent_events",
+        "CREATE TRIGGER consent_events_append_only BEFORE UPDATE OR DELETE ON consent_events "
+        "FOR EACH ROW EXECUTE FUNCTION consent_events_append_only()",
+    ],
+}
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    inspector = sa.inspect(bind)
+    existing = set(inspector.get_table_names())
+    for table in baseline.sorted_tables:
+        if table.name not in existing:
+            table.create(bind)
+            continue
+        columns = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [column.name for column in table.columns if column.name not in columns]
+        if missing:
+            raise RuntimeError(f"table {table.name} lacks {', '.join(missing)}: this database is not one this bot made")
+        indexes = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexes:
+                index.create(bind)
+    for statement in APPEND_ONLY_TRIGGERS.get(bind.dialect.name, []):
+        op.execute(statement)
+    head = sa.table("ledger_head", sa.column("id"), sa.column("seq"), sa.column("hash"))
+    if bind.execute(sa.select(head.c.id)).first() is None:
+        op.execute(head.insert().values(id=1, seq=0, hash=GENESIS_HASH))
+
+
+def downgrade() -> None:
+    raise RuntimeError("the consent ledger is never dropped by a migration; restore a backup instead")

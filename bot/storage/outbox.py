@@ -1,0 +1,501 @@
+"""The outbox: every message the business sends is asked of the policy, stored, then queued.
+
+`Outbox.submit` is the one entry point for handlers, the staff API and campaigns. A refusal is
+stored with its reason (state `blocked`) and returned; an allowed message is stored with the
+consent event that allowed it and handed to the queue. The same idempotency key submitted
+twice is one message. The send-side methods (claim, mark_*) are used by the send job.
+"""
+from __future__ import annotations
+
+import enum
+import functools
+import itertools
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from bot.domain.consent import ConsentState
+from bot.domain.phone import InvalidNumber, normalize_wa_id
+from bot.domain.policy import Decision, ImplicitCoverage, MessageKind, Refusal, decide
+from bot.storage.db import as_json_rows, json_records, json_rows, one_statement, reading, string_array, writer
+from bot.storage.ledger import Ledger, utc_now
+from bot.storage.schema import campaigns, early_statuses
+from bot.storage.schema import outbound_messages as messages
+
+
+class QueueName(str, enum.Enum):
+    REPLIES = "replies"  # answers to users: small, latency matters
+    BULK = "bulk"  # campaigns and staff sends
+
+
+class MessageState(str, enum.Enum):
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    language: str
+    components: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Message:
+    """What to send to whom: a text or a template, and its kind for the policy."""
+
+    to: str
+    kind: MessageKind
+    text: str | None = None
+    template: Template | None = None
+
+    def content(self) -> dict[str, Any]:
+        if self.template is not None:
+            t = self.template
+            return {"template": {"name": t.name, "language": t.language, "components": t.components}}
+        return {"text": self.text}
+
+
+@dataclass(frozen=True)
+class Submission:
+    message_id: str | None
+    queued: bool
+    reason: Refusal | None = None
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: str
+    wa_id: str
+    kind: MessageKind
+    content: dict[str, Any]
+    queue: QueueName
+    state: MessageState
+    attempts: int
+    campaign_id: str | None
+    reason: str | None
+    error_code: int | None
+    consent_event_id: str | None
+    meta_message_id: str | None
+
+    @classmethod
+    def from_row(cls, row: sa.RowMapping) -> StoredMessage:
+        return cls(
+            id=row["id"], wa_id=row["wa_id"], kind=MessageKind(row["kind"]), content=json.loads(row["content"]),
+            queue=QueueName(row["queue"]), state=MessageState(row["state"]), attempts=row["attempts"], campaign_id=row["campaign_id"],
+            reason=row["reason"], error_code=row["error_code"], consent_event_id=row["consent_event_id"],
+            meta_message_id=row["meta_message_id"],
+        )
+
+
+Enqueue = Callable[[QueueName, list[str]], None]
+
+
+class Outbox:
+    def __init__(
+        self,
+        engine: Engine,
+        ledger: Ledger,
+        enqueue: Enqueue,
+        coverage: ImplicitCoverage = ImplicitCoverage(),
+        lease: timedelta = timedelta(seconds=60),
+        clock: Callable[[], datetime] = utc_now,
+    ):
+        """`lease`: how long a claimed message is a worker's; longer than pacing plus one HTTP timeout."""
+        self.engine = engine
+        self.lease = lease
+        self._writer = writer(engine)
+        self.ledger = ledger
+        self.enqueue = enqueue
+        self.coverage = coverage
+        self.clock = clock
+
+    # -- submitting ----------------------------------------------------------------------
+
+    def submit(
+        self, message: Message, idempotency_key: str, requested_by: str,
+        queue: QueueName = QueueName.REPLIES, campaign_id: str | None = None,
+    ) -> Submission:
+        """Ask the policy, store the outcome, queue what is allowed. Safe to repeat."""
+        return self.submit_many([(message, idempotency_key)], requested_by, queue, campaign_id)[0]
+
+    def submit_many(
+        self, items: Iterable[tuple[Message, str]], requested_by: str,
+        queue: QueueName = QueueName.BULK, campaign_id: str | None = None,
+    ) -> list[Submission]:
+        """Submit several messages in one transaction; queue the allowed ones after it commits.
+
+        A key already submitted answers what was stored then and queues nothing again (if its
+        first queuing failed, the sweeper queues it). Two processes submitting the same key at
+        once collide on its unique index; the loser's second pass reads the winner's answer.
+        """
+        items = list(items)
+        try:
+            return self._submit(items, requested_by, queue, campaign_id)
+        except sa.exc.IntegrityError:
+            return self._submit(items, requested_by, queue, campaign_id)
+
+    def _submit(
+        self, items: list[tuple[Message, str]], requested_by: str, queue: QueueName, campaign_id: str | None
+    ) -> list[Submission]:
+        now = self.clock()
+        recipients: dict[str, str | None] = {}
+        for message, _ in items:
+            try:
+                recipients[message.to] = normalize_wa_id(message.to)
+            except InvalidNumber:
+                recipients[message.to] = None
+        consents = self.ledger.states(wa_id for wa_id in recipients.values() if wa_id)
+        rows: list[dict] = []
+        submissions: list[Submission] = []
+        to_queue: list[str] = []
+        with self._writer.begin() as conn:
+            known = submitted(conn, [key for _, key in items])
+            for message, key in items:
+                if key in known:
+                    submissions.append(known[key])
+                    continue
+                wa_id = recipients[message.to]
+                if wa_id is None:
+                    submissions.append(Submission(None, False, Refusal.INVALID_RECIPIENT))
+                    continue
+                submission, row = self.draft(message, key, consents[wa_id], requested_by, queue, now, campaign_id)
+                rows.append(row)
+                submissions.append(known.setdefault(key, submission))
+                if submission.queued:
+                    to_queue.append(row["id"])
+            if rows:
+                conn.execute(messages.insert(), rows)
+        if to_queue:
+            self.enqueue(queue, to_queue)  # a failure here leaves rows queued: the sweeper re-queues them
+        return submissions
+
+    def draft(
+        self, message: Message, key: str, consent: ConsentState, requested_by: str, queue: QueueName,
+        now: datetime, campaign_id: str | None = None,
+    ) -> tuple[Submission, dict]:
+        """The policy's answer for a message to a valid recipient, and the row that stores it (not written yet)."""
+        decision = decide(consent, message.kind, now, self.coverage)
+        row = {
+            "id": str(uuid.uuid4()), "idempotency_key": key, "wa_id": consent.wa_id, "kind": message.kind.value,
+            "content": json.dumps(message.content(), ensure_ascii=False), "queue": queue.value,
+            "campaign_id": campaign_id,
+            "state": (MessageState.QUEUED if decision.allowed else MessageState.BLOCKED).value,
+            "reason": decision.reason.value if decision.reason else None,
+            "consent_event_id": decision.consent_event_id, "attempts": 0, "requested_by": requested_by,
+            "created_at": now, "updated_at": now,
+        }
+        return Submission(row["id"], decision.allowed, decision.reason), row
+
+    @staticmethod
+    def store_new(conn: sa.Connection, rows: list[dict]) -> set[str]:
+        """Insert drafted rows in one statement, skipping keys already stored; the keys inserted."""
+        if conn.dialect.name == "postgresql":
+            return set(conn.execute(_STORE_NEW, {"rows": as_json_rows(rows)}).scalars())
+        return set(conn.execute(_STORE_NEW_SQLITE, rows).scalars())
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get(self, message_id: str) -> StoredMessage | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(messages).where(messages.c.id == message_id)).mappings().first()
+        return StoredMessage.from_row(row) if row else None
+
+    # -- the send job's side -------------------------------------------------------------
+
+    def decide_many(self, asks: list[tuple[str, MessageKind]]) -> list[Decision]:
+        """The policy's answers for several (user, kind) right now, from one read of their states."""
+        states = self.ledger.states(wa_id for wa_id, _ in asks)
+        now = self.clock()
+        return [decide(states[wa_id], kind, now, self.coverage) for wa_id, kind in asks]
+
+    def claim(self, message_id: str) -> StoredMessage | None:
+        """Lease a due, queued message to this worker; None when another has it or it is done."""
+        claimed = self.claim_many([message_id])
+        return claimed[0] if claimed else None
+
+    def claim_many(self, message_ids: list[str]) -> list[StoredMessage]:
+        """Lease those of these messages that are due and queued, in one statement; the others
+        are another worker's or done."""
+        now = self.clock()
+        with one_statement(self.engine) as conn:
+            claimed = conn.execute(_CLAIM, {"message_ids": message_ids, "now": now, "until": now + self.lease})
+            rows = claimed.mappings().all()
+        return [StoredMessage.from_row(row) for row in rows]
+
+    def mark_sent(self, message_id: str, meta_message_id: str, consent_event_id: str | None) -> None:
+        self.mark_sent_many([(message_id, meta_message_id, consent_event_id)])
+
+    def mark_sent_many(self, sends: list[tuple[str, str, str | None]]) -> None:
+        """Record several sends in one transaction: (message id, Meta's message id, consent event id)."""
+        now = self.clock()
+        with self._writer.begin() as conn:
+            if conn.dialect.name == "postgresql":  # one statement, however many sends
+                rows = [{"id": message_id, "meta_id": meta_id, "consent_event_id": event_id} for message_id, meta_id, event_id in sends]
+                conn.execute(_MARK_ALL_SENT, {"rows": as_json_rows(rows), "ids": [row["id"] for row in rows], "now": now})
+                return
+            conn.execute(_MARK_SENT, [
+                {"message_id": message_id, "meta_id": meta_id, "consent_event_id": consent_event_id, "now": now}
+                for message_id, meta_id, consent_event_id in sends
+            ])
+
+    def mark_blocked(self, message_id: str, reason: Refusal) -> None:
+        self._update(message_id, state=MessageState.BLOCKED.value, reason=reason.value, lease_until=None)
+
+    def mark_failed(self, message_id: str, reason: str, code: int | None, detail: str | None) -> None:
+        self._update(
+            message_id, state=MessageState.FAILED.value, reason=reason, error_code=code,
+            error_detail=detail, lease_until=None,
+        )
+
+    def release(self, message_id: str, retry_at: datetime, code: int | None = None, detail: str | None = None) -> None:
+        """Give a claimed message back to the queue, due again at `retry_at`."""
+        self._update(message_id, not_before=retry_at, lease_until=None, error_code=code, error_detail=detail)
+
+    def apply_status(self, meta_message_id: str, status: str, error_code: int | None = None) -> bool:
+        """A delivery status from Meta. States only move forward (late or repeated statuses change
+        nothing); failed is final. A status for a send not yet recorded is kept for later.
+        Returns whether a message changed."""
+        with one_statement(self.engine) as conn:
+            return self.apply_statuses_in(conn, [(meta_message_id, status, error_code)]) == 1
+
+    def apply_statuses_in(self, conn: sa.Connection, statuses: Iterable[tuple[str, str, int | None]]) -> int:
+        """`apply_status` for (Meta id, status, error code) triples inside the caller's transaction;
+        returns how many changed a message. Messages are locked in Meta id order, so two
+        transactions with statuses of the same messages cannot deadlock. A message's statuses
+        are applied in their order of progress (sent, delivered, read, failed)."""
+        ordered = sorted(statuses, key=lambda triple: (triple[0], _RANK[triple[1]]))
+        now = self.clock()
+        if conn.dialect.name == "postgresql":  # one statement per status of a message, mostly just one
+            by_message = [list(group) for _, group in itertools.groupby(ordered, key=lambda triple: triple[0])]
+            changed = 0
+            for depth in range(max(map(len, by_message), default=0)):
+                rows = [
+                    {"meta_id": meta_id, "status": status, "code": code, "allowed": ",".join(_EARLIER[status])}
+                    for meta_id, status, code in (statuses[depth] for statuses in by_message if len(statuses) > depth)
+                ]
+                values = {"rows": as_json_rows(rows), "meta_ids": [row["meta_id"] for row in rows], "now": now}
+                changed += conn.execute(_APPLY_STATUSES, values).one()[0]
+            return changed
+        changed = 0
+        for meta_id, status, code in ordered:
+            values = {"meta_id": meta_id, "status": status, "earlier": list(_EARLIER[status]), "code": code, "now": now}
+            if conn.execute(_APPLY_STATUS, values).rowcount == 1:
+                changed += 1
+            else:
+                conn.execute(_KEEP_EARLY_STATUS, values)
+        return changed
+
+    def apply_early_statuses(self, forget_after: timedelta = timedelta(days=7)) -> int:
+        """Apply kept statuses whose message now has its Meta id; forget those never matched."""
+        with reading(self.engine) as conn:
+            matched = conn.execute(
+                sa.select(early_statuses)
+                .join(messages, messages.c.meta_message_id == early_statuses.c.meta_message_id)
+            ).all()
+        for row in sorted(matched, key=lambda r: _RANK[r.status]):
+            self.apply_status(row.meta_message_id, row.status, row.error_code)
+        with one_statement(self.engine) as conn:
+            if matched:
+                ids = list({row.meta_message_id for row in matched})
+                conn.execute(early_statuses.delete().where(early_statuses.c.meta_message_id.in_(ids)))
+            conn.execute(early_statuses.delete().where(early_statuses.c.received_at < self.clock() - forget_after))
+        return len(matched)
+
+    def due_for_recovery(self, stale_after: timedelta, limit: int = 5000) -> list[tuple[str, QueueName, bool]]:
+        """Queued, due messages that may have no job: (id, queue, was it claimed?).
+
+        A claimed one's worker died mid-send (its lease ran out). An unclaimed one is a retry
+        that came due, or one whose job was lost or is still waiting in a long queue, which the
+        caller tells apart.
+        """
+        now = self.clock()
+        query = (
+            sa.select(messages.c.id, messages.c.queue, messages.c.lease_until)
+            .where(
+                messages.c.state == MessageState.QUEUED.value,
+                sa.or_(messages.c.not_before.is_(None), messages.c.not_before <= now),
+                sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until < now),
+                sa.or_(messages.c.not_before.is_not(None), messages.c.updated_at < now - stale_after),
+                _NOT_PAUSED,
+            )
+            .order_by(messages.c.created_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [(row.id, QueueName(row.queue), row.lease_until is not None) for row in conn.execute(query)]
+
+    def requeued(self, message_ids: list[str]) -> None:
+        """Note that these messages got a new job, so the sweeper leaves them alone for a while."""
+        now = self.clock()
+        with one_statement(self.engine) as conn:
+            conn.execute(
+                messages.update()
+                .where(messages.c.id.in_(message_ids), messages.c.state == MessageState.QUEUED.value)
+                .where(sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until < now))
+                .values(not_before=None, lease_until=None, updated_at=now)
+            )
+
+    def _update(self, message_id: str, **values: Any) -> None:
+        values["updated_at"] = self.clock()
+        with one_statement(self.engine) as conn:
+            conn.execute(_update_by_id(frozenset(values)), {"message_id": message_id, **{f"new_{k}": v for k, v in values.items()}})
+
+
+# Statements are built once: building them per call costs more than running them.
+# A message of a paused campaign waits (R11): it is neither claimed nor recovered until resumed.
+_NOT_PAUSED = ~sa.exists().where(campaigns.c.id == messages.c.campaign_id, campaigns.c.paused_at.is_not(None))
+_CLAIM = (
+    messages.update()
+    .where(
+        messages.c.id.in_(sa.bindparam("message_ids", expanding=True)),
+        messages.c.state == MessageState.QUEUED.value,
+        sa.or_(messages.c.not_before.is_(None), messages.c.not_before <= sa.bindparam("now")),
+        sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until < sa.bindparam("now")),
+        _NOT_PAUSED,
+    )
+    .values(lease_until=sa.bindparam("until"), attempts=messages.c.attempts + 1, updated_at=sa.bindparam("now"))
+    .returning(*messages.c)
+)
+
+
+_MARK_SENT = (
+    messages.update()
+    .where(messages.c.id == sa.bindparam("message_id"))
+    .values(
+        state=MessageState.SENT.value, meta_message_id=sa.bindparam("meta_id"), consent_event_id=sa.bindparam("consent_event_id"),
+        sent_at=sa.bindparam("now"), updated_at=sa.bindparam("now"), lease_until=None, error_code=None, error_detail=None,
+    )
+)
+
+_SENDS = json_records("sends", sa.column("id", sa.String), sa.column("meta_id", sa.String), sa.column("consent_event_id", sa.String))
+_MARK_ALL_SENT = (
+    messages.update()
+    .where(
+        messages.c.id == _SENDS.c.id,
+        messages.c.id == sa.any_(string_array("ids")),  # the index, not a scan
+    )
+    .values(
+        state=MessageState.SENT.value, meta_message_id=_SENDS.c.meta_id, consent_event_id=_SENDS.c.consent_event_id,
+        sent_at=sa.bindparam("now"), updated_at=sa.bindparam("now"), lease_until=None, error_code=None, error_detail=None,
+    )
+)
+
+_BY_KEY = sa.select(messages.c.idempotency_key, messages.c.id, messages.c.state, messages.c.reason).where(
+    messages.c.idempotency_key == sa.bindparam("key")
+)
+_NEW_MESSAGES = json_rows(messages)
+_STORE_NEW = (
+    postgresql.insert(messages)
+    .from_select([column.name for column in messages.c], sa.select(*_NEW_MESSAGES.c))
+    .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    .returning(messages.c.idempotency_key)
+)
+_STORE_NEW_SQLITE = sqlite.insert(messages).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(messages.c.idempotency_key)
+_RANK = {"sent": 1, "delivered": 2, "read": 3, "failed": 4}
+# A status for no message we know of (yet): kept, once, for the sweeper to apply later.
+_KEEP_EARLY_STATUS = (
+    sqlite.insert(early_statuses)
+    .from_select(
+        ["meta_message_id", "status", "error_code", "received_at"],
+        sa.select(
+            sa.bindparam("meta_id", type_=sa.String), sa.bindparam("status", type_=sa.String),
+            sa.bindparam("code", type_=sa.Integer), sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+        ).where(~sa.exists().where(messages.c.meta_message_id == sa.bindparam("meta_id"))),
+    )
+    .on_conflict_do_nothing()
+)
+# The states a message may be in for a status to move it on.
+_EARLIER = {
+    "sent": ("queued",),
+    "delivered": ("queued", "sent"),
+    "read": ("queued", "sent", "delivered"),
+    "failed": ("queued", "sent", "delivered"),
+}
+_APPLY_STATUS = (
+    messages.update()
+    .where(messages.c.meta_message_id == sa.bindparam("meta_id"), messages.c.state.in_(sa.bindparam("earlier", expanding=True)))
+    .values(
+        state=sa.bindparam("status"), updated_at=sa.bindparam("now"),
+        error_code=sa.func.coalesce(sa.bindparam("code", type_=sa.Integer), messages.c.error_code),
+    )
+)
+
+
+# PostgreSQL applies a group of statuses (one per message) in one statement: the messages they
+# move on are locked in Meta id order and updated; statuses of messages not known yet are kept.
+_META_IDS = sa.any_(string_array("meta_ids"))  # lets the plan use the index, not a scan
+_INCOMING = json_records(
+    "incoming", sa.column("meta_id", sa.String), sa.column("status", sa.String), sa.column("code", sa.Integer), sa.column("allowed", sa.String)
+)
+_LOCKED = (
+    sa.select(messages.c.id, _INCOMING.c.status, _INCOMING.c.code)
+    .join_from(messages, _INCOMING, messages.c.meta_message_id == _INCOMING.c.meta_id)
+    .where(
+        messages.c.meta_message_id == _META_IDS,
+        messages.c.state == sa.any_(sa.func.string_to_array(_INCOMING.c.allowed, ",")),
+    )
+    .order_by(messages.c.meta_message_id)
+    .with_for_update(of=messages)
+    .cte("locked")
+)
+_MOVED = (
+    messages.update()
+    .where(messages.c.id == _LOCKED.c.id)
+    .values(state=_LOCKED.c.status, updated_at=sa.bindparam("now"), error_code=sa.func.coalesce(_LOCKED.c.code, messages.c.error_code))
+    .returning(messages.c.id)
+    .cte("moved")
+)
+_KEPT = (
+    postgresql.insert(early_statuses)
+    .from_select(
+        ["meta_message_id", "status", "error_code", "received_at"],
+        sa.select(_INCOMING.c.meta_id, _INCOMING.c.status, _INCOMING.c.code, sa.bindparam("now", type_=sa.DateTime(timezone=True)))
+        .where(_INCOMING.c.meta_id.not_in(sa.select(messages.c.meta_message_id).where(messages.c.meta_message_id == _META_IDS))),
+    )
+    .on_conflict_do_nothing()
+    .returning(early_statuses.c.meta_message_id)
+    .cte("kept")
+)
+_APPLY_STATUSES = sa.select(  # (messages moved on, statuses kept)
+    sa.select(sa.func.count()).select_from(_MOVED).scalar_subquery(),
+    sa.select(sa.func.count()).select_from(_KEPT).scalar_subquery(),
+)
+
+
+@functools.cache
+def _update_by_id(columns: frozenset[str]) -> sa.Update:
+    """UPDATE of these columns of one message, one cached statement per set of columns."""
+    return (
+        messages.update()
+        .where(messages.c.id == sa.bindparam("message_id"))
+        .values({column: sa.bindparam(f"new_{column}") for column in columns})
+    )
+
+
+def submitted(conn: sa.Connection, keys: list[str]) -> dict[str, Submission]:
+    """What was already submitted under these idempotency keys."""
+    if len(keys) == 1:  # a single reply: the cached equality query is cheaper than IN (...)
+        row = conn.execute(_BY_KEY, {"key": keys[0]}).first()
+        return {keys[0]: _submission(row)} if row else {}
+    found: dict[str, Submission] = {}
+    for start in range(0, len(keys), 1000):
+        query = sa.select(*_BY_KEY.selected_columns).where(messages.c.idempotency_key.in_(keys[start : start + 1000]))
+        found.update((row.idempotency_key, _submission(row)) for row in conn.execute(query))
+    return found
+
+
+def _submission(row: sa.Row) -> Submission:
+    blocked = row.state == MessageState.BLOCKED.value
+    return Submission(row.id, not blocked, Refusal(row.reason) if blocked else None)
