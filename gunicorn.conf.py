@@ -8,28 +8,27 @@ and does not hold up webhooks. WEB_CONCURRENCY (processes) and WEB_THREADS tune 
 import sys
 
 from bot import STARTUP_ERRORS
-from bot.settings import Settings, load_settings
+from bot.settings import load_settings
 from bot.storage.db import make_engine
 from bot.storage.migrate import require_current
 
+try:
+    settings = load_settings()
+except STARTUP_ERRORS as error:
+    sys.exit(f"error: {error}")
 
-def _settings_for_a_current_schema() -> Settings:
-    """The settings, once the database's schema is this code's: no web process starts on one
-    behind it (`flask db upgrade` first). A problem stops gunicorn with one line."""
-    try:
-        settings = load_settings()
-        engine = make_engine(settings.database_url)
-        try:
-            require_current(engine)
-        finally:
-            engine.dispose()
-    except STARTUP_ERRORS as error:
-        sys.exit(f"error: {error}")
-    return settings
-
-
-settings = _settings_for_a_current_schema()
 workers = settings.web_concurrency
 worker_class = "gthread"
 threads = settings.web_threads
 logger_class = "bot.access_log.MaskedAccessLogger"  # phone numbers in request lines are masked
+
+
+def on_starting(server) -> None:
+    """No web process serves a database whose schema is not this code's (`flask db upgrade` first)."""
+    engine = make_engine(settings.database_url)
+    try:
+        require_current(engine)
+    except STARTUP_ERRORS as error:
+        sys.exit(f"error: {error}")
+    finally:
+        engine.dispose()

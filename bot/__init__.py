@@ -15,15 +15,20 @@ from flask.sessions import SessionInterface
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from bot import health
 from bot.domain.keywords import KeywordFileError
 from bot.domain.replies import ReplyTextError
+from bot.inbound import webhook
 from bot.services import build_services, register
 from bot.settings import INSTANCE, PROJECT_ROOT, ConfigError, Settings, load_settings
-from bot.storage.migrate import SchemaNotCurrent
+from bot.staff import api, pages
+from bot.staff.cli import consent_cli, db_cli, keywords_cli
+from bot.staff.send_cli import campaign_cli, send_cli
 
 app_log = logging.getLogger(__name__)
-# What start-up raises for a configuration that cannot work; the message is the one-line reason.
-STARTUP_ERRORS = (ConfigError, KeywordFileError, ReplyTextError, SchemaNotCurrent)
+# What start-up raises for a configuration that cannot work (a schema behind the code included:
+# SchemaNotCurrent is a ConfigError); the message is the one-line reason.
+STARTUP_ERRORS = (ConfigError, KeywordFileError, ReplyTextError)
 MAX_BODY = 4 * 1024 * 1024  # Meta's webhook batches are far smaller
 
 
@@ -42,13 +47,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.session_interface = _NoSessions()
     app.config["SECRET_KEY"] = settings.secret_key or _instance_secret(Path(app.instance_path))
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-
-    from bot import health
-    from bot.inbound import webhook
-    from bot.staff import api, pages
-    from bot.staff.cli import consent_cli, keywords_cli
-    from bot.staff.send_cli import campaign_cli, send_cli
-    from bot.storage.migrate import db_cli
 
     app.register_blueprint(health.bp)
     app.register_blueprint(webhook.bp)

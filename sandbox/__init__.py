@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import Flask
+from flask import Flask, current_app
 
 from bot.domain.keywords import Intent, load_keywords
 from bot.settings import PROJECT_ROOT, Settings
@@ -26,6 +26,9 @@ from sandbox.webhooks import Deliveries
 DISPLAY_NUMBER = "15550100000"  # the business's number as the sandbox's users see it (555-01xx is fictional)
 # The quick-reply buttons Meta puts on marketing templates; keywords.yml says what they mean.
 QUICK_REPLY_BUTTONS = ("Stop promotions", "Resume promotions")
+
+
+_EXTENSION = "whatsapp_sandbox"
 
 
 @dataclass
@@ -58,7 +61,15 @@ def create_sandbox(settings: Settings, bot_url: str) -> Flask:
         graph=imitation,
     )
     imitation.on_accept = lambda received: graph.show(sandbox, received)
-    app.extensions["sandbox"] = sandbox
+    app.extensions[_EXTENSION] = sandbox
     app.register_blueprint(graph.bp)
     app.register_blueprint(pages.bp)
     return app
+
+
+def sandbox_of(app: Flask) -> Sandbox:
+    return app.extensions[_EXTENSION]
+
+
+def current_sandbox() -> Sandbox:
+    return sandbox_of(current_app)

@@ -14,7 +14,7 @@ from werkzeug.serving import make_server
 
 from bot import STARTUP_ERRORS
 from bot.settings import Settings, load_settings
-from sandbox import create_sandbox
+from sandbox import create_sandbox, sandbox_of
 from sandbox.cli import simulate
 
 
@@ -45,7 +45,7 @@ def serve(port: int, bot_url: str) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        app.extensions["sandbox"].deliveries.stop()
+        sandbox_of(app).deliveries.stop()
         server.server_close()
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from bot.domain.phone import mask, normalize_wa_id
-from sandbox import DISPLAY_NUMBER, Sandbox
+from sandbox import DISPLAY_NUMBER, Sandbox, current_sandbox
 from sandbox.chats import Entry
 from sandbox.graph_imitation import Received
 from sandbox.webhooks import notification, status
@@ -21,8 +21,7 @@ SENT_AFTER, DELIVERED_AFTER = 0.2, 0.6  # seconds after the send call, roughly a
 
 @bp.post("/<version>/<phone_number_id>/messages")
 def send(version: str, phone_number_id: str):
-    sandbox: Sandbox = current_app.extensions["sandbox"]
-    code, answer = sandbox.graph.receive(request.path, request.headers.get("Authorization", ""), request.get_data())
+    code, answer = current_sandbox().graph.receive(request.path, request.headers.get("Authorization", ""), request.get_data())
     return jsonify(answer), code
 
 

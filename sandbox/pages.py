@@ -8,21 +8,17 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy as sa
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, jsonify, render_template, request
 
 from bot.domain.phone import InvalidNumber, mask, normalize_wa_id
 from bot.storage.ledger import utc_now
-from sandbox import DISPLAY_NUMBER, QUICK_REPLY_BUTTONS, Sandbox
+from sandbox import DISPLAY_NUMBER, QUICK_REPLY_BUTTONS, Sandbox, current_sandbox
 from sandbox.chats import Entry, new_wamid
 from sandbox.graph import report
 from sandbox.webhooks import inbound, notification
 
 log = logging.getLogger(__name__)
 bp = Blueprint("chat", __name__)
-
-
-def _sandbox() -> Sandbox:
-    return current_app.extensions["sandbox"]
 
 
 def _refused(detail: str):
@@ -36,7 +32,7 @@ def _invalid_number(error: InvalidNumber):
 
 @bp.get("/")
 def chat_page():
-    sandbox = _sandbox()
+    sandbox = current_sandbox()
     return render_template(
         "sandbox/chat.html", business=sandbox.settings.business_name, keywords=sandbox.keywords,
         buttons=QUICK_REPLY_BUTTONS, display_number=DISPLAY_NUMBER,
@@ -50,13 +46,13 @@ def healthz():
 
 @bp.get("/api/chats")
 def chats():
-    return jsonify(chats=_sandbox().chats.numbers())
+    return jsonify(chats=current_sandbox().chats.numbers())
 
 
 @bp.get("/api/chats/<number>")
 def chat(number: str):
     wa_id = normalize_wa_id(number)
-    sandbox = _sandbox()
+    sandbox = current_sandbox()
     messages = [entry.as_json() for entry in sandbox.chats.transcript(wa_id)]
     return jsonify(wa_id=wa_id, messages=messages, consent=_consent(sandbox, wa_id))
 
@@ -75,7 +71,7 @@ def user_sends(number: str):
         content = {"type": "text", "text": {"body": entry.text}}
     else:
         return _refused('send {"text": "..."} or {"button": "..."}')
-    sandbox = _sandbox()
+    sandbox = current_sandbox()
     sandbox.chats.add(entry)
     sandbox.deliveries.send(notification(sandbox.settings.whatsapp_phone_number_id, DISPLAY_NUMBER, inbound(wa_id, entry.id, content)))
     log.info("%s sent a %s", mask(wa_id), entry.kind)
@@ -86,7 +82,7 @@ def user_sends(number: str):
 def user_reads(number: str):
     """The user saw the business's messages: Meta reports them read."""
     wa_id = normalize_wa_id(number)
-    sandbox = _sandbox()
+    sandbox = current_sandbox()
     unread = sandbox.chats.unread(wa_id)
     for entry in unread:
         report(sandbox, entry, "read")

@@ -12,7 +12,7 @@ import pytest
 from bot.inbound.events import DeliveryStatus, InboundMessage, MessageType, StatusUpdate, parse
 from bot.inbound.webhook import signature_matches
 from bot.settings import Settings
-from sandbox import create_sandbox
+from sandbox import create_sandbox, sandbox_of
 from sandbox.chats import Chats, Entry
 from tests.helpers import USER
 
@@ -62,7 +62,7 @@ def sandbox(bot, tmp_path):
     })
     app = create_sandbox(settings, bot.url)
     yield app.test_client()
-    app.extensions["sandbox"].deliveries.stop()
+    sandbox_of(app).deliveries.stop()
 
 
 def send(client, body: dict, token: str = TOKEN, number_id: str = NUMBER_ID):

@@ -1,4 +1,4 @@
-"""Command line for staff: `flask consent ...` and `flask keywords ...` (SPEC §4)."""
+"""Command line for staff and operators: `flask consent ...`, `flask keywords ...` and `flask db ...` (SPEC §4)."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -18,6 +18,7 @@ from bot.staff.consent_import import BadFile, Row, read_rows
 from bot.staff.progress import progress_bar
 from bot.staff.request_rules import InvalidField, timestamp_field
 from bot.storage.ledger import Ledger, utc_now
+from bot.storage.migrate import current_revision, head_revision, upgrade
 
 IMPORT_BATCH = 500  # rows recorded per transaction
 
@@ -180,3 +181,23 @@ def check() -> None:
         counts = ", ".join(f"{len(book.words(language, intent))} {intent.value}" for intent in (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP))
         click.echo(f"  {language}: {counts}")
     click.echo("reply texts: every reply renders in every language and names the business")
+
+
+@click.group("db", cls=DatabaseCommands, schema_checked=False)
+def db_cli() -> None:
+    """The database schema."""
+
+
+@db_cli.command("upgrade")
+@with_appcontext
+def upgrade_command() -> None:
+    """Bring the database schema to this version (the Procfile's release step)."""
+    before, after = upgrade(current_services().engine)
+    click.echo(f"database schema at {after}" + ("" if before == after else f" (was {before or 'none'})"))
+
+
+@db_cli.command("current")
+@with_appcontext
+def current_command() -> None:
+    """Print the database's schema revision and the one this code needs."""
+    click.echo(f"database: {current_revision(current_services().engine) or 'none'}; this code: {head_revision()}")

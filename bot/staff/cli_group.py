@@ -1,5 +1,5 @@
-"""Staff commands that use the database: they refuse to run on a schema that is not this code's,
-and fail in one line, not a traceback, when the database or Redis does not answer."""
+"""Commands that use the database: they refuse to run on a schema that is not this code's, and
+fail in one line, not a traceback, when the database or Redis does not answer."""
 from __future__ import annotations
 
 import click
@@ -13,12 +13,18 @@ from bot.storage.migrate import require_current
 
 
 class DatabaseCommands(click.Group):
-    """A command group whose commands first check the schema, then turn a database or Redis
-    outage into a one-line reason (exit 1). What a command recorded before the outage stays recorded."""
+    """A command group whose commands first check the schema (unless `schema_checked=False`: the
+    commands that change it), then turn a database or Redis outage into a one-line reason (exit 1).
+    What a command recorded before the outage stays recorded."""
+
+    def __init__(self, *args, schema_checked: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.schema_checked = schema_checked
 
     def invoke(self, ctx: click.Context):
         try:
-            require_current(services_of(ctx.ensure_object(ScriptInfo).load_app()).engine)
+            if self.schema_checked:
+                require_current(services_of(ctx.ensure_object(ScriptInfo).load_app()).engine)
             return super().invoke(ctx)
         except ConfigError as error:  # the schema is behind, or the database cannot be opened
             raise click.ClickException(str(error)) from None

@@ -10,16 +10,13 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import click
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from flask.cli import with_appcontext
 from sqlalchemy.engine import Connection, Engine
 
-from bot.services import current_services
 from bot.settings import ConfigError
 from bot.storage.db import writer
 
@@ -67,10 +64,13 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str | None]:
     """Bring the database to `target` in one transaction; returns the revisions before and after."""
     before = current_revision(engine)
-    with writer(engine).begin() as conn:  # on SQLite the write lock is taken up front
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK})")
-        command.upgrade(_config(conn), target)
+    try:
+        with writer(engine).begin() as conn:  # on SQLite the write lock is taken up front
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK})")
+            command.upgrade(_config(conn), target)
+    except CommandError as error:  # a revision refused this database; nothing was changed
+        raise ConfigError(f"the schema upgrade stopped: {error}") from None
     return before, current_revision(engine)
 
 
@@ -90,23 +90,3 @@ def require_current(engine: Engine) -> None:
             f"the database {location} is at schema revision {current}, which this code does not know (a newer version upgraded it)"
         ) from None
     raise SchemaNotCurrent(f"the database {location} is at schema revision {current}, this code needs {head}: run `flask db upgrade`")
-
-
-@click.group("db")
-def db_cli() -> None:
-    """The database schema."""
-
-
-@db_cli.command("upgrade")
-@with_appcontext
-def upgrade_command() -> None:
-    """Bring the database schema to this version (the Procfile's release step)."""
-    before, after = upgrade(current_services().engine)
-    click.echo(f"database schema at {after}" + ("" if before == after else f" (was {before or 'none'})"))
-
-
-@db_cli.command("current")
-@with_appcontext
-def current_command() -> None:
-    """Print the database's schema revision and the one this code needs."""
-    click.echo(f"database: {current_revision(current_services().engine) or 'none'}; this code: {head_revision()}")

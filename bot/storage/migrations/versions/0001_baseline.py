@@ -9,6 +9,7 @@ Revises:
 """
 import sqlalchemy as sa
 from alembic import op
+from alembic.util import CommandError
 
 revision = "0001"
 down_revision = None
@@ -165,7 +166,7 @@ def upgrade() -> None:
         columns = {column["name"] for column in inspector.get_columns(table.name)}
         missing = [column.name for column in table.columns if column.name not in columns]
         if missing:
-            raise RuntimeError(f"table {table.name} lacks {', '.join(missing)}: this database is not one this bot made")
+            raise CommandError(f"table {table.name} lacks {', '.join(missing)}: this database is not one this bot made")
         indexes = {index["name"] for index in inspector.get_indexes(table.name)}
         for index in table.indexes:
             if index.name not in indexes:
@@ -178,4 +179,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    raise RuntimeError("the consent ledger is never dropped by a migration; restore a backup instead")
+    raise CommandError("the consent ledger is never dropped by a migration; restore a backup instead")

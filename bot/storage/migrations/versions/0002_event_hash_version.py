@@ -8,6 +8,7 @@ Revises: 0001
 """
 import sqlalchemy as sa
 from alembic import op
+from alembic.util import CommandError
 
 revision = "0002"
 down_revision = "0001"
@@ -20,4 +21,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    raise RuntimeError("the consent ledger's columns are never dropped by a migration; restore a backup instead")
+    raise CommandError("the consent ledger's columns are never dropped by a migration; restore a backup instead")
