@@ -7,7 +7,7 @@ and does not hold up webhooks. WEB_CONCURRENCY (processes) and WEB_THREADS tune 
 """
 import sys
 
-from bot import STARTUP_ERRORS
+from bot.services import STARTUP_ERRORS
 from bot.settings import load_settings
 from bot.storage.db import make_engine
 from bot.storage.migrate import require_current

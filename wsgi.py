@@ -1,7 +1,8 @@
 """Entry point for gunicorn (`wsgi:app`) and the Flask CLI."""
 import sys
 
-from bot import STARTUP_ERRORS, create_app
+from bot import create_app
+from bot.services import STARTUP_ERRORS
 
 try:
     app = create_app()

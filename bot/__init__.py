@@ -16,19 +16,14 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from bot import health
-from bot.domain.keywords import KeywordFileError
-from bot.domain.replies import ReplyTextError
 from bot.inbound import webhook
 from bot.services import build_services, register
-from bot.settings import INSTANCE, PROJECT_ROOT, ConfigError, Settings, load_settings
+from bot.settings import INSTANCE, PROJECT_ROOT, Settings, load_settings
 from bot.staff import api, pages
 from bot.staff.cli import consent_cli, db_cli, keywords_cli
 from bot.staff.send_cli import campaign_cli, send_cli
 
 app_log = logging.getLogger(__name__)
-# What start-up raises for a configuration that cannot work (a schema behind the code included:
-# SchemaNotCurrent is a ConfigError); the message is the one-line reason.
-STARTUP_ERRORS = (ConfigError, KeywordFileError, ReplyTextError)
 MAX_BODY = 4 * 1024 * 1024  # Meta's webhook batches are far smaller
 
 

@@ -13,9 +13,9 @@ import redis
 from flask import Flask, current_app
 from sqlalchemy.engine import Engine
 
-from bot.domain.keywords import KeywordBook, load_keywords
+from bot.domain.keywords import KeywordBook, KeywordFileError, load_keywords
 from bot.domain.policy import ImplicitCoverage
-from bot.domain.replies import Replies
+from bot.domain.replies import Replies, ReplyTextError
 from bot.inbound.batcher import Combiner
 from bot.inbound.handlers import Context
 from bot.inbound.handlers.dispatch import record_posts
@@ -24,12 +24,15 @@ from bot.outbound.limiter import RateLimiter
 from bot.outbound.opt_out_marks import OptOutMarks
 from bot.outbound.queues import enqueuer, make_queues
 from bot.outbound.sender import PACING_MARGIN, PAIR_BURST, PAIR_RATE, SLOT_HORIZON
-from bot.settings import INSTANCE, PROJECT_ROOT, Settings
+from bot.settings import INSTANCE, PROJECT_ROOT, ConfigError, Settings
 from bot.storage.campaigns import Campaigns
 from bot.storage.db import make_engine
 from bot.storage.ledger import Ledger
 from bot.storage.outbox import Outbox
 
+# What building the services (or checking the schema: SchemaNotCurrent is a ConfigError) raises
+# for a configuration that cannot work; its message is the one-line reason start-up gives.
+STARTUP_ERRORS = (ConfigError, KeywordFileError, ReplyTextError)
 PAGE_SUBMISSIONS = (5, 600)  # hosted-page submissions per IP and per number: 5 per 10 minutes
 _EXTENSION = "consent_bot"  # the one key under which create_app registers the services
 

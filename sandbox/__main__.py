@@ -12,7 +12,7 @@ import sys
 import click
 from werkzeug.serving import make_server
 
-from bot import STARTUP_ERRORS
+from bot.services import STARTUP_ERRORS
 from bot.settings import Settings, load_settings
 from sandbox import create_sandbox, sandbox_of
 from sandbox.cli import simulate

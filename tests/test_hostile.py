@@ -11,9 +11,9 @@ import logging
 
 import pytest
 
-from bot import STARTUP_ERRORS, create_app
+from bot import create_app
 from bot.domain.consent import Action
-from bot.services import services_of
+from bot.services import STARTUP_ERRORS, services_of
 from tests.conftest import ADMIN_TOKEN, APP_SECRET, app_config
 from tests.helpers import USER
 from tests.test_webhook import actions, payload, post, sign

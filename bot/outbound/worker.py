@@ -23,9 +23,8 @@ from datetime import timedelta
 import redis
 from rq import Queue, SimpleWorker
 
-from bot import STARTUP_ERRORS
 from bot.outbound.jobs import SendRuntime, use_runtime
-from bot.services import build_services
+from bot.services import STARTUP_ERRORS, build_services
 from bot.settings import load_settings
 from bot.storage.migrate import require_current
 from bot.storage.outbox import Outbox, QueueName
