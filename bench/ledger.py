@@ -298,9 +298,8 @@ def postgresql_database() -> Iterator[str]:
     """The bench schema, emptied, reached through a search_path-setting URL."""
     admin = sa.create_engine(sa.make_url(POSTGRESQL_URL).set(query={}))
     with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {POSTGRESQL_SCHEMA}")
-        tables = ", ".join(f"{POSTGRESQL_SCHEMA}.{table.name}" for table in (consent_events, ledger_head, contacts))
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {tables}")
+        conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {POSTGRESQL_SCHEMA} CASCADE")
+        conn.exec_driver_sql(f"CREATE SCHEMA {POSTGRESQL_SCHEMA}")
     admin.dispose()
     yield POSTGRESQL_URL
 
