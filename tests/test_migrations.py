@@ -131,7 +131,7 @@ def test_no_process_starts_on_a_schema_behind_the_code(tmp_path, command):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     *before, reason = result.stderr.splitlines()  # gunicorn says it is starting before its hook runs
     assert len(before) == (1 if "gunicorn" in command else 0), result.stderr
-    assert reason.lower().startswith("error: the database ") and reason.endswith("is at schema revision 0001, this code needs 0002: run `flask db upgrade`")
+    assert reason.lower().startswith("error: the database ") and reason.endswith(f"is at schema revision 0001, this code needs {head_revision()}: run `flask db upgrade`")
 
 
 def test_a_hash_version_the_code_does_not_know_is_reported_not_trusted(ledger):
@@ -163,3 +163,31 @@ def test_an_unreachable_database_stops_the_upgrade_in_one_line(redis_url, graph)
     assert result.exit_code == 1
     assert result.output.startswith("Error: cannot open the ledger database postgresql+psycopg://postgres@127.0.0.1:1/test: ")
     assert result.output.count("\n") == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_rows_kept_twice_before_0003_stay_and_the_first_becomes_the_one(dialect, tmp_path):
+    url = f"sqlite:///{tmp_path / 'unread.db'}" if dialect == "sqlite" else legacy_database("postgresql", tmp_path)
+    if dialect == "postgresql":
+        with sa.create_engine(POSTGRES_SERVER).begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {TEST_POSTGRES_SCHEMA} CASCADE; CREATE SCHEMA {TEST_POSTGRES_SCHEMA}")
+    engine = make_engine(url)
+    upgrade(engine, "0002")
+    rows = [("body is not JSON", "{"), ("body is not JSON", "{"), ("field 'calls' is not handled", "{}")]
+    notices = [('{"event": "FLAGGED", "b": 1}', "FLAGGED"), ('{"b": 1, "event": "FLAGGED"}', "FLAGGED"), ('{"event": "UNFLAGGED"}', "UNFLAGGED")]
+    with engine.begin() as conn:
+        for reason, raw in rows:
+            conn.execute(sa.text("INSERT INTO unread_webhooks (received_at, reason, raw) VALUES (CURRENT_TIMESTAMP, :r, :w)"), {"r": reason, "w": raw})
+        for details, event in notices:
+            conn.execute(
+                sa.text("INSERT INTO account_notices (received_at, field, event, details) VALUES (CURRENT_TIMESTAMP, 'phone_number_quality_update', :e, :d)"),
+                {"e": event, "d": details},
+            )
+    upgrade(engine)
+    with engine.connect() as conn:
+        kept = conn.execute(sa.text("SELECT reason, digest IS NOT NULL FROM unread_webhooks ORDER BY id")).all()
+        kept_notices = conn.execute(sa.text("SELECT event, digest IS NOT NULL FROM account_notices ORDER BY id")).all()
+    assert kept == [("body is not JSON", True), ("body is not JSON", False), ("field 'calls' is not handled", True)]
+    assert kept_notices == [("FLAGGED", True), ("FLAGGED", False), ("UNFLAGGED", True)]  # the same JSON, keys in another order
+    engine.dispose()

@@ -565,3 +565,107 @@ def test_account_notices_are_kept_for_staff(app, client, name):
     with services_of(app).ledger.engine.connect() as conn:
         [(field, event)] = conn.execute(sa.select(account_notices.c.field, account_notices.c.event)).all()
     assert (field, event) == (payload(name)["entry"][0]["changes"][0]["field"], payload(name)["entry"][0]["changes"][0]["value"]["event"])
+
+
+# -- Meta's message kinds, read for what they are ---------------------------------------------
+
+
+def message_body(**message: object) -> dict:
+    """A messages notification carrying one message from USER, sent now."""
+    body = payload("text_message.json")
+    body["entry"][0]["changes"][0]["value"]["messages"] = [{"from": USER, "timestamp": str(int(time.time())), **message}]
+    return body
+
+
+SYSTEM_NUMBER_CHANGE = {
+    "id": "wamid.SYSTEM1", "type": "system",
+    "system": {"body": "User A changed from 16505551234 to 16505550000", "wa_id": "16505550000", "type": "user_changed_number"},
+}
+
+
+def test_a_system_message_is_not_the_user_writing(app, client):
+    assert post(client, message_body(**SYSTEM_NUMBER_CHANGE)).status_code == 200
+    assert actions(app) == [] and replies(app) == []  # no session, no implicit consent, no welcome
+    assert unread(app) == ["system message 'user_changed_number' kept for staff; the bot does not act on it"]
+    assert post(client, message_body(**SYSTEM_NUMBER_CHANGE)).status_code == 200
+    assert len(unread(app)) == 1  # a redelivery keeps nothing new
+
+
+def test_a_reaction_opens_a_session_but_does_not_use_up_the_welcome(app, client):
+    post(client, message_body(id="wamid.REACT1", type="reaction", reaction={"message_id": "wamid.X", "emoji": "👍"}))
+    assert actions(app) == [(Action.IMPLICIT, Scope.ALL, Channel.WHATSAPP_SESSION)] and replies(app) == []
+    post(client, message_body(id="wamid.HELLO1", type="text", text={"body": "hello"}))
+    assert [kind for kind, _ in replies(app)] == ["free_form"]  # the welcome, on the first words
+
+
+def test_a_revoke_changes_nothing(app, client):
+    post(client, message_body(id="wamid.REVOKE1", type="revoke", revoke={"original_message_id": "wamid.X"}))
+    assert actions(app) == [] and replies(app) == [] and unread(app) == []
+
+
+@pytest.mark.parametrize(
+    "edited, opted_out",
+    [({"type": "text", "text": {"body": "STOP"}}, True), ({"type": "image", "image": {"caption": "stop", "id": "1"}}, True),
+     ({"type": "text", "text": {"body": "see you soon"}}, False)],
+)
+def test_an_edited_message_is_read_for_keywords_in_its_new_content(app, client, edited, opted_out):
+    post(client, message_body(id="wamid.EDIT1", type="edit", edit={"original_message_id": "wamid.X", "message": edited}))
+    assert (Action.OPT_OUT, Scope.ALL, Channel.WHATSAPP_KEYWORD) in actions(app) or not opted_out
+    assert services_of(app).ledger.state(USER).state is (State.OPTED_OUT if opted_out else State.IMPLICIT)
+
+
+# -- nothing odd in a POST hides the STOP beside it --------------------------------------------
+
+
+def batch(*messages: dict, statuses: tuple[dict, ...] = ()) -> dict:
+    body = payload("text_message.json")
+    value = body["entry"][0]["changes"][0]["value"]
+    value["messages"] = [{"timestamp": str(int(time.time())), **m} for m in messages]
+    if statuses:
+        value["statuses"] = list(statuses)
+    return body
+
+
+STOP_FROM_OTHER = {"from": OTHER_USER, "id": "wamid.STOP-BESIDE", "type": "text", "text": {"body": "STOP"}}
+
+
+def assert_stop_beside_is_recorded_and_item_kept(app, client, body, reason):
+    for _ in range(2):  # and again, as Meta redelivers
+        response = post(client, body)
+        assert response.status_code == 200, response.get_json()
+        assert services_of(app).ledger.state(OTHER_USER).state is State.OPTED_OUT
+        assert [r for r in unread(app)] == [reason]
+
+
+def test_a_message_id_another_sender_used_is_kept_and_the_rest_recorded(app, client):
+    assert post(client, batch({"from": USER, "id": "wamid.SAME", "type": "text", "text": {"body": "hello"}})).status_code == 200
+    reused = {"from": "447700900999", "id": "wamid.SAME", "type": "text", "text": {"body": "hello"}}
+    assert_stop_beside_is_recorded_and_item_kept(
+        app, client, batch(reused, STOP_FROM_OTHER),
+        "refused by the database: SourceRefConflict: source_ref 'implicit:wamid.SAME' was already used for a different event",
+    )
+
+
+def test_a_status_error_code_too_large_for_its_column_is_kept_and_the_rest_recorded(app, client):
+    status = {"id": "wamid.UNKNOWN-TO-US", "status": "failed", "timestamp": str(int(time.time())), "recipient_id": USER,
+              "errors": [{"code": 10**20, "title": "?"}]}
+    body = batch(STOP_FROM_OTHER, statuses=(status,))
+    for _ in range(2):
+        assert post(client, body).status_code == 200
+        assert services_of(app).ledger.state(OTHER_USER).state is State.OPTED_OUT
+        [reason] = unread(app)
+        assert reason.startswith("refused by the database: ")
+
+
+def test_a_message_id_too_long_for_its_source_reference_is_kept_and_the_rest_recorded(app, client):
+    long_id = {"from": USER, "id": "wamid." + "A" * 244, "type": "text", "text": {"body": "hello"}}  # 250: its reference is longer
+    body = batch(long_id, STOP_FROM_OTHER)
+    for _ in range(2):
+        assert post(client, body).status_code == 200
+        assert services_of(app).ledger.state(OTHER_USER).state is State.OPTED_OUT
+    assert unread(app) == ["refused by the ledger: source_ref must be 1 to 255 characters"]
+
+
+def test_an_outage_still_answers_503(app_without_redis):
+    response = post(app_without_redis.test_client(), batch(STOP_FROM_OTHER))
+    assert response.status_code == 503

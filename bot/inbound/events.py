@@ -31,7 +31,8 @@ class MessageType(str, enum.Enum):
     REACTION = "reaction"
     REQUEST_WELCOME = "request_welcome"
     ORDER = "order"
-    SYSTEM = "system"
+    EDIT = "edit"  # the user changed a message they sent: `text` is its new text or caption
+    REVOKE = "revoke"  # the user deleted a message they sent
     UNSUPPORTED = "unsupported"
     OTHER = "other"  # a type Meta added after this code was written
 
@@ -148,10 +149,15 @@ def _batch_errors(value: dict, change: dict) -> list[WebhookEvent]:
 def _message(item: Any) -> WebhookEvent:
     try:
         kind = item["type"]
+        if kind == "system":  # Meta telling of the user (a new number, a new identity), not the user writing
+            notice = item.get("system") or {}
+            return _unrecognized(f"system message {str(notice.get('type'))[:60]!r} kept for staff; the bot does not act on it", item)
         message_type = MessageType(kind) if kind in MessageType._value2member_map_ else MessageType.OTHER
         text = payload = title = None
         if message_type is MessageType.TEXT:
             text = _str(item["text"]["body"])
+        elif message_type is MessageType.EDIT:
+            text = _edited_text(item["edit"]["message"])
         elif message_type is MessageType.BUTTON:
             payload, title = _str(item["button"].get("payload")), _str(item["button"].get("text"))
         elif message_type is MessageType.INTERACTIVE:
@@ -165,6 +171,14 @@ def _message(item: Any) -> WebhookEvent:
         )
     except _UNREADABLE as error:
         return _unrecognized(f"unreadable message ({type(error).__name__})", item)
+
+
+def _edited_text(new: Any) -> str | None:
+    """The new text of an edited message, or its new caption."""
+    content = new.get(new.get("type")) if isinstance(new, dict) else None
+    if not isinstance(content, dict):
+        return None
+    return _str(content.get("body") if new["type"] == "text" else content.get("caption"))
 
 
 def _status(item: Any) -> WebhookEvent:

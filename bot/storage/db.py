@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 WRITE_OPTION = "ledger_write"  # execution option marking a transaction that will write
@@ -76,6 +76,13 @@ def _iso_time(value: object) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not a column value")
+
+
+def insert_once(conn: Connection, table: sa.Table, key: list[str]) -> sa.Insert:
+    """An INSERT into `table` that does nothing where a row with the same `key` (the columns of
+    a unique index) is already there."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing(index_elements=key)
 
 
 def writer(engine: Engine) -> Engine:

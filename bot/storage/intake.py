@@ -14,6 +14,7 @@ conflict (WriteConflict) when the rows are written, and the whole POST is done a
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -21,9 +22,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from bot.domain.consent import Action, ConsentState, EventDraft, session_opened
-from bot.storage.db import WriteConflict, writer
+from bot.storage.db import WriteConflict, insert_once, writer
 from bot.storage.ledger import Ledger, as_utc, state_of
 from bot.storage.outbox import Message, Outbox, QueueName, Submission, submitted
+from bot.storage.schema import unread_webhooks
 
 
 class Intake:
@@ -101,9 +103,16 @@ class Intake:
         """A delivery status, applied at the end with the others."""
         self._statuses.append((meta_message_id, status, error_code))
 
-    def keep(self, table: sa.Table, **values: object) -> None:
-        """A row kept for staff or inspection (account notices, unread items)."""
-        self.conn.execute(table.insert().values(**values))
+    def keep_once(self, table: sa.Table, **values: object) -> bool:
+        """A row kept for staff or inspection (an account notice, an unread item), once: where a
+        row with the same `digest` is there already (a redelivery), nothing. Whether it was added."""
+        added = self.conn.execute(insert_once(self.conn, table, ["digest"]).values(**values).returning(table.c.digest))
+        return added.first() is not None
+
+    def keep_unread(self, reason: str, raw: str) -> None:
+        """A webhook item nobody could read, kept for inspection."""
+        reason = reason[:255]
+        self.keep_once(unread_webhooks, received_at=self.now, reason=reason, raw=raw, digest=digest_of(reason, raw))
 
     def finish(self) -> dict[QueueName, list[str]]:
         """Write what was gathered; return the message ids to queue once the transaction commits."""
@@ -121,6 +130,11 @@ class Intake:
     def _clamp(self, at: datetime) -> datetime:
         """Meta's clock may run a little ahead of ours; the ledger refuses events from the future."""
         return min(as_utc(at), self.now)
+
+
+def digest_of(*parts: str) -> str:
+    """What tells one kept row from another (a lone surrogate in a part hashes too)."""
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def record(ledger: Ledger, outbox: Outbox, handle: Callable[[Intake], None]) -> None:

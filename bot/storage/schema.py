@@ -121,9 +121,12 @@ account_notices = sa.Table(
     sa.Column("field", sa.String(64), nullable=False),
     sa.Column("event", sa.String(64), nullable=False),
     sa.Column("details", sa.Text, nullable=False),
+    sa.Column("digest", sa.String(64)),  # kept once (see unread_webhooks); NULL only on copies kept before 0003
+    sa.Index("ux_account_notices_digest", "digest", unique=True),
 )
 
-# Signed webhook items we could not read, kept as they came so that nothing is silently dropped.
+# Signed webhook items we could not read, kept as they came so that nothing is silently dropped;
+# once each: `digest` (of reason and raw) makes a redelivered item the row already kept.
 unread_webhooks = sa.Table(
     "unread_webhooks",
     metadata,
@@ -131,4 +134,6 @@ unread_webhooks = sa.Table(
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("reason", sa.String(255), nullable=False),
     sa.Column("raw", sa.Text, nullable=False),
+    sa.Column("digest", sa.String(64)),  # NULL only on copies kept before revision 0003
+    sa.Index("ux_unread_webhooks_digest", "digest", unique=True),
 )

@@ -21,15 +21,18 @@ RECORDED_BY = "webhook"
 
 def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
     """Record what the message means for consent, then answer it (the sender's contact is locked)."""
+    if message.type is MessageType.REVOKE:
+        return  # deleting a message is not writing one: no session, nothing to answer
     intake.inbound(message.wa_id, message.message_id, message.timestamp, RECORDED_BY)  # R6: a new session is implicit consent
     match = _match(ctx, message)
     if match is not None and match.intent is Intent.POSSIBLE_OPT_OUT and intake.state(message.wa_id).state is State.OPTED_OUT:
         match = None  # "stop sending me ads" after STOP: nothing left to stop; an ordinary message
     if match is None:
-        _ordinary(ctx, intake, message, intake.state(message.wa_id))
+        if message.type is not MessageType.REACTION:  # an emoji on a message is no conversation to welcome
+            _ordinary(ctx, intake, message, intake.state(message.wa_id))
         return
     said = message.text or message.button_title or message.button_payload or ""
-    channel = Channel.WHATSAPP_KEYWORD if message.type is MessageType.TEXT else Channel.WHATSAPP_BUTTON
+    channel = Channel.WHATSAPP_KEYWORD if message.type in (MessageType.TEXT, MessageType.EDIT) else Channel.WHATSAPP_BUTTON
     evidence = {"message_id": message.message_id, "keyword": match.keyword, "language": match.language}
     if match.intent is Intent.OPT_OUT:
         _record(intake, message, Action.OPT_OUT, match.scope, channel, said, evidence)
@@ -51,7 +54,7 @@ def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
 
 
 def _match(ctx: Context, message: InboundMessage) -> KeywordMatch | None:
-    if message.type is MessageType.TEXT and message.text:
+    if message.type in (MessageType.TEXT, MessageType.EDIT) and message.text:
         return ctx.keywords.match_text(message.text)
     if message.type in (MessageType.BUTTON, MessageType.INTERACTIVE):
         return ctx.keywords.match_button(message.button_payload, message.button_title)

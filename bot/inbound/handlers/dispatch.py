@@ -21,8 +21,6 @@ from bot.inbound.handlers.conversation import on_message
 from bot.inbound.handlers.preferences import on_preference
 from bot.inbound.handlers.statuses import on_status
 from bot.storage.intake import Intake, record
-from bot.storage.ledger import utc_now
-from bot.storage.schema import unread_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,8 @@ OUTAGES = (sa.exc.OperationalError, sa.exc.InterfaceError, redis.ConnectionError
 
 
 def record_posts(context: Context, posts: list[list[WebhookEvent]]) -> list[Exception | None]:
-    """Record the events of these POSTs; for each POST, None or why it failed."""
+    """Record the events of these POSTs; for each POST, None or why it failed (an outage, or a
+    fault of ours: Meta delivers it again, and what was recorded is not recorded twice)."""
     try:
         record_events(context, [event for post in posts for event in post])
         return [None] * len(posts)
@@ -39,17 +38,54 @@ def record_posts(context: Context, posts: list[list[WebhookEvent]]) -> list[Exce
         raise
     except Exception:
         if len(posts) == 1:
-            raise
+            return [_record_each(context, posts[0])]
         log.warning("%d webhook POSTs failed together; recording them one at a time", len(posts))
-        return [_failure_of(context, post) for post in posts]
+        return [_record_alone(context, post) for post in posts]
 
 
-def _failure_of(context: Context, post: list[WebhookEvent]) -> Exception | None:
+def _record_alone(context: Context, post: list[WebhookEvent]) -> Exception | None:
     try:
         record_events(context, post)
         return None
-    except Exception as failure:
-        return failure
+    except OUTAGES as outage:
+        return outage
+    except Exception:
+        return _record_each(context, post)
+
+
+def _record_each(context: Context, post: list[WebhookEvent]) -> Exception | None:
+    """A POST's events one at a time: each that the ledger or the database refuses is kept as
+    unread with the reason, so that an odd item never hides the STOP beside it."""
+    fault: Exception | None = None
+    for event in post:
+        try:
+            record_events(context, [event])
+        except OUTAGES as outage:
+            return outage
+        except Exception as error:
+            if not _refused(error):
+                log.error("a webhook item could not be recorded; Meta will deliver its POST again", exc_info=error)
+                fault = fault or error
+                continue
+            reason = f"refused by the database: {_first_line(error)}"
+            log.warning("kept a webhook item the database refused: %s", reason)
+            try:
+                record(context.ledger, context.outbox, lambda intake: intake.keep_unread(reason, repr(event)))
+            except OUTAGES as outage:
+                return outage
+    return fault
+
+
+def _refused(error: Exception) -> bool:
+    """Refused for the item's own sake: by the ledger, by a constraint, or as a value that does not
+    fit its column (a bare StatementError: SQLite's driver could not take the value). A missing
+    table or column is not the item's fault: its POST fails and is delivered again."""
+    return isinstance(error, (InvalidEvent, sa.exc.IntegrityError, sa.exc.DataError, OverflowError)) or type(error) is sa.exc.StatementError
+
+
+def _first_line(failure: Exception) -> str:
+    text = str(getattr(failure, "orig", None) or failure).strip()
+    return f"{type(failure).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class _Refused(Exception):
@@ -89,4 +125,4 @@ def _handle(context: Context, intake: Intake, event: WebhookEvent) -> None:
         on_account_notice(context, intake, event)
     else:
         log.warning("kept an unread webhook item for inspection: %s", event.reason)
-        intake.keep(unread_webhooks, received_at=utc_now(), reason=event.reason[:255], raw=event.raw)
+        intake.keep_unread(event.reason, event.raw)
