@@ -952,11 +952,18 @@ class Soak:
     def check_final_states(self, app, traffic: TrafficResult) -> None:
         expected: dict[str, str] = {u: "opted_in" for u in self.campaign_users}
         expected.update((u, "implicit") for u in traffic.wrote if u not in expected)
+        held: dict[str, str] = {}  # per user opted out: what the STOP stopped, which START restores (R8)
         ambiguous = set()
         for said in traffic.saids:  # in sending order, which per user is acknowledging order
             if said.acked_at is None:
                 ambiguous.add(said.wa_id)
-            expected[said.wa_id] = "opted_out" if said.action == "opt_out" else "opted_in"
+            now = expected.get(said.wa_id, "implicit")  # a STOP or START is a message too: a session
+            if said.action == "opt_out":
+                if now != "opted_out":
+                    held[said.wa_id] = now
+                expected[said.wa_id] = "opted_out"
+            else:
+                expected[said.wa_id] = held.pop(said.wa_id, now) if now == "opted_out" else now
         users = [u for u in expected if u not in ambiguous]
         states = services_of(app).ledger.states(users)
         wrong = [u for u in users if states[u].state.value != expected[u]]

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +35,7 @@ ALL_WORDS = [
         ("opt   out", Intent.OPT_OUT, "en"),
         ("UNSUBSCRIBE", Intent.OPT_OUT, "en"),
         ("start", Intent.OPT_IN, "en"),
-        ("Yes!", Intent.OPT_IN, "en"),
+        ("Unstop!", Intent.OPT_IN, "en"),
         ("help?", Intent.HELP, "en"),
         ("¡Ayuda!", Intent.HELP, "es"),
         ("parar", Intent.OPT_OUT, "es"),  # shared with Portuguese: the language listed first wins
@@ -43,6 +44,20 @@ ALL_WORDS = [
         ("रोकें", Intent.OPT_OUT, "hi"),
         ("बंद करें।", Intent.OPT_OUT, "hi"),
         ("मदद", Intent.HELP, "hi"),
+        ("band karo", Intent.OPT_OUT, "hi"),  # Hindi typed in Latin letters
+        ("Madad", Intent.HELP, "hi"),
+        ("*STOP*", Intent.OPT_OUT, "en"),  # WhatsApp's bold
+        ("arret", Intent.OPT_OUT, "fr"),  # typed without its accent
+        ("Désabonner", Intent.OPT_OUT, "fr"),
+        ("informacion", Intent.HELP, "es"),
+        ("СТОП", Intent.OPT_OUT, "ru"),
+        ("помощь", Intent.HELP, "ru"),
+        ("إيقاف", Intent.OPT_OUT, "ar"),
+        ("berhenti", Intent.OPT_OUT, "id"),
+        ("Abmelden", Intent.OPT_OUT, "de"),
+        ("disiscrivimi", Intent.OPT_OUT, "it"),
+        ("İPTAL", Intent.OPT_OUT, "tr"),
+        ("basla", Intent.OPT_IN, "tr"),
         ("please stop sending me these ads", Intent.POSSIBLE_OPT_OUT, "en"),
         ("Quiero dar de baja mi cuenta", Intent.POSSIBLE_OPT_OUT, "es"),
     ],
@@ -52,7 +67,10 @@ def test_whole_messages_match_with_their_language(text, intent, language):
     assert (match.intent, match.language) == (intent, language)
 
 
-@pytest.mark.parametrize("text", ["hello", "Hi, do you deliver on Sundays?", "stopwatch", "starting soon", "helpful", ""])
+@pytest.mark.parametrize(
+    "text",
+    ["hello", "Hi, do you deliver on Sundays?", "stopwatch", "starting soon", "helpful", "", "Yes", "ok", "alta", "iniciar", "voltar", "sim"],
+)
 def test_ordinary_text_does_not_match(text):
     assert BOOK.match_text(text) is None
 
@@ -176,3 +194,20 @@ def test_the_word_each_reply_tells_people_to_send_is_answered_in_that_language(l
     word = BOOK.words(language, intent)[0]
     match = BOOK.match_text(word)
     assert (match.intent, match.language) == (intent, language)
+
+
+def test_marks_are_part_of_devanagari_and_arabic_words():
+    """Only Latin letters lose their accents: a Hindi vowel sign changes the word."""
+    assert BOOK.match_text("रोको") is not None
+    assert BOOK.match_text("रोका") is None  # "stopped", not "stop"
+
+
+def test_the_classifier_is_scored_on_the_labelled_corpus():
+    """bench/keyword_score.py reads every message of the corpus and counts per language."""
+    from bench.keyword_score import CORPUS, score
+
+    messages = yaml.safe_load(CORPUS.read_text(encoding="utf-8"))["messages"]
+    counts, misses, _ = score(BOOK, messages)
+    assert counts["all"]["messages"] == len(messages) >= 300
+    assert counts["all"]["ordinary_acted_on"] == 0  # no ordinary message is ever honoured as an opt-out
+    assert {message["lang"] for message in messages} >= {"en", "es", "pt", "hi", "id", "ar", "ru", "de", "fr", "it", "tr"}

@@ -130,9 +130,10 @@ def test_stop_start_and_sessions_after_stop(ledger, clock):
     state = ledger.state(USER)
     assert state.state is State.OPTED_OUT and state.marketing is Marketing.OPTED_OUT
     assert state.session_event.evidence == {"message_id": "wamid.B"}
-    start = ledger.append(keyword_opt_in(ref="wamid.START"))  # R8
+    start = ledger.append(keyword_opt_in(ref="wamid.START"))  # R8: lifts the opt-out, restores what they had
     state = ledger.state(USER)
-    assert (state.state, state.marketing, state.consent_event) == (State.OPTED_IN, Marketing.ALLOWED, start)
+    assert (state.state, state.marketing) == (State.IMPLICIT, Marketing.NONE)
+    assert state.consent_event.evidence == {"message_id": "wamid.A"}
     assert start.channel is Channel.WHATSAPP_KEYWORD and start.basis is Basis.EXPLICIT
 
 
@@ -148,11 +149,48 @@ def test_a_backdated_opt_in_recorded_after_a_stop_does_not_undo_it(ledger, clock
 
 
 def test_a_stop_redelivered_late_does_not_undo_the_start_sent_after_it(ledger, clock):
-    start = ledger.append(keyword_opt_in(ref="wamid.START"))
+    signed_up = ledger.append(web_opt_in(occurred_at=clock.now - timedelta(days=2)))
+    ledger.append(keyword_opt_in(ref="wamid.START"))
     ledger.append(replace(opt_out(ref="wamid.STOP-sent-an-hour-earlier"), occurred_at=clock.now - timedelta(hours=1)))
     state = ledger.state(USER)
-    assert (state.state, state.consent_event) == (State.OPTED_IN, start)
+    assert (state.state, state.marketing, state.consent_event) == (State.OPTED_IN, Marketing.ALLOWED, signed_up)
     assert state.opt_out_event.source_ref == "wamid.STOP-sent-an-hour-earlier"
+
+
+def test_start_restores_an_explicit_opt_in_with_its_own_evidence(ledger, clock):
+    signed_up = ledger.append(web_opt_in())
+    ledger.append(opt_out(ref="wamid.STOP"))
+    clock.advance(minutes=5)
+    ledger.append(keyword_opt_in(ref="wamid.START"))
+    state = ledger.state(USER)
+    assert (state.state, state.marketing, state.consent_event) == (State.OPTED_IN, Marketing.ALLOWED, signed_up)
+
+
+def test_start_creates_no_consent_the_user_had_not_given(ledger, clock):
+    ledger.record_inbound(USER, "wamid.HELLO", clock.now)
+    ledger.append(keyword_opt_in(ref="wamid.START-without-a-stop"))  # nothing to lift
+    state = ledger.state(USER)
+    assert (state.state, state.marketing) == (State.IMPLICIT, Marketing.NONE)
+
+
+@pytest.mark.parametrize("before_the_stop", [True, False])
+def test_a_marketing_opt_out_survives_stop_then_start(ledger, clock, before_the_stop):
+    ledger.append(web_opt_in())
+    marketing_stop = opt_out(ref="wamid.STOP-PROMOTIONS", scope=Scope.MARKETING, channel=Channel.WHATSAPP_BUTTON)
+    if before_the_stop:
+        ledger.append(marketing_stop)
+    clock.advance(minutes=1)
+    ledger.append(opt_out(ref="wamid.STOP"))
+    if not before_the_stop:  # tapped while stopped
+        clock.advance(minutes=1)
+        ledger.append(marketing_stop)
+    clock.advance(minutes=1)
+    ledger.append(keyword_opt_in(ref="wamid.START"))
+    state = ledger.state(USER)
+    assert (state.state, state.marketing) == (State.OPTED_IN, Marketing.OPTED_OUT)
+    clock.advance(minutes=1)
+    ledger.append(replace(keyword_opt_in(ref="wamid.RESUME-PROMOTIONS"), scope=Scope.MARKETING, channel=Channel.WHATSAPP_BUTTON))
+    assert ledger.state(USER).marketing is Marketing.ALLOWED  # only a marketing resume lifts it
 
 
 def test_events_of_the_same_second_keep_their_recording_order(ledger, clock):

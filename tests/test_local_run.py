@@ -24,13 +24,14 @@ pytestmark = [pytest.mark.processes]
 
 USER = "15550100001"
 SPRING_SALE = {"name": "spring_sale", "language": "en", "category": "marketing"}
+ORDER_UPDATE = {"name": "order_update", "language": "en", "category": "utility"}
 STAFF_API_MISSING = "the staff API (POST /api/v1/messages) is not in this branch yet: this step runs once it is merged"
 
 
-def staff_send(bot: RunningBot, to: str) -> requests.Response:
+def staff_send(bot: RunningBot, to: str, template: dict = SPRING_SALE) -> requests.Response:
     """A staff template send (SPEC §4); skips the step while the endpoint answers 404."""
     answer = requests.post(
-        f"{bot.web_url}/api/v1/messages", json={"to": to, "template": SPRING_SALE},
+        f"{bot.web_url}/api/v1/messages", json={"to": to, "template": template},
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10,
     )
     if answer.status_code == 404:
@@ -68,10 +69,14 @@ def test_a_conversation_through_the_sandbox_then_ctrl_c_stops_everything(tmp_pat
 
         (confirmation,) = user.say("START")
         assert "You are subscribed to messages from Acme Bakery" in confirmation
-        assert user.consent()["state"] == "opted_in"
+        assert user.consent()["state"] == "implicit"  # START restores what "hello" gave, nothing more (R8)
 
-        with subtests.test("a staff template send to the opted-in user is delivered"):
-            accepted = staff_send(bot, USER)
+        with subtests.test("START gives no marketing consent the user had not given"):
+            refused = staff_send(bot, USER)
+            assert (refused.status_code, refused.json()["reason"]) == (409, "no_consent"), refused.text
+
+        with subtests.test("a utility template to the user is delivered"):
+            accepted = staff_send(bot, USER, ORDER_UPDATE)
             assert accepted.status_code == 202, accepted.text
             assert accepted.json()["status"] == "queued"
             assert message_state(bot, accepted.json()["id"], {"delivered", "read"}) in {"delivered", "read"}

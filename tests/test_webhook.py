@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.domain.consent import Action, Channel, Marketing, Scope, State
-from bot.domain.policy import MessageKind
+from bot.domain.policy import MessageKind, Refusal
+from bot.domain.replies import Reply
 from bot.inbound.events import parse
 from bot.inbound.handlers import Context
 from bot.inbound.handlers.dispatch import record_posts
@@ -207,7 +208,7 @@ def test_start_after_stop_opts_in_again_with_a_confirmation(app, client):
     start = history[-2]
     assert (start.action, start.channel, start.consent_text) == (Action.OPT_IN, Channel.WHATSAPP_KEYWORD, "start")
     assert history[-1].action is Action.OPT_OUT_NOTICE_GIVEN
-    assert services_of(app).ledger.state(USER).state is State.OPTED_IN
+    assert services_of(app).ledger.state(USER).state is State.IMPLICIT  # what they had before the STOP (R8)
     assert [kind for kind, _ in replies(app)] == ["stop_confirmation", "start_confirmation"]
 
 
@@ -669,3 +670,24 @@ def test_a_message_id_too_long_for_its_source_reference_is_kept_and_the_rest_rec
 def test_an_outage_still_answers_503(app_without_redis):
     response = post(app_without_redis.test_client(), batch(STOP_FROM_OTHER))
     assert response.status_code == 503
+
+
+# -- keywords mean consent only when they do ----------------------------------------------------
+
+
+def test_stop_promotions_after_stop_is_told_nothing_is_being_sent(app, client):
+    post(client, payload("stop_message.json"))
+    assert post(client, payload("button_stop_promotions.json")).status_code == 200
+    stopped_everything = services_of(app).replies.render(Reply.UNSUBSCRIBED_REMINDER, "en")
+    assert [text for _, text in replies(app)][-1] == stopped_everything
+    assert services_of(app).ledger.state(USER).marketing is Marketing.OPTED_OUT  # and it stays out after a START
+
+
+def test_hello_and_yes_are_no_consent_to_marketing(app, client):
+    post(client, message_body(id="wamid.HELLO", type="text", text={"body": "hello"}))
+    post(client, message_body(id="wamid.YES", type="text", text={"body": "Yes"}))
+    submission = services_of(app).outbox.submit(
+        Message(USER, MessageKind.MARKETING_TEMPLATE, template=Template("spring_sale", "en")), "campaign-1", "staff:test"
+    )
+    assert (submission.queued, submission.reason) == (False, Refusal.NO_CONSENT)
+    assert [e.action for e in services_of(app).ledger.history(USER)] == [Action.IMPLICIT, Action.OPT_OUT_NOTICE_GIVEN]

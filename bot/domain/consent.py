@@ -171,30 +171,60 @@ def occurrence_order(occurred_at: Sequence[datetime]) -> list[int]:
     return sorted(range(len(occurred_at)), key=lambda position: (occurred_at[position].replace(microsecond=0), position))
 
 
-def fold(events: Sequence[tuple[str, str]]) -> Fold:
-    """Fold (action, scope) pairs, in the order they happened, into a state.
+# What the user sends on WhatsApp: a keyword or button opt-in lifts their own opt-out, nothing more.
+USER_CHANNELS = frozenset({Channel.WHATSAPP_KEYWORD.value, Channel.WHATSAPP_BUTTON.value})  # values: rows hold plain strings
 
-    The latest event that speaks about a scope wins: an opt-out of all also stops marketing,
-    an opt-in of all also allows it again, a marketing-scope event touches marketing only.
-    A user-initiated session gives implicit consent unless a stronger state already holds:
-    it never undoes an opt-out (R10) or downgrades an explicit opt-in. Works on plain strings
-    so that the ledger can fold database rows without building an object per event.
+
+@dataclass(frozen=True)
+class _Held:
+    """What a user had: restored when a keyword lifts the opt-out that stopped it."""
+
+    state: State
+    consent: int | None
+    marketing_out: bool
+
+
+def fold(events: Sequence[tuple[str, str, str]]) -> Fold:
+    """Fold (action, scope, channel) triples, in the order they happened, into a state.
+
+    The latest event that speaks about a scope wins: an opt-out of all also stops marketing, an
+    explicit opt-in of all (collected with consent text and evidence) allows it again, a
+    marketing-scope event touches marketing only. A keyword opt-in (START, a button) only lifts
+    the user's own opt-out of all: it restores what they had before it, an explicit opt-in with
+    its evidence or implicit consent, and a marketing opt-out they had made (only a marketing
+    resume lifts that); it never creates consent they had not given (R8). A user-initiated
+    session gives implicit consent unless a stronger state already holds: it never undoes an
+    opt-out (R10) or downgrades an explicit opt-in. Works on plain strings so that the ledger
+    can fold database rows without building an object per event.
     """
     state, marketing_out = State.NONE, False
     consent = session = opt_out = notice = None
-    for position, (action, scope) in enumerate(events):
-        if action == Action.OPT_IN:
+    held: _Held | None = None  # while opted out of all: what the opt-out stopped
+    for position, (action, scope, channel) in enumerate(events):
+        if action == Action.OPT_IN and scope == Scope.MARKETING:
             marketing_out = False
-            if scope == Scope.ALL:
-                state, consent = State.OPTED_IN, position
+            if held is not None:
+                held = _Held(held.state, held.consent, marketing_out=False)
+        elif action == Action.OPT_IN and channel in USER_CHANNELS:
+            if held is not None:
+                state, consent, marketing_out, held = held.state, held.consent, held.marketing_out, None
+        elif action == Action.OPT_IN:
+            state, consent, marketing_out, held = State.OPTED_IN, position, False, None
         elif action == Action.OPT_OUT:
-            marketing_out, opt_out = True, position
+            opt_out = position
+            if scope == Scope.ALL and held is None:
+                held = _Held(state, consent, marketing_out)
+            elif scope == Scope.MARKETING and held is not None:
+                held = _Held(held.state, held.consent, marketing_out=True)
+            marketing_out = True
             if scope == Scope.ALL:
                 state, consent = State.OPTED_OUT, position
         elif action == Action.IMPLICIT:
             session = position
             if state in (State.NONE, State.IMPLICIT):
                 state, consent = State.IMPLICIT, position
+            elif held is not None and held.state is State.NONE:
+                held = _Held(State.IMPLICIT, position, held.marketing_out)
         elif action == Action.OPT_OUT_NOTICE_GIVEN and notice is None:
             notice = position
     if marketing_out:
@@ -211,7 +241,7 @@ def derive_state(
 ) -> ConsentState:
     """A user's current state from their events, in chain order."""
     order = occurrence_order([event.occurred_at for event in events])
-    folded = fold([(events[at].action, events[at].scope) for at in order])
+    folded = fold([(events[at].action, events[at].scope, events[at].channel) for at in order])
     return state_from_fold(wa_id, folded, lambda position: events[order[position]], last_inbound_at)
 
 

@@ -49,9 +49,24 @@ def _is_edge_noise(char: str) -> bool:
     return category[0] in "PSZC" or category == "Me" or 0xFE00 <= ord(char) <= 0xFE0F
 
 
+def _without_latin_accents(text: str) -> str:
+    """"arrêt" → "arret", "información" → "informacion": people often type without accents. Only
+    Latin letters lose their marks; in Devanagari or Arabic the marks are part of the word."""
+    decomposed = unicodedata.normalize("NFD", text)
+    kept, base_is_latin = [], False
+    for char in decomposed:
+        if unicodedata.combining(char):
+            if not base_is_latin:
+                kept.append(char)
+            continue
+        base_is_latin = "LATIN" in unicodedata.name(char, "")
+        kept.append(char)
+    return unicodedata.normalize("NFC", "".join(kept))
+
+
 def normalize(text: str) -> str:
-    """The form messages and keywords are compared in: " Ｓtop! 🛑" → "stop"."""
-    text = unicodedata.normalize("NFKC", text).casefold()
+    """The form messages and keywords are compared in: " Ｓtop! 🛑" → "stop", "ARRÊT" → "arret"."""
+    text = _without_latin_accents(unicodedata.normalize("NFKC", text).casefold())
     start, end = 0, len(text)
     while start < end and _is_edge_noise(text[start]):
         start += 1

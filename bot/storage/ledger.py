@@ -500,7 +500,7 @@ def state_of(wa_id: str, rows: Sequence[Mapping], last_inbound_at: datetime | No
     """A user's state from their event rows in chain order (stored rows, then prepared ones not
     written yet), folded in the order they happened: only the few rows the state rests on become events."""
     order = occurrence_order([as_utc(row["occurred_at"]) for row in rows])
-    folded = fold([(rows[at]["action"], rows[at]["scope"]) for at in order])
+    folded = fold([(rows[at]["action"], rows[at]["scope"], rows[at]["channel"]) for at in order])
     return state_from_fold(wa_id, folded, lambda position: to_event(rows[order[position]]), last_inbound_at)
 
 

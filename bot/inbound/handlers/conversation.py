@@ -38,6 +38,8 @@ def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
         _record(intake, message, Action.OPT_OUT, match.scope, channel, said, evidence)
         if match.scope is Scope.ALL:
             _reply(ctx, intake, message, Reply.STOP_CONFIRMATION, MessageKind.STOP_CONFIRMATION, match.language)  # R7, R10
+        elif intake.state(message.wa_id).state is State.OPTED_OUT:  # "Stop promotions" after STOP: nothing is being sent
+            _reply(ctx, intake, message, Reply.UNSUBSCRIBED_REMINDER, MessageKind.REPLY, match.language)
         else:  # "Stop promotions": say what stopped, what goes on, and how to stop everything
             _reply(ctx, intake, message, Reply.MARKETING_STOP_CONFIRMATION, MessageKind.REPLY, match.language)
     elif match.intent is Intent.OPT_IN:
