@@ -585,10 +585,11 @@ SYSTEM_NUMBER_CHANGE = {
 
 
 def test_a_system_message_is_not_the_user_writing(app, client):
-    assert post(client, message_body(**SYSTEM_NUMBER_CHANGE)).status_code == 200
+    body = message_body(**SYSTEM_NUMBER_CHANGE)
+    assert post(client, body).status_code == 200
     assert actions(app) == [] and replies(app) == []  # no session, no implicit consent, no welcome
     assert unread(app) == ["system message 'user_changed_number' kept for staff; the bot does not act on it"]
-    assert post(client, message_body(**SYSTEM_NUMBER_CHANGE)).status_code == 200
+    assert post(client, body).status_code == 200
     assert len(unread(app)) == 1  # a redelivery keeps nothing new
 
 
@@ -691,3 +692,62 @@ def test_hello_and_yes_are_no_consent_to_marketing(app, client):
     )
     assert (submission.queued, submission.reason) == (False, Refusal.NO_CONSENT)
     assert [e.action for e in services_of(app).ledger.history(USER)] == [Action.IMPLICIT, Action.OPT_OUT_NOTICE_GIVEN]
+
+
+def notice_body(field: str, value: dict) -> dict:
+    body = payload("phone_number_quality_update.json")
+    body["entry"][0]["changes"][0] = {"field": field, "value": value}
+    return body
+
+
+def kept_notices(app) -> list[tuple[str, str]]:
+    with services_of(app).engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.select(account_notices.c.field, account_notices.c.event))]
+
+
+def test_template_category_and_quality_updates_are_kept_as_notices_once(app, client):
+    category = notice_body("template_category_update", {
+        "message_template_id": 12345678, "message_template_name": "order_ready", "message_template_language": "en",
+        "previous_category": "UTILITY", "new_category": "MARKETING",
+    })
+    quality = notice_body("message_template_quality_update", {
+        "previous_quality_score": "GREEN", "new_quality_score": "YELLOW", "message_template_id": 806312974732579,
+        "message_template_name": "order_ready", "message_template_language": "en",
+    })
+    for _ in range(2):
+        assert post(client, category).status_code == 200 and post(client, quality).status_code == 200
+    assert kept_notices(app) == [("template_category_update", "MARKETING"), ("message_template_quality_update", "YELLOW")]
+    assert unread(app) == []
+
+
+def test_a_marketing_sign_up_through_metas_link_is_kept_for_staff_not_taken_as_consent(app, client):
+    body = payload("user_preferences_stop.json")
+    item = body["entry"][0]["changes"][0]["value"]["user_preferences"][0]
+    item.update(value="signup", detail="User signed up via signup link", signup_id="13176843987434774")
+    assert post(client, body).status_code == 200
+    assert kept_notices(app) == [("user_preferences", "signup")]
+    assert services_of(app).ledger.history(USER) == []  # no consent the ledger could show
+
+
+def test_played_moves_a_message_to_read(app, client):
+    body, meta_id = status_body("status_read.json")
+    message_id = sent_message(app, meta_id)
+    body["entry"][0]["changes"][0]["value"]["statuses"][0]["status"] = "played"
+    assert post(client, body).status_code == 200
+    assert services_of(app).outbox.get(message_id).state is MessageState.READ
+
+
+def test_a_status_to_a_group_is_applied_by_message_id(app, client):
+    body, meta_id = status_body("status_read.json")
+    message_id = sent_message(app, meta_id)
+    status = body["entry"][0]["changes"][0]["value"]["statuses"][0]
+    status.update(recipient_id="fowefinoewcnw", recipient_type="group", recipient_participant_id=USER)
+    assert post(client, body).status_code == 200
+    assert services_of(app).outbox.get(message_id).state is MessageState.READ and unread(app) == []
+
+
+def test_a_131050_without_a_usable_recipient_is_kept_for_staff(app, client):
+    body, _ = status_body("status_failed_131050.json")
+    body["entry"][0]["changes"][0]["value"]["statuses"][0]["recipient_id"] = "CUSTOMER_PHONE_NUMBER"
+    assert post(client, body).status_code == 200
+    assert unread(app) == ["unreadable status (InvalidNumber)"]

@@ -81,7 +81,8 @@ class PreferenceUpdate:
 
 @dataclass(frozen=True)
 class AccountNotice:
-    """account_update, phone_number_quality_update or message_template_status_update."""
+    """A notice about the account, the number or a template (ACCOUNT_FIELDS), or a user's
+    marketing sign-up through Meta's link: kept for staff."""
 
     field: str
     event: str
@@ -99,9 +100,15 @@ class Unrecognized:
 # What reading a malformed item can raise (InvalidNumber is a ValueError).
 _UNREADABLE = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, OSError)
 WebhookEvent = InboundMessage | StatusUpdate | PreferenceUpdate | AccountNotice | Unrecognized
-ACCOUNT_FIELDS = ("account_update", "phone_number_quality_update", "message_template_status_update")
+ACCOUNT_FIELDS = (
+    "account_update", "phone_number_quality_update", "message_template_status_update",
+    "template_category_update", "message_template_quality_update",
+)
+# What a notice says happened, by field: `event` where Meta names one, else the new value.
+_NOTICE_EVENT_KEYS = ("event", "new_category", "new_quality_score")
 PREFERENCE_CATEGORY = "marketing_messages"  # the only category users can stop and resume inside WhatsApp
 PREFERENCE_VALUES = ("stop", "resume")
+MARKETING_STOPPED = 131050  # a delivery Meta refused: the user stopped marketing messages
 
 
 def parse(body: object) -> list[WebhookEvent]:
@@ -132,7 +139,8 @@ def _change(change: object) -> list[WebhookEvent]:
     elif field == "user_preferences":
         events = [_preference(p) for p in _list(value, "user_preferences")]
     elif field in ACCOUNT_FIELDS:
-        return [AccountNotice(field, _str(str(value.get("event", ""))), value)]
+        said = next((value[key] for key in _NOTICE_EVENT_KEYS if value.get(key) is not None), "")
+        return [AccountNotice(field, _str(str(said)), value)]
     else:
         return [_unrecognized(f"field {field!r} is not handled", change)]
     return events or [_unrecognized(f"{field} change with nothing in it that we read", change)]
@@ -184,13 +192,32 @@ def _edited_text(new: Any) -> str | None:
 def _status(item: Any) -> WebhookEvent:
     try:
         errors = tuple(e["code"] for e in item.get("errors", []) if isinstance(e, dict) and isinstance(e.get("code"), int))
-        recipient = item.get("recipient_id")
         return StatusUpdate(
-            meta_message_id=_required(item["id"]), status=DeliveryStatus(item["status"]), timestamp=_time(item["timestamp"]),
-            recipient=normalize_wa_id(recipient) if recipient is not None else None, error_codes=errors,
+            meta_message_id=_required(item["id"]), status=_delivery_status(item["status"]), timestamp=_time(item["timestamp"]),
+            recipient=_status_recipient(item, errors), error_codes=errors,
         )
     except _UNREADABLE as error:
         return _unrecognized(f"unreadable status ({type(error).__name__})", item)
+
+
+def _delivery_status(status: str) -> DeliveryStatus:
+    """`played` (a voice message listened to) is a read."""
+    return DeliveryStatus.READ if status == "played" else DeliveryStatus(status)
+
+
+def _status_recipient(item: Any, errors: tuple[int, ...]) -> str | None:
+    """The user a status is about, or None where it is no phone number (a group, a placeholder):
+    the status is applied by message id. A 131050 failure is a marketing opt-out and needs its
+    user: without one it stays unread (ValueError), for staff."""
+    recipient = item.get("recipient_id")
+    if recipient is None or item.get("recipient_type") == "group":
+        return None
+    try:
+        return normalize_wa_id(recipient)
+    except ValueError:
+        if MARKETING_STOPPED in errors:
+            raise
+        return None
 
 
 def _preference(item: Any) -> WebhookEvent:
@@ -201,6 +228,10 @@ def _preference(item: Any) -> WebhookEvent:
         )
     except _UNREADABLE as error:
         return _unrecognized(f"unreadable user preference ({type(error).__name__})", item)
+    if update.category == PREFERENCE_CATEGORY and update.value == "signup":
+        # Meta's sign-up link: a signal for staff, not consent the ledger could show (no text the
+        # person agreed to, nothing naming the business or its offers).
+        return AccountNotice("user_preferences", "signup", item)
     if update.category != PREFERENCE_CATEGORY or update.value not in PREFERENCE_VALUES:
         return _unrecognized(f"user preference {update.category[:40]!r} = {update.value[:40]!r} is not handled", item)
     return update

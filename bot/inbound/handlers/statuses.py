@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 from bot.domain.consent import delivery_marketing_opt_out
-from bot.inbound.events import StatusUpdate
+from bot.inbound.events import MARKETING_STOPPED, StatusUpdate
 from bot.inbound.handlers import Context
 from bot.storage.intake import Intake
 from bot.storage.ledger import utc_now
-
-MARKETING_STOPPED = 131050
 
 
 def on_status(ctx: Context, intake: Intake, status: StatusUpdate) -> None:
