@@ -4,7 +4,8 @@ Under load many POSTs wait at once. Recording those that wait together in one tr
 (bot.inbound.batcher.Combiner) costs little more than recording one: one turn on the ledger head,
 one statement per kind of row, one RQ call per queue. A POST that fails for its own reasons
 must not fail its neighbours, so a group that fails for any reason but an outage is done
-again one POST at a time.
+again one POST at a time, and a POST that still fails one item at a time: an item the ledger
+or the database refuses is kept as unread, and never hides the STOP beside it.
 """
 from __future__ import annotations
 
