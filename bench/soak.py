@@ -111,7 +111,7 @@ HELLOS = ("hello", "Hi there", "good morning", "do you deliver on sundays?")
 STOP_WORDS = ("STOP", "stop", " Stop! ", "ＳＴＯＰ", "UNSUBSCRIBE", "रोकें", "PARAR")
 START_WORDS = ("START", "start", "UNSTOP", "COMENZAR")
 HELP_WORDS = ("HELP", "help?", "AYUDA")
-POSSIBLE_OPT_OUT = "please stop sending me ads"
+POSSIBLE_OPT_OUT = "why do you keep messaging me?"  # genuinely ambiguous (keywords.yml sentences)
 # Body kinds -> weight. A batch holds two entries, several messages and maybe statuses.
 BODIES = {"hello": 40, "chat": 8, "stop": 9, "start": 7, "help": 5, "possible": 1, "status": 12, "batch": 12, "redelivery": 6}
 BATCH_MESSAGES = {"hello": 4, "chat": 2, "stop": 2, "start": 2, "help": 1}

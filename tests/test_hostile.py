@@ -71,12 +71,12 @@ def test_injection_strings_are_stored_verbatim_and_exported_inert(app, client):
     message, sender = value["messages"][0], value["messages"][0]["from"]
     for n, text in enumerate(INJECTIONS):
         message["id"] = f"wamid.hostile{n}"
-        message["text"]["body"] = f"{text} stop sending me this"
+        message["text"]["body"] = f"{text} why do you keep messaging me"
         value["contacts"][0]["profile"]["name"] = text
         assert post(client, body).status_code == 200
     stored = [e.consent_text for e in services_of(app).ledger.history(sender) if e.action.value == "possible_opt_out"]
     # Verbatim, but for NUL, which PostgreSQL text cannot hold: both backends store U+FFFD.
-    assert stored == [f"{text} stop sending me this".replace("\x00", "\ufffd") for text in INJECTIONS]
+    assert stored == [f"{text} why do you keep messaging me".replace("\x00", "\ufffd") for text in INJECTIONS]
     exported = client.get("/api/v1/audit", headers=AUTH).get_data(as_text=True)
     for row in csv.DictReader(io.StringIO(exported)):
         assert not row["consent_text"].startswith(("=", "+", "-", "@"))

@@ -240,7 +240,9 @@ def test_help_is_answered_in_the_keywords_language(app, client):
 
 
 def test_a_possible_opt_out_is_recorded_for_review_and_answered(app, client):
-    assert post(client, payload("possible_opt_out.json")).status_code == 200
+    body = payload("possible_opt_out.json")  # its "stop sending me these ads" is a marketing opt-out now (SPEC §3)
+    body["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"] = "why do you keep messaging me?"
+    assert post(client, body).status_code == 200
     assert (Action.POSSIBLE_OPT_OUT, Scope.ALL, Channel.WHATSAPP_KEYWORD) in actions(app, OTHER_USER)
     assert services_of(app).ledger.state(OTHER_USER).state is State.IMPLICIT  # it does not act
     [(kind, text)] = replies(app, OTHER_USER)
@@ -251,7 +253,7 @@ def test_an_opted_out_user_who_writes_a_stop_sentence_gets_the_reminder_not_the_
     """Asking "do you want to stop?" of someone who has stopped would be wrong, and would count as a new notice."""
     assert post(client, payload("stop_message.json")).status_code == 200
     sentence = payload("text_message.json")
-    sentence["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"] = "please stop sending me ads"
+    sentence["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"] = "why do you keep messaging me?"
     assert post(client, sentence).status_code == 200
     assert [kind for kind, _ in replies(app)] == ["stop_confirmation", "reply"]
     assert replies(app)[1][1].startswith("You are unsubscribed from Acme Bakery")
@@ -751,3 +753,17 @@ def test_a_131050_without_a_usable_recipient_is_kept_for_staff(app, client):
     body["entry"][0]["changes"][0]["value"]["statuses"][0]["recipient_id"] = "CUSTOMER_PHONE_NUMBER"
     assert post(client, body).status_code == 200
     assert unread(app) == ["unreadable status (InvalidNumber)"]
+
+
+def test_a_clear_opt_out_in_the_users_own_words_is_honoured_like_stop(app, client):
+    post(client, message_body(id="wamid.WORDS1", type="text", text={"body": "Please stop messaging me!!"}))
+    assert services_of(app).ledger.state(USER).state is State.OPTED_OUT
+    assert [kind for kind, _ in replies(app)] == ["stop_confirmation"]
+
+
+def test_a_request_to_stop_offers_stops_offers_only(app, client):
+    post(client, message_body(id="wamid.WORDS2", type="text", text={"body": "stop sending me ads"}))
+    state = services_of(app).ledger.state(USER)
+    assert (state.state, state.marketing) == (State.IMPLICIT, Marketing.OPTED_OUT)
+    said = services_of(app).replies.render(Reply.MARKETING_STOP_CONFIRMATION, "en")
+    assert [text for _, text in replies(app)][-1] == said

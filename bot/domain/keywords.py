@@ -1,9 +1,13 @@
 """The keyword engine: which whole messages mean stop, start or help, in which language.
 
-The configuration file lists words per language and intent, plus quick-reply buttons that
-count as stop or start for a scope. Matching is on the whole message after NFKC
-normalisation, case folding and dropping surrounding punctuation, symbols and emoji; a
-message that merely contains an opt-out word is only a *possible* opt-out.
+The configuration file lists words per language and intent, quick-reply buttons that count
+as stop or start for a scope, and sentences per language. Words match the whole message after
+NFKC normalisation, case folding, dropping accents on Latin letters and surrounding
+punctuation, symbols and emoji. Sentences (regular expressions searched in the message) then
+say what a message in the user's own words means: ordinary (a near miss such as "cancel my
+order": nothing), a clear opt-out (honoured as STOP), a request to stop offers (a marketing
+opt-out), or a possible opt-out for staff. A message that merely contains an opt-out word is
+only a *possible* opt-out.
 """
 from __future__ import annotations
 
@@ -26,6 +30,17 @@ class Intent(str, enum.Enum):
 
 
 WORD_INTENTS = (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP)
+# Kinds of sentence, in the order they are tried: what the first that is found in a message says.
+# Offers first: "stop sending me ads" names what to stop, and must not read as "stop sending me".
+SENTENCE_KINDS = ("ordinary", "marketing_out", "opt_out", "opt_in", "help", "possible")
+_SENTENCE_MEANS: dict[str, tuple[Intent, Scope] | None] = {
+    "ordinary": None,
+    "opt_out": (Intent.OPT_OUT, Scope.ALL),
+    "marketing_out": (Intent.OPT_OUT, Scope.MARKETING),
+    "opt_in": (Intent.OPT_IN, Scope.ALL),
+    "help": (Intent.HELP, Scope.ALL),
+    "possible": (Intent.POSSIBLE_OPT_OUT, Scope.ALL),
+}
 BUTTON_INTENTS = (Intent.OPT_OUT, Intent.OPT_IN)
 _LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
 _INNER_SEPARATORS = re.compile(r"[\s\u2010-\u2015_\-]+")
@@ -61,12 +76,17 @@ def _without_latin_accents(text: str) -> str:
             continue
         base_is_latin = "LATIN" in unicodedata.name(char, "")
         kept.append(char)
-    return unicodedata.normalize("NFC", "".join(kept))
+    return unicodedata.normalize("NFC", "".join(kept)).replace("ı", "i")  # Turkish dotless i, typed or not
+
+
+def folded(text: str) -> str:
+    """Case and accents folded, as sentences are searched: "Ｎo MÁS" → "no mas"."""
+    return _without_latin_accents(unicodedata.normalize("NFKC", text).casefold())
 
 
 def normalize(text: str) -> str:
     """The form messages and keywords are compared in: " Ｓtop! 🛑" → "stop", "ARRÊT" → "arret"."""
-    text = _without_latin_accents(unicodedata.normalize("NFKC", text).casefold())
+    text = folded(text)
     start, end = 0, len(text)
     while start < end and _is_edge_noise(text[start]):
         start += 1
@@ -84,11 +104,15 @@ def _tokens(normalized: str) -> tuple[str, ...]:
 class KeywordBook:
     """Loaded keywords, ready to match. Build it with `load_keywords`."""
 
-    def __init__(self, path: str, words: dict[str, dict[Intent, list[str]]], buttons: dict[str, KeywordMatch]):
+    def __init__(
+        self, path: str, words: dict[str, dict[Intent, list[str]]], buttons: dict[str, KeywordMatch],
+        sentences: dict[str, dict[str, list[str]]] | None = None,
+    ):
         self.path = path
         self.languages = tuple(words)
         self._words = words
         self._buttons = buttons
+        self._sentences = [(_SENTENCE_MEANS[kind], _Sentences(sentences or {}, kind)) for kind in SENTENCE_KINDS]
         self._exact: dict[str, KeywordMatch] = {}
         # Opt-out phrases by their first word (with their order in the file, which decides
         # between two found in one text): a message is read once, whatever the number of phrases.
@@ -112,6 +136,13 @@ class KeywordBook:
         exact = self._exact.get(normalized)
         if exact is not None:
             return exact
+        said = " ".join(_tokens(folded(text)))  # words only: "don't!!" -> "don t"
+        for means, sentences in self._sentences:
+            sentence = sentences.find(said)
+            if sentence is not None:
+                if means is None:
+                    return None  # a near miss: ordinary
+                return KeywordMatch(means[0], sentence[0], sentence[1], means[1])
         tokens = _tokens(normalized)
         found = [
             (order, match)
@@ -130,6 +161,50 @@ class KeywordBook:
             if label and (match := self._buttons.get(normalize(label))):
                 return match
         return None
+
+
+class _Sentences:
+    """One kind of sentence, every language's, ready to find in a message.
+
+    A message is tried only where its words begin, and at each word only the sentences whose
+    first word could begin there (indexed by its first two letters): a long message costs a
+    few dozen tries, not every sentence at every character."""
+
+    def __init__(self, sentences: dict[str, dict[str, list[str]]], kind: str):
+        self._by_start: dict[str, list[tuple[re.Pattern, str, str]]] = {}
+        self._anywhere: list[tuple[re.Pattern, str, str]] = []  # sentences whose first word is not plain
+        for language, kinds in sentences.items():
+            for sentence in kinds.get(kind, []):
+                entry = (re.compile(sentence), language, sentence)
+                starts = _first_words(sentence)
+                if starts is None:
+                    self._anywhere.append(entry)
+                for start in sorted({word[:2] for word in starts or ()}):
+                    self._by_start.setdefault(start, []).append(entry)
+
+    def find(self, said: str) -> tuple[str, str] | None:
+        """(language, sentence) of the first sentence found, by where it begins, then file order."""
+        at = 0
+        for word in said.split(" "):
+            for pattern, language, sentence in self._by_start.get(word[:2], []) + self._anywhere:
+                if pattern.match(said, at):
+                    return language, sentence
+            at += len(word) + 1
+        return None
+
+
+# A sentence's first element: a word, or a group of alternative words, not optional.
+_FIRST_ELEMENT = re.compile(r"(?:\\b|\^)?(?:\(([^()\\?*+\[\]{}.$^]*)\)|([^\s()\\?*+|\[\]{}.$^]+))(?![?*{])")
+
+
+def _first_words(sentence: str) -> list[str] | None:
+    """The words a sentence can begin with, or None when they cannot be read off it simply."""
+    element = _FIRST_ELEMENT.match(sentence)
+    if element is None:
+        return None
+    alternatives = element.group(1).split("|") if element.group(1) is not None else [element.group(2)]
+    words = [alternative.split(" ")[0] for alternative in alternatives]
+    return words if all(len(word) >= 2 for word in words) else None
 
 
 # -- loading ----------------------------------------------------------------------------
@@ -205,15 +280,38 @@ class _Reader:
 
     def book(self, root: yaml.Node | None) -> KeywordBook:
         sections = {key: (key_node, value) for key, key_node, value in self.mapping(root, "the keyword file")}
-        unknown = set(sections) - {"languages", "buttons"}
+        unknown = set(sections) - {"languages", "buttons", "sentences"}
         if unknown:
             name = sorted(unknown)[0]
-            raise self.fail(sections[name][0], f"unknown section {name!r} (expected languages, buttons)")
+            raise self.fail(sections[name][0], f"unknown section {name!r} (expected languages, buttons, sentences)")
         if "languages" not in sections:
             raise KeywordFileError(f"{self.path}: missing the 'languages' section")
         words = self.languages(sections["languages"][1])
         buttons = self.buttons(sections["buttons"][1], words) if "buttons" in sections else {}
-        return KeywordBook(self.path, words, buttons)
+        sentences = self.sentences(sections["sentences"][1], words) if "sentences" in sections else {}
+        return KeywordBook(self.path, words, buttons, sentences)
+
+    def sentences(self, node: yaml.Node, words: dict) -> dict[str, dict[str, list[str]]]:
+        """Per language and kind, regular expressions in lower case without accents (`folded`)."""
+        sentences: dict[str, dict[str, list[str]]] = {}
+        for language, key_node, value in self.mapping(node, "sentences"):
+            if language not in words:
+                raise self.fail(key_node, f"sentences for {language!r}, which is not one of the languages")
+            sentences[language] = {}
+            for kind, kind_node, listed in self.mapping(value, f"sentences of {language}"):
+                if kind not in SENTENCE_KINDS:
+                    raise self.fail(kind_node, f"unknown kind of sentence {kind!r} (expected {', '.join(SENTENCE_KINDS)})")
+                patterns = []
+                for sentence, sentence_node in self.strings(listed, f"sentences.{language}.{kind}"):
+                    pattern = folded(sentence)
+                    try:
+                        if re.compile(pattern).search(""):
+                            raise self.fail(sentence_node, f"sentence {sentence!r} matches an empty message")
+                    except re.error as error:
+                        raise self.fail(sentence_node, f"sentence {sentence!r} is not a regular expression: {error}") from None
+                    patterns.append(pattern)
+                sentences[language][kind] = patterns
+        return sentences
 
     def languages(self, node: yaml.Node) -> dict[str, dict[Intent, list[str]]]:
         words: dict[str, dict[Intent, list[str]]] = {}
