@@ -273,3 +273,17 @@ def test_no_ordinary_message_of_either_corpus_is_acted_on_as_an_opt_out(corpus):
     messages = yaml.safe_load((Path(__file__).parent / "fixtures" / corpus).read_text(encoding="utf-8"))["messages"]
     counts, _, _ = score(BOOK, messages)
     assert counts["all"]["ordinary_acted_on"] == 0
+
+
+@pytest.mark.parametrize(
+    "text, intent",
+    [
+        ("stop texting me, cancel my order", Intent.OPT_OUT),  # a near miss elsewhere hides no clear opt-out
+        ("cancel my order and stop texting me", Intent.OPT_OUT),
+        ("Stop! Cancel my order", Intent.POSSIBLE_OPT_OUT),  # the STOP is outside the near miss: staff look
+        ("please don't stop sending me messages", None),  # the opt-out-like words are inside the near miss
+    ],
+)
+def test_a_near_miss_vetoes_only_what_it_covers(text, intent):
+    match = BOOK.match_text(text)
+    assert (match.intent if match else None) is intent

@@ -136,17 +136,29 @@ class KeywordBook:
         exact = self._exact.get(normalized)
         if exact is not None:
             return exact
-        said = " ".join(_tokens(folded(text)))  # words only: "don't!!" -> "don t"
-        for means, sentences in self._sentences:
-            sentence = sentences.find(said)
-            if sentence is not None:
-                if means is None:
-                    return None  # a near miss: ordinary
-                return KeywordMatch(means[0], sentence[0], sentence[1], means[1])
-        tokens = _tokens(normalized)
+        tokens = _tokens(folded(text))  # words only: "don't!!" -> "don", "t"
+        said = " ".join(tokens)
+        near_misses: set[int] = set()  # the words an ordinary near miss covers
+        covered_until, at = 0, 0
+        for index, word in enumerate(tokens):
+            if at < covered_until:
+                near_misses.add(index)
+            else:  # the first sentence found, by where it begins; a near miss vetoes what begins inside it
+                for means, sentences in self._sentences:
+                    sentence = sentences.match_at(said, at, word)
+                    if sentence is None:
+                        continue
+                    language, written, end = sentence
+                    if means is not None:
+                        return KeywordMatch(means[0], language, written, means[1])
+                    covered_until = end
+                    near_misses.add(index)
+                    break
+            at += len(word) + 1
         found = [
             (order, match)
             for start, token in enumerate(tokens)
+            if start not in near_misses
             for order, phrase, match in self._opt_out_phrases.get(token, ())
             if tokens[start : start + len(phrase)] == phrase
         ]
@@ -166,9 +178,9 @@ class KeywordBook:
 class _Sentences:
     """One kind of sentence, every language's, ready to find in a message.
 
-    A message is tried only where its words begin, and at each word only the sentences whose
-    first word could begin there (indexed by its first two letters): a long message costs a
-    few dozen tries, not every sentence at every character."""
+    A message is tried only where its words begin (`match_at`), and at each word only the
+    sentences whose first word could begin there (indexed by its first two letters): a long
+    message costs a few dozen tries, not every sentence at every character."""
 
     def __init__(self, sentences: dict[str, dict[str, list[str]]], kind: str):
         self._by_start: dict[str, list[tuple[re.Pattern, str, str]]] = {}
@@ -182,14 +194,14 @@ class _Sentences:
                 for start in sorted({word[:2] for word in starts or ()}):
                     self._by_start.setdefault(start, []).append(entry)
 
-    def find(self, said: str) -> tuple[str, str] | None:
-        """(language, sentence) of the first sentence found, by where it begins, then file order."""
-        at = 0
-        for word in said.split(" "):
-            for pattern, language, sentence in self._by_start.get(word[:2], []) + self._anywhere:
-                if pattern.match(said, at):
-                    return language, sentence
-            at += len(word) + 1
+    def match_at(self, said: str, at: int, word: str) -> tuple[str, str, int] | None:
+        """(language, sentence, where it ends) of the first sentence, in file order, that
+        begins at `at`, where `word` begins."""
+        for candidates in (self._by_start.get(word[:2], ()), self._anywhere):
+            for pattern, language, sentence in candidates:
+                hit = pattern.match(said, at)
+                if hit is not None:
+                    return language, sentence, hit.end()
         return None
 
 
