@@ -85,7 +85,7 @@ import sqlalchemy as sa  # noqa: E402
 from bench.send_throughput import final_states, final_states_summary  # noqa: E402
 from bench.webhook_load import APP_SECRET, PHONE_NUMBER_ID, REQUEST_TIMEOUT, VERIFY_TOKEN, Request, _post, percentile, sign, wait_healthy  # noqa: E402
 from bot import create_app  # noqa: E402
-from bot.domain.phone import mask  # noqa: E402
+from bot.domain.identity import mask  # noqa: E402
 from bot.domain.replies import Reply  # noqa: E402
 from bot.services import services_of  # noqa: E402
 from bot.storage.schema import consent_events, outbound_messages  # noqa: E402
@@ -930,7 +930,7 @@ class Soak:
     def check_stops_recorded(self, traffic: TrafficResult, events: list) -> None:
         refs = {e["source_ref"]: e for e in events}
         acked = [s for s in traffic.saids if s.acked_at is not None]
-        lost = [s for s in acked if (e := refs.get(f"{s.action}:{s.message_id}")) is None or e["wa_id"] != s.wa_id]
+        lost = [s for s in acked if (e := refs.get(f"{s.action}:{s.message_id}")) is None or e["identifier"] != s.wa_id]
         stops = [s for s in acked if s.action == "opt_out"]
         lost_stops = [s for s in lost if s.action == "opt_out"]
         detail = f"{len(stops) - len(lost_stops)}/{len(stops)} acknowledged STOPs and {len(acked) - len(stops) - (len(lost) - len(lost_stops))}/{len(acked) - len(stops)} STARTs in the ledger"
@@ -940,7 +940,7 @@ class Soak:
         # Expected per user: the acknowledged STOPs, plus those recorded though never acknowledged (allowed).
         unacked_recorded = [s for s in traffic.saids if s.acked_at is None and s.action == "opt_out" and f"opt_out:{s.message_id}" in refs]
         expected = collections.Counter(s.wa_id for s in stops + unacked_recorded)
-        recorded = collections.Counter(e["wa_id"] for e in events if e["action"] == "opt_out" and e["channel"] == "whatsapp_keyword")
+        recorded = collections.Counter(e["identifier"] for e in events if e["action"] == "opt_out" and e["channel"] == "whatsapp_keyword")
         differ = sorted(u for u in expected.keys() | recorded.keys() if expected[u] != recorded[u])
         detail = f"{len(expected)} users, {sum(recorded.values())} opt-out events; {len(differ)} users differ"
         if differ:
@@ -985,7 +985,7 @@ class Soak:
         by_kind = collections.Counter((e["action"], e["channel"]) for e in events)
         acked = collections.Counter(s.action for s in traffic.saids if s.acked_at is not None)
         sent = collections.Counter(s.action for s in traffic.saids)
-        implicit = collections.Counter(e["wa_id"] for e in events if e["action"] == "implicit")
+        implicit = collections.Counter(e["identifier"] for e in events if e["action"] == "implicit")
         wrote = set(traffic.wrote)  # all within 24 hours: one session each
         sessions_wrong = sorted({u for u in wrote if implicit[u] != 1} | {u for u, n in implicit.items() if n > 1})
         problems = []
@@ -1012,7 +1012,7 @@ class Soak:
         opt_ins: dict[str, list[tuple[int, float]]] = collections.defaultdict(list)
         for e in events:
             if e["action"] == "opt_in" and e["scope"] == "all":
-                opt_ins[e["wa_id"]].append((e["seq"], e["recorded_at"].timestamp()))
+                opt_ins[e["identifier"]].append((e["seq"], e["recorded_at"].timestamp()))
         windows: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
         for said in traffic.saids:
             event = by_ref.get(f"opt_out:{said.message_id}")
@@ -1043,7 +1043,7 @@ class Soak:
         stops = [e for e in events if e["action"] == "opt_out" and e["channel"] == "whatsapp_keyword"]
         confirmations = {row["idempotency_key"]: row for row in outbound if row["idempotency_key"].startswith("stop_confirmation:")}
         missing = [e for e in stops if f"stop_confirmation:{e['source_ref'].split(':', 1)[1]}" not in confirmations]
-        reached = collections.Counter(row["wa_id"] for row in confirmations.values() if row["state"] in ("sent", "delivered", "read"))
+        reached = collections.Counter(row["recipient"] for row in confirmations.values() if row["state"] in ("sent", "delivered", "read"))
         failed = collections.Counter(row["state"] for row in confirmations.values() if row["state"] not in ("sent", "delivered", "read"))
         arrived: dict[str, list[float]] = collections.defaultdict(list)
         for r in received:

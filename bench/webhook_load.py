@@ -4,14 +4,21 @@ It starts `gunicorn wsgi:app` with 2 workers as gunicorn.conf.py sets them (thre
 `bench_webhook` of the database `test` ($BENCH_POSTGRES_SCHEMA), Redis database 12 ($BENCH_REDIS_URL),
 both emptied first, then given the history of 100,000 earlier users (`with_history`); no RQ
 worker, so queued replies just wait), then drives it from a separate load-generator process with a mix
-of bodies in the shapes of tests/fixtures/payloads: mostly new users saying hello (a new wa_id
-1555... and message id each), STOPs from users seen before, STARTs from users who stopped,
+of bodies in the shapes of tests/fixtures/payloads: mostly new users saying hello (a new user
+and message id each), STOPs from users seen before, STARTs from users who stopped,
 delivered / read statuses for message ids the bot never sent, and batches of several messages
 and a status (batch_mixed.json). Timestamps are now and every body is signed with
-X-Hub-Signature-256. Every contact also carries a business-scoped user id (`user_id`): pywa 4.5
-reads it from every message and status and drops the update without it, while the fixtures
-predate it; our bot does not read contacts. "Events" are the messages plus statuses in the
-bodies that were answered 200.
+X-Hub-Signature-256. "Events" are the messages plus statuses in the bodies that were answered 200.
+
+Users come in two kinds. Phone users (wa_id 1555...) write with `from`, statuses name them with
+`recipient_id`, and their contacts entry carries their wa_id and a business-scoped user id
+(`user_id`, `US.` and the wa_id), as Meta sends both now (pywa 4.5 also drops a message or
+status without a user_id): our bot links the two, one person. BSUID-only users (username
+users, `US.` and 20 digits; a third of the new users by default, `--bsuid-only-share`, 0 for
+phone users only) have no phone for the business: their messages carry `from_user_id` and no
+`from`, their statuses `recipient_user_id` and no `recipient_id`, and their contacts entry
+only their `user_id` and `profile.username`, as in Meta's username-only payloads. The history
+the bot starts with has the same share of BSUID-only people.
 
 Phases, after a short warm-up that is not reported:
 
@@ -39,12 +46,14 @@ test: it exits 0 whatever the results, non-zero only on a crash. Run from the re
     python bench/webhook_load.py                  # 30 s open loop, 20 s closed loop, each target
     python bench/webhook_load.py --quick          # 3 s each, for CI
     python bench/webhook_load.py --seconds 60 --concurrency 16
+    python bench/webhook_load.py --bsuid-only-share 0   # phone users only, the mix before BSUIDs
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
+import fractions
 import hashlib
 import hmac
 import json
@@ -102,6 +111,7 @@ START_WORDS = {"start"}
 # A STOP or START comes from a user whose hello was at least this many senders ago (already answered).
 SEEN_LAG = 50
 PAST_USERS = 100_000  # users the bot served before the bench (with_history)
+BSUID_ONLY_SHARE = fractions.Fraction(1, 3)  # of the new users (and the past ones): no phone, a BSUID only
 
 PYWA_VENV = Path(os.environ.get("PYWA_VENV", ROOT / ".venv-pywa"))
 PYWA_PACKAGES = ("pywa[flask]==4.5.0", "gunicorn==27.0.1")
@@ -121,7 +131,7 @@ wa = WhatsApp(
 stops = sqlite3.connect(os.environ["STOPS_DB"], isolation_level=None, check_same_thread=False)  # threaded workers
 stops.execute("PRAGMA journal_mode=WAL")
 stops.execute("PRAGMA busy_timeout=10000")
-stops.execute("CREATE TABLE IF NOT EXISTS stops (message_id TEXT PRIMARY KEY, wa_id TEXT NOT NULL)")
+stops.execute("CREATE TABLE IF NOT EXISTS stops (message_id TEXT PRIMARY KEY, wa_id TEXT NOT NULL)")  # wa_id or BSUID
 
 
 @app.get("/healthz")
@@ -131,7 +141,8 @@ def healthz():
 
 @wa.on_message(filters.text & filters.matches(*STOP_WORDS, ignore_case=True))
 def stop(_: WhatsApp, message: types.Message) -> None:
-    stops.execute("INSERT OR IGNORE INTO stops VALUES (?, ?)", (message.id, message.from_user.wa_id))
+    user = message.from_user
+    stops.execute("INSERT OR IGNORE INTO stops VALUES (?, ?)", (message.id, user.wa_id or user.bsuid))  # a username user has no wa_id
 '''.replace("*STOP_WORDS", ", ".join(map(repr, sorted(STOP_WORDS))))  # the words the traffic says STOP with
 
 
@@ -146,11 +157,30 @@ class Request:
     stops: int
 
 
-class Traffic:
-    """An endless, seeded mix of signed webhook bodies; `tag` keeps ids apart between phases."""
+def bsuid_only(index: int, share: fractions.Fraction) -> bool:
+    """Whether the user numbered `index` is a BSUID-only one: exactly `share` of any run of users."""
+    return (index + 1) * share.numerator // share.denominator > index * share.numerator // share.denominator
 
-    def __init__(self, tag: int, seed: int):
+
+def is_bsuid(identifier: str) -> bool:
+    return not identifier[:1].isdigit()
+
+
+def contact_of(identifier: str) -> dict:
+    """A change's contacts entry for a user, as Meta writes it for a phone user (wa_id and
+    user_id) or a username user (user_id and username, no wa_id)."""
+    if is_bsuid(identifier):
+        return {"profile": {"name": "Bench User", "username": f"bench.user{identifier[-8:]}"}, "user_id": identifier}
+    return {"profile": {"name": "Bench User"}, "wa_id": identifier, "user_id": f"US.{identifier}"}
+
+
+class Traffic:
+    """An endless, seeded mix of signed webhook bodies; `tag` keeps ids apart between phases,
+    `bsuid_only_share` is the share of new users known by a BSUID only."""
+
+    def __init__(self, tag: int, seed: int, bsuid_only_share: fractions.Fraction = BSUID_ONLY_SHARE):
         self.tag = tag
+        self.bsuid_only_share = bsuid_only_share
         self.random = random.Random(seed)
         self.templates = {name: (PAYLOADS / f"{name}.json").read_text(encoding="utf-8") for name in MIX}
         self.names, self.weights = list(MIX), list(MIX.values())
@@ -168,15 +198,19 @@ class Traffic:
                 people = []
                 for message in value.get("messages", []):
                     word = message["text"]["body"].casefold()
-                    message.update({"from": self._sender(word), "id": self._id("in"), "timestamp": now})
-                    people.append(message["from"])
+                    sender = self._sender(word)
+                    del message["from"]
+                    message.update({"from_user_id" if is_bsuid(sender) else "from": sender, "id": self._id("in"), "timestamp": now})
+                    people.append(sender)
                     stops += word in STOP_WORDS
                 for status in value.get("statuses", []):
-                    status.update({"id": self._id("out"), "recipient_id": self._seen(self.greeted), "timestamp": now})
-                    people.append(status["recipient_id"])
-                value["contacts"] = [
-                    {"profile": {"name": "Bench User"}, "wa_id": wa_id, "user_id": f"US.{wa_id}"} for wa_id in dict.fromkeys(people)
-                ]
+                    recipient = self._seen(self.greeted)
+                    del status["recipient_id"]
+                    status.update({
+                        "id": self._id("out"), "recipient_user_id" if is_bsuid(recipient) else "recipient_id": recipient, "timestamp": now,
+                    })
+                    people.append(recipient)
+                value["contacts"] = [contact_of(identifier) for identifier in dict.fromkeys(people)]
                 events += len(value.get("messages", [])) + len(value.get("statuses", []))
         raw = json.dumps(body, ensure_ascii=False).encode()
         return Request(raw, sign(raw), events, stops)
@@ -192,7 +226,8 @@ class Traffic:
             return self.stopped[-1]
         if word in START_WORDS and len(self.stopped) > SEEN_LAG:
             return self._seen(self.stopped)
-        self.greeted.append(f"1555{self.tag}{len(self.greeted):06d}")
+        index = len(self.greeted)
+        self.greeted.append(f"US.{self.tag}{index:019d}" if bsuid_only(index, self.bsuid_only_share) else f"1555{self.tag}{index:06d}")
         return self.greeted[-1]
 
     def _seen(self, users: list[str]) -> str:
@@ -215,6 +250,7 @@ class PhaseSpec:
     seconds: float
     rate: float | None  # events/s, open loop; None: closed loop
     concurrency: int
+    bsuid_only_share: fractions.Fraction = BSUID_ONLY_SHARE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,7 +283,7 @@ def run_phase(spec: PhaseSpec) -> PhaseResult:
 
 
 async def _phase(spec: PhaseSpec) -> PhaseResult:
-    traffic = Traffic(spec.tag, seed=spec.tag)
+    traffic = Traffic(spec.tag, seed=spec.tag, bsuid_only_share=spec.bsuid_only_share)
     loop = asyncio.get_running_loop()
     start, cpu = loop.time(), time.process_time()
     if spec.rate is None:
@@ -364,7 +400,7 @@ class Server:
     def cpu_seconds(self) -> float:
         """CPU used so far by the master and its workers (Linux /proc)."""
         children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
-        return sum(process_cpu(int(pid)) for pid in [self.pid, *children])
+        return sum(process_cpu(int(pid)) for pid in [str(self.pid), *children])
 
 
 def process_cpu(pid: int) -> float:
@@ -413,16 +449,19 @@ def wait_drained(port: int) -> float:
 
 
 def measure(
-    pool: ProcessPoolExecutor, server: Server, durations: Durations, concurrency: int, stops_recorded: Callable[[], int],
-    database_cpu: Callable[[], float] | None = None,
+    pool: ProcessPoolExecutor, server: Server, durations: Durations, concurrency: int, share: fractions.Fraction,
+    stops_recorded: Callable[[], int], database_cpu: Callable[[], float] | None = None,
 ) -> Measurement:
     """Warm-up, open loop, closed loop, each followed by waiting until the server has caught up.
+    `share`: of the new users, those known by a BSUID only.
     `database_cpu`: CPU seconds used so far by a database server's processes serving the bot."""
     port = server.port
     specs = {
-        "warm-up": PhaseSpec(port, tag=1, seconds=durations.warmup, rate=None, concurrency=WORKERS),
-        "open loop": PhaseSpec(port, tag=2, seconds=durations.open_loop, rate=RATE, concurrency=0),
-        "closed loop": PhaseSpec(port, tag=3, seconds=durations.closed_loop, rate=None, concurrency=concurrency),
+        "warm-up": PhaseSpec(port, tag=1, seconds=durations.warmup, rate=None, concurrency=WORKERS, bsuid_only_share=share),
+        "open loop": PhaseSpec(port, tag=2, seconds=durations.open_loop, rate=RATE, concurrency=0, bsuid_only_share=share),
+        "closed loop": PhaseSpec(
+            port, tag=3, seconds=durations.closed_loop, rate=None, concurrency=concurrency, bsuid_only_share=share
+        ),
     }
     results, drained, cpu_ms, database_ms = {}, {}, {}, {}
     for name, spec in specs.items():
@@ -440,15 +479,17 @@ def measure(
     )
 
 
-def bench_ours(pool: ProcessPoolExecutor, durations: Durations, concurrency: int, logs: Path) -> Measurement:
-    database_url = reset_stores()
+def bench_ours(pool: ProcessPoolExecutor, durations: Durations, concurrency: int, share: fractions.Fraction, logs: Path) -> Measurement:
+    database_url = reset_stores(share)
     env = {
         "DATABASE_URL": f"{database_url}&application_name={APPLICATION_NAME}", "REDIS_URL": REDIS_URL, "WHATSAPP_APP_SECRET": APP_SECRET,
         "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN, "WHATSAPP_TOKEN": "bench-token",
         "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID, "BUSINESS_NAME": "Bench Bakery",
     }
     with gunicorn(Path(sys.executable), "wsgi:app", ROOT, env, logs / "ours.log") as server:
-        return measure(pool, server, durations, concurrency, lambda: ledger_stops(database_url), lambda: postgres_cpu(database_url))
+        return measure(
+            pool, server, durations, concurrency, share, lambda: ledger_stops(database_url), lambda: postgres_cpu(database_url)
+        )
 
 
 def postgres_cpu(database_url: str) -> float:
@@ -461,42 +502,59 @@ def postgres_cpu(database_url: str) -> float:
     return sum(process_cpu(pid) for pid in pids)
 
 
-def reset_stores() -> str:
+def reset_stores(share: fractions.Fraction) -> str:
     """Empty the bench's PostgreSQL schema and Redis database, then give the bot a history
-    (`with_history`); return the database URL."""
+    (`with_history`, `share` of it BSUID-only people); return the database URL."""
     database_url = fresh_postgres_schema(SCHEMA)
     connection = redis.Redis.from_url(REDIS_URL)
     connection.flushdb()
     connection.close()
-    with_history(database_url, PAST_USERS)
+    with_history(database_url, PAST_USERS, share)
     return database_url
 
 
-def with_history(database_url: str, users: int) -> None:
-    """Tables as after some days of service: `users` earlier users, each with a session opened
-    and the opt-out notice given in the ledger and a delivered welcome, then the planner's
-    statistics as autovacuum keeps them. An empty table with none makes PostgreSQL scan where
-    a bot in service uses its indexes, and skews its CPU per event. Chain hashes are filler:
-    the bench does not verify the chain."""
+def with_history(database_url: str, users: int, share: fractions.Fraction) -> None:
+    """Tables as after some days of service: `users` earlier people, each with a session opened
+    and the opt-out notice given in the ledger, a delivered welcome and a contact row, then the
+    planner's statistics as autovacuum keeps them. `share` of them are known by a BSUID only
+    (`US.7...`); the others by a phone (1777...) linked to a BSUID (`US.1777...`), as the bot
+    links the two that a phone user's webhooks carry, with its `identity_linked` event. An empty
+    table with none makes PostgreSQL scan where a bot in service uses its indexes, and skews its
+    CPU per event. Chain hashes are filler: the bench does not verify the chain."""
     engine = sa.create_engine(database_url)
     upgrade(engine)
     day_ago = "now() - interval '1 day'"
+    bsuid_only_sql = f"((i + 1) * {share.numerator} / {share.denominator} > i * {share.numerator} / {share.denominator})"
+    phone = "'1777' || lpad(i::text, 7, '0')"
+    identifier = f"CASE WHEN {bsuid_only_sql} THEN 'US.7' || lpad(i::text, 19, '0') ELSE {phone} END"
+    person = "md5('past-' || i)::uuid::text"
     with engine.begin() as conn:
         for statement in (
-            f"INSERT INTO contacts (wa_id, last_inbound_at) SELECT '1777' || lpad(i::text, 7, '0'), {day_ago} FROM generate_series(1, {users}) i",
-            "INSERT INTO consent_events (seq, event_id, wa_id, action, scope, basis, channel, evidence, source_ref,"
-            " occurred_at, recorded_at, recorded_by, prev_hash, hash)"
-            " SELECT 2 * i - 1 + k, gen_random_uuid(), '1777' || lpad(i::text, 7, '0'),"
-            " (ARRAY['implicit', 'opt_out_notice_given'])[k + 1], 'all', (ARRAY['implicit', NULL])[k + 1], 'whatsapp_session',"
-            " '{\"message_id\":\"wamid.past-' || i || '\"}', (ARRAY['implicit:', 'notice:'])[k + 1] || 'wamid.past-' || i,"
-            f" {day_ago}, {day_ago}, 'webhook', repeat('0', 64), md5(i::text || k) || md5(k || i::text)"
-            f" FROM generate_series(1, {users}) i, generate_series(0, 1) k",
-            f"UPDATE ledger_head SET seq = {2 * users}, hash = repeat('0', 64)",
-            "INSERT INTO outbound_messages (id, idempotency_key, wa_id, kind, content, queue, state, meta_message_id, attempts,"
-            " requested_by, created_at, updated_at, sent_at)"
-            " SELECT gen_random_uuid(), 'welcome:wamid.past-' || i, '1777' || lpad(i::text, 7, '0'), 'free_form',"
+            f"CREATE TEMPORARY TABLE past AS SELECT i, {identifier} AS identifier, {phone} AS phone, {person} AS person_id,"
+            f" {bsuid_only_sql} AS bsuid_only FROM generate_series(1, {users}) i",
+            f"INSERT INTO identities (identifier, person_id, kind, linked_at) SELECT identifier, person_id,"
+            f" CASE WHEN bsuid_only THEN 'user_id' ELSE 'phone' END, {day_ago} FROM past",
+            f"INSERT INTO identities (identifier, person_id, kind, linked_at) SELECT 'US.' || phone, person_id, 'user_id', {day_ago}"
+            " FROM past WHERE NOT bsuid_only",
+            f"INSERT INTO contacts (person_id, last_inbound_at) SELECT person_id, {day_ago} FROM past",
+            # k: 0 the implicit consent, 1 the notice (both under the identifier the person wrote by), 2 a phone person's link of their BSUID, first
+            "INSERT INTO consent_events (seq, event_id, identifier, person_id, action, scope, basis, channel, evidence, source_ref,"
+            " occurred_at, recorded_at, recorded_by, prev_hash, hash, hash_version)"
+            " SELECT row_number() OVER (ORDER BY i, k = 2 DESC, k), gen_random_uuid(), CASE WHEN k = 2 THEN 'US.' || phone ELSE identifier END,"
+            " person_id, (ARRAY['implicit', 'opt_out_notice_given', 'identity_linked'])[k + 1], 'all',"
+            " (ARRAY['implicit', NULL, NULL])[k + 1], (ARRAY['whatsapp_session', 'whatsapp_session', 'whatsapp_identity'])[k + 1],"
+            " CASE WHEN k = 2 THEN '{\"payload_id\":\"wamid.past-' || i || '\",\"seen_with\":[\"' || phone || '\"]}'"
+            " ELSE '{\"message_id\":\"wamid.past-' || i || '\"}' END,"
+            " (ARRAY['implicit:', 'notice:', 'identity_linked:'])[k + 1] || 'wamid.past-' || i,"
+            f" {day_ago}, {day_ago}, 'webhook', repeat('0', 64), md5(i::text || k) || md5(k || i::text), 2"
+            " FROM past, generate_series(0, 2) k WHERE k < 2 OR NOT bsuid_only",
+            "UPDATE ledger_head SET seq = (SELECT max(seq) FROM consent_events), hash = repeat('0', 64)",
+            "INSERT INTO outbound_messages (id, idempotency_key, recipient, person_id, sent_to, kind, content, queue, state,"
+            " meta_message_id, attempts, requested_by, created_at, updated_at, sent_at)"
+            " SELECT gen_random_uuid(), 'welcome:wamid.past-' || i, identifier, person_id, identifier, 'free_form',"
             f" '{{\"text\": \"Welcome\"}}', 'replies', 'delivered', 'wamid.out-past-' || i, 1, 'webhook', {day_ago}, {day_ago}, {day_ago}"
-            f" FROM generate_series(1, {users}) i",
+            " FROM past",
+            "DROP TABLE past",
             "ANALYZE",
         ):
             conn.exec_driver_sql(statement)
@@ -531,7 +589,7 @@ def pywa_version(install: bool) -> str | None:
         return None
 
 
-def bench_pywa(pool: ProcessPoolExecutor, durations: Durations, concurrency: int, logs: Path) -> Measurement:
+def bench_pywa(pool: ProcessPoolExecutor, durations: Durations, concurrency: int, share: fractions.Fraction, logs: Path) -> Measurement:
     (logs / "pywa_bot.py").write_text(PYWA_BOT, encoding="utf-8")
     stops_db = logs / "pywa-stops.db"
     env = {
@@ -544,7 +602,7 @@ def bench_pywa(pool: ProcessPoolExecutor, durations: Durations, concurrency: int
             return conn.execute("SELECT count(*) FROM stops").fetchone()[0]
 
     with gunicorn(PYWA_VENV / "bin" / "python", "pywa_bot:app", logs, env, logs / "pywa.log") as server:
-        return measure(pool, server, durations, concurrency, recorded)
+        return measure(pool, server, durations, concurrency, share, recorded)
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -597,27 +655,43 @@ def verdicts(ours: Measurement) -> str:
     ])
 
 
+def share_of_users(text: str) -> fractions.Fraction:
+    """A share written as 1/3, 0.25 or 0."""
+    try:
+        share = fractions.Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a fraction: {text!r}") from None
+    if not 0 <= share <= 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return share.limit_denominator(1000)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Load on POST /webhook: our bot and a minimal pywa bot under gunicorn.")
     parser.add_argument("--quick", action="store_true", help="3 s phases; skips pywa unless its virtualenv exists (CI)")
     parser.add_argument("--seconds", type=float, default=30, help="open-loop seconds; the closed loop runs 2/3 of it")
     parser.add_argument("--concurrency", type=int, default=32, help="connections in the closed loop")
+    parser.add_argument(
+        "--bsuid-only-share", type=share_of_users, default=BSUID_ONLY_SHARE, metavar="FRACTION",
+        help=f"of the new and the past users, those known by a BSUID only (default {BSUID_ONLY_SHARE}; 0: phone users only, as before)",
+    )
     options = parser.parse_args()
+    share = options.bsuid_only_share
     durations = Durations(2, 3, 3) if options.quick else Durations(2, options.seconds, options.seconds * 2 / 3)
     logs = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
     print(
         f"gunicorn, {WORKERS} {SERVING['worker_class']} workers with {SERVING['threads']} threads; open loop {durations.open_loop:g} s at {RATE} events/s, closed loop "
-        f"{durations.closed_loop:g} s with {options.concurrency} connections; logs in {logs}", flush=True,
+        f"{durations.closed_loop:g} s with {options.concurrency} connections; {share} of users BSUID-only; logs in {logs}", flush=True,
     )
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        columns = {"ours": bench_ours(pool, durations, options.concurrency, logs)}
+        columns = {"ours": bench_ours(pool, durations, options.concurrency, share, logs)}
         version = pywa_version(install=not options.quick)
         if version is None:
             reason = " (--quick never installs it; a full run does)" if options.quick else ""
             print(f"pywa: skipped, no virtualenv with pywa at {PYWA_VENV}{reason}")
         else:
             try:
-                columns[f"pywa {version}"] = bench_pywa(pool, durations, options.concurrency, logs)
+                columns[f"pywa {version}"] = bench_pywa(pool, durations, options.concurrency, share, logs)
             except RuntimeError as failure:
                 print(f"pywa: could not be served, so no comparison: {failure}")
     print(table(columns, durations, options.concurrency))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from gunicorn.glogging import Logger
 
-from bot.domain.phone import mask_numbers
+from bot.domain.identity import mask_numbers
 
 _SIZES_AND_TIMES = {"b", "B", "T", "D", "M", "L"}  # numbers that are not phone numbers
 

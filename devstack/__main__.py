@@ -25,7 +25,7 @@ import requests
 from rq import Worker
 from sqlalchemy.engine import make_url
 
-from bot.domain.phone import mask
+from bot.domain.identity import mask
 from bot.services import STARTUP_ERRORS
 from bot.settings import PROJECT_ROOT, Settings, load_settings, masked_url
 from bot.storage.db import make_engine

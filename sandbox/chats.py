@@ -23,7 +23,7 @@ class Entry:
     """One message: `in` from the user to the business, `out` from the business (the bot)."""
 
     id: str
-    wa_id: str
+    user: str
     direction: str
     kind: str  # text, button (a quick-reply tap), template, ...
     text: str
@@ -35,7 +35,7 @@ class Entry:
 
 
 class Chats:
-    """Every conversation, by wa_id; safe to use from the server's threads."""
+    """Every conversation, by user (a phone number or a BSUID); safe to use from the server's threads."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -44,18 +44,18 @@ class Chats:
 
     def add(self, entry: Entry) -> Entry:
         with self._lock:
-            self._by_user.setdefault(entry.wa_id, []).append(entry)
+            self._by_user.setdefault(entry.user, []).append(entry)
             self._by_id[entry.id] = entry
         return entry
 
     def numbers(self) -> list[str]:
         """Users with a conversation, the most recent first."""
         with self._lock:
-            return sorted(self._by_user, key=lambda wa_id: self._by_user[wa_id][-1].at, reverse=True)
+            return sorted(self._by_user, key=lambda user: self._by_user[user][-1].at, reverse=True)
 
-    def transcript(self, wa_id: str) -> list[Entry]:
+    def transcript(self, user: str) -> list[Entry]:
         with self._lock:
-            return list(self._by_user.get(wa_id, []))
+            return list(self._by_user.get(user, []))
 
     def advance(self, message_id: str, status: str) -> bool:
         """Move an `out` message's status forward, as WhatsApp does; False when it is not forward."""
@@ -69,7 +69,7 @@ class Chats:
             entry.status = status
             return True
 
-    def unread(self, wa_id: str) -> list[Entry]:
+    def unread(self, user: str) -> list[Entry]:
         """The business's messages to this user that the user has not read yet."""
         with self._lock:
-            return [e for e in self._by_user.get(wa_id, []) if e.direction == "out" and e.status != "read"]
+            return [e for e in self._by_user.get(user, []) if e.direction == "out" and e.status != "read"]

@@ -11,10 +11,10 @@ from bot.settings import ConfigError, load_settings
 
 @click.command("simulate")
 @click.argument("text")
-@click.option("--from", "wa_id", required=True, help="The WhatsApp user who sends it (digits with country code).")
+@click.option("--from", "user", required=True, help="The WhatsApp user who sends it: digits with country code, or a BSUID (US.1234567890) for a username user.")
 @click.option("--button", is_flag=True, help="Send TEXT as a quick-reply button tap instead of a typed message.")
 @click.option("--wait", default=4.0, show_default=True, help="Seconds to wait for the bot's replies.")
-def simulate(text: str, wa_id: str, button: bool, wait: float) -> None:
+def simulate(text: str, user: str, button: bool, wait: float) -> None:
     """Send TEXT to the bot as a WhatsApp user and print the bot's replies (SANDBOX_URL, or SANDBOX_PORT)."""
     try:
         settings = load_settings()
@@ -24,7 +24,7 @@ def simulate(text: str, wa_id: str, button: bool, wait: float) -> None:
         raise click.ClickException("WHATSAPP_TOKEN is set, so the bot talks to Meta and no sandbox runs")
     url = settings.sandbox_url
     try:
-        sent = requests.post(f"{url}/api/chats/{wa_id}/messages", json={"button" if button else "text": text}, timeout=10)
+        sent = requests.post(f"{url}/api/chats/{user}/messages", json={"button" if button else "text": text}, timeout=10)
     except requests.ConnectionError:
         raise click.ClickException(f"no sandbox at {url}: start the bot with `python3 dev.py start`") from None
     if sent.status_code != 201:
@@ -34,10 +34,10 @@ def simulate(text: str, wa_id: str, button: bool, wait: float) -> None:
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         time.sleep(0.25)
-        chat = requests.get(f"{url}/api/chats/{message['wa_id']}", timeout=10).json()
+        chat = requests.get(f"{url}/api/chats/{message['user']}", timeout=10).json()
         for entry in chat["messages"]:
             if entry["direction"] == "out" and entry["at"] >= message["at"] and entry["id"] not in printed:
                 printed.add(entry["id"])
                 click.echo(entry["text"])
     if printed:
-        requests.post(f"{url}/api/chats/{message['wa_id']}/read", timeout=10)
+        requests.post(f"{url}/api/chats/{message['user']}/read", timeout=10)

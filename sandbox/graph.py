@@ -7,7 +7,7 @@ import logging
 
 from flask import Blueprint, jsonify, request
 
-from bot.domain.phone import mask, normalize_wa_id
+from bot.domain.identity import mask, normalize_identifier
 from sandbox import DISPLAY_NUMBER, Sandbox, current_sandbox
 from sandbox.chats import Entry
 from sandbox.graph_imitation import Received
@@ -29,8 +29,8 @@ def show(sandbox: Sandbox, received: Received) -> None:
     """A message the imitation accepts: into its chat, then reported sent and delivered.
     Raises ValueError (the imitation answers Meta's 400) for what the sandbox cannot show."""
     kind, text = _content(received.body)
-    entry = sandbox.chats.add(Entry(received.meta_id or "", normalize_wa_id(received.to), "out", kind, text))
-    log.info("the bot sent a %s to %s", kind, mask(entry.wa_id))
+    entry = sandbox.chats.add(Entry(received.meta_id or "", normalize_identifier(received.to), "out", kind, text))
+    log.info("the bot sent a %s to %s", kind, mask(entry.user))
     for state, delay in (("sent", SENT_AFTER), ("delivered", DELIVERED_AFTER)):
         report(sandbox, entry, state, delay)
 
@@ -38,7 +38,7 @@ def show(sandbox: Sandbox, received: Received) -> None:
 def report(sandbox: Sandbox, entry: Entry, state: str, delay: float = 0.0) -> None:
     """Tell the bot, as Meta would, that a message it sent was sent, delivered or read."""
     if sandbox.chats.advance(entry.id, state):
-        body = notification(sandbox.settings.whatsapp_phone_number_id or "", DISPLAY_NUMBER, status(entry.wa_id, entry.id, state))
+        body = notification(sandbox.settings.whatsapp_phone_number_id or "", DISPLAY_NUMBER, status(entry.user, entry.id, state))
         sandbox.deliveries.send(body, delay)
 
 

@@ -184,7 +184,7 @@ class GraphImitation:
         Meta's answer: the HTTP status and the body."""
         try:
             body = json.loads(raw)
-            to = str(body["to"])
+            to = str(body["to"] if "to" in body else body["recipient"])  # a phone wins when both are sent
         except (ValueError, KeyError, TypeError):  # a client killed while writing its request
             body, to = {}, ""
         now = time.monotonic()
@@ -217,7 +217,8 @@ class GraphImitation:
                 self.on_accept(Received(time.time(), to, body, 200, None, meta_id))
             except ValueError:
                 return 400, 100, _error(100, "Invalid parameter")
-        return 200, None, {"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": meta_id}]}
+        contact = {"input": to, "wa_id" if "to" in body else "user_id": to}  # as Meta answers a phone, or a BSUID
+        return 200, None, {"messaging_product": "whatsapp", "contacts": [contact], "messages": [{"id": meta_id}]}
 
     async def _answer(self, writer: asyncio.StreamWriter, status: int, answer: dict) -> None:
         try:

@@ -14,6 +14,8 @@ import time
 
 import requests
 
+from bot.domain.identity import IdentifierKind, kind_of
+
 log = logging.getLogger(__name__)
 
 WABA_ID = "100000000000000"  # the sandbox's WhatsApp Business Account id
@@ -27,15 +29,27 @@ def notification(phone_number_id: str, display_number: str, value: dict) -> dict
     return {"object": "whatsapp_business_account", "entry": [{"id": WABA_ID, "changes": [change]}]}
 
 
-def inbound(wa_id: str, message_id: str, content: dict) -> dict:
-    """The value of a message a user sent; `content` holds `type` and its part (text, button)."""
-    message = {"from": wa_id, "id": message_id, "timestamp": str(int(time.time())), **content}
-    return {"contacts": [{"profile": {"name": "Sandbox user"}, "wa_id": wa_id}], "messages": [message]}
+def inbound(user: str, message_id: str, content: dict) -> dict:
+    """The value of a message a user sent; `content` holds `type` and its part (text, button).
+    A user given by BSUID is a username user whose phone Meta does not share: no `from`, no `wa_id`."""
+    message = {**_sender(user, "from", "from_user_id"), "id": message_id, "timestamp": str(int(time.time())), **content}
+    return {"contacts": [{"profile": _profile(user), **_sender(user, "wa_id", "user_id")}], "messages": [message]}
 
 
-def status(wa_id: str, message_id: str, state: str) -> dict:
+def status(user: str, message_id: str, state: str) -> dict:
     """The value of a delivery status (sent, delivered, read) for a message the business sent."""
-    return {"statuses": [{"id": message_id, "status": state, "timestamp": str(int(time.time())), "recipient_id": wa_id}]}
+    item = {"id": message_id, "status": state, "timestamp": str(int(time.time())), **_sender(user, "recipient_id", "recipient_user_id")}
+    return {"statuses": [item]}
+
+
+def _sender(user: str, phone_key: str, user_id_key: str) -> dict:
+    return {phone_key if kind_of(user) is IdentifierKind.PHONE else user_id_key: user}
+
+
+def _profile(user: str) -> dict:
+    if kind_of(user) is IdentifierKind.PHONE:
+        return {"name": "Sandbox user"}
+    return {"name": "Sandbox user", "username": "sandbox.user"}
 
 
 def signature(secret: str, body: bytes) -> str:

@@ -20,7 +20,7 @@ def reconfigure(app: Flask, **changes: object) -> None:
 
 def web_opt_in(wa_id: str = USER, ref: str = "form-1", scope: Scope = Scope.ALL, **extra) -> EventDraft:
     return EventDraft(
-        wa_id=wa_id,
+        identifier=wa_id,
         action=Action.OPT_IN,
         channel=Channel.WEB,
         scope=scope,
@@ -34,20 +34,20 @@ def web_opt_in(wa_id: str = USER, ref: str = "form-1", scope: Scope = Scope.ALL,
 
 def opt_out(wa_id: str = USER, ref: str = "stop-1", scope: Scope = Scope.ALL, channel: Channel = Channel.WHATSAPP_KEYWORD) -> EventDraft:
     return EventDraft(
-        wa_id=wa_id, action=Action.OPT_OUT, channel=channel, scope=scope, source_ref=ref,
+        identifier=wa_id, action=Action.OPT_OUT, channel=channel, scope=scope, source_ref=ref,
         recorded_by="webhook", consent_text="STOP", evidence={"message_id": ref},
     )
 
 
 def keyword_opt_in(wa_id: str = USER, ref: str = "start-1") -> EventDraft:
     return EventDraft(
-        wa_id=wa_id, action=Action.OPT_IN, channel=Channel.WHATSAPP_KEYWORD, source_ref=ref,
+        identifier=wa_id, action=Action.OPT_IN, channel=Channel.WHATSAPP_KEYWORD, source_ref=ref,
         recorded_by="webhook", consent_text="START", evidence={"message_id": ref},
     )
 
 
 def notice_given(wa_id: str = USER, ref: str = "welcome-1") -> EventDraft:
     return EventDraft(
-        wa_id=wa_id, action=Action.OPT_OUT_NOTICE_GIVEN, channel=Channel.WHATSAPP_SESSION, source_ref=ref,
+        identifier=wa_id, action=Action.OPT_OUT_NOTICE_GIVEN, channel=Channel.WHATSAPP_SESSION, source_ref=ref,
         recorded_by="webhook", evidence={"reply": "welcome", "message_id": ref},
     )

@@ -85,11 +85,11 @@ def test_informational_notices_pause_nothing(client, campaigns):
 def reach(app, campaign_id: str, count: int) -> list[str]:
     """Mark `count` of the campaign's messages sent, as the worker would; returns their recipients."""
     outbox = services_of(app).outbox
-    reached = sorted(_messages(app, campaign_id), key=lambda message: message.wa_id)[:count]
+    reached = sorted(_messages(app, campaign_id), key=lambda message: message.recipient)[:count]
     for message in reached:
         claimed = outbox.claim(message.id)
         outbox.mark_sent(message.id, f"wamid.{message.id}", claimed.consent_event_id)
-    return [message.wa_id for message in reached]
+    return [message.recipient for message in reached]
 
 
 def test_the_opt_out_rate_pauses_a_campaign_once_enough_recipients_were_reached(app, campaigns):
@@ -126,7 +126,7 @@ def test_a_paused_campaigns_messages_wait_and_go_after_resume(app, campaigns):
     campaigns.resume(campaign_id)
     queued_again = [id_ for job in Queue("bulk", connection=services_of(app).redis).jobs for id_ in job.args[0]]
     assert sorted(queued_again) == sorted(waiting)
-    assert {message.wa_id for message in outbox.claim_many(waiting)} == set(RECIPIENTS)
+    assert {message.recipient for message in outbox.claim_many(waiting)} == set(RECIPIENTS)
 
 
 def _messages(app, campaign_id: str) -> list:

@@ -44,7 +44,7 @@ def test_verify_passes_on_an_untouched_ledger(runner, five_events):
     "statements, named",
     [
         (["UPDATE consent_events SET consent_text = 'I agree to everything' WHERE seq = 3"], "event seq 3 (.+) was altered"),
-        (["UPDATE consent_events SET wa_id = '19995550000' WHERE seq = 2"], "event seq 2 (.+) was altered"),
+        (["UPDATE consent_events SET identifier = '19995550000' WHERE seq = 2"], "event seq 2 (.+) was altered"),
         (["DELETE FROM consent_events WHERE seq = 3"], "event seq 3 is missing"),
         (
             [

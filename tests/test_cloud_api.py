@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from bot.outbound import graph_errors as errors
-from bot.outbound.cloud_api import CloudApi
+from bot.outbound.cloud_api import Accepted, CloudApi
 from tests.local_services import free_port
 
 PAYLOADS = Path(__file__).parent / "fixtures" / "payloads"
@@ -34,7 +34,7 @@ def api() -> CloudApi:
 
 def test_sends_text_to_the_configured_version_with_the_token(api, requests_mock):
     requests_mock.post(URL, json=payload("graph_send_ok.json"))
-    assert api.send_text(TO, "Hello") == "wamid.HBgLMTY1MDU1NTEyMzQVAgARGBJBQkNERUYwMTIzNDU2Nzg5AA=="
+    assert api.send_text(TO, "Hello") == Accepted("wamid.HBgLMTY1MDU1NTEyMzQVAgARGBJBQkNERUYwMTIzNDU2Nzg5AA==", TO)
     request = requests_mock.last_request
     assert request.headers["Authorization"] == "Bearer secret-token"
     assert request.json() == {
@@ -127,15 +127,15 @@ def test_connections_are_pooled_and_kept_alive(graph):
     """Against a real local HTTP/1.1 server: three sends, one TCP connection."""
     api = CloudApi("token", "106540352242922", base_url=graph.url)
     for text in ("one", "two", "three"):
-        assert api.send_text(TO, text).startswith("wamid.")
+        assert api.send_text(TO, text).message_id.startswith("wamid.")
     assert graph.connections == 1
 
 
 def test_a_connection_the_server_closed_is_replaced_before_the_next_send(graph):
     api = CloudApi("token", "106540352242922", base_url=graph.url)
-    assert api.send_text(TO, "one").startswith("wamid.")
+    assert api.send_text(TO, "one").message_id.startswith("wamid.")
     graph.drop_connections()
-    assert api.send_text(TO, "two").startswith("wamid.")
+    assert api.send_text(TO, "two").message_id.startswith("wamid.")
     assert (graph.connections, len(graph.requests)) == (2, 2)
 
 

@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from bot.domain.consent import State
+from bot.domain.identity import InvalidNumber, normalize_wa_id
 from bot.domain.keywords import Intent
-from bot.domain.phone import InvalidNumber, normalize_wa_id
 from bot.services import services_of
 from bot.settings import PROJECT_ROOT
 from bot.storage.schema import account_notices, consent_events, contacts, early_statuses, outbound_messages, unread_webhooks
@@ -82,7 +82,7 @@ def test_a_body_from_another_project_is_answered_and_recorded_once(app, client, 
             last_keyword[wa_id] = (match.intent, text)
         if kind == "system":
             with services.engine.connect() as conn:
-                answers = conn.execute(sa.select(sa.func.count()).where(outbound_messages.c.wa_id == wa_id)).scalar_one()
+                answers = conn.execute(sa.select(sa.func.count()).where(outbound_messages.c.recipient == wa_id)).scalar_one()
             assert answers == 0, "a system message was answered"
     for wa_id, (intent, text) in last_keyword.items():
         if intent is Intent.OPT_OUT:

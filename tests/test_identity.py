@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.domain.phone import InvalidNumber, mask, mask_numbers, normalize_wa_id
+from bot.domain.identity import InvalidNumber, mask, mask_numbers, normalize_wa_id
 
 
 @pytest.mark.parametrize(

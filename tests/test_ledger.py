@@ -233,7 +233,7 @@ def test_events_can_be_filtered_by_time_and_user(ledger, clock):
     assert [e.source_ref for e in ledger.events()] == ["a", "b", "c"]
     assert [e.source_ref for e in ledger.events(since=day_two)] == ["b", "c"]
     assert [e.source_ref for e in ledger.events(until=day_two)] == ["a"]
-    assert [e.source_ref for e in ledger.events(wa_id=USER)] == ["a", "c"]
+    assert [e.source_ref for e in ledger.events(identifier=USER)] == ["a", "c"]
 
 
 @pytest.mark.parametrize("statement", ["UPDATE consent_events SET consent_text = 'x'", "DELETE FROM consent_events"])

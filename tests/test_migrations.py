@@ -14,6 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from bot import create_app
+from bot.domain.identity import legacy_person_id
 from bot.services import services_of
 from bot.settings import PROJECT_ROOT
 from bot.storage.db import make_engine
@@ -44,9 +45,11 @@ def legacy_database(dialect: str, tmp_path: Path) -> str:
 
 
 def event_rows(engine: sa.Engine) -> list[tuple]:
-    columns = [c for c in consent_events.c if c.name != "hash_version"]
+    """Every event's recorded fields, before (`wa_id`) or after (`identifier`) revision 0004."""
     with engine.connect() as conn:
-        return [tuple(row) for row in conn.execute(sa.select(*columns).order_by(consent_events.c.seq))]
+        who = "identifier" if "identifier" in {c["name"] for c in sa.inspect(conn).get_columns("consent_events")} else "wa_id"
+        fields = f"seq, event_id, {who}, action, scope, basis, channel, consent_text, evidence, source_ref, occurred_at, recorded_at, recorded_by, prev_hash, hash"
+        return [tuple(row) for row in conn.execute(sa.text(f"SELECT {fields} FROM consent_events ORDER BY seq"))]
 
 
 @pytest.mark.postgres
@@ -74,6 +77,8 @@ def test_a_database_made_before_migrations_is_adopted_and_keeps_every_event(dial
         state = ledger.state(wa_id)
         found[wa_id] = {"state": state.state.value, "marketing": state.marketing.value, "events": len(ledger.history(wa_id))}
     assert found == expected
+    for wa_id in expected:  # each number became a person known by it
+        assert (ledger.state(wa_id).person_id, ledger.state(wa_id).identifiers) == (legacy_person_id(wa_id), (wa_id,))
     # The adopted ledger goes on: new events chain onto the old ones, and stay append-only.
     ledger.append(opt_out(wa_id="919876543210", ref="wamid.after-upgrade"))
     assert ledger.state("919876543210").state.value == "opted_out" and ledger.verify().ok

@@ -44,7 +44,7 @@ def test_allowed_message_is_stored_with_its_consent_event_and_queued(app, outbox
     submission = outbox.submit(UTILITY, "req-1", "staff:test", QueueName.BULK)
     assert submission.queued and submission.reason is None
     stored = outbox.get(submission.message_id)
-    assert (stored.state, stored.consent_event_id, stored.wa_id) == (MessageState.QUEUED, opt_in.event_id, USER)
+    assert (stored.state, stored.consent_event_id, stored.recipient) == (MessageState.QUEUED, opt_in.event_id, USER)
     jobs = Queue("bulk", connection=services_of(app).redis).jobs
     assert [job.args for job in jobs] == [([submission.message_id],)]
 
@@ -207,7 +207,7 @@ def test_stop_after_the_consent_check_and_before_the_call_wins(app, outbox, grap
         checked = check(messages)
         if not checks:
             ledger.append(opt_out(ref="wamid.STOP-after-check"))
-        checks.append([decision.allowed for decision, _ in checked])
+        checks.append([cleared.decision.allowed for cleared in checked])
         return checked
 
     runtime.sender.check = stop_arrives_after_the_first_check

@@ -16,7 +16,7 @@ _seq = count(1)
 def event(action: Action, scope: Scope = Scope.ALL) -> ConsentEvent:
     n = next(_seq)
     return ConsentEvent(
-        seq=n, event_id=f"evt-{n}", wa_id="16505551234", action=action, scope=scope, basis=None,
+        seq=n, event_id=f"evt-{n}", identifier="16505551234", person_id="p-1", action=action, scope=scope, basis=None,
         channel=Channel.API, consent_text=None, evidence={}, source_ref=f"ref-{n}", occurred_at=NOW,
         recorded_at=NOW, recorded_by="test", prev_hash="0" * 64, hash="f" * 64,
     )

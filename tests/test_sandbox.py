@@ -78,8 +78,8 @@ def test_a_send_is_answered_like_meta_then_reported_sent_and_delivered(sandbox, 
     wamid = answer.json["messages"][0]["id"]
     assert answer.json["contacts"] == [{"input": USER, "wa_id": USER}]
     statuses = bot.events(2)
-    assert [(s.meta_message_id, s.status, s.recipient) for s in statuses] == [
-        (wamid, DeliveryStatus.SENT, USER), (wamid, DeliveryStatus.DELIVERED, USER),
+    assert [(s.meta_message_id, s.status, s.recipients) for s in statuses] == [
+        (wamid, DeliveryStatus.SENT, (USER,)), (wamid, DeliveryStatus.DELIVERED, (USER,)),
     ]
     assert all(signature_matches(SECRET, body, header) for body, header in bot.received)
     (shown,) = sandbox.get(f"/api/chats/{USER}").json["messages"]
@@ -115,10 +115,28 @@ def test_what_a_user_types_or_taps_reaches_the_bot_as_metas_signed_webhook(sandb
     assert sandbox.post("/api/chats/+1 650 555 1234/messages", json={"text": "hello"}).status_code == 201
     assert sandbox.post(f"/api/chats/{USER}/messages", json={"button": "Stop promotions"}).status_code == 201
     typed, tapped = bot.events(2)
-    assert isinstance(typed, InboundMessage) and (typed.wa_id, typed.type, typed.text) == (USER, MessageType.TEXT, "hello")
+    assert isinstance(typed, InboundMessage) and (typed.sender, typed.type, typed.text) == (USER, MessageType.TEXT, "hello")
     assert isinstance(tapped, InboundMessage) and (tapped.type, tapped.button_payload) == (MessageType.BUTTON, "Stop promotions")
     assert all(signature_matches(SECRET, body, header) for body, header in bot.received)
     assert sandbox.get("/api/chats").json == {"chats": [USER]}
+
+
+USERNAME_USER = "US.20571446901837265093"
+
+
+def test_a_username_user_has_no_phone_in_any_webhook_and_is_answered_by_recipient(sandbox, bot):
+    assert sandbox.post(f"/api/chats/{USERNAME_USER}/messages", json={"text": "hi"}).status_code == 201
+    bot.events(1)
+    (body, _), = bot.received
+    value = json.loads(body)["entry"][0]["changes"][0]["value"]
+    assert "from" not in value["messages"][0] and value["messages"][0]["from_user_id"] == USERNAME_USER
+    assert "wa_id" not in value["contacts"][0] and value["contacts"][0]["profile"]["username"]
+    answer = send(sandbox, {"messaging_product": "whatsapp", "recipient": USERNAME_USER, "type": "text", "text": {"body": "Welcome!"}})
+    assert answer.status_code == 200 and answer.json["contacts"] == [{"input": USERNAME_USER, "user_id": USERNAME_USER}]
+    typed, sent, delivered = bot.events(3)
+    assert typed.identifiers == (USERNAME_USER,) and sent.recipients == delivered.recipients == (USERNAME_USER,)
+    assert all('"recipient_id"' not in body.decode() for body, _ in bot.received)
+    assert [entry["text"] for entry in sandbox.get(f"/api/chats/{USERNAME_USER}").json["messages"]] == ["hi", "Welcome!"]
 
 
 def test_reading_reports_read_once(sandbox, bot):

@@ -40,3 +40,16 @@ def test_a_person_chats_with_the_bot_on_the_sandbox_page(tmp_path, redis_url, br
         expect(page.locator("#history li").first).to_contain_text(re.compile(r"opt_out · all · whatsapp_keyword"))
         expect(page.locator("#chat-list li")).to_have_text(["+447700900123"])
         screenshot(page, "sandbox-chat")
+
+        # A username user: Meta names them by BSUID only, and the bot answers them all the same.
+        page.get_by_role("button", name="Username user").click()
+        expect(page.locator("#who")).to_contain_text("(username, no phone)")
+        page.get_by_label("Message").fill("hi")
+        page.get_by_role("button", name="Send").click()
+        expect(bot_messages.first).to_contain_text("Welcome to Acme Bakery!")
+        expect(page.locator("#identifiers")).to_have_text(re.compile(r"^US\.[0-9]{16}$"))
+        page.get_by_role("button", name="STOP", exact=True).click()
+        expect(bot_messages.nth(1)).to_contain_text("You are unsubscribed from Acme Bakery")
+        expect(page.locator("#state")).to_have_text("opted_out")
+        expect(page.locator("#chat-list li")).to_have_count(2)
+        screenshot(page, "sandbox-username-user")

@@ -29,12 +29,12 @@ ORDER_UPDATE = {"name": "order_update", "language": "en", "category": "utility",
 
 def events(app) -> list:
     with services_of(app).ledger.engine.connect() as conn:
-        return conn.execute(sa.select(consent_events.c.action, consent_events.c.wa_id)).all()
+        return conn.execute(sa.select(consent_events.c.action, consent_events.c.identifier)).all()
 
 
 def stored_messages(app) -> list:
     with services_of(app).ledger.engine.connect() as conn:
-        return conn.execute(sa.select(outbound_messages.c.wa_id, outbound_messages.c.state)).all()
+        return conn.execute(sa.select(outbound_messages.c.recipient, outbound_messages.c.state)).all()
 
 
 # -- access ----------------------------------------------------------------------------------

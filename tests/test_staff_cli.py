@@ -83,7 +83,7 @@ def test_a_mixed_file_records_the_good_rows_and_names_each_rejected_line(runner,
     for line, says in zip(rejected, reasons):
         assert says in line, line
     assert lines[-1] == "Error: 3 recorded, 0 already in the ledger, 10 rejected"
-    assert {event.wa_id for event in ledger.events()} == {USER, OTHER_USER, "19175550100"}
+    assert {event.identifier for event in ledger.events()} == {USER, OTHER_USER, "19175550100"}
 
 
 @pytest.mark.parametrize(

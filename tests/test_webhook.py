@@ -64,7 +64,7 @@ def replies(app, wa_id: str = USER) -> list[tuple[str, str]]:
     with services_of(app).ledger.engine.connect() as conn:
         rows = conn.execute(
             sa.select(outbound_messages.c.kind, outbound_messages.c.content, outbound_messages.c.state)
-            .where(outbound_messages.c.wa_id == wa_id)
+            .where(outbound_messages.c.recipient == wa_id)
             .order_by(outbound_messages.c.created_at)
         ).all()
     return [(kind, json.loads(content).get("text")) for kind, content, state in rows if state == "queued"]
@@ -590,9 +590,11 @@ def test_a_system_message_is_not_the_user_writing(app, client):
     body = message_body(**SYSTEM_NUMBER_CHANGE)
     assert post(client, body).status_code == 200
     assert actions(app) == [] and replies(app) == []  # no session, no implicit consent, no welcome
-    assert unread(app) == ["system message 'user_changed_number' kept for staff; the bot does not act on it"]
-    assert post(client, body).status_code == 200
-    assert len(unread(app)) == 1  # a redelivery keeps nothing new
+    assert actions(app, "16505550000") == [] and replies(app, "16505550000") == [] and unread(app) == []
+    assert services_of(app).ledger.state("16505550000").state is State.NONE
+    other = message_body(id="wamid.SYSTEM2", type="system", system={"body": "security code changed", "type": "customer_identity_changed"})
+    assert post(client, other).status_code == 200 and post(client, other).status_code == 200
+    assert unread(app) == ["system message 'customer_identity_changed' kept for staff; the bot does not act on it"]
 
 
 def test_a_reaction_opens_a_session_but_does_not_use_up_the_welcome(app, client):

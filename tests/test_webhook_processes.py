@@ -71,8 +71,8 @@ def test_the_same_post_twenty_times_at_once_has_one_set_of_effects(served, redis
     assert statuses == [200] * 20
     engine = make_engine(database_url)
     with engine.connect() as conn:
-        events = conn.execute(sa.select(consent_events.c.action).where(consent_events.c.wa_id == USER)).scalars().all()
-        sent = conn.execute(sa.select(outbound_messages.c.kind).where(outbound_messages.c.wa_id == USER)).scalars().all()
+        events = conn.execute(sa.select(consent_events.c.action).where(consent_events.c.identifier == USER)).scalars().all()
+        sent = conn.execute(sa.select(outbound_messages.c.kind).where(outbound_messages.c.recipient == USER)).scalars().all()
     engine.dispose()
     assert sorted(events) == ["implicit", "opt_out"]
     assert sent == ["stop_confirmation"]

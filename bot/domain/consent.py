@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from bot.domain.identity import IdentifierKind, kind_of
+
 SERVICE_WINDOW = timedelta(hours=24)
 
 
@@ -20,6 +22,13 @@ class Action(str, enum.Enum):
     IMPLICIT = "implicit"
     OPT_OUT_NOTICE_GIVEN = "opt_out_notice_given"
     POSSIBLE_OPT_OUT = "possible_opt_out"
+    # Who is who (SPEC §6): evidence of consent too, as they are why a STOP under one identifier stops the others.
+    IDENTITY_LINKED = "identity_linked"  # Meta showed this identifier with the person's others
+    IDENTITY_RETIRED = "identity_retired"  # the person moved away from it (a new number): it names nobody now
+    PEOPLE_MERGED = "people_merged"  # two people turned out to be one (evidence: the one absorbed)
+
+
+IDENTITY_ACTIONS = frozenset({Action.IDENTITY_LINKED, Action.IDENTITY_RETIRED, Action.PEOPLE_MERGED})
 
 
 class Scope(str, enum.Enum):
@@ -52,6 +61,7 @@ class Channel(str, enum.Enum):
     WHATSAPP_BUTTON = "whatsapp_button"
     WHATSAPP_PREFERENCES = "whatsapp_preferences"
     WHATSAPP_DELIVERY = "whatsapp_delivery"
+    WHATSAPP_IDENTITY = "whatsapp_identity"  # identifiers Meta showed together, or a move Meta announced
 
 
 class State(str, enum.Enum):
@@ -74,10 +84,11 @@ class EventDraft:
     """An event as a caller asks for it to be recorded; the ledger adds ids, times and hashes.
 
     `source_ref` makes recording idempotent: the same inbound message id or API request id
-    recorded twice yields one event.
+    recorded twice yields one event. `identifier` is the phone or BSUID the event came under;
+    the ledger finds (or makes) its person unless `person_id` says it.
     """
 
-    wa_id: str
+    identifier: str
     action: Action
     channel: Channel
     source_ref: str
@@ -86,6 +97,7 @@ class EventDraft:
     consent_text: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
     occurred_at: datetime | None = None
+    person_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +106,8 @@ class ConsentEvent:
 
     seq: int
     event_id: str
-    wa_id: str
+    identifier: str
+    person_id: str
     action: Action
     scope: Scope
     basis: Basis | None
@@ -113,7 +126,9 @@ class ConsentEvent:
         return {
             "seq": self.seq,
             "event_id": self.event_id,
-            "wa_id": self.wa_id,
+            "person_id": self.person_id,
+            "wa_id": self.identifier if kind_of(self.identifier) is IdentifierKind.PHONE else None,
+            "user_id": self.identifier if kind_of(self.identifier) is not IdentifierKind.PHONE else None,
             "action": self.action.value,
             "scope": self.scope.value,
             "basis": self.basis.value if self.basis else None,
@@ -131,9 +146,12 @@ class ConsentEvent:
 
 @dataclass(frozen=True)
 class ConsentState:
-    """What a user's events add up to, with the events that justify it."""
+    """What a person's events add up to, with the events that justify it.
 
-    wa_id: str
+    `identifier` is the one it was asked for; `identifiers`, every one the person has now
+    (none for an identifier that names nobody yet)."""
+
+    identifier: str
     state: State = State.NONE
     marketing: Marketing = Marketing.NONE
     last_inbound_at: datetime | None = None
@@ -141,6 +159,26 @@ class ConsentState:
     session_event: ConsentEvent | None = None  # latest implicit consent (user-initiated session)
     opt_out_event: ConsentEvent | None = None  # latest opt-out of any scope
     notice_event: ConsentEvent | None = None  # when the user was told how to stop (R9)
+    person_id: str | None = None
+    identifiers: tuple[str, ...] = ()
+
+    @property
+    def wa_id(self) -> str | None:
+        """The person's phone number, when known."""
+        return self._first(IdentifierKind.PHONE)
+
+    @property
+    def user_id(self) -> str | None:
+        """The person's BSUID, when known."""
+        return self._first(IdentifierKind.USER_ID)
+
+    def _first(self, kind: IdentifierKind) -> str | None:
+        return next((i for i in self.identifiers or (self.identifier,) if kind_of(i) is kind), None)
+
+    @property
+    def address(self) -> str:
+        """Where a message to the person goes: their phone when known (Meta prefers it), else their BSUID."""
+        return self.wa_id or self.user_id or self.identifier
 
     def window_open_until(self, now: datetime) -> datetime | None:
         """End of the 24-hour customer service window, or None when it is closed."""
@@ -237,16 +275,17 @@ def fold(events: Sequence[tuple[str, str, str]]) -> Fold:
 
 
 def derive_state(
-    wa_id: str, events: Sequence[ConsentEvent], last_inbound_at: datetime | None = None
+    identifier: str, events: Sequence[ConsentEvent], last_inbound_at: datetime | None = None
 ) -> ConsentState:
-    """A user's current state from their events, in chain order."""
+    """A person's current state from their events, in chain order."""
     order = occurrence_order([event.occurred_at for event in events])
     folded = fold([(events[at].action, events[at].scope, events[at].channel) for at in order])
-    return state_from_fold(wa_id, folded, lambda position: events[order[position]], last_inbound_at)
+    return state_from_fold(identifier, folded, lambda position: events[order[position]], last_inbound_at)
 
 
 def state_from_fold(
-    wa_id: str, folded: Fold, event_at: Callable[[int], ConsentEvent], last_inbound_at: datetime | None
+    identifier: str, folded: Fold, event_at: Callable[[int], ConsentEvent], last_inbound_at: datetime | None,
+    person_id: str | None = None, identifiers: tuple[str, ...] = (),
 ) -> ConsentState:
     """Build the state, turning only the few positions the fold kept into events, each once
     (the session that gave implicit consent is often the event behind the state too)."""
@@ -260,23 +299,23 @@ def state_from_fold(
         return events[position]
 
     return ConsentState(
-        wa_id, folded.state, folded.marketing, last_inbound_at,
-        pick(folded.consent), pick(folded.session), pick(folded.opt_out), pick(folded.notice),
+        identifier, folded.state, folded.marketing, last_inbound_at,
+        pick(folded.consent), pick(folded.session), pick(folded.opt_out), pick(folded.notice), person_id, identifiers,
     )
 
 
 def delivery_marketing_opt_out(
-    wa_id: str, source_ref: str, recorded_by: str, evidence: dict[str, Any], occurred_at: datetime | None = None
+    identifier: str, source_ref: str, recorded_by: str, evidence: dict[str, Any], occurred_at: datetime | None = None
 ) -> EventDraft:
     """Meta refused a delivery with 131050 (the user stopped marketing messages in WhatsApp):
     the ledger must say so too, whether the send call or a status reported it."""
     return EventDraft(
-        wa_id=wa_id, action=Action.OPT_OUT, scope=Scope.MARKETING, channel=Channel.WHATSAPP_DELIVERY,
+        identifier=identifier, action=Action.OPT_OUT, scope=Scope.MARKETING, channel=Channel.WHATSAPP_DELIVERY,
         source_ref=source_ref, recorded_by=recorded_by, evidence=evidence, occurred_at=occurred_at,
     )
 
 
-def session_opened(wa_id: str, message_id: str, at: datetime, previous: datetime | None, recorded_by: str) -> EventDraft | None:
+def session_opened(identifier: str, message_id: str, at: datetime, previous: datetime | None, recorded_by: str) -> EventDraft | None:
     """The implicit consent an inbound message gives when it opens a session (R6), else None.
 
     A session starts with the user's first message ever (`previous` is None), or the first
@@ -286,7 +325,7 @@ def session_opened(wa_id: str, message_id: str, at: datetime, previous: datetime
     if previous is not None and at - previous < SERVICE_WINDOW:
         return None
     return EventDraft(
-        wa_id=wa_id, action=Action.IMPLICIT, channel=Channel.WHATSAPP_SESSION, source_ref=f"implicit:{message_id}",
+        identifier=identifier, action=Action.IMPLICIT, channel=Channel.WHATSAPP_SESSION, source_ref=f"implicit:{message_id}",
         recorded_by=recorded_by, evidence={"message_id": message_id}, occurred_at=at,
     )
 
@@ -330,3 +369,5 @@ def check_draft(draft: EventDraft, now: datetime) -> None:
             raise InvalidEvent("a WhatsApp session is implicit consent, not an opt-in")
     if draft.action is Action.IMPLICIT and draft.channel is not Channel.WHATSAPP_SESSION:
         raise InvalidEvent("implicit consent comes only from a user-initiated WhatsApp session")
+    if (draft.action in IDENTITY_ACTIONS) != (draft.channel is Channel.WHATSAPP_IDENTITY):
+        raise InvalidEvent("who is who is recorded only from what Meta shows, never by hand")

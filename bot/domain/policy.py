@@ -38,6 +38,7 @@ class Refusal(str, enum.Enum):
     WINDOW_CLOSED = "window_closed"
     PAUSED = "paused"
     INVALID_RECIPIENT = "invalid_recipient"
+    NEEDS_PHONE_NUMBER = "needs_phone_number"  # Meta delivers it to a phone only (authentication templates, SPEC §6)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ def decide(
         if consent.state is not State.OPTED_IN:
             return _refuse(Refusal.NO_CONSENT)
         return _allow(consent.consent_event)
+    if kind is MessageKind.AUTHENTICATION_TEMPLATE and consent.wa_id is None:
+        return _refuse(Refusal.NEEDS_PHONE_NUMBER)
     if consent.state is State.IMPLICIT:
         covered = coverage.utility if kind is MessageKind.UTILITY_TEMPLATE else coverage.authentication
         if not covered:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, overload
 
-from bot.domain.phone import normalize_wa_id
+from bot.domain.identity import IdentifierKind, kind_of, mask_numbers, normalize_user_id, normalize_wa_id, phones_first
 
 _LONE_SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -46,25 +46,34 @@ class DeliveryStatus(str, enum.Enum):
 
 @dataclass(frozen=True)
 class InboundMessage:
-    """A message a user sent: the start of everything consent-related."""
+    """A message a user sent: the start of everything consent-related.
+
+    `identifiers`: the sender's phone and BSUIDs that Meta showed with it, phone first (a
+    username user may have no phone); a contact-info reply adds the phone they shared."""
 
     message_id: str
-    wa_id: str
+    identifiers: tuple[str, ...]
     timestamp: datetime
     type: MessageType
     text: str | None = None  # the body of a text, or the caption of media
     button_payload: str | None = None  # quick-reply payload, or interactive reply id
     button_title: str | None = None
 
+    @property
+    def sender(self) -> str:
+        """The identifier the sender is answered and recorded under: their phone if Meta showed it."""
+        return self.identifiers[0]
+
 
 @dataclass(frozen=True)
 class StatusUpdate:
-    """What happened to a message the business sent."""
+    """What happened to a message the business sent. `recipients`: the identifiers Meta named
+    (none for a group or a placeholder: the status is applied by message id)."""
 
     meta_message_id: str
     status: DeliveryStatus
     timestamp: datetime
-    recipient: str | None
+    recipients: tuple[str, ...] = ()
     error_codes: tuple[int, ...] = ()
 
 
@@ -72,11 +81,23 @@ class StatusUpdate:
 class PreferenceUpdate:
     """The user pressed Stop or Resume for a category (marketing) inside WhatsApp."""
 
-    wa_id: str
+    identifiers: tuple[str, ...]
     category: str
     value: str  # one of PREFERENCE_VALUES
     timestamp: datetime
     detail: str | None = None
+
+
+@dataclass(frozen=True)
+class IdentityChange:
+    """Meta says a user moved to a new number or BSUID (a system message, or the legacy
+    `user_id_update` field): their consent goes with them, the identifiers they left name nobody."""
+
+    event_id: str
+    kind: str  # user_changed_number, user_changed_user_id, user_id_update
+    left: tuple[str, ...]
+    joined: tuple[str, ...]
+    timestamp: datetime
 
 
 @dataclass(frozen=True)
@@ -99,7 +120,7 @@ class Unrecognized:
 
 # What reading a malformed item can raise (InvalidNumber is a ValueError).
 _UNREADABLE = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, OSError)
-WebhookEvent = InboundMessage | StatusUpdate | PreferenceUpdate | AccountNotice | Unrecognized
+WebhookEvent = InboundMessage | StatusUpdate | PreferenceUpdate | IdentityChange | AccountNotice | Unrecognized
 ACCOUNT_FIELDS = (
     "account_update", "phone_number_quality_update", "message_template_status_update",
     "template_category_update", "message_template_quality_update",
@@ -109,6 +130,7 @@ _NOTICE_EVENT_KEYS = ("event", "new_category", "new_quality_score")
 PREFERENCE_CATEGORY = "marketing_messages"  # the only category users can stop and resume inside WhatsApp
 PREFERENCE_VALUES = ("stop", "resume")
 MARKETING_STOPPED = 131050  # a delivery Meta refused: the user stopped marketing messages
+MOVES = ("user_changed_number", "user_changed_user_id")  # system messages that move a user to new identifiers
 
 
 def parse(body: object) -> list[WebhookEvent]:
@@ -133,11 +155,16 @@ def _change(change: object) -> list[WebhookEvent]:
     if not isinstance(change, dict) or not isinstance(change.get("value"), dict):
         return [_unrecognized("change without a value", change)]
     field, value = change.get("field"), change["value"]
+    contacts = _contacts(value)
     if field == "messages":
         messages, statuses = _list(value, "messages"), _list(value, "statuses")
-        events = _batch_errors(value, change) + [_message(m) for m in messages] + [_status(s) for s in statuses]
+        events = (
+            _batch_errors(value, change) + [_message(m, contacts) for m in messages] + [_status(s, contacts) for s in statuses]
+        )
     elif field == "user_preferences":
-        events = [_preference(p) for p in _list(value, "user_preferences")]
+        events = [_preference(p, contacts) for p in _list(value, "user_preferences")]
+    elif field == "user_id_update":
+        events = [_user_id_update(u) for u in _list(value, "user_id_update")]
     elif field in ACCOUNT_FIELDS:
         said = next((value[key] for key in _NOTICE_EVENT_KEYS if value.get(key) is not None), "")
         return [AccountNotice(field, _str(str(said)), value)]
@@ -154,12 +181,11 @@ def _batch_errors(value: dict, change: dict) -> list[WebhookEvent]:
     return [_unrecognized(f"Meta reported errors for the batch (codes: {', '.join(codes) or 'none given'})", change)]
 
 
-def _message(item: Any) -> WebhookEvent:
+def _message(item: Any, contacts: list[tuple[str, ...]]) -> WebhookEvent:
     try:
         kind = item["type"]
         if kind == "system":  # Meta telling of the user (a new number, a new identity), not the user writing
-            notice = item.get("system") or {}
-            return _unrecognized(f"system message {str(notice.get('type'))[:60]!r} kept for staff; the bot does not act on it", item)
+            return _system(item)
         message_type = MessageType(kind) if kind in MessageType._value2member_map_ else MessageType.OTHER
         text = payload = title = None
         if message_type is MessageType.TEXT:
@@ -173,12 +199,85 @@ def _message(item: Any) -> WebhookEvent:
             payload, title = _str(reply.get("id")), _str(reply.get("title"))
         elif isinstance(item.get(kind), dict):
             text = _str(item[kind].get("caption"))
+        identifiers = _with_contacts(_identifiers(item, "from", "from_user_id", "from_parent_user_id"), contacts)
+        if message_type is MessageType.CONTACTS:
+            identifiers = _with_shared_phone(identifiers, item)
+        if not identifiers:
+            raise ValueError("a message from nobody: neither a phone nor a user id")
         return InboundMessage(
-            message_id=_required(item["id"]), wa_id=normalize_wa_id(item["from"]), timestamp=_time(item["timestamp"]),
+            message_id=_required(item["id"]), identifiers=identifiers, timestamp=_time(item["timestamp"]),
             type=message_type, text=text, button_payload=payload, button_title=title,
         )
     except _UNREADABLE as error:
-        return _unrecognized(f"unreadable message ({type(error).__name__})", item)
+        return _unrecognized(f"unreadable message ({type(error).__name__}: {mask_numbers(str(error))[:120]})", item)
+
+
+def _identifiers(item: dict, phone: str, user_id: str, parent_user_id: str) -> tuple[str, ...]:
+    """The phone, BSUID and parent BSUID an item names under these keys, phone first; each
+    missing where Meta cannot share it (never an empty string), malformed ones refused."""
+    found = []
+    if item.get(phone) is not None:
+        found.append(normalize_wa_id(item[phone]))
+    if item.get(user_id) is not None:
+        found.append(normalize_user_id(item[user_id]))
+    if item.get(parent_user_id) is not None:
+        found.append(normalize_user_id(item[parent_user_id], parent=True))
+    return tuple(found)
+
+
+def _contacts(value: dict) -> list[tuple[str, ...]]:
+    """The identifiers of each entry of a change's `contacts`, read once for all its items; an
+    entry that cannot be read adds nothing (the item's own identifiers still count)."""
+    found = []
+    for contact in _list(value, "contacts"):
+        try:
+            found.append(_identifiers(contact, "wa_id", "user_id", "parent_user_id"))
+        except _UNREADABLE:
+            continue
+    return found
+
+
+def _with_contacts(identifiers: tuple[str, ...], contacts: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """Add what the change's `contacts` entry for the same user shows (its phone beside a BSUID, say)."""
+    for theirs in contacts:
+        if len(theirs) > 1 and not set(theirs).isdisjoint(identifiers):
+            identifiers += tuple(i for i in theirs if i not in identifiers)
+    return identifiers if len(identifiers) == 1 else tuple(sorted(identifiers, key=phones_first))
+
+
+def _with_shared_phone(identifiers: tuple[str, ...], item: dict) -> tuple[str, ...]:
+    """A tap on the contact-info button comes back as a contacts message with `origin`
+    `contact_request`: the phone in it is the sender's own. Any other contact card is someone else's."""
+    cards = [c for c in item["contacts"] if isinstance(c, dict) and c.get("origin") == "contact_request"]
+    phones = [p["wa_id"] for card in cards for p in card.get("phones", []) if isinstance(p, dict) and p.get("wa_id")]
+    if not phones or not identifiers or kind_of(identifiers[0]) is IdentifierKind.PHONE:
+        return identifiers
+    return (normalize_wa_id(phones[0]), *identifiers)
+
+
+def _system(item: dict) -> WebhookEvent:
+    """A move to a new number or BSUID; any other system message is kept for staff."""
+    notice = item.get("system") or {}
+    kind = notice.get("type")
+    if kind not in MOVES:
+        return _unrecognized(f"system message {str(kind)[:60]!r} kept for staff; the bot does not act on it", item)
+    left = _identifiers({"from": item.get("from"), **notice}, "from", "previous_user_id", "previous_parent_user_id")
+    joined = _identifiers(notice, "wa_id", "user_id", "parent_user_id")
+    if not left or not joined:
+        raise ValueError(f"{kind} without the identifiers left and joined")
+    return IdentityChange(_required(item["id"]), kind, left, joined, _time(item["timestamp"]))
+
+
+def _user_id_update(item: Any) -> WebhookEvent:
+    """The withdrawn `user_id_update` field (previous -> current BSUID), still read when it comes."""
+    try:
+        ids = item["user_id"]
+        phone = (normalize_wa_id(item["wa_id"]),) if item.get("wa_id") is not None else ()
+        left, joined = (normalize_user_id(ids["previous"]),), (*phone, normalize_user_id(ids["current"]))
+        event_id = f"user_id_update:{ids['previous']}:{ids['current']}"
+        return IdentityChange(_required(event_id[:255]), "user_id_update", left, joined, _time(item["timestamp"]))
+    except _UNREADABLE as error:
+        return _unrecognized(f"unreadable user_id_update ({type(error).__name__})", item)
 
 
 def _edited_text(new: Any) -> str | None:
@@ -189,12 +288,12 @@ def _edited_text(new: Any) -> str | None:
     return _str(content.get("body") if new["type"] == "text" else content.get("caption"))
 
 
-def _status(item: Any) -> WebhookEvent:
+def _status(item: Any, contacts: list[tuple[str, ...]]) -> WebhookEvent:
     try:
         errors = tuple(e["code"] for e in item.get("errors", []) if isinstance(e, dict) and isinstance(e.get("code"), int))
         return StatusUpdate(
             meta_message_id=_required(item["id"]), status=_delivery_status(item["status"]), timestamp=_time(item["timestamp"]),
-            recipient=_status_recipient(item, errors), error_codes=errors,
+            recipients=_status_recipients(item, errors, contacts), error_codes=errors,
         )
     except _UNREADABLE as error:
         return _unrecognized(f"unreadable status ({type(error).__name__})", item)
@@ -205,25 +304,30 @@ def _delivery_status(status: str) -> DeliveryStatus:
     return DeliveryStatus.READ if status == "played" else DeliveryStatus(status)
 
 
-def _status_recipient(item: Any, errors: tuple[int, ...]) -> str | None:
-    """The user a status is about, or None where it is no phone number (a group, a placeholder):
-    the status is applied by message id. A 131050 failure is a marketing opt-out and needs its
-    user: without one it stays unread (ValueError), for staff."""
-    recipient = item.get("recipient_id")
-    if recipient is None or item.get("recipient_type") == "group":
-        return None
+def _status_recipients(item: Any, errors: tuple[int, ...], contacts: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """The identifiers of the user a status is about, or none where it names no user (a group,
+    a placeholder): the status is applied by message id. A 131050 failure is a marketing
+    opt-out and needs its user: without a readable one it stays unread (ValueError), for staff."""
+    if item.get("recipient_type") == "group":
+        return ()
     try:
-        return normalize_wa_id(recipient)
+        found = _identifiers(item, "recipient_id", "recipient_user_id", "recipient_parent_user_id")
     except ValueError:
         if MARKETING_STOPPED in errors:
             raise
-        return None
+        return ()
+    if not found and MARKETING_STOPPED in errors:
+        raise ValueError("a 131050 failure for nobody: neither recipient_id nor recipient_user_id")
+    return _with_contacts(found, contacts) if found else ()
 
 
-def _preference(item: Any) -> WebhookEvent:
+def _preference(item: Any, contacts: list[tuple[str, ...]]) -> WebhookEvent:
     try:
+        identifiers = _with_contacts(_identifiers(item, "wa_id", "user_id", "parent_user_id"), contacts)
+        if not identifiers:
+            raise ValueError("a preference of nobody: neither wa_id nor user_id")
         update = PreferenceUpdate(
-            wa_id=normalize_wa_id(item["wa_id"]), category=_required(item["category"]), value=_required(item["value"]),
+            identifiers=identifiers, category=_required(item["category"]), value=_required(item["value"]),
             timestamp=_time(item["timestamp"]), detail=_str(item.get("detail")),
         )
     except _UNREADABLE as error:

@@ -17,6 +17,7 @@ import select
 import ssl
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,7 +28,7 @@ from requests.certs import where as ca_bundle  # type: ignore[attr-defined]  # c
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers, get_environ_proxies, select_proxy
 
-from bot.domain.phone import mask, mask_numbers
+from bot.domain.identity import MAX_IDENTIFIER, IdentifierKind, kind_of, mask, mask_numbers
 from bot.outbound.graph_errors import CloudApiError, NotConfigured, TransientError, from_error_body
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ class _Transport:
         self._routes[url] = (session, session.prepare_request(requests.Request("POST", url)), timeout)
 
     def post(self, url: str, headers: dict[str, str], json: Any) -> requests.Response:
+        """heyoo puts the user in `to`, which takes a phone only: a BSUID goes in `recipient` (SPEC §6)."""
+        if isinstance(json, dict) and kind_of(json.get("to", "0")) is not IdentifierKind.PHONE:
+            json = {("recipient" if key == "to" else key): value for key, value in json.items()}
         session, prepared, timeout = self._routes[url]
         request = prepared.copy()
         request.headers.update(headers)
@@ -201,15 +205,15 @@ class CloudApi:
     def url(self) -> str | None:
         return self._client.url if self._client else None
 
-    def send_text(self, to: str, body: str) -> str:
-        """A free-form text message (only inside the 24-hour window)."""
+    def send_text(self, to: str, body: str) -> Accepted:
+        """A free-form text message (only inside the 24-hour window), to a phone or a BSUID."""
         return self._send(to, lambda client: client.send_message(body, to, preview_url=False))
 
-    def send_template(self, to: str, name: str, language: str, components: list | None = None) -> str:
-        """An approved template message."""
+    def send_template(self, to: str, name: str, language: str, components: list | None = None) -> Accepted:
+        """An approved template message, to a phone or a BSUID."""
         return self._send(to, lambda client: client.send_template(name, to, components or [], lang=language))
 
-    def _send(self, to: str, call: Callable[[Any], Any]) -> str:
+    def _send(self, to: str, call: Callable[[Any], Any]) -> Accepted:
         if self._client is None:
             raise NotConfigured("cannot send: set WHATSAPP_TOKEN and WHATSAPP_PHONE_NUMBER_ID")
         try:
@@ -223,10 +227,26 @@ class CloudApi:
         message_id = _message_id(body)
         if message_id:
             log.debug("sent to %s as %s", mask(to), message_id)
-            return message_id
+            return Accepted(message_id, _sent_to(body))
         error: CloudApiError = from_error_body(body)
         log.warning("send to %s failed: %s (code %s)", mask(to), type(error).__name__, error.code)
         raise error
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Meta took the message: its id, and who Meta's answer says it goes to (`wa_id` when
+    it went by phone, `user_id` when by BSUID; None if the answer does not say)."""
+
+    message_id: str
+    sent_to: str | None
+
+
+def _sent_to(body: dict) -> str | None:
+    contacts = body.get("contacts")
+    contact = contacts[0] if isinstance(contacts, list) and contacts and isinstance(contacts[0], dict) else {}
+    found = contact.get("wa_id") or contact.get("user_id")
+    return found if isinstance(found, str) and 0 < len(found) <= MAX_IDENTIFIER else None
 
 
 def _message_id(body: Any) -> str | None:

@@ -76,6 +76,10 @@ class Undeliverable(CloudApiError):
     """131026: the number is not on WhatsApp, or cannot receive this message."""
 
 
+class NeedsPhoneNumber(CloudApiError):
+    """131062: this kind of message (one-tap, zero-tap, copy-code authentication) cannot go to a BSUID."""
+
+
 class TemplateError(CloudApiError):
     """132000-132999: the template does not exist, is paused, or its parameters do not fit."""
 
@@ -103,6 +107,7 @@ _BY_CODE: dict[int, type[CloudApiError]] = {
     131047: WindowClosed,
     131050: MarketingOptedOut,
     131026: Undeliverable,
+    131062: NeedsPhoneNumber,
     190: AccessTokenInvalid,
 }
 

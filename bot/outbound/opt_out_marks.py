@@ -33,9 +33,9 @@ class OptOutMarks:
     def __init__(self, connection: redis.Redis):
         self._redis = connection
 
-    def mark(self, wa_ids: Iterable[str]) -> None:
-        """These users opted out in a transaction that has committed: one Redis round trip."""
-        keys = {KEY + wa_id for wa_id in wa_ids}
+    def mark(self, identifiers: Iterable[str]) -> None:
+        """These identifiers' people opted out in a transaction that has committed: one Redis round trip."""
+        keys = {KEY + identifier for identifier in identifiers}
         if not keys:
             return
         try:
@@ -46,9 +46,9 @@ class OptOutMarks:
         except redis.RedisError as error:
             log.warning("could not mark %d opt-out(s) for the send threads: %s", len(keys), error)
 
-    def read(self, wa_ids: Sequence[str]) -> list[Mark]:
-        """The current mark of each user, in one call; read before the ledger is asked."""
-        return self._redis.mget([KEY + wa_id for wa_id in wa_ids]) if wa_ids else []
+    def read(self, identifiers: Sequence[str]) -> list[Mark]:
+        """The current mark of each identifier, in one call; read before the ledger is asked."""
+        return self._redis.mget([KEY + identifier for identifier in identifiers]) if identifiers else []
 
-    def read_one(self, wa_id: str) -> Mark:
-        return self._redis.get(KEY + wa_id)
+    def read_one(self, identifier: str) -> Mark:
+        return self._redis.get(KEY + identifier)

@@ -26,9 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from bot.domain.policy import Decision
-from bot.outbound.opt_out_marks import Mark
-from bot.outbound.sender import LATE_SLOT, Outcome, Sender, Sent
+from bot.outbound.sender import LATE_SLOT, Cleared, Outcome, Sender, Sent
 from bot.storage.outbox import StoredMessage
 
 log = logging.getLogger(__name__)
@@ -65,7 +63,7 @@ class SendLoop:
         self._pair_waits: list[Timed] = []  # heap, by when the pair rate lets them go
         self._ready: list[StoredMessage] = []  # may go: waiting for a free call thread
         self._scheduled: list[Timed] = []  # heap, by send slot
-        self._calls: queue.SimpleQueue[tuple[StoredMessage, Decision, Mark, float] | None] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[tuple[StoredMessage, Cleared, float] | None] = queue.SimpleQueue()
         self._conductor: threading.Thread | None = None  # the threads start with the first message
         self._callers: list[threading.Thread] = []
         self._recorder: threading.Thread | None = None
@@ -190,8 +188,7 @@ class SendLoop:
         def check() -> None:
             checked = self._sender.check([message for _, _, message in due])
             allowed = [
-                (message, decision, mark, slot)
-                for (slot, _, message), (decision, mark) in zip(due, checked, strict=True) if decision.allowed
+                (message, cleared, slot) for (slot, _, message), cleared in zip(due, checked, strict=True) if cleared.decision.allowed
             ]
             with self._news:
                 self._busy += len(allowed)
@@ -205,24 +202,24 @@ class SendLoop:
 
     def _call_forever(self) -> None:
         while (call := self._calls.get()) is not None:
-            message, decision, mark, slot = call
+            message, cleared, slot = call
             time.sleep(max(0.0, slot - time.monotonic()))
-            if not self._sender.unchanged(message, mark) or time.monotonic() - slot > LATE_SLOT:
+            if not self._sender.unchanged(message, cleared.mark) or time.monotonic() - slot > LATE_SLOT:
                 with self._news:
                     self._busy -= 1
                     self._returned.append(message)
                     self._news.notify()
                 continue
             try:
-                outcome, meta_id = self._sender.call(message)
+                outcome, accepted = self._sender.call(message, cleared.address)
             except Exception:  # the lease brings the message back; keep the thread alive
                 log.exception("send of message %s failed unexpectedly; it will be retried", message.id)
-                outcome, meta_id = None, None
+                outcome, accepted = None, None
             with self._results:
                 self._busy -= 1
                 if outcome is Outcome.SENT:
-                    assert meta_id is not None, "a call that SENT has Meta's id"
-                    self._finished.append((message, meta_id, decision))
+                    assert accepted is not None, "a call that SENT has Meta's answer"
+                    self._finished.append((message, accepted, cleared.decision))
                 else:
                     self._settled += 1
                 if len(self._finished) + self._settled == 1:

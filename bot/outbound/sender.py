@@ -17,16 +17,17 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 import redis
 import sqlalchemy as sa
 
 from bot.domain.consent import delivery_marketing_opt_out
-from bot.domain.phone import mask
+from bot.domain.identity import mask
 from bot.domain.policy import Decision, Refusal
-from bot.outbound.cloud_api import CloudApi
-from bot.outbound.graph_errors import CloudApiError, MarketingOptedOut, WindowClosed
+from bot.outbound.cloud_api import Accepted, CloudApi
+from bot.outbound.graph_errors import CloudApiError, MarketingOptedOut, NeedsPhoneNumber, WindowClosed
 from bot.outbound.limiter import RateLimiter
 from bot.outbound.opt_out_marks import Mark, OptOutMarks
 from bot.storage.ledger import utc_now
@@ -43,6 +44,10 @@ SLOT_HORIZON = 0.1  # seconds ahead that send slots are handed out: all a restar
 MAX_ATTEMPTS = 8
 RECORD_PATIENCE = 600.0  # seconds to keep trying to record calls that were made
 MAX_BACKOFF = timedelta(hours=1)
+# Failures that have a reason in SPEC's vocabulary; any other is a send_error.
+_FAILURE_REASONS: dict[type[CloudApiError], str] = {
+    WindowClosed: Refusal.WINDOW_CLOSED.value, NeedsPhoneNumber: Refusal.NEEDS_PHONE_NUMBER.value,
+}
 
 
 class Outcome(str, enum.Enum):
@@ -53,7 +58,17 @@ class Outcome(str, enum.Enum):
     SKIPPED = "skipped"  # not due, already done, or claimed by another worker
 
 
-Sent = tuple[StoredMessage, str, Decision]  # a call Meta accepted: the message, Meta's id, what allowed it
+Sent = tuple[StoredMessage, Accepted, Decision]  # a call Meta accepted: the message, Meta's answer, what allowed it
+
+
+@dataclass(frozen=True)
+class Cleared:
+    """The policy's answer for a message now: what allows (or refuses) it, where it goes (the
+    person's phone when known, else their BSUID), and its recipient's opt-out mark just before."""
+
+    decision: Decision
+    address: str
+    mark: Mark
 
 
 class Sender:
@@ -91,21 +106,21 @@ class Sender:
                 self.sleep(SLOT_HORIZON / 2)
                 continue
             self.sleep(max(0.0, slot - time.monotonic()))
-            decision, mark = self.check([message])[0]
-            if not decision.allowed:
+            cleared = self.check([message])[0]
+            if not cleared.decision.allowed:
                 return Outcome.BLOCKED
-            if self.unchanged(message, mark) and time.monotonic() - slot <= LATE_SLOT:
+            if self.unchanged(message, cleared.mark) and time.monotonic() - slot <= LATE_SLOT:
                 break
-        outcome, meta_id = self.call(message)
-        if meta_id is not None:
-            self.record([(message, meta_id, decision)])
+        outcome, accepted = self.call(message, cleared.address)
+        if accepted is not None:
+            self.record([(message, accepted, cleared.decision)])
         return outcome
 
     def pace(self, messages: Sequence[StoredMessage]) -> list[tuple[StoredMessage, float]]:
         """Reserve each message's slot under the pair rate, in one Redis call: the messages
         with the seconds each must wait. One that would wait longer than PAIR_MAX_WAIT goes
         back to the queue, due when its slot would have been."""
-        reservations = self._pair.reserve_many([self._pair_key + m.wa_id for m in messages], max_wait=PAIR_MAX_WAIT)
+        reservations = self._pair.reserve_many([self._pair_key + (m.person_id or m.recipient) for m in messages], max_wait=PAIR_MAX_WAIT)
         paced = []
         for message, reservation in zip(messages, reservations, strict=True):
             if reservation.reserved:
@@ -129,42 +144,42 @@ class Sender:
         middle = (before + time.monotonic()) / 2
         return [middle + reservation.wait if reservation.reserved else None for reservation in reservations]
 
-    def check(self, messages: Sequence[StoredMessage]) -> list[tuple[Decision, Mark]]:
+    def check(self, messages: Sequence[StoredMessage]) -> list[Cleared]:
         """The policy's answer for each message now, from one read of the ledger, with the
-        opt-out mark its user had just before (for `unchanged`); the refused are recorded `blocked`."""
-        marks = self._marks.read([m.wa_id for m in messages])
-        decisions = self.outbox.decide_many([(m.wa_id, m.kind) for m in messages])
-        for message, decision in zip(messages, decisions, strict=True):
+        opt-out mark its recipient had just before (for `unchanged`); the refused are recorded `blocked`."""
+        marks = self._marks.read([m.recipient for m in messages])
+        decisions = self.outbox.decide_many([(m.recipient, m.kind) for m in messages])
+        for message, (decision, _) in zip(messages, decisions, strict=True):
             if not decision.allowed:
                 assert decision.reason is not None, "a refusal has its reason"
                 self.outbox.mark_blocked(message.id, decision.reason)
-                log.info("message %s to %s blocked at send time: %s", message.id, mask(message.wa_id), decision.reason.value)
-        return list(zip(decisions, marks, strict=True))
+                log.info("message %s to %s blocked at send time: %s", message.id, mask(message.recipient), decision.reason.value)
+        return [Cleared(decision, state.address, mark) for (decision, state), mark in zip(decisions, marks, strict=True)]
 
     def unchanged(self, message: StoredMessage, mark: Mark) -> bool:
         """The last look, right before the call: the user has not opted out since `check` read
         `mark`. False too when Redis does not answer: no call goes without this look."""
         try:
-            return self._marks.read_one(message.wa_id) == mark
+            return self._marks.read_one(message.recipient) == mark
         except redis.RedisError:
             return False
 
-    def call(self, message: StoredMessage) -> tuple[Outcome, str | None]:
-        """The Cloud API call: SENT with Meta's message id, for `record`; or a failure, already
-        recorded (failed, or back in the queue for a retry)."""
+    def call(self, message: StoredMessage, address: str) -> tuple[Outcome, Accepted | None]:
+        """The Cloud API call to `address`: SENT with Meta's answer, for `record`; or a failure,
+        already recorded (failed, or back in the queue for a retry)."""
         try:
             if "template" in message.content:
                 template = message.content["template"]
-                meta_id = self.api.send_template(message.wa_id, template["name"], template["language"], template["components"])
+                accepted = self.api.send_template(address, template["name"], template["language"], template["components"])
             else:
-                meta_id = self.api.send_text(message.wa_id, message.content["text"])
+                accepted = self.api.send_text(address, message.content["text"])
         except CloudApiError as error:
             return self._failed(message, error), None
-        return Outcome.SENT, meta_id
+        return Outcome.SENT, accepted
 
     def record(self, sends: Sequence[Sent]) -> None:
         """Record calls Meta accepted, in one transaction."""
-        rows = [(message.id, meta_id, decision.consent_event_id) for message, meta_id, decision in sends]
+        rows = [(message.id, accepted.message_id, decision.consent_event_id, accepted.sent_to) for message, accepted, decision in sends]
         self._keep_trying(f"{len(rows)} sent message(s)", lambda: self.outbox.mark_sent_many(rows))
 
     def _keep_trying(self, what: str, record: Callable[[], object]) -> None:
@@ -186,14 +201,14 @@ class Sender:
         if error.retry_after is not None and message.attempts < MAX_ATTEMPTS:
             backoff = min(error.retry_after * 2 ** (message.attempts - 1), max(MAX_BACKOFF, error.retry_after))
             return self._retry(message, backoff, error)
-        reason = Refusal.WINDOW_CLOSED.value if isinstance(error, WindowClosed) else "send_error"
+        reason = _FAILURE_REASONS.get(type(error), "send_error")
         what = f"message {message.id}"
         if isinstance(error, MarketingOptedOut):  # the ledger first: a marketing opt-out must not be lost
             evidence = {"message_id": message.id, "error_code": error.code, "details": error.details}
-            draft = delivery_marketing_opt_out(message.wa_id, f"send-error-131050:{message.id}", "sender", evidence)
+            draft = delivery_marketing_opt_out(message.recipient, f"send-error-131050:{message.id}", "sender", evidence)
             self._keep_trying(what, lambda: self.outbox.ledger.append(draft))
         self._keep_trying(what, lambda: self.outbox.mark_failed(message.id, reason, error.code, error.details or str(error)))
-        log.warning("message %s to %s failed: %s (code %s)", message.id, mask(message.wa_id), type(error).__name__, error.code)
+        log.warning("message %s to %s failed: %s (code %s)", message.id, mask(message.recipient), type(error).__name__, error.code)
         return Outcome.FAILED
 
     def _retry(self, message: StoredMessage, delay: timedelta, error: CloudApiError | None = None) -> Outcome:

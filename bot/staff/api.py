@@ -20,7 +20,7 @@ from bot.domain.consent import ConsentEvent, InvalidEvent
 from bot.services import current_services
 from bot.staff.audit import FORMATS, export_lines
 from bot.staff.openapi import openapi_document
-from bot.staff.request_rules import InvalidField, campaign_request, consent_draft, message_request, timestamp_field, wa_id_field
+from bot.staff.request_rules import InvalidField, campaign_request, consent_draft, identifier_field, message_request, timestamp_field
 from bot.storage.campaigns import CampaignIdTaken, CampaignRefused, Campaigns
 from bot.storage.ledger import SourceRefConflict, utc_now
 from bot.storage.outbox import Message, Outbox, QueueName
@@ -104,16 +104,18 @@ def record_consent():
 
 @bp.get("/consents/<wa_id>")
 def consent_state(wa_id: str):
-    wa_id = wa_id_field(wa_id)
+    """By phone number or BSUID: the path's `wa_id` takes either (SPEC §6)."""
+    identifier = identifier_field(wa_id)
     ledger = current_services().ledger
-    state = ledger.state(wa_id)
+    state = ledger.state(identifier)
     window = state.window_open_until(utc_now())
     return jsonify(
-        wa_id=wa_id, state=state.state.value, marketing=state.marketing.value,
+        wa_id=state.wa_id, user_id=state.user_id, person_id=state.person_id, identifiers=list(state.identifiers),
+        state=state.state.value, marketing=state.marketing.value,
         window_open_until=window.isoformat() if window else None,
         consent_event_id=state.consent_event.event_id if state.consent_event else None,
         opt_out_notice_given=state.notice_event is not None,
-        history=[event.as_dict() for event in ledger.history(wa_id)],
+        history=[event.as_dict() for event in ledger.history(identifier)],
     )
 
 
@@ -123,8 +125,8 @@ def audit():
     if fmt not in FORMATS:
         raise InvalidField("format", f"must be one of {', '.join(FORMATS)}")
     since, until = (_time_arg(name) for name in ("since", "until"))
-    wa_id = request.args.get("wa_id")
-    events = current_services().ledger.events(since, until, wa_id_field(wa_id) if wa_id else None)
+    who = request.args.get("wa_id")
+    events = current_services().ledger.events(since, until, identifier_field(who) if who else None)
     response = Response(stream_with_context(_in_chunks(export_lines(events, fmt))), content_type=EXPORT_TYPES[fmt])
     response.headers["Content-Disposition"] = f'attachment; filename="consent-ledger.{fmt}"'
     return response
@@ -171,7 +173,7 @@ def send_message():
 def _stored_differently(outbox: Outbox, message_id: str | None, message: Message) -> bool:
     """A repeated request must ask for what the first one did, or it is not a repeat."""
     stored = outbox.get(message_id) if message_id else None
-    return stored is not None and (stored.wa_id, stored.kind, stored.content) != (message.to, message.kind, message.content())
+    return stored is not None and (stored.recipient, stored.kind, stored.content) != (message.to, message.kind, message.content())
 
 
 @bp.get("/messages/<message_id>")
@@ -183,7 +185,8 @@ def message_state(message_id: str):
     if stored.consent_event_id:
         event = current_services().ledger.event(stored.consent_event_id)
     return jsonify(
-        id=stored.id, to=stored.wa_id, kind=stored.kind.value, state=stored.state.value,
+        id=stored.id, to=stored.recipient, person_id=stored.person_id, sent_to=stored.sent_to,
+        kind=stored.kind.value, state=stored.state.value,
         reason=stored.reason, error_code=stored.error_code, meta_message_id=stored.meta_message_id,
         campaign_id=stored.campaign_id, consent_event=event.as_dict() if event else None,
     )

@@ -10,7 +10,7 @@ from bot.domain.consent import ConsentEvent
 
 FORMATS = ("csv", "jsonl")
 COLUMNS = (
-    "seq", "event_id", "wa_id", "action", "scope", "basis", "channel", "consent_text", "evidence",
+    "seq", "event_id", "wa_id", "user_id", "person_id", "action", "scope", "basis", "channel", "consent_text", "evidence",
     "source_ref", "occurred_at", "recorded_at", "recorded_by", "prev_hash", "hash",
 )
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -9,8 +9,8 @@ import click
 from flask.cli import with_appcontext
 
 from bot.domain.consent import ConsentEvent, EventDraft
+from bot.domain.identity import InvalidIdentifier, normalize_identifier
 from bot.domain.keywords import Intent
-from bot.domain.phone import InvalidNumber, normalize_wa_id
 from bot.services import current_services
 from bot.staff.audit import FORMATS, export_lines
 from bot.staff.cli_group import DatabaseCommands
@@ -28,14 +28,14 @@ def _ledger() -> Ledger:
 
 
 @overload
-def _wa_id(raw: str) -> str: ...
+def _identifier(raw: str) -> str: ...
 @overload
-def _wa_id(raw: None) -> None: ...
-def _wa_id(raw: str | None) -> str | None:
-    """Staff may type numbers as they write them: +1 (650) 555-1234."""
+def _identifier(raw: None) -> None: ...
+def _identifier(raw: str | None) -> str | None:
+    """A phone number as staff write them (+1 (650) 555-1234), or a BSUID."""
     try:
-        return normalize_wa_id(raw) if raw is not None else None
-    except InvalidNumber as error:
+        return normalize_identifier(raw) if raw is not None else None
+    except InvalidIdentifier as error:
         raise click.ClickException(str(error)) from None
 
 
@@ -65,14 +65,16 @@ def consent_cli() -> None:
 
 
 @consent_cli.command("show")
-@click.argument("wa_id")
+@click.argument("wa_id_or_user_id")
 @with_appcontext
-def show(wa_id: str) -> None:
-    """Print a user's current consent state and full history."""
-    wa_id = _wa_id(wa_id)
-    state, history = _ledger().state(wa_id), _ledger().history(wa_id)
+def show(wa_id_or_user_id: str) -> None:
+    """Print a person's current consent state and full history (by phone number or BSUID)."""
+    identifier = _identifier(wa_id_or_user_id)
+    state, history = _ledger().state(identifier), _ledger().history(identifier)
     window = state.window_open_until(utc_now())
-    click.echo(f"wa_id:        {state.wa_id}")
+    click.echo(f"wa_id:        {state.wa_id or '-'}")
+    click.echo(f"user_id:      {state.user_id or '-'}")
+    click.echo(f"identifiers:  {', '.join(state.identifiers) or '- (names nobody yet)'}")
     click.echo(f"state:        {state.state.value}")
     click.echo(f"marketing:    {state.marketing.value}")
     click.echo(f"window:       {'open until ' + window.isoformat() if window else 'closed'}")
@@ -82,7 +84,7 @@ def show(wa_id: str) -> None:
     for event in history:
         click.echo(
             f"  {event.seq:>8}  {event.occurred_at.isoformat()}  {event.action.value:<20} {event.scope.value:<9} "
-            f"{event.channel.value:<20} by {event.recorded_by}  ref {event.source_ref}"
+            f"{event.channel.value:<20} under {event.identifier}  by {event.recorded_by}  ref {event.source_ref}"
         )
 
 
@@ -91,11 +93,11 @@ def show(wa_id: str) -> None:
 @click.option("-o", "--output", default="-", help="File to write (default: standard output).")
 @click.option("--since", type=IsoTime(), help="Only events that occurred at or after this ISO 8601 time (UTC if it has no zone).")
 @click.option("--until", type=IsoTime(), help="Only events that occurred before this ISO 8601 time (UTC if it has no zone).")
-@click.option("--wa-id", help="Only this user's events.")
+@click.option("--wa-id", help="Only this person's events (a phone number or a BSUID).")
 @with_appcontext
 def export(fmt: str, output: str, since: datetime | None, until: datetime | None, wa_id: str | None) -> None:
     """Export the ledger (every event with its evidence and hashes) as CSV or JSON Lines."""
-    lines = export_lines(_ledger().events(since, until, _wa_id(wa_id)), fmt)
+    lines = export_lines(_ledger().events(since, until, _identifier(wa_id)), fmt)
     try:
         with click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
             for line in lines:

@@ -18,11 +18,10 @@ import sqlalchemy as sa
 from flask import Blueprint, current_app, make_response, render_template, request
 
 from bot.domain.consent import Action, Channel, EventDraft, Scope
-from bot.domain.phone import mask
+from bot.domain.identity import InvalidNumber, mask, normalize_wa_id
 from bot.outbound.limiter import RateLimiter
 from bot.services import current_services
 from bot.staff import form_tokens
-from bot.staff.request_rules import InvalidField, wa_id_field
 from bot.storage.ledger import SourceRefConflict
 
 log = logging.getLogger(__name__)
@@ -90,8 +89,8 @@ def _submit(page: str):
         return _render(page, 400, error="This form has expired or was not sent from this page. Please try again.")
     number = request.form.get("phone", "")
     try:
-        wa_id = wa_id_field(number, "phone")
-    except InvalidField:
+        wa_id = normalize_wa_id(number)  # people know their number, not their BSUID
+    except InvalidNumber:
         return _render(page, 422, error="Please enter your WhatsApp number with its country code, for example +1 650 555 1234.", phone=number[:32])
     if page == "opt_in" and request.form.get("consent") != "yes":
         return _render(page, 200, notice="Nothing was recorded: you did not tick the box. That is fine — we will not message you on WhatsApp.")
@@ -127,7 +126,7 @@ def _draft(page: str, wa_id: str, nonce: str) -> EventDraft:
         evidence["consent_text_shown"] = consent_text()
     scope = Scope.MARKETING if request.form.get("scope") == "marketing" and not opting_in else Scope.ALL
     return EventDraft(
-        wa_id=wa_id, action=Action.OPT_IN if opting_in else Action.OPT_OUT, channel=Channel.WEB, scope=scope,
+        identifier=wa_id, action=Action.OPT_IN if opting_in else Action.OPT_OUT, channel=Channel.WEB, scope=scope,
         consent_text=consent_text() if opting_in else None, evidence=evidence,
         source_ref=f"{page}:{nonce}", recorded_by=RECORDED_BY,
     )

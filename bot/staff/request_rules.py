@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.domain.consent import Action, Channel, EventDraft, Scope
-from bot.domain.phone import InvalidNumber, normalize_wa_id
+from bot.domain.identity import InvalidIdentifier, normalize_identifier
 from bot.domain.policy import MessageKind
 from bot.storage.outbox import Message, Template
 
@@ -84,10 +84,11 @@ def _choice(body: Mapping[str, Any], field: str, choices: tuple[str, ...], defau
     return value
 
 
-def wa_id_field(value: object, field: str = "wa_id") -> str:
+def identifier_field(value: object, field: str = "wa_id") -> str:
+    """Who a request names: a phone number or a BSUID (SPEC §6), wherever a wa_id is taken."""
     try:
-        return normalize_wa_id(value)
-    except InvalidNumber as error:
+        return normalize_identifier(value)
+    except InvalidIdentifier as error:
         raise InvalidField(field, str(error)) from None
 
 
@@ -154,7 +155,7 @@ def consent_draft(body: object, source_ref: str, recorded_by: str) -> EventDraft
         raise InvalidField("evidence", "must be a JSON object (what proves it: form id, recording, signed paper...)")
     occurred_at = body.get("occurred_at")
     return EventDraft(
-        wa_id=wa_id_field(body["wa_id"]),
+        identifier=identifier_field(body["wa_id"]),
         action=action,
         channel=staff_channel(body["channel"], action),
         scope=Scope(_choice(body, "scope", tuple(scope.value for scope in Scope), Scope.ALL.value)),

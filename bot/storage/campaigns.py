@@ -21,12 +21,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from bot.domain.consent import Action
-from bot.domain.phone import InvalidNumber, normalize_wa_id
+from bot.domain.identity import InvalidIdentifier, normalize_identifier
 from bot.domain.policy import MessageKind, Refusal, decide
 from bot.storage.db import one_statement, reading
 from bot.storage.ledger import Ledger, as_utc, utc_now
 from bot.storage.outbox import Message, MessageState, Outbox, QueueName, Template
-from bot.storage.schema import account_notices, campaigns, consent_events
+from bot.storage.schema import account_notices, campaigns, consent_events, identities, merged_people
 from bot.storage.schema import outbound_messages as messages
 
 log = logging.getLogger(__name__)
@@ -140,14 +140,14 @@ class Campaigns:
             progress(done)
         return CampaignResult(None if dry_run else campaign_id, queued, dict(skipped), duplicates)
 
-    def _decide(self, wa_ids: list[str], kind: MessageKind) -> list[Refusal | None]:
-        states, now = self.ledger.states(wa_ids), self.clock()
-        return [decide(states[wa_id], kind, now, self.outbox.coverage).reason for wa_id in wa_ids]
+    def _decide(self, recipients: list[str], kind: MessageKind) -> list[Refusal | None]:
+        states, now = self.ledger.states(recipients), self.clock()
+        return [decide(states[recipient], kind, now, self.outbox.coverage).reason for recipient in recipients]
 
     def _submit(
-        self, wa_ids: list[str], template: Template, kind: MessageKind, requested_by: str, campaign_id: str
+        self, recipients: list[str], template: Template, kind: MessageKind, requested_by: str, campaign_id: str
     ) -> list[Refusal | None]:
-        items = [(Message(wa_id, kind, template=template), f"campaign:{campaign_id}:{wa_id}") for wa_id in wa_ids]
+        items = [(Message(recipient, kind, template=template), f"campaign:{campaign_id}:{recipient}") for recipient in recipients]
         submissions = self.outbox.submit_many(items, requested_by, QueueName.BULK, campaign_id)
         return [submission.reason for submission in submissions]
 
@@ -279,18 +279,18 @@ class Campaigns:
 
 
 def _distinct_numbers(listed: list[str]) -> tuple[list[str], int, int]:
-    """(valid wa_ids in first-seen order, invalid count, duplicate count)."""
+    """(valid phone numbers and BSUIDs in first-seen order, invalid count, duplicate count)."""
     seen: dict[str, None] = {}
     invalid = duplicates = 0
     for raw in listed:
         try:
-            wa_id = normalize_wa_id(raw)
-        except InvalidNumber:
+            identifier = normalize_identifier(raw)
+        except InvalidIdentifier:
             invalid += 1
             continue
-        if wa_id in seen:
+        if identifier in seen:
             duplicates += 1
-        seen[wa_id] = None
+        seen[identifier] = None
     return list(seen), invalid, duplicates
 
 
@@ -299,10 +299,18 @@ _RUNNING = sa.select(campaigns.c.id).where(
     campaigns.c.paused_at.is_(None),
     sa.exists().where(messages.c.campaign_id == campaigns.c.id, messages.c.state == MessageState.QUEUED.value),
 )
-# Recipients who opted out (any scope) after a message of the campaign was sent to them.
+# People who opted out (any scope, under any of their identifiers) after a message of the campaign was sent to them.
 _OPT_OUTS_AFTER_REACHED = (
-    sa.select(sa.func.count(sa.distinct(consent_events.c.wa_id)))
-    .select_from(consent_events.join(messages, messages.c.wa_id == consent_events.c.wa_id))
+    sa.select(sa.func.count(sa.distinct(identities.c.person_id)))
+    .select_from(
+        messages.join(identities, identities.c.identifier == messages.c.recipient).join(
+            consent_events,
+            sa.or_(
+                consent_events.c.person_id == identities.c.person_id,
+                consent_events.c.person_id.in_(sa.select(merged_people.c.absorbed).where(merged_people.c.person_id == identities.c.person_id)),
+            ),
+        )
+    )
     .where(
         messages.c.campaign_id == sa.bindparam("campaign_id"),
         messages.c.sent_at.is_not(None),

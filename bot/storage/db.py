@@ -48,10 +48,11 @@ def json_rows(table: sa.Table) -> sa.TableValuedAlias:
     so it is prepared once; one string costs the driver far less than a list per column, or a
     VALUES clause it would parse again for every new length."""
     rows = sa.cast(sa.bindparam("rows", type_=sa.Text), postgresql.JSON)
+    # Columns by name: a migrated table may hold them in another order than the code lists them.
     return (
         sa.func.json_populate_recordset(sa.literal_column(f"NULL::{table.name}"), rows)
         .table_valued(*(column.name for column in table.c))
-        .render_derived(name=f"new_{table.name}")
+        .alias(f"new_{table.name}")
     )
 
 

@@ -16,75 +16,100 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from bot.domain.consent import Action, ConsentState, EventDraft, session_opened
+from bot.domain.identity import phones_first
 from bot.storage.db import WriteConflict, insert_once, writer
 from bot.storage.ledger import Ledger, as_utc, state_of
 from bot.storage.outbox import Message, Outbox, QueueName, Submission, submitted
+from bot.storage.people import Move, Sighting, move, settle
 from bot.storage.schema import unread_webhooks
 
 
 class Intake:
-    """What one POST records. Every user it answers or reads the state of must first be
-    named in `lock_contacts` (their rows stay locked until the commit)."""
+    """What one POST records. Every identifier it records, answers or reads the state of must
+    first be named in `settle` (the contacts of the people who wrote stay locked until the commit)."""
 
     def __init__(self, conn: Connection, ledger: Ledger, outbox: Outbox, careful: bool = False):
         """`careful`: look idempotency keys up before deciding (after a `WriteConflict`)."""
         self.conn, self.ledger, self.outbox, self.careful = conn, ledger, outbox, careful
         self.now = ledger.clock()
-        self._last_inbound: dict[str, datetime | None] = {}
-        self._events: dict[str, list] = {}  # per locked user: stored rows, then the rows this POST adds
-        self._states: dict[str, ConsentState] = {}  # per locked user, until their events or last inbound time change
+        self._people: dict[str, str] = {}  # identifier -> person, for every identifier settled
+        self._identifiers: dict[str, tuple[str, ...]] = {}  # person -> every identifier they have, phone first
+        self._last_inbound: dict[str, datetime | None] = {}  # per person who wrote
+        self._events: dict[str, list] = {}  # per person who wrote: stored rows, then the rows this POST adds
+        self._states: dict[str, ConsentState] = {}  # per person who wrote, until their events or last inbound time change
         self._drafts: list[dict] = []
         self._messages: list[dict] = []
         self._submitted: dict[str, Submission] = {}
         self._to_queue: dict[QueueName, list[str]] = {}
         self._statuses: list[tuple[str, str, int | None]] = []
-        self.opted_out: set[str] = set()  # users with an opt-out in this POST, new or recorded before
+        self._opted_out: set[str] = set()  # people with an opt-out in this POST, new or recorded before
+        self.opted_out: set[str] = set()  # their identifiers, once the POST is written
 
-    def lock_contacts(self, inbound: Iterable[tuple[str, datetime]]) -> None:
-        """Lock (or create) the contacts of these (sender, sent at) pairs, note their latest
-        inbound times, and read their events."""
+    def settle(self, sightings: Iterable[Sighting], moves: Iterable[Move], inbound: Iterable[tuple[str, datetime]]) -> None:
+        """Give each identifier seen its person (linking those seen together), move the people
+        Meta says moved, then lock (or create) the contacts of the (sender, sent at) pairs, note
+        their latest inbound times, and read their events."""
+        people, drafts = settle(self.conn, list(sightings), self.now)
+        self._people.update(people)
+        left: set[str] = set()  # identifiers people moved away from: they name nobody now
+        for change in moves:
+            person, moved = move(self.conn, change, self.now)
+            self._people.update(dict.fromkeys(change.joined, person))
+            left.update(i for i in change.left if i not in change.joined)
+            drafts.extend(moved)
+        shown: dict[str, list[str]] = {}
+        for identifier, person in self._people.items():
+            if identifier not in left:
+                shown.setdefault(person, []).append(identifier)
+        self._identifiers = {person: tuple(sorted(ids, key=phones_first)) for person, ids in shown.items()}
         latest: dict[str, datetime] = {}
-        for wa_id, at in inbound:
-            at = self._clamp(at)
-            latest[wa_id] = max(at, latest.get(wa_id, at))
-        if not latest:
-            return
-        self._last_inbound.update(self.ledger.note_inbound(self.conn, latest))
-        self._events.update(self.ledger.rows_of(self.conn, latest))
+        for identifier, at in inbound:
+            person, at = self._people[identifier], self._clamp(at)
+            latest[person] = max(at, latest.get(person, at))
+        if latest:
+            self._last_inbound.update(self.ledger.note_inbound(self.conn, latest))
+            self._events.update(self.ledger.rows_of(self.conn, latest))
+        for draft in drafts:
+            self.record(draft)
 
-    def inbound(self, wa_id: str, message_id: str, sent_at: datetime, recorded_by: str) -> None:
-        """A message from a locked user; when it opens a session, record implicit consent (R6)."""
-        at, previous = self._clamp(sent_at), self._last_inbound[wa_id]
+    def inbound(self, identifier: str, message_id: str, sent_at: datetime, recorded_by: str) -> None:
+        """A message from a settled sender; when it opens a session, record implicit consent (R6)."""
+        person = self._people[identifier]
+        at, previous = self._clamp(sent_at), self._last_inbound[person]
         if previous is None or at > previous:
-            self._last_inbound[wa_id] = at
-            self._states.pop(wa_id, None)
-        draft = session_opened(wa_id, message_id, at, previous, recorded_by)
+            self._last_inbound[person] = at
+            self._states.pop(person, None)
+        draft = session_opened(identifier, message_id, at, previous, recorded_by)
         if draft is not None:
             self.record(draft)
 
-    def state(self, wa_id: str) -> ConsentState:
-        """A locked user's state, counting what this POST recorded so far."""
-        if wa_id not in self._states:
-            self._states[wa_id] = state_of(wa_id, self._events[wa_id], self._last_inbound[wa_id])
-        return self._states[wa_id]
+    def state(self, identifier: str) -> ConsentState:
+        """The state of a settled sender's person, counting what this POST recorded so far."""
+        person = self._people[identifier]
+        if person not in self._states:
+            self._states[person] = state_of(identifier, self._events[person], self._last_inbound[person], person, self._identifiers[person])
+        return replace(self._states[person], identifier=identifier)
 
     def record(self, draft: EventDraft) -> None:
         """Add a ledger event (written at the end); an event already stored under its source_ref is not added again."""
+        if draft.person_id is None:
+            draft = replace(draft, person_id=self._people[draft.identifier])
         row = self.ledger.prepare(draft)
         if draft.action is Action.OPT_OUT:
-            self.opted_out.add(row["wa_id"])
-        events = self._events.get(row["wa_id"])
+            self._opted_out.add(row["person_id"])
+        events = self._events.get(row["person_id"])
         if events is not None:
             if any(stored["source_ref"] == row["source_ref"] for stored in events):
                 return
             events.append({**row, "seq": 0, "prev_hash": "", "hash": ""})  # its place in the chain comes at the end
-            self._states.pop(row["wa_id"], None)
+            self._states.pop(row["person_id"], None)
         self._drafts.append(row)
 
     def submit(self, message: Message, key: str, requested_by: str, queue: QueueName) -> Submission:
@@ -123,8 +148,9 @@ class Intake:
         if self._drafts:
             stored = self.ledger.extend_chain(self.conn, self._drafts)
             for event, row in zip(stored, self._drafts):
-                if event["event_id"] != row["event_id"] and row["wa_id"] in self._events:
+                if event["event_id"] != row["event_id"] and row["person_id"] in self._events:
                     raise WriteConflict(f"{row['source_ref']} was recorded by another delivery")
+        self.opted_out = {i for person in self._opted_out for i in self._identifiers.get(person, ())}
         return self._to_queue
 
     def _clamp(self, at: datetime) -> datetime:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -37,9 +37,12 @@ from bot.domain.consent import (
     session_opened,
     state_from_fold,
 )
-from bot.domain.phone import InvalidNumber, normalize_wa_id
+from bot.domain.identity import InvalidIdentifier, legacy_person_id, normalize_identifier, phones_first
 from bot.storage.db import WriteConflict, as_json_rows, json_rows, reading, string_array, writer
-from bot.storage.schema import GENESIS_HASH, consent_events, contacts, ledger_head
+from bot.storage.people import Sighting, find, identifiers_of, settle
+from bot.storage.schema import GENESIS_HASH, consent_events, contacts, identities, ledger_head, merged_people
+
+_OTHER = identities.alias("other")  # the person's identifiers, beside the one asked about
 
 
 def utc_now() -> datetime:
@@ -58,8 +61,22 @@ def canonical_json(value: object) -> str:
 
 
 def _hash_v1(row: Mapping) -> str:
+    """Events recorded before people had identifiers: the identifier was always a wa_id, and
+    the person is the one derived from it (checked by `verify`, not hashed)."""
     fields = [
-        row["seq"], row["event_id"], row["wa_id"], row["action"], row["scope"], row["basis"],
+        row["seq"], row["event_id"], row["identifier"], row["action"], row["scope"], row["basis"],
+        row["channel"], row["consent_text"], row["evidence"], row["source_ref"],
+        as_utc(row["occurred_at"]).isoformat(timespec="microseconds"),
+        as_utc(row["recorded_at"]).isoformat(timespec="microseconds"),
+        row["recorded_by"], row["prev_hash"],
+    ]
+    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
+
+
+def _hash_v2(row: Mapping) -> str:
+    """Version 1's fields and the person the event was recorded for."""
+    fields = [
+        row["seq"], row["event_id"], row["identifier"], row["person_id"], row["action"], row["scope"], row["basis"],
         row["channel"], row["consent_text"], row["evidence"], row["source_ref"],
         as_utc(row["occurred_at"]).isoformat(timespec="microseconds"),
         as_utc(row["recorded_at"]).isoformat(timespec="microseconds"),
@@ -70,8 +87,8 @@ def _hash_v1(row: Mapping) -> str:
 
 # What each hash version covers. A change to what the hash covers is a new version (and the
 # new events' `hash_version`); stored events keep theirs and verify as they were written.
-_HASHES: dict[int, Callable[[Mapping], str]] = {1: _hash_v1}
-HASH_VERSION = 1  # the version new events are written with
+_HASHES: dict[int, Callable[[Mapping], str]] = {1: _hash_v1, 2: _hash_v2}
+HASH_VERSION = 2  # the version new events are written with
 
 
 def event_hash(row: Mapping) -> str | None:
@@ -85,7 +102,8 @@ def to_event(row: Mapping) -> ConsentEvent:
     return ConsentEvent(
         seq=row["seq"],
         event_id=row["event_id"],
-        wa_id=row["wa_id"],
+        identifier=row["identifier"],
+        person_id=row["person_id"],
         action=Action(row["action"]),
         scope=Scope(row["scope"]),
         basis=Basis(row["basis"]) if row["basis"] else None,
@@ -139,71 +157,82 @@ _ADD_AND_MOVE_HEAD = (
     .values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
     .returning(ledger_head.c.seq)
 )
-# One round trip for a user's state: their events plus, on every row, their last inbound time.
-_STATE = (
+# The person an identifier names, and every person id their events were recorded under.
+_PERSON = sa.select(identities.c.person_id).where(identities.c.identifier == sa.bindparam("identifier")).scalar_subquery()
+_MEMBERS = sa.union_all(  # the person, and everyone they absorbed
+    sa.select(_PERSON), sa.select(merged_people.c.absorbed).where(merged_people.c.person_id == _PERSON)
+)
+_PERSON_FACTS = (  # (person, last inbound time, identifiers), or no row for an identifier that names nobody
     sa.select(
-        *consent_events.c,
-        sa.select(contacts.c.last_inbound_at).where(contacts.c.wa_id == sa.bindparam("wa_id")).scalar_subquery().label("last_inbound_at"),
+        identities.c.person_id,
+        sa.select(contacts.c.last_inbound_at).where(contacts.c.person_id == identities.c.person_id).scalar_subquery().label("last_inbound_at"),
+        sa.select(sa.func.aggregate_strings(_OTHER.c.identifier, " "))
+        .where(_OTHER.c.person_id == identities.c.person_id)
+        .scalar_subquery()
+        .label("identifiers"),
     )
-    .where(consent_events.c.wa_id == sa.bindparam("wa_id"))
+    .where(identities.c.identifier == sa.bindparam("identifier"))
+    .subquery("person")
+)
+# One indexed read for a person's state: their events, each row with the person's facts
+# (a person without events yet gives one row of facts and NULL events). Written as IN: SQLite
+# plans a join of the person's ids and consent_events inside the outer join as a scan of them all.
+_STATE = (
+    sa.select(*consent_events.c, _PERSON_FACTS.c.person_id.label("person"), _PERSON_FACTS.c.last_inbound_at, _PERSON_FACTS.c.identifiers)
+    .select_from(_PERSON_FACTS.outerjoin(consent_events, consent_events.c.person_id.in_(_MEMBERS)))
     .order_by(consent_events.c.seq)
 )
-_LAST_INBOUND = sa.select(contacts.c.last_inbound_at).where(contacts.c.wa_id == sa.bindparam("wa_id"))
-# The same for several users: their events, each row with its user's last inbound time...
-_STATES = (
-    sa.select(*consent_events.c, contacts.c.last_inbound_at)
-    .select_from(consent_events.outerjoin(contacts, contacts.c.wa_id == consent_events.c.wa_id))
-    .where(consent_events.c.wa_id.in_(sa.bindparam("wa_ids", expanding=True)))
-    .order_by(consent_events.c.seq)
+_HISTORY = sa.select(consent_events).where(consent_events.c.person_id.in_(_MEMBERS)).order_by(consent_events.c.seq)
+# The events of several people (by the person they are now), in chain order: those recorded
+# for them, and those recorded for the people they absorbed.
+_PEOPLE: sa.BindParameter[list[str]] = sa.bindparam("people", expanding=True)
+_EVENTS_OF_PEOPLE = sa.union_all(
+    sa.select(consent_events, consent_events.c.person_id.label("person")).where(consent_events.c.person_id.in_(_PEOPLE)),
+    sa.select(consent_events, merged_people.c.person_id.label("person"))
+    .join_from(merged_people, consent_events, consent_events.c.person_id == merged_people.c.absorbed)
+    .where(merged_people.c.person_id.in_(_PEOPLE)),
+).order_by(sa.literal_column("seq"))
+_IDENTIFIERS_OF_PEOPLE = sa.select(identities.c.identifier).where(identities.c.person_id.in_(sa.bindparam("people", expanding=True)))
+_LAST_INBOUND = sa.select(contacts.c.last_inbound_at).where(contacts.c.person_id == sa.bindparam("person"))
+_LAST_INBOUND_OF = sa.select(contacts.c.person_id, contacts.c.last_inbound_at).where(
+    contacts.c.person_id.in_(sa.bindparam("people", expanding=True))
 )
-# ...and the last inbound time of those without events.
-_LAST_INBOUND_OF = sa.select(contacts.c.wa_id, contacts.c.last_inbound_at).where(
-    contacts.c.wa_id.in_(sa.bindparam("wa_ids", expanding=True))
-)
-_HISTORY = sa.select(consent_events).where(consent_events.c.wa_id == sa.bindparam("wa_id")).order_by(consent_events.c.seq)
-_EVENTS_OF = (
-    sa.select(consent_events)
-    .where(consent_events.c.wa_id.in_(sa.bindparam("wa_ids", expanding=True)))
-    .order_by(consent_events.c.seq)
-)
-_EVENTS_OF_ANY = sa.select(consent_events).where(consent_events.c.wa_id == sa.any_(string_array("wa_ids"))).order_by(consent_events.c.seq)
 _CREATE_CONTACT = (  # SQLite, one at a time
     sqlite.insert(contacts)
-    .values(wa_id=sa.bindparam("wa_id"), last_inbound_at=sa.bindparam("at"))
-    .on_conflict_do_nothing(index_elements=["wa_id"])
-    .returning(contacts.c.wa_id)
+    .values(person_id=sa.bindparam("person"), last_inbound_at=sa.bindparam("at"))
+    .on_conflict_do_nothing(index_elements=["person_id"])
+    .returning(contacts.c.person_id)
 )
 _LOCK_CONTACT = _LAST_INBOUND.with_for_update()
 _MOVE_LAST_INBOUND = (
-    contacts.update().where(contacts.c.wa_id == sa.bindparam("contact")).values(last_inbound_at=sa.bindparam("at"))
+    contacts.update().where(contacts.c.person_id == sa.bindparam("contact")).values(last_inbound_at=sa.bindparam("at"))
 )
-# PostgreSQL notes any number of inbound senders in two statements: the missing contacts are
-# inserted (in wa_id order; a row another transaction is inserting is waited for), then the
-# others are locked, also in wa_id order, and moved on, their previous times returned.
-_WA_IDS = string_array("wa_ids")
+# PostgreSQL notes any number of people's inbound messages in two statements: the missing
+# contacts are inserted (in person order; a row another transaction is inserting is waited
+# for), then the others are locked, also in person order, and moved on, their previous times returned.
 _NEW_CONTACTS = (
-    sa.func.unnest(_WA_IDS, sa.cast(sa.bindparam("ats"), postgresql.ARRAY(contacts.c.last_inbound_at.type)))
-    .table_valued("wa_id", "at")
+    sa.func.unnest(string_array("people"), sa.cast(sa.bindparam("ats"), postgresql.ARRAY(contacts.c.last_inbound_at.type)))
+    .table_valued("person_id", "at")
     .render_derived(name="new_contacts")
 )
 _CREATE_CONTACTS = (
     postgresql.insert(contacts)
-    .from_select(["wa_id", "last_inbound_at"], sa.select(_NEW_CONTACTS.c.wa_id, _NEW_CONTACTS.c.at).order_by(_NEW_CONTACTS.c.wa_id))
-    .on_conflict_do_nothing(index_elements=["wa_id"])
-    .returning(contacts.c.wa_id)
+    .from_select(["person_id", "last_inbound_at"], sa.select(_NEW_CONTACTS.c.person_id, _NEW_CONTACTS.c.at).order_by(_NEW_CONTACTS.c.person_id))
+    .on_conflict_do_nothing(index_elements=["person_id"])
+    .returning(contacts.c.person_id)
 )
 _LOCKED = (
-    sa.select(contacts.c.wa_id, contacts.c.last_inbound_at.label("previous"), _NEW_CONTACTS.c.at)
-    .join_from(contacts, _NEW_CONTACTS, contacts.c.wa_id == _NEW_CONTACTS.c.wa_id)
-    .order_by(contacts.c.wa_id)
+    sa.select(contacts.c.person_id, contacts.c.last_inbound_at.label("previous"), _NEW_CONTACTS.c.at)
+    .join_from(contacts, _NEW_CONTACTS, contacts.c.person_id == _NEW_CONTACTS.c.person_id)
+    .order_by(contacts.c.person_id)
     .with_for_update(of=contacts)
     .subquery("locked")
 )
 _LOCK_AND_MOVE_CONTACTS = (
     contacts.update()
-    .where(contacts.c.wa_id == _LOCKED.c.wa_id)
+    .where(contacts.c.person_id == _LOCKED.c.person_id)
     .values(last_inbound_at=sa.func.greatest(contacts.c.last_inbound_at, _LOCKED.c.at))
-    .returning(contacts.c.wa_id, _LOCKED.c.previous)
+    .returning(contacts.c.person_id, _LOCKED.c.previous)
 )
 
 
@@ -240,67 +269,78 @@ class Ledger:
         return self.append_many([draft])[0]
 
     def append_many(self, drafts: Iterable[EventDraft]) -> list[ConsentEvent]:
-        """Record several events in one durable transaction: all of them or none."""
-        now = self.clock()
-        rows = [self._prepare(draft, now) for draft in drafts]
-        try:
-            with self._writer.begin() as conn:
-                stored = self.extend_chain(conn, rows)
-        except WriteConflict:  # the other writer's events are committed now: the second look sees them
-            with self._writer.begin() as conn:
-                stored = self.extend_chain(conn, rows)
-        self.opted_out({row["wa_id"] for row in stored if row["action"] == Action.OPT_OUT})
+        """Record several events in one durable transaction: all of them or none. An identifier
+        that names nobody yet becomes a new person."""
+        now, drafts = self.clock(), list(drafts)
+        for attempt in (1, 2):
+            try:
+                with self._writer.begin() as conn:
+                    people, _ = settle(conn, [Sighting((d.identifier,), d.source_ref, now) for d in drafts if d.person_id is None], now)
+                    rows = [self._prepare(d if d.person_id else replace(d, person_id=people[d.identifier]), now) for d in drafts]
+                    stored = self.extend_chain(conn, rows)
+                    opted_out = self.identifiers_of_people(conn, {row["person_id"] for row in stored if row["action"] == Action.OPT_OUT})
+                break
+            except (WriteConflict, sa.exc.IntegrityError):  # another writer's events or people are committed now: the second look sees them
+                if attempt == 2:
+                    raise
+        self.opted_out(opted_out)
         return [to_event(row) for row in stored]
 
-    def record_inbound(self, wa_id: str, message_id: str, at: datetime) -> ConsentEvent | None:
+    def record_inbound(self, identifier: str, message_id: str, at: datetime) -> ConsentEvent | None:
         """Note an inbound message; when it opens a new session, log implicit consent (R6).
 
         Returns the implicit-consent event, or None when the message belongs to a session
         already open (including a redelivery of the same message).
         """
-        wa_id = _valid_wa_id(wa_id)
+        identifier = _valid_identifier(identifier)
         at = as_utc(at)
         with self._writer.begin() as conn:
-            previous = self.note_inbound(conn, {wa_id: at})[wa_id]
-            draft = session_opened(wa_id, message_id, at, previous, "webhook")
-            return to_event(self.extend_chain(conn, [self.prepare(draft)])[0]) if draft else None
+            person = settle(conn, [Sighting((identifier,), message_id, at)], self.clock())[0][identifier]
+            previous = self.note_inbound(conn, {person: at})[person]
+            draft = session_opened(identifier, message_id, at, previous, "webhook")
+            return to_event(self.extend_chain(conn, [self.prepare(replace(draft, person_id=person))])[0]) if draft else None
+
+    def identifiers_of_people(self, conn: Connection, people: Iterable[str]) -> set[str]:
+        """Every identifier these people have now, for the opt-out marks."""
+        wanted = list(set(people))
+        return set(conn.execute(_IDENTIFIERS_OF_PEOPLE, {"people": wanted}).scalars()) if wanted else set()
 
     # -- the parts of a write, for a caller's own transaction ------------------------------
 
     def note_inbound(self, conn: Connection, latest: dict[str, datetime]) -> dict[str, datetime | None]:
-        """Lock (or create) these users' contact rows until the transaction ends and move their
+        """Lock (or create) these people's contact rows until the transaction ends and move their
         last-inbound times on to `latest` where it is later; return each one's previous time
         (None for a contact created here).
 
-        Rows are taken in wa_id order, so two transactions locking overlapping users cannot
-        deadlock; holding them serialises everything done for one user.
+        Rows are taken in person order, so two transactions locking overlapping people cannot
+        deadlock; holding them serialises everything done for one person.
         """
         if conn.dialect.name == "postgresql":
-            wa_ids = sorted(latest)
-            created = conn.execute(_CREATE_CONTACTS, {"wa_ids": wa_ids, "ats": [as_utc(latest[w]) for w in wa_ids]}).scalars().all()
+            people = sorted(latest)
+            created = conn.execute(_CREATE_CONTACTS, {"people": people, "ats": [as_utc(latest[p]) for p in people]}).scalars().all()
             previous: dict[str, datetime | None] = dict.fromkeys(created)
-            others = [wa_id for wa_id in wa_ids if wa_id not in previous]
+            others = [person for person in people if person not in previous]
             if others:
-                moved = conn.execute(_LOCK_AND_MOVE_CONTACTS, {"wa_ids": others, "ats": [as_utc(latest[w]) for w in others]})
-                previous.update((wa_id, as_utc(at)) for wa_id, at in moved)
+                moved = conn.execute(_LOCK_AND_MOVE_CONTACTS, {"people": others, "ats": [as_utc(latest[p]) for p in others]})
+                previous.update((person, as_utc(at)) for person, at in moved)
             return previous
         previous = {}
-        for wa_id in sorted(latest):
-            at = as_utc(latest[wa_id])
-            if conn.execute(_CREATE_CONTACT, {"wa_id": wa_id, "at": at}).first() is not None:
-                previous[wa_id] = None
+        for person in sorted(latest):
+            at = as_utc(latest[person])
+            if conn.execute(_CREATE_CONTACT, {"person": person, "at": at}).first() is not None:
+                previous[person] = None
                 continue
-            previous[wa_id] = last = as_utc(conn.execute(_LOCK_CONTACT, {"wa_id": wa_id}).scalar_one())
+            previous[person] = last = as_utc(conn.execute(_LOCK_CONTACT, {"person": person}).scalar_one())
             if at > last:
-                conn.execute(_MOVE_LAST_INBOUND, {"contact": wa_id, "at": at})
+                conn.execute(_MOVE_LAST_INBOUND, {"contact": person, "at": at})
         return previous
 
-    def rows_of(self, conn: Connection, wa_ids: Iterable[str]) -> dict[str, list[sa.RowMapping]]:
-        """These users' stored events, in chain order (as `state_of` takes them), in one query."""
-        found: dict[str, list[sa.RowMapping]] = {wa_id: [] for wa_id in wa_ids}
-        query = _EVENTS_OF_ANY if conn.dialect.name == "postgresql" else _EVENTS_OF
-        for row in conn.execute(query, {"wa_ids": list(found)}).mappings():
-            found[row["wa_id"]].append(row)
+    def rows_of(self, conn: Connection, people: Iterable[str]) -> dict[str, list[sa.RowMapping]]:
+        """These people's stored events, in chain order (as `state_of` takes them), in one query."""
+        found: dict[str, list[sa.RowMapping]] = {person: [] for person in people}
+        if found:
+            for row in conn.execute(_EVENTS_OF_PEOPLE, {"people": list(found)}).mappings():
+                found[row["person"]].append(row)
         return found
 
     def prepare(self, draft: EventDraft) -> dict:
@@ -358,6 +398,7 @@ class Ledger:
 
     def _prepare(self, draft: EventDraft, now: datetime) -> dict:
         check_draft(draft, now)
+        assert draft.person_id is not None, "the caller settles whose event it is"
         try:
             evidence = canonical_json(draft.evidence)
         except (TypeError, ValueError):
@@ -366,7 +407,8 @@ class Ledger:
             raise InvalidEvent(f"evidence is larger than {MAX_EVIDENCE_BYTES // 1024} KiB")
         return {
             "event_id": str(uuid.uuid4()),
-            "wa_id": _valid_wa_id(draft.wa_id),
+            "identifier": _valid_identifier(draft.identifier),
+            "person_id": draft.person_id,
             "action": draft.action.value,
             "scope": draft.scope.value,
             "basis": basis.value if (basis := basis_of(draft.action)) else None,
@@ -384,10 +426,11 @@ class Ledger:
 
     # -- reading -------------------------------------------------------------------------
 
-    def history(self, wa_id: str) -> list[ConsentEvent]:
-        """A user's events, oldest first: in the order they happened, as their state is folded."""
+    def history(self, identifier: str) -> list[ConsentEvent]:
+        """The events of the person an identifier names, oldest first: in the order they
+        happened, as their state is folded. Under every identifier the person has had."""
         with reading(self.engine) as conn:
-            events = [to_event(row) for row in conn.execute(_HISTORY, {"wa_id": _valid_wa_id(wa_id)}).mappings()]
+            events = [to_event(row) for row in conn.execute(_HISTORY, {"identifier": _valid_identifier(identifier)}).mappings()]
         return [events[at] for at in occurrence_order([event.occurred_at for event in events])]
 
     def recorded_refs(self, source_refs: Iterable[str]) -> set[str]:
@@ -406,43 +449,48 @@ class Ledger:
             row = conn.execute(sa.select(consent_events).where(consent_events.c.event_id == event_id)).mappings().first()
         return to_event(row) if row else None
 
-    def state(self, wa_id: str) -> ConsentState:
-        """What a user's events add up to now, with the 24-hour window.
+    def state(self, identifier: str) -> ConsentState:
+        """What the events of the person an identifier names add up to now, with the 24-hour window.
 
-        Asked before every send, so it is lean: one query, and only the few events the state
-        rests on become objects.
+        Asked before every send, so it is lean: one indexed query, and only the few events the
+        state rests on become objects.
         """
-        wa_id = _valid_wa_id(wa_id)
+        identifier = _valid_identifier(identifier)
         with reading(self.engine) as conn:
-            rows = conn.execute(_STATE, {"wa_id": wa_id}).mappings().all()
-            last_inbound = rows[0]["last_inbound_at"] if rows else conn.execute(_LAST_INBOUND, {"wa_id": wa_id}).scalar()
-        return state_of(wa_id, rows, as_utc(last_inbound) if last_inbound else None)
+            rows = conn.execute(_STATE, {"identifier": identifier}).mappings().all()
+        return _state_from_rows(identifier, rows)
 
-    def states(self, wa_ids: Iterable[str]) -> dict[str, ConsentState]:
-        """Several users' states, usually in one query: for deciding a whole campaign, or a
-        wave of sends, at once."""
-        wanted = sorted({_valid_wa_id(wa_id) for wa_id in wa_ids})
-        if len(wanted) == 1:  # the common case of a reply: the cached single-user query is cheaper
+    def states(self, identifiers: Iterable[str]) -> dict[str, ConsentState]:
+        """Several identifiers' states, in two queries however many: for deciding a whole
+        campaign, or a wave of sends, at once."""
+        wanted = sorted({_valid_identifier(i) for i in identifiers})
+        if len(wanted) == 1:  # the common case of a reply: the cached single-person query is cheaper
             return {wanted[0]: self.state(wanted[0])}
-        rows_by_user: dict[str, list[sa.RowMapping]] = {wa_id: [] for wa_id in wanted}
-        last_inbound: dict[str, datetime] = {}
+        people: dict[str, str] = {}
         with reading(self.engine) as conn:
             for start in range(0, len(wanted), 1000):
-                for row in conn.execute(_STATES, {"wa_ids": wanted[start : start + 1000]}).mappings():
-                    rows_by_user[row["wa_id"]].append(row)
-            without_events = [wa_id for wa_id, rows in rows_by_user.items() if not rows]
-            for start in range(0, len(without_events), 1000):
-                last_inbound.update(conn.execute(_LAST_INBOUND_OF, {"wa_ids": without_events[start : start + 1000]}).all())
-        for wa_id, rows in rows_by_user.items():
-            if rows:
-                last_inbound[wa_id] = rows[0]["last_inbound_at"]
-        return {
-            wa_id: state_of(wa_id, rows, as_utc(last_inbound[wa_id]) if last_inbound.get(wa_id) else None)
-            for wa_id, rows in rows_by_user.items()
-        }
+                people.update(find(conn, wanted[start : start + 1000]))
+            persons = sorted(set(people.values()))
+            rows_by_person: dict[str, list[sa.RowMapping]] = {}
+            facts: dict[str, tuple[datetime | None, tuple[str, ...]]] = {}
+            for start in range(0, len(persons), 1000):
+                chunk = persons[start : start + 1000]
+                rows_by_person.update(self.rows_of(conn, chunk))
+                last_inbound = dict(conn.execute(_LAST_INBOUND_OF, {"people": chunk}).all())
+                for person, ids in identifiers_of(conn, chunk).items():
+                    facts[person] = (last_inbound.get(person), ids)
+        states = {}
+        for identifier in wanted:
+            found = people.get(identifier)
+            if found is None:
+                states[identifier] = ConsentState(identifier)
+                continue
+            last, ids = facts[found]
+            states[identifier] = state_of(identifier, rows_by_person[found], as_utc(last) if last else None, found, ids)
+        return states
 
     def events(
-        self, since: datetime | None = None, until: datetime | None = None, wa_id: str | None = None
+        self, since: datetime | None = None, until: datetime | None = None, identifier: str | None = None
     ) -> Iterator[ConsentEvent]:
         """Stream events in chain order without loading the ledger into memory."""
         query = sa.select(consent_events).order_by(consent_events.c.seq)
@@ -450,10 +498,12 @@ class Ledger:
             query = query.where(consent_events.c.occurred_at >= as_utc(since))
         if until is not None:
             query = query.where(consent_events.c.occurred_at < as_utc(until))
-        if wa_id is not None:
-            query = query.where(consent_events.c.wa_id == _valid_wa_id(wa_id))
+        params = {}
+        if identifier is not None:  # the person's events, under every identifier they have had
+            query = query.where(consent_events.c.person_id.in_(_MEMBERS))
+            params["identifier"] = _valid_identifier(identifier)
         with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=1000).execute(query)
+            result = conn.execution_options(stream_results=True, yield_per=1000).execute(query, params)
             for row in result.mappings():
                 yield to_event(row)
 
@@ -482,6 +532,8 @@ class Ledger:
                     return _broken(
                         checked, seq, f"event seq {seq} ({row['event_id']}) was altered: its content does not match its hash"
                     )
+                if row["hash_version"] == 1 and row["person_id"] != legacy_person_id(row["identifier"]):
+                    return _broken(checked, seq, f"event seq {seq} ({row['event_id']}) was moved to another person")
                 expected_seq, prev_hash, checked = seq + 1, row["hash"], checked + 1
         if checked < head.seq or (checked == head.seq and prev_hash != head.hash):
             return _broken(
@@ -496,28 +548,44 @@ class Ledger:
         return Verification(ok=True, checked=checked)
 
 
-def state_of(wa_id: str, rows: Sequence[Mapping], last_inbound_at: datetime | None) -> ConsentState:
-    """A user's state from their event rows in chain order (stored rows, then prepared ones not
-    written yet), folded in the order they happened: only the few rows the state rests on become events."""
+def state_of(
+    identifier: str, rows: Sequence[Mapping], last_inbound_at: datetime | None,
+    person_id: str | None = None, identifiers: tuple[str, ...] = (),
+) -> ConsentState:
+    """A person's state from their event rows in chain order (stored rows, then prepared ones
+    not written yet), folded in the order they happened: only the few rows the state rests on become events."""
     order = occurrence_order([as_utc(row["occurred_at"]) for row in rows])
     folded = fold([(rows[at]["action"], rows[at]["scope"], rows[at]["channel"]) for at in order])
-    return state_from_fold(wa_id, folded, lambda position: to_event(rows[order[position]]), last_inbound_at)
+    return state_from_fold(
+        identifier, folded, lambda position: to_event(rows[order[position]]), last_inbound_at, person_id, identifiers
+    )
+
+
+def _state_from_rows(identifier: str, rows: Sequence[sa.RowMapping]) -> ConsentState:
+    """The state from `_STATE`'s rows: none for an identifier naming nobody; one row of NULL
+    events for a person without events."""
+    if not rows:
+        return ConsentState(identifier)
+    facts = rows[0]
+    events = rows if facts["seq"] is not None else []
+    last = as_utc(facts["last_inbound_at"]) if facts["last_inbound_at"] else None
+    return state_of(identifier, events, last, facts["person"], tuple(sorted(facts["identifiers"].split(" "), key=phones_first)))
 
 
 def _broken(checked: int, seq: int, problem: str) -> Verification:
     return Verification(ok=False, checked=checked, problem=problem, bad_seq=seq)
 
 
-def _valid_wa_id(wa_id: str) -> str:
+def _valid_identifier(identifier: str) -> str:
     try:
-        normalized = normalize_wa_id(wa_id)
-    except InvalidNumber as error:
+        normalized = normalize_identifier(identifier)
+    except InvalidIdentifier as error:
         raise InvalidEvent(str(error)) from None
-    if normalized != wa_id:
+    if normalized != identifier:
         raise InvalidEvent("wa_id must be digits only (country code first, no + or spaces)")
-    return wa_id
+    return identifier
 
 
 def _check_same_event(existing: Mapping, row: dict) -> None:
-    if (existing["wa_id"], existing["action"], existing["scope"]) != (row["wa_id"], row["action"], row["scope"]):
+    if (existing["identifier"], existing["action"], existing["scope"]) != (row["identifier"], row["action"], row["scope"]):
         raise SourceRefConflict(f"source_ref {row['source_ref']!r} was already used for a different event")

@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from bot.domain.consent import ConsentState
-from bot.domain.phone import InvalidNumber, normalize_wa_id
+from bot.domain.identity import InvalidIdentifier, normalize_identifier
 from bot.domain.policy import Decision, ImplicitCoverage, MessageKind, Refusal, decide
 from bot.storage.db import as_json_rows, json_records, json_rows, one_statement, reading, string_array, writer
 from bot.storage.ledger import Ledger, utc_now
@@ -53,7 +53,7 @@ class Template:
 
 @dataclass(frozen=True)
 class Message:
-    """What to send to whom: a text or a template, and its kind for the policy."""
+    """What to send to whom (a phone or a BSUID): a text or a template, and its kind for the policy."""
 
     to: str
     kind: MessageKind
@@ -77,7 +77,9 @@ class Submission:
 @dataclass(frozen=True)
 class StoredMessage:
     id: str
-    wa_id: str
+    recipient: str  # the phone or BSUID it was addressed to
+    person_id: str | None
+    sent_to: str | None  # who Meta's answer said it went to
     kind: MessageKind
     content: dict[str, Any]
     queue: QueueName
@@ -92,7 +94,7 @@ class StoredMessage:
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> StoredMessage:
         return cls(
-            id=row["id"], wa_id=row["wa_id"], kind=MessageKind(row["kind"]), content=json.loads(row["content"]),
+            id=row["id"], recipient=row["recipient"], person_id=row["person_id"], sent_to=row["sent_to"], kind=MessageKind(row["kind"]), content=json.loads(row["content"]),
             queue=QueueName(row["queue"]), state=MessageState(row["state"]), attempts=row["attempts"], campaign_id=row["campaign_id"],
             reason=row["reason"], error_code=row["error_code"], consent_event_id=row["consent_event_id"],
             meta_message_id=row["meta_message_id"],
@@ -153,10 +155,10 @@ class Outbox:
         recipients: dict[str, str | None] = {}
         for message, _ in items:
             try:
-                recipients[message.to] = normalize_wa_id(message.to)
-            except InvalidNumber:
+                recipients[message.to] = normalize_identifier(message.to)
+            except InvalidIdentifier:
                 recipients[message.to] = None
-        consents = self.ledger.states(wa_id for wa_id in recipients.values() if wa_id)
+        consents = self.ledger.states(identifier for identifier in recipients.values() if identifier)
         rows: list[dict] = []
         submissions: list[Submission] = []
         to_queue: list[str] = []
@@ -166,11 +168,11 @@ class Outbox:
                 if key in known:
                     submissions.append(known[key])
                     continue
-                wa_id = recipients[message.to]
-                if wa_id is None:
+                recipient = recipients[message.to]
+                if recipient is None:
                     submissions.append(Submission(None, False, Refusal.INVALID_RECIPIENT))
                     continue
-                submission, row = self.draft(message, key, consents[wa_id], requested_by, queue, now, campaign_id)
+                submission, row = self.draft(message, key, consents[recipient], requested_by, queue, now, campaign_id)
                 rows.append(row)
                 submissions.append(known.setdefault(key, submission))
                 if submission.queued:
@@ -188,7 +190,8 @@ class Outbox:
         """The policy's answer for a message to a valid recipient, and the row that stores it (not written yet)."""
         decision = decide(consent, message.kind, now, self.coverage)
         row = {
-            "id": str(uuid.uuid4()), "idempotency_key": key, "wa_id": consent.wa_id, "kind": message.kind.value,
+            "id": str(uuid.uuid4()), "idempotency_key": key, "recipient": consent.identifier, "person_id": consent.person_id,
+            "kind": message.kind.value,
             "content": json.dumps(message.content(), ensure_ascii=False), "queue": queue.value,
             "campaign_id": campaign_id,
             "state": (MessageState.QUEUED if decision.allowed else MessageState.BLOCKED).value,
@@ -214,11 +217,12 @@ class Outbox:
 
     # -- the send job's side -------------------------------------------------------------
 
-    def decide_many(self, asks: list[tuple[str, MessageKind]]) -> list[Decision]:
-        """The policy's answers for several (user, kind) right now, from one read of their states."""
-        states = self.ledger.states(wa_id for wa_id, _ in asks)
+    def decide_many(self, asks: list[tuple[str, MessageKind]]) -> list[tuple[Decision, ConsentState]]:
+        """The policy's answers for several (recipient, kind) right now, from one read of their
+        states, each with the state it rests on (which says where the message goes)."""
+        states = self.ledger.states(recipient for recipient, _ in asks)
         now = self.clock()
-        return [decide(states[wa_id], kind, now, self.coverage) for wa_id, kind in asks]
+        return [(decide(states[recipient], kind, now, self.coverage), states[recipient]) for recipient, kind in asks]
 
     def claim(self, message_id: str) -> StoredMessage | None:
         """Lease a due, queued message to this worker; None when another has it or it is done."""
@@ -234,20 +238,24 @@ class Outbox:
             rows = claimed.mappings().all()
         return [StoredMessage.from_row(row) for row in rows]
 
-    def mark_sent(self, message_id: str, meta_message_id: str, consent_event_id: str | None) -> None:
-        self.mark_sent_many([(message_id, meta_message_id, consent_event_id)])
+    def mark_sent(self, message_id: str, meta_message_id: str, consent_event_id: str | None, sent_to: str | None = None) -> None:
+        self.mark_sent_many([(message_id, meta_message_id, consent_event_id, sent_to)])
 
-    def mark_sent_many(self, sends: list[tuple[str, str, str | None]]) -> None:
-        """Record several sends in one transaction: (message id, Meta's message id, consent event id)."""
+    def mark_sent_many(self, sends: list[tuple[str, str, str | None, str | None]]) -> None:
+        """Record several sends in one transaction: (message id, Meta's message id, consent event
+        id, who Meta's answer says it went to)."""
         now = self.clock()
         with self._writer.begin() as conn:
             if conn.dialect.name == "postgresql":  # one statement, however many sends
-                rows = [{"id": message_id, "meta_id": meta_id, "consent_event_id": event_id} for message_id, meta_id, event_id in sends]
+                rows = [
+                    {"id": message_id, "meta_id": meta_id, "consent_event_id": event_id, "sent_to": sent_to}
+                    for message_id, meta_id, event_id, sent_to in sends
+                ]
                 conn.execute(_MARK_ALL_SENT, {"rows": as_json_rows(rows), "ids": [row["id"] for row in rows], "now": now})
                 return
             conn.execute(_MARK_SENT, [
-                {"message_id": message_id, "meta_id": meta_id, "consent_event_id": consent_event_id, "now": now}
-                for message_id, meta_id, consent_event_id in sends
+                {"message_id": message_id, "meta_id": meta_id, "consent_event_id": consent_event_id, "sent_to": sent_to, "now": now}
+                for message_id, meta_id, consent_event_id, sent_to in sends
             ])
 
     def mark_blocked(self, message_id: str, reason: Refusal) -> None:
@@ -375,11 +383,13 @@ _MARK_SENT = (
     .where(messages.c.id == sa.bindparam("message_id"))
     .values(
         state=MessageState.SENT.value, meta_message_id=sa.bindparam("meta_id"), consent_event_id=sa.bindparam("consent_event_id"),
-        sent_at=sa.bindparam("now"), updated_at=sa.bindparam("now"), lease_until=None, error_code=None, error_detail=None,
+        sent_to=sa.bindparam("sent_to"), sent_at=sa.bindparam("now"), updated_at=sa.bindparam("now"), lease_until=None, error_code=None, error_detail=None,
     )
 )
 
-_SENDS = json_records("sends", sa.column("id", sa.String), sa.column("meta_id", sa.String), sa.column("consent_event_id", sa.String))
+_SENDS = json_records(
+    "sends", sa.column("id", sa.String), sa.column("meta_id", sa.String), sa.column("consent_event_id", sa.String), sa.column("sent_to", sa.String)
+)
 _MARK_ALL_SENT = (
     messages.update()
     .where(
@@ -387,7 +397,7 @@ _MARK_ALL_SENT = (
         messages.c.id == sa.any_(string_array("ids")),  # the index, not a scan
     )
     .values(
-        state=MessageState.SENT.value, meta_message_id=_SENDS.c.meta_id, consent_event_id=_SENDS.c.consent_event_id,
+        state=MessageState.SENT.value, meta_message_id=_SENDS.c.meta_id, consent_event_id=_SENDS.c.consent_event_id, sent_to=_SENDS.c.sent_to,
         sent_at=sa.bindparam("now"), updated_at=sa.bindparam("now"), lease_until=None, error_code=None, error_detail=None,
     )
 )

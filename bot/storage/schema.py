@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from bot.domain.identity import MAX_IDENTIFIER
+
 metadata = sa.MetaData()
 
 GENESIS_HASH = "0" * 64
@@ -17,7 +19,8 @@ consent_events = sa.Table(
     # seq is gapless and assigned under the chain lock, so a deleted event leaves a hole.
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("event_id", sa.String(36), nullable=False, unique=True),
-    sa.Column("wa_id", sa.String(15), nullable=False),
+    sa.Column("identifier", sa.String(MAX_IDENTIFIER), nullable=False),  # the phone or BSUID the event came under
+    sa.Column("person_id", sa.String(36), nullable=False),  # whose it is, when it was recorded
     sa.Column("action", sa.String(32), nullable=False),
     sa.Column("scope", sa.String(16), nullable=False),
     sa.Column("basis", sa.String(16)),
@@ -33,7 +36,8 @@ consent_events = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
     # Which definition of `hash` the event carries (bot.storage.ledger.event_hash).
     sa.Column("hash_version", sa.SmallInteger, nullable=False, server_default="1"),
-    sa.Index("ix_consent_events_wa_id_seq", "wa_id", "seq"),
+    sa.Index("ix_consent_events_person_id_seq", "person_id", "seq"),
+    sa.Index("ix_consent_events_identifier", "identifier"),
     sa.Index("ix_consent_events_occurred_at", "occurred_at"),
 )
 
@@ -47,11 +51,35 @@ ledger_head = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
 )
 
-# Conversation facts that are not consent evidence: when the user last wrote (the 24-hour window).
+# Who each identifier belongs to now: derived from the ledger's identity events (links, moves,
+# merges), kept as a table so that a person's state is one indexed read. An identifier a person
+# moved away from (an old number) has no row: it names nobody.
+identities = sa.Table(
+    "identities",
+    metadata,
+    sa.Column("identifier", sa.String(MAX_IDENTIFIER), primary_key=True),
+    sa.Column("person_id", sa.String(36), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # bot.domain.identity.IdentifierKind
+    sa.Column("linked_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_identities_person_id", "person_id"),
+)
+
+# People found to be another (two known people Meta then showed together): the person each
+# absorbed id is now. Events keep the person id they were recorded for; a person's events are
+# those recorded for them and for everyone they absorbed.
+merged_people = sa.Table(
+    "merged_people",
+    metadata,
+    sa.Column("absorbed", sa.String(36), primary_key=True),
+    sa.Column("person_id", sa.String(36), nullable=False),
+    sa.Index("ix_merged_people_person_id", "person_id"),
+)
+
+# Conversation facts that are not consent evidence: when the person last wrote (the 24-hour window).
 contacts = sa.Table(
     "contacts",
     metadata,
-    sa.Column("wa_id", sa.String(15), primary_key=True),
+    sa.Column("person_id", sa.String(36), primary_key=True),
     sa.Column("last_inbound_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -63,7 +91,9 @@ outbound_messages = sa.Table(
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("idempotency_key", sa.String(255), nullable=False, unique=True),
-    sa.Column("wa_id", sa.String(15), nullable=False),
+    sa.Column("recipient", sa.String(MAX_IDENTIFIER), nullable=False),  # the phone or BSUID it was addressed to
+    sa.Column("person_id", sa.String(36)),  # the recipient's person, when known at submission
+    sa.Column("sent_to", sa.String(MAX_IDENTIFIER)),  # who Meta's answer says it went to (wa_id or user_id)
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("content", sa.Text, nullable=False),  # JSON: {"text": ...} or {"template": {...}}
     sa.Column("queue", sa.String(16), nullable=False),

@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 
 from bot.domain.consent import Action, Channel, ConsentState, EventDraft, Marketing, Scope, State
+from bot.domain.identity import mask
 from bot.domain.keywords import Intent, KeywordMatch
-from bot.domain.phone import mask, number_digest
 from bot.domain.policy import MessageKind
 from bot.domain.replies import TELLS_HOW_TO_STOP, Reply
 from bot.inbound.events import InboundMessage, MessageType
@@ -23,13 +23,13 @@ def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
     """Record what the message means for consent, then answer it (the sender's contact is locked)."""
     if message.type is MessageType.REVOKE:
         return  # deleting a message is not writing one: no session, nothing to answer
-    intake.inbound(message.wa_id, message.message_id, message.timestamp, RECORDED_BY)  # R6: a new session is implicit consent
+    intake.inbound(message.sender, message.message_id, message.timestamp, RECORDED_BY)  # R6: a new session is implicit consent
     match = _match(ctx, message)
-    if match is not None and match.intent is Intent.POSSIBLE_OPT_OUT and intake.state(message.wa_id).state is State.OPTED_OUT:
+    if match is not None and match.intent is Intent.POSSIBLE_OPT_OUT and intake.state(message.sender).state is State.OPTED_OUT:
         match = None  # "stop sending me ads" after STOP: nothing left to stop; an ordinary message
     if match is None:
         if message.type is not MessageType.REACTION:  # an emoji on a message is no conversation to welcome
-            _ordinary(ctx, intake, message, intake.state(message.wa_id))
+            _ordinary(ctx, intake, message, intake.state(message.sender))
         return
     said = message.text or message.button_title or message.button_payload or ""
     channel = Channel.WHATSAPP_KEYWORD if message.type in (MessageType.TEXT, MessageType.EDIT) else Channel.WHATSAPP_BUTTON
@@ -38,7 +38,7 @@ def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
         _record(intake, message, Action.OPT_OUT, match.scope, channel, said, evidence)
         if match.scope is Scope.ALL:
             _reply(ctx, intake, message, Reply.STOP_CONFIRMATION, MessageKind.STOP_CONFIRMATION, match.language)  # R7, R10
-        elif intake.state(message.wa_id).state is State.OPTED_OUT:  # "Stop promotions" after STOP: nothing is being sent
+        elif intake.state(message.sender).state is State.OPTED_OUT:  # "Stop promotions" after STOP: nothing is being sent
             _reply(ctx, intake, message, Reply.UNSUBSCRIBED_REMINDER, MessageKind.REPLY, match.language)
         else:  # "Stop promotions": say what stopped, what goes on, and how to stop everything
             _reply(ctx, intake, message, Reply.MARKETING_STOP_CONFIRMATION, MessageKind.REPLY, match.language)
@@ -47,7 +47,7 @@ def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
         if match.scope is Scope.ALL:
             _reply(ctx, intake, message, Reply.START_CONFIRMATION, MessageKind.START_CONFIRMATION, match.language)
         else:  # "Resume promotions"
-            _reply(ctx, intake, message, *_marketing_resumed(intake.state(message.wa_id)), match.language)
+            _reply(ctx, intake, message, *_marketing_resumed(intake.state(message.sender)), match.language)
     elif match.intent is Intent.HELP:
         _reply(ctx, intake, message, Reply.HELP, MessageKind.HELP_ANSWER, match.language)
     else:  # a possible opt-out: staff review it; the user is told how to stop
@@ -86,7 +86,7 @@ def _ordinary(ctx: Context, intake: Intake, message: InboundMessage, state: Cons
         session = state.session_event.event_id if state.session_event else message.message_id
         _reply(ctx, intake, message, Reply.UNSUBSCRIBED_REMINDER, MessageKind.REPLY, language, f"session:{session}")
     elif state.notice_event is None:
-        _reply(ctx, intake, message, Reply.WELCOME, MessageKind.FREE_FORM, language, f"user:{number_digest(message.wa_id)}")
+        _reply(ctx, intake, message, Reply.WELCOME, MessageKind.FREE_FORM, language, f"person:{state.person_id}")
 
 
 def _record(
@@ -94,7 +94,7 @@ def _record(
 ) -> None:
     intake.record(
         EventDraft(
-            wa_id=message.wa_id, action=action, scope=scope, channel=channel,
+            identifier=message.sender, action=action, scope=scope, channel=channel,
             source_ref=f"{action.value}:{message.message_id}", recorded_by=RECORDED_BY,
             consent_text=said[:1000] or None, evidence=evidence, occurred_at=min(message.timestamp, utc_now()),
         )
@@ -108,15 +108,15 @@ def _reply(
     """Queue a reply (the outbox asks the policy); when it tells how to stop, note that the user was told (R9)."""
     key = f"{reply.value}:{once_per or message.message_id}"
     text = ctx.replies.render(reply, language)
-    submission = intake.submit(Message(message.wa_id, kind, text=text), key, RECORDED_BY, QueueName.REPLIES)
+    submission = intake.submit(Message(message.sender, kind, text=text), key, RECORDED_BY, QueueName.REPLIES)
     if not submission.queued:
         assert submission.reason is not None, "a refused submission has its reason"
-        log.info("no %s to %s: %s", reply.value, mask(message.wa_id), submission.reason.value)
+        log.info("no %s to %s: %s", reply.value, mask(message.sender), submission.reason.value)
         return
     if reply in TELLS_HOW_TO_STOP:
         intake.record(
             EventDraft(
-                wa_id=message.wa_id, action=Action.OPT_OUT_NOTICE_GIVEN, channel=Channel.WHATSAPP_SESSION,
+                identifier=message.sender, action=Action.OPT_OUT_NOTICE_GIVEN, channel=Channel.WHATSAPP_SESSION,
                 source_ref=f"notice:{submission.message_id}", recorded_by=RECORDED_BY,
                 evidence={"reply": reply.value, "outbound_message_id": submission.message_id, "language": language},
             )

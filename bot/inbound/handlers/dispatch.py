@@ -15,13 +15,25 @@ import redis
 import sqlalchemy as sa
 
 from bot.domain.consent import InvalidEvent
-from bot.inbound.events import AccountNotice, InboundMessage, PreferenceUpdate, StatusUpdate, Unrecognized, WebhookEvent
+from bot.inbound.events import (
+    MARKETING_STOPPED,
+    AccountNotice,
+    IdentityChange,
+    InboundMessage,
+    MessageType,
+    PreferenceUpdate,
+    StatusUpdate,
+    Unrecognized,
+    WebhookEvent,
+)
 from bot.inbound.handlers import Context
 from bot.inbound.handlers.account import on_account_notice
 from bot.inbound.handlers.conversation import on_message
+from bot.inbound.handlers.identities import on_identity_change
 from bot.inbound.handlers.preferences import on_preference
 from bot.inbound.handlers.statuses import on_status
 from bot.storage.intake import Intake, record
+from bot.storage.people import Move, Sighting
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +112,11 @@ def record_events(context: Context, events: list[WebhookEvent]) -> None:
     events = list(events)
 
     def handle(intake: Intake) -> None:
-        intake.lock_contacts((e.wa_id, e.timestamp) for e in events if isinstance(e, InboundMessage))
+        intake.settle(
+            (sighting for e in events if (sighting := _sighting(e)) is not None),
+            (Move(e.left, e.joined, e.event_id, e.timestamp) for e in events if isinstance(e, IdentityChange)),
+            ((e.sender, e.timestamp) for e in events if isinstance(e, InboundMessage) and e.type is not MessageType.REVOKE),
+        )
         for index, event in enumerate(events):
             try:
                 _handle(context, intake, event)
@@ -115,9 +131,24 @@ def record_events(context: Context, events: list[WebhookEvent]) -> None:
             events[refused.index] = Unrecognized(f"refused by the ledger: {refused.reason}", repr(event))
 
 
+def _sighting(event: WebhookEvent) -> Sighting | None:
+    """Whose an item is: the identifiers it shows together, with its id as their link's evidence.
+    A status names people only where it links identifiers or records an opt-out (131050): a
+    campaign's statuses do not make a person of every number it reached."""
+    if isinstance(event, InboundMessage):
+        return Sighting(event.identifiers, event.message_id, event.timestamp)
+    if isinstance(event, PreferenceUpdate):
+        return Sighting(event.identifiers, f"preferences:{event.value}:{int(event.timestamp.timestamp())}", event.timestamp)
+    if isinstance(event, StatusUpdate) and (len(event.recipients) > 1 or MARKETING_STOPPED in event.error_codes):
+        return Sighting(event.recipients, f"{event.meta_message_id}:{event.status.value}", event.timestamp) if event.recipients else None
+    return None
+
+
 def _handle(context: Context, intake: Intake, event: WebhookEvent) -> None:
     if isinstance(event, InboundMessage):
         on_message(context, intake, event)
+    elif isinstance(event, IdentityChange):
+        on_identity_change(context, intake, event)
     elif isinstance(event, StatusUpdate):
         on_status(context, intake, event)
     elif isinstance(event, PreferenceUpdate):

@@ -14,10 +14,11 @@ def on_preference(ctx: Context, intake: Intake, update: PreferenceUpdate) -> Non
     """A marketing stop or resume (bot.inbound.events keeps any other preference as unread)."""
     intake.record(
         EventDraft(
-            wa_id=update.wa_id, action=ACTIONS[update.value], scope=Scope.MARKETING, channel=Channel.WHATSAPP_PREFERENCES,
-            source_ref=f"preferences:{update.wa_id}:{int(update.timestamp.timestamp())}:{update.value}",
+            identifier=update.identifiers[0], action=ACTIONS[update.value], scope=Scope.MARKETING, channel=Channel.WHATSAPP_PREFERENCES,
+            source_ref=f"preferences:{update.identifiers[0]}:{int(update.timestamp.timestamp())}:{update.value}",
             recorded_by="webhook", consent_text=update.detail or f"{update.value} marketing messages",
             evidence={"category": update.category, "value": update.value, "detail": update.detail},
             occurred_at=min(update.timestamp, utc_now()),
         )
     )
+

@@ -10,9 +10,9 @@ from bot.storage.ledger import utc_now
 
 def on_status(ctx: Context, intake: Intake, status: StatusUpdate) -> None:
     intake.apply_status(status.meta_message_id, status.status.value, status.error_codes[0] if status.error_codes else None)
-    if MARKETING_STOPPED in status.error_codes and status.recipient:
+    if MARKETING_STOPPED in status.error_codes and status.recipients:
         evidence = {"meta_message_id": status.meta_message_id, "error_code": MARKETING_STOPPED}
         ref = f"status-{MARKETING_STOPPED}:{status.meta_message_id}"
         intake.record(
-            delivery_marketing_opt_out(status.recipient, ref, "webhook", evidence, min(status.timestamp, utc_now()))
+            delivery_marketing_opt_out(status.recipients[0], ref, "webhook", evidence, min(status.timestamp, utc_now()))
         )
