@@ -56,8 +56,9 @@ class Intake:
         """Give each identifier seen its person (linking those seen together), move the people
         Meta says moved, then lock (or create) the contacts of the (sender, sent at) pairs, note
         their latest inbound times, and read their events."""
-        people, drafts = settle(self.conn, list(sightings), self.now)
-        self._people.update(people)
+        settled = settle(self.conn, list(sightings), self.now, self.ledger.known_links)
+        self._people.update(settled.people)
+        drafts = settled.events
         left: set[str] = set()  # identifiers people moved away from: they name nobody now
         for change in moves:
             person, moved = move(self.conn, change, self.now)
@@ -75,7 +76,8 @@ class Intake:
             latest[person] = max(at, latest.get(person, at))
         if latest:
             self._last_inbound.update(self.ledger.note_inbound(self.conn, latest))
-            self._events.update(self.ledger.rows_of(self.conn, latest))
+            self._events.update(self.ledger.rows_of(self.conn, set(latest) - settled.new_people))
+            self._events.update((person, []) for person in set(latest) & settled.new_people)  # made just now: nothing to read
         for draft in drafts:
             self.record(draft)
 

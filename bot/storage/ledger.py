@@ -39,7 +39,7 @@ from bot.domain.consent import (
 )
 from bot.domain.identity import InvalidIdentifier, legacy_person_id, normalize_identifier, phones_first
 from bot.storage.db import WriteConflict, as_json_rows, json_rows, reading, string_array, writer
-from bot.storage.people import Sighting, find, identifiers_of, settle
+from bot.storage.people import KnownLinks, Sighting, find, identifiers_of, settle
 from bot.storage.schema import GENESIS_HASH, consent_events, contacts, identities, ledger_head, merged_people
 
 _OTHER = identities.alias("other")  # the person's identifiers, beside the one asked about
@@ -261,6 +261,7 @@ class Ledger:
         self._writer = writer(engine)
         self.clock = clock
         self.opted_out = opted_out
+        self.known_links = KnownLinks()
 
     # -- writing -------------------------------------------------------------------------
 
@@ -275,10 +276,10 @@ class Ledger:
         for attempt in (1, 2):
             try:
                 with self._writer.begin() as conn:
-                    people, _ = settle(conn, [Sighting((d.identifier,), d.source_ref, now) for d in drafts if d.person_id is None], now)
+                    people = settle(conn, [Sighting((d.identifier,), d.source_ref, now) for d in drafts if d.person_id is None], now).people
                     rows = [self._prepare(d if d.person_id else replace(d, person_id=people[d.identifier]), now) for d in drafts]
                     stored = self.extend_chain(conn, rows)
-                    opted_out = self.identifiers_of_people(conn, {row["person_id"] for row in stored if row["action"] == Action.OPT_OUT})
+                    opted_out = self._identifiers_of(conn, {row["person_id"] for row in stored if row["action"] == Action.OPT_OUT})
                 break
             except (WriteConflict, sa.exc.IntegrityError):  # another writer's events or people are committed now: the second look sees them
                 if attempt == 2:
@@ -295,12 +296,12 @@ class Ledger:
         identifier = _valid_identifier(identifier)
         at = as_utc(at)
         with self._writer.begin() as conn:
-            person = settle(conn, [Sighting((identifier,), message_id, at)], self.clock())[0][identifier]
+            person = settle(conn, [Sighting((identifier,), message_id, at)], self.clock()).people[identifier]
             previous = self.note_inbound(conn, {person: at})[person]
             draft = session_opened(identifier, message_id, at, previous, "webhook")
             return to_event(self.extend_chain(conn, [self.prepare(replace(draft, person_id=person))])[0]) if draft else None
 
-    def identifiers_of_people(self, conn: Connection, people: Iterable[str]) -> set[str]:
+    def _identifiers_of(self, conn: Connection, people: Iterable[str]) -> set[str]:
         """Every identifier these people have now, for the opt-out marks."""
         wanted = list(set(people))
         return set(conn.execute(_IDENTIFIERS_OF_PEOPLE, {"people": wanted}).scalars()) if wanted else set()

@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -33,11 +33,34 @@ RECORDED_BY = "webhook"
 
 @dataclass(frozen=True)
 class Sighting:
-    """Identifiers Meta showed together in one payload item (`evidence_id`: the item's id)."""
+    """Identifiers Meta showed together in one payload item (`evidence_id`: the item's id).
+    `only_link`: the item needs no person, only the link (a delivery status)."""
 
     identifiers: tuple[str, ...]
     evidence_id: str
     at: datetime
+    only_link: bool = False
+
+
+class KnownLinks:
+    """Identifier groups a process read as one person's (one per database, kept by its Ledger):
+    a status showing them together again needs no look-up. Only what was read committed goes in, and a link, once made, stays
+    true or harmless (a move retires identifiers, which then name nobody). Bounded: emptied
+    when full."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._groups: set[tuple[str, ...]] = set()
+
+    def __contains__(self, group: tuple[str, ...]) -> bool:
+        return group in self._groups
+
+    def add(self, group: tuple[str, ...]) -> None:
+        if len(self._groups) >= self.LIMIT:
+            self._groups.clear()
+        self._groups.add(group)
+
 
 
 @dataclass(frozen=True)
@@ -101,12 +124,20 @@ def identifiers_of(conn: Connection, people: Iterable[str]) -> dict[str, tuple[s
     return {person: tuple(sorted(ids, key=phones_first)) for person, ids in found.items()}
 
 
-def settle(conn: Connection, sightings: Sequence[Sighting], now: datetime) -> tuple[dict[str, str], list[EventDraft]]:
+class Settled(NamedTuple):
+    people: dict[str, str]  # the person of each identifier seen, and of their people's other identifiers
+    events: list[EventDraft]  # the identity events to record
+    new_people: set[str]  # people made here: no events, no contact yet
+
+
+def settle(
+    conn: Connection, sightings: Sequence[Sighting], now: datetime, known_links: KnownLinks | None = None
+) -> Settled:
     """Give every identifier seen a person: the one it names, or a new one; link those seen
-    together, merging people where they turn out to be one. Returns the person of each
-    identifier seen, and of every other identifier their people have, and the identity events
-    to record. New identifiers are written in one statement, in identifier order (two
-    transactions adding the same ones cannot deadlock)."""
+    together, merging people where they turn out to be one. New identifiers are written in one
+    statement, in identifier order (two transactions adding the same ones cannot deadlock)."""
+    links = known_links if known_links is not None else KnownLinks()
+    sightings = [s for s in sightings if not (s.only_link and s.identifiers in links)]
     ids = sorted({i for s in sightings for i in s.identifiers})
     fresh = _fresh_people(sightings)
     written: set[str] = set()
@@ -114,6 +145,10 @@ def settle(conn: Connection, sightings: Sequence[Sighting], now: datetime) -> tu
         known, written = _named_or_added(conn, ids, fresh, now)
     else:
         known = dict(conn.execute(_PEOPLE_NAMED, {"ids": ids}).all()) if ids else {}
+    for sighting in sightings:
+        named = {known.get(i) for i in sighting.identifiers}
+        if len(named) == 1 and None not in named:
+            links.add(sighting.identifiers)
     new: dict[str, Sighting] = {}
     linked: list[str] = []  # new identifiers that join a person named otherwise: each link is an event
     drafts: list[EventDraft] = []
@@ -138,7 +173,7 @@ def settle(conn: Connection, sightings: Sequence[Sighting], now: datetime) -> tu
         _event(Action.IDENTITY_LINKED, i, known[i], new[i].evidence_id, new[i].at, seen_with=_others(new[i].identifiers, i))
         for i in linked
     )
-    return known, drafts
+    return Settled(known, drafts, {known[i] for i in new} - {known[i] for i in known if i not in new})
 
 
 def _fresh_people(sightings: Sequence[Sighting]) -> dict[str, str]:
@@ -173,8 +208,8 @@ def move(conn: Connection, change: Move, now: datetime) -> tuple[str, list[Event
     sighting = Sighting(change.joined, change.evidence_id, change.at)
     person = next((known[i] for i in change.left if i in known), None)
     if person is None:  # moved from identifiers we never saw: nothing to carry over
-        settled, drafts = settle(conn, [sighting], now)
-        return settled[change.joined[0]], drafts
+        settled = settle(conn, [sighting], now)
+        return settled.people[change.joined[0]], settled.events
     drafts = [
         _merge(conn, person, other, _tie(change.joined, known, other), sighting)
         for other in dict.fromkeys(known[i] for i in change.joined if known.get(i, person) != person)

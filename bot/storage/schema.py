@@ -37,7 +37,6 @@ consent_events = sa.Table(
     # Which definition of `hash` the event carries (bot.storage.ledger.event_hash).
     sa.Column("hash_version", sa.SmallInteger, nullable=False, server_default="1"),
     sa.Index("ix_consent_events_person_id_seq", "person_id", "seq"),
-    sa.Index("ix_consent_events_identifier", "identifier"),
     sa.Index("ix_consent_events_occurred_at", "occurred_at"),
 )
 

@@ -140,7 +140,8 @@ def _sighting(event: WebhookEvent) -> Sighting | None:
     if isinstance(event, PreferenceUpdate):
         return Sighting(event.identifiers, f"preferences:{event.value}:{int(event.timestamp.timestamp())}", event.timestamp)
     if isinstance(event, StatusUpdate) and (len(event.recipients) > 1 or MARKETING_STOPPED in event.error_codes):
-        return Sighting(event.recipients, f"{event.meta_message_id}:{event.status.value}", event.timestamp) if event.recipients else None
+        only_link = MARKETING_STOPPED not in event.error_codes
+        return Sighting(event.recipients, f"{event.meta_message_id}:{event.status.value}", event.timestamp, only_link) if event.recipients else None
     return None
 
 

@@ -102,7 +102,6 @@ def upgrade() -> None:
     with op.batch_alter_table("consent_events") as batch:
         batch.alter_column("person_id", existing_type=PERSON, nullable=False)
         batch.create_index("ix_consent_events_person_id_seq", ["person_id", "seq"])
-        batch.create_index("ix_consent_events_identifier", ["identifier"])
     for statement in APPEND_ONLY.get(dialect, []):
         op.execute(statement)
 
