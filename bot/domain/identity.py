@@ -6,7 +6,6 @@ enterprise's portfolios (`US.ENT.…`), or by several of these at once. Every on
 once, at the edge, into the exact string the rest of the code compares.
 """
 import enum
-import hashlib
 import re
 import uuid
 
@@ -131,7 +130,3 @@ def mask_numbers(text: str) -> str:
     text = _BSUID_IN_TEXT.sub(lambda found: found.group()[:2] + "." + "*" * (len(found.group()) - 3), text)
     return _NUMBER_IN_TEXT.sub(lambda found: mask(found.group()), text)
 
-
-def number_digest(identifier: str) -> str:
-    """A stable stand-in for an identifier inside keys that databases may print in their own logs."""
-    return hashlib.sha256(identifier.encode()).hexdigest()[:24]
