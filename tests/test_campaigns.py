@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from datetime import timedelta
 
 import pytest
@@ -12,7 +13,7 @@ from bot.domain.policy import MessageKind
 from bot.services import services_of
 from bot.storage.campaigns import CampaignRefused, Campaigns, Status
 from bot.storage.outbox import Template
-from bot.storage.schema import outbound_messages
+from bot.storage.schema import account_notices, outbound_messages
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers import opt_out, web_opt_in
 from tests.test_webhook import payload, post
@@ -36,9 +37,12 @@ def start(campaigns: Campaigns, template: Template = SPRING_SALE) -> str:
     return result.campaign_id
 
 
-def quality(event: str) -> dict:
+def quality(event: str, at: int | None = None) -> dict:
+    """A quality notice; `at`: the entry's `time`, when Meta says it happened."""
     body = copy.deepcopy(payload("phone_number_quality_update.json"))
     body["entry"][0]["changes"][0]["value"]["event"] = event
+    if at is not None:
+        body["entry"][0]["time"] = at
     return body
 
 
@@ -56,6 +60,48 @@ def test_a_quality_flag_pauses_running_campaigns_refuses_new_ones_and_resume_unt
         campaigns.resume(campaign_id)
     assert post(client, quality("UNFLAGGED")).status_code == 200
     assert campaigns.resume(campaign_id).status is Status.RUNNING
+
+
+def test_a_flag_older_than_the_clearing_delivered_after_it_pauses_nothing(client, campaigns):
+    """Meta delivers out of order: the FLAGGED of an hour ago, late, after the UNFLAGGED that followed it."""
+    now = int(time.time())
+    campaign_id = start(campaigns)
+    assert post(client, quality("UNFLAGGED", at=now)).status_code == 200
+    assert post(client, quality("FLAGGED", at=now - 3600)).status_code == 200
+    assert campaigns.progress(campaign_id).status is Status.RUNNING
+    assert campaigns.account_flag() is None
+    assert [row.event for row in kept_notices(campaigns)] == ["UNFLAGGED", "FLAGGED"]  # both kept for staff
+
+
+def test_the_same_flag_on_another_day_is_another_notice(client, campaigns):
+    """Flagged, cleared, flagged again: the same words, a new notice that pauses again (the time tells them apart)."""
+    now = int(time.time())
+    campaign_id = start(campaigns)
+    for event, at in (("FLAGGED", now - 7200), ("UNFLAGGED", now - 3600)):
+        post(client, quality(event, at))
+    assert campaigns.resume(campaign_id).status is Status.RUNNING
+    for _ in range(2):  # and its redelivery is still one notice
+        assert post(client, quality("FLAGGED", now)).status_code == 200
+    assert campaigns.progress(campaign_id).status is Status.PAUSED
+    assert [row.event for row in kept_notices(campaigns)] == ["FLAGGED", "UNFLAGGED", "FLAGGED"]
+
+
+def test_an_older_template_notice_does_not_pause_what_a_newer_one_approved(client, campaigns):
+    now = int(time.time())
+    sale = start(campaigns)
+    approved = copy.deepcopy(payload("template_status_paused.json"))
+    approved["entry"][0]["time"] = now
+    approved["entry"][0]["changes"][0]["value"]["event"] = "APPROVED"
+    paused = copy.deepcopy(payload("template_status_paused.json"))
+    paused["entry"][0]["time"] = now - 600
+    for body in (approved, paused):
+        assert post(client, body).status_code == 200
+    assert campaigns.progress(sale).status is Status.RUNNING
+
+
+def kept_notices(campaigns: Campaigns) -> list:
+    with campaigns.engine.connect() as conn:
+        return conn.execute(sa.select(account_notices).order_by(account_notices.c.id)).all()
 
 
 def test_an_account_violation_pauses_every_running_campaign(client, campaigns):

@@ -138,30 +138,32 @@ def write(tmp_path: Path, text: str, name: str = "keywords.yml") -> Path:
     return path
 
 
-VALID = "languages:\n  en:\n    opt_out: [STOP]\n    opt_in: [START]\n    help: [HELP]\n"
+VALID = "languages:\n  en:\n    opt_out: [STOP]\n    opt_in: [START]\n    help: [HELP]\n    yes: [YES]\n"
 
 
 @pytest.mark.parametrize(
     "body, expected",
     [
-        (VALID + "\tfr: [X]\n", ":6: invalid YAML: found character '\\t' that cannot start any token"),
+        (VALID + "\tfr: [X]\n", ":7: invalid YAML: found character '\\t' that cannot start any token"),
         (VALID.replace("help: [HELP]", "help: [HELP, Stop!]"), ":5: word 'Stop!' is listed under both opt_out (line 3) and help"),
-        (VALID + "    stop: [X]\n", ":6: unknown intent 'stop'"),
+        (VALID + "    stop: [X]\n", ":7: unknown intent 'stop'"),
         (VALID.replace("help: [HELP]", "help: []"), ":5: en.help must be a non-empty list"),
         (VALID.replace("help: [HELP]", "help: ['!!']"), "word '!!' in en.help is empty"),
         (VALID.replace("    help: [HELP]\n", ""), "language en has no help words"),
+        (VALID.replace("    yes: [YES]\n", ""), "language en has no yes words"),
+        (VALID.replace("yes: [YES]", "yes: [YES, START]"), ":6: word 'START' is listed under both opt_in (line 4) and yes"),
         (VALID.replace("en:", "english:"), ":2: 'english' is not a language code"),
-        (VALID + "  en:\n    opt_out: [X]\n", ":6: 'en' appears twice in languages"),
+        (VALID + "  en:\n    opt_out: [X]\n", ":7: 'en' appears twice in languages"),
         (VALID + "buttons:\n  - {match: [STOP IT], intent: opt_out, language: en}\n"
-                 "  - {match: [stop it], intent: opt_in, language: en}\n", ":8: button 'stop it' is listed as both opt_out and opt_in"),
-        (VALID + "buttons:\n  - {match: [X], intent: help, language: en}\n", ":7: button intent must be opt_out or opt_in"),
-        (VALID + "buttons:\n  - {match: [X], intent: opt_out, language: fr}\n", ":7: button language 'fr' is not one of"),
+                 "  - {match: [stop it], intent: opt_in, language: en}\n", ":9: button 'stop it' is listed as both opt_out and opt_in"),
+        (VALID + "buttons:\n  - {match: [X], intent: help, language: en}\n", ":8: button intent must be opt_out or opt_in"),
+        (VALID + "buttons:\n  - {match: [X], intent: opt_out, language: fr}\n", ":8: button language 'fr' is not one of"),
         ("", "file is empty"),
         ("- just a list\n", ":1: the keyword file must be a mapping"),
-        (VALID + "sentences:\n  en:\n    opt_out: ['(stop']\n", ":8: sentence '(stop' is not a regular expression: missing ), unterminated subpattern"),
-        (VALID + "sentences:\n  en:\n    opt_out: ['(stop)?']\n", ":8: sentence '(stop)?' matches an empty message"),
-        (VALID + "sentences:\n  en:\n    quit: ['quit']\n", ":8: unknown kind of sentence 'quit'"),
-        (VALID + "sentences:\n  fr:\n    opt_out: ['arret']\n", ":7: sentences for 'fr', which is not one of the languages"),
+        (VALID + "sentences:\n  en:\n    opt_out: ['(stop']\n", ":9: sentence '(stop' is not a regular expression: missing ), unterminated subpattern"),
+        (VALID + "sentences:\n  en:\n    opt_out: ['(stop)?']\n", ":9: sentence '(stop)?' matches an empty message"),
+        (VALID + "sentences:\n  en:\n    quit: ['quit']\n", ":9: unknown kind of sentence 'quit'"),
+        (VALID + "sentences:\n  fr:\n    opt_out: ['arret']\n", ":8: sentences for 'fr', which is not one of the languages"),
     ],
 )
 def test_broken_keyword_files_name_file_line_and_word(tmp_path, body, expected):

@@ -31,6 +31,12 @@ def test_stop_confirmation_and_reminder_say_how_to_resume(language):
     assert start_word in REPLIES.render(Reply.UNSUBSCRIBED_REMINDER, language)
 
 
+@pytest.mark.parametrize("language", BOOK.languages)
+def test_the_opt_in_question_says_how_to_answer_and_how_to_stop(language):
+    question = REPLIES.render(Reply.OPT_IN_QUESTION, language)
+    assert BOOK.words(language, Intent.YES)[0] in question and BOOK.words(language, Intent.OPT_OUT)[0] in question
+
+
 def test_a_missing_or_broken_reply_text_is_reported(tmp_path):
     (tmp_path / "en").mkdir()
     for reply in Reply:

@@ -59,6 +59,7 @@ class Channel(str, enum.Enum):
     WHATSAPP_KEYWORD = "whatsapp_keyword"
     WHATSAPP_SESSION = "whatsapp_session"
     WHATSAPP_BUTTON = "whatsapp_button"
+    WHATSAPP_ANSWER = "whatsapp_answer"  # a yes to the bot's own opt-in question, whose text is the consent text
     WHATSAPP_PREFERENCES = "whatsapp_preferences"
     WHATSAPP_DELIVERY = "whatsapp_delivery"
     WHATSAPP_IDENTITY = "whatsapp_identity"  # identifiers Meta showed together, or a move Meta announced
@@ -367,6 +368,8 @@ def check_draft(draft: EventDraft, now: datetime) -> None:
             raise InvalidEvent("an opt-in needs evidence of how it was collected")
         if draft.channel is Channel.WHATSAPP_SESSION:
             raise InvalidEvent("a WhatsApp session is implicit consent, not an opt-in")
+        if draft.channel is Channel.WHATSAPP_ANSWER and "question_message_id" not in draft.evidence:
+            raise InvalidEvent("a yes is an opt-in only as the answer to the bot's own question, which the evidence names")
     if draft.action is Action.IMPLICIT and draft.channel is not Channel.WHATSAPP_SESSION:
         raise InvalidEvent("implicit consent comes only from a user-initiated WhatsApp session")
     if (draft.action in IDENTITY_ACTIONS) != (draft.channel is Channel.WHATSAPP_IDENTITY):

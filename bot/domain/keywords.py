@@ -27,9 +27,10 @@ class Intent(str, enum.Enum):
     OPT_IN = "opt_in"
     HELP = "help"
     POSSIBLE_OPT_OUT = "possible_opt_out"
+    YES = "yes"  # an answer to the bot's own opt-in question; by itself an ordinary message (R8)
 
 
-WORD_INTENTS = (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP)
+WORD_INTENTS = (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP, Intent.YES)
 # Kinds of sentence, in the order they are tried: what the first that is found in a message says.
 # Offers first: "stop sending me ads" names what to stop, and must not read as "stop sending me".
 SENTENCE_KINDS = ("ordinary", "marketing_out", "opt_out", "opt_in", "help", "possible")
@@ -117,11 +118,12 @@ class KeywordBook:
         # Opt-out phrases by their first word (with their order in the file, which decides
         # between two found in one text): a message is read once, whatever the number of phrases.
         self._opt_out_phrases: dict[str, list[tuple[int, tuple[str, ...], KeywordMatch]]] = {}
+        self._yes: dict[str, KeywordMatch] = {}
         for language, intents in words.items():
             for intent, keywords in intents.items():
                 for keyword in keywords:
                     match = KeywordMatch(intent, language, keyword)
-                    self._exact.setdefault(normalize(keyword), match)
+                    (self._yes if intent is Intent.YES else self._exact).setdefault(normalize(keyword), match)
                     phrase = _tokens(normalize(keyword))
                     if intent is Intent.OPT_OUT and phrase:
                         order = sum(map(len, self._opt_out_phrases.values()))
@@ -166,6 +168,11 @@ class KeywordBook:
             return None
         _, match = min(found, key=lambda candidate: candidate[0])
         return KeywordMatch(Intent.POSSIBLE_OPT_OUT, match.language, match.keyword)
+
+    def match_yes(self, text: str) -> KeywordMatch | None:
+        """A whole message that says yes ("Yes", "sí 👍"): an opt-in only as the answer to the
+        bot's own opt-in question, which the caller must find; `match_text` reads it as ordinary."""
+        return self._yes.get(normalize(text))
 
     def match_button(self, *labels: str | None) -> KeywordMatch | None:
         """A quick-reply tap whose payload, id or title is a configured stop/start button."""
@@ -333,7 +340,7 @@ class _Reader:
             intents = {name: (k, v) for name, k, v in self.mapping(value, f"language {language}")}
             for name, (intent_key, _) in intents.items():
                 if name not in {i.value for i in WORD_INTENTS}:
-                    raise self.fail(intent_key, f"unknown intent {name!r} in {language} (expected opt_out, opt_in, help)")
+                    raise self.fail(intent_key, f"unknown intent {name!r} in {language} (expected opt_out, opt_in, help, yes)")
             words[language] = {}
             for intent in WORD_INTENTS:
                 if intent.value not in intents:

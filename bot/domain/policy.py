@@ -19,6 +19,7 @@ class MessageKind(str, enum.Enum):
     STOP_CONFIRMATION = "stop_confirmation"
     START_CONFIRMATION = "start_confirmation"  # says the user is subscribed (START, "Resume promotions"): not once they have opted out again
     HELP_ANSWER = "help_answer"
+    OPT_IN_QUESTION = "opt_in_question"  # the bot's own "Reply YES to get offers" (R8): never to someone who said no
     UTILITY_TEMPLATE = "utility"
     MARKETING_TEMPLATE = "marketing"
     AUTHENTICATION_TEMPLATE = "authentication"
@@ -26,6 +27,7 @@ class MessageKind(str, enum.Enum):
 
 FREE_FORM_KINDS = frozenset({
     MessageKind.FREE_FORM, MessageKind.REPLY, MessageKind.STOP_CONFIRMATION, MessageKind.START_CONFIRMATION, MessageKind.HELP_ANSWER,
+    MessageKind.OPT_IN_QUESTION,
 })
 # What an opted-out user may still get inside the window: they asked for it (R10).
 ANSWERS_AFTER_OPT_OUT = frozenset({MessageKind.REPLY, MessageKind.STOP_CONFIRMATION, MessageKind.HELP_ANSWER})
@@ -98,6 +100,8 @@ def _decide_free_form(consent: ConsentState, kind: MessageKind, now: datetime) -
         return _refuse(Refusal.OPTED_OUT)
     if consent.state is State.NONE:
         return _refuse(Refusal.NO_CONSENT)
+    if kind is MessageKind.OPT_IN_QUESTION and consent.marketing is Marketing.OPTED_OUT:
+        return _refuse(Refusal.MARKETING_OPTED_OUT)  # they said no to offers: asking again is pressing them
     if consent.window_open_until(now) is None:
         return _refuse(Refusal.WINDOW_CLOSED)
     if consent.state is State.OPTED_OUT:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import jinja2
 
+from bot.domain.consent import ConsentState, Marketing
 from bot.domain.keywords import Intent, KeywordBook
 
 
@@ -14,14 +15,32 @@ class Reply(str, enum.Enum):
     STOP_CONFIRMATION = "stop_confirmation"
     MARKETING_STOP_CONFIRMATION = "marketing_stop_confirmation"  # offers stopped, the rest goes on
     MARKETING_RESUME_CONFIRMATION = "marketing_resume_confirmation"  # offers come again
-    START_CONFIRMATION = "start_confirmation"
+    # START said truthfully (R8): what it gave back depends on what the person had agreed to.
+    START_CONFIRMATION = "start_confirmation"  # messages, and the offers they had agreed to
+    START_CONFIRMATION_NO_OFFERS = "start_confirmation_no_offers"  # messages; offers they never agreed to, never
+    START_CONFIRMATION_OFFERS_STOPPED = "start_confirmation_offers_stopped"  # messages; offers stay stopped
+    OPT_IN_QUESTION = "opt_in_question"  # "Reply YES to get offers from ...": its text is the consent text of a yes
+    OPT_IN_CONFIRMATION = "opt_in_confirmation"  # the answer to that yes
     HELP = "help"
     UNSUBSCRIBED_REMINDER = "unsubscribed_reminder"
     POSSIBLE_OPT_OUT = "possible_opt_out"
 
 
 # The replies that can be the first a user ever gets: each must say how to stop (R9).
-TELLS_HOW_TO_STOP = (Reply.WELCOME, Reply.START_CONFIRMATION, Reply.HELP, Reply.POSSIBLE_OPT_OUT)
+TELLS_HOW_TO_STOP = (
+    Reply.WELCOME, Reply.START_CONFIRMATION, Reply.START_CONFIRMATION_NO_OFFERS, Reply.START_CONFIRMATION_OFFERS_STOPPED,
+    Reply.OPT_IN_CONFIRMATION, Reply.HELP, Reply.POSSIBLE_OPT_OUT,
+)
+
+
+def start_confirmation(state: ConsentState) -> Reply:
+    """The confirmation of a START, for the state it left: offers are promised only to a person
+    who had agreed to them and has not stopped them since."""
+    if state.marketing is Marketing.ALLOWED:
+        return Reply.START_CONFIRMATION
+    if state.marketing is Marketing.OPTED_OUT:
+        return Reply.START_CONFIRMATION_OFFERS_STOPPED
+    return Reply.START_CONFIRMATION_NO_OFFERS
 
 
 class ReplyTextError(ValueError):
@@ -49,7 +68,7 @@ class Replies:
         return self._rendered[key]
 
     def _render(self, reply: Reply, language: str) -> str:
-        words = {intent: self.keywords.words(language, intent)[0] for intent in (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP)}
+        words = {intent: self.keywords.words(language, intent)[0] for intent in (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP, Intent.YES)}
         try:
             template = self._env.get_template(f"{language}/{reply.value}.txt")
             return template.render(
@@ -57,6 +76,7 @@ class Replies:
                 stop_word=words[Intent.OPT_OUT],
                 start_word=words[Intent.OPT_IN],
                 help_word=words[Intent.HELP],
+                yes_word=words[Intent.YES],
             ).strip()
         except jinja2.TemplateNotFound:
             raise ReplyTextError(f"{self.directory / language / reply.value}.txt: reply text is missing") from None

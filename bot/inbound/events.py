@@ -58,6 +58,7 @@ class InboundMessage:
     text: str | None = None  # the body of a text, or the caption of media
     button_payload: str | None = None  # quick-reply payload, or interactive reply id
     button_title: str | None = None
+    quoted_id: str | None = None  # the message it replies to (Meta's `context.id`), when the user quoted one
 
     @property
     def sender(self) -> str:
@@ -108,6 +109,8 @@ class AccountNotice:
     field: str
     event: str
     details: dict[str, Any]
+    subject: str = ""  # what it is about (a template, the number): a newer notice on it outranks this one
+    at: datetime | None = None  # when Meta says it happened (the entry's `time`), when it says
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ ACCOUNT_FIELDS = (
 )
 # What a notice says happened, by field: `event` where Meta names one, else the new value.
 _NOTICE_EVENT_KEYS = ("event", "new_category", "new_quality_score")
+# What a notice is about: the template, or the phone number; the account itself when neither.
+_NOTICE_SUBJECT_KEYS = ("message_template_id", "display_phone_number")
 PREFERENCE_CATEGORY = "marketing_messages"  # the only category users can stop and resume inside WhatsApp
 PREFERENCE_VALUES = ("stop", "resume")
 MARKETING_STOPPED = 131050  # a delivery Meta refused: the user stopped marketing messages
@@ -147,11 +152,19 @@ def parse(body: object) -> list[WebhookEvent]:
             events.append(_unrecognized("entry without a changes list", entry))
             continue
         for change in changes:
-            events.extend(_change(change))
+            events.extend(_change(change, _notice_time(entry.get("time"))))
     return events
 
 
-def _change(change: object) -> list[WebhookEvent]:
+def _notice_time(value: object) -> datetime | None:
+    """An entry's `time`: only ever used to order account notices, so an odd one is no time at all."""
+    try:
+        return _time(value)
+    except _UNREADABLE:
+        return None
+
+
+def _change(change: object, at: datetime | None) -> list[WebhookEvent]:
     if not isinstance(change, dict) or not isinstance(change.get("value"), dict):
         return [_unrecognized("change without a value", change)]
     field, value = change.get("field"), change["value"]
@@ -167,7 +180,8 @@ def _change(change: object) -> list[WebhookEvent]:
         events = [_user_id_update(u) for u in _list(value, "user_id_update")]
     elif field in ACCOUNT_FIELDS:
         said = next((value[key] for key in _NOTICE_EVENT_KEYS if value.get(key) is not None), "")
-        return [AccountNotice(field, _str(str(said)), value)]
+        subject = next((value[key] for key in _NOTICE_SUBJECT_KEYS if value.get(key) is not None), "")
+        return [AccountNotice(field, _str(str(said)), value, _str(str(subject))[:255], at)]
     else:
         return [_unrecognized(f"field {field!r} is not handled", change)]
     return events or [_unrecognized(f"{field} change with nothing in it that we read", change)]
@@ -206,10 +220,17 @@ def _message(item: Any, contacts: list[tuple[str, ...]]) -> WebhookEvent:
             raise ValueError("a message from nobody: neither a phone nor a user id")
         return InboundMessage(
             message_id=_required(item["id"]), identifiers=identifiers, timestamp=_time(item["timestamp"]),
-            type=message_type, text=text, button_payload=payload, button_title=title,
+            type=message_type, text=text, button_payload=payload, button_title=title, quoted_id=_quoted(item),
         )
     except _UNREADABLE as error:
         return _unrecognized(f"unreadable message ({type(error).__name__}: {mask_numbers(str(error))[:120]})", item)
+
+
+def _quoted(item: dict) -> str | None:
+    """Only ever a hint: an odd `context` must not make the STOP beside it unreadable."""
+    context = item.get("context")
+    quoted = context.get("id") if isinstance(context, dict) else None
+    return quoted if isinstance(quoted, str) and quoted.isprintable() and len(quoted) <= 255 else None
 
 
 def _identifiers(item: dict, phone: str, user_id: str, parent_user_id: str) -> tuple[str, ...]:

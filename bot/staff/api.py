@@ -156,7 +156,7 @@ def _time_arg(name: str) -> datetime | None:
 
 @bp.post("/messages")
 def send_message():
-    message = message_request(_json_body())
+    message = message_request(_json_body(), current_services().replies)
     outbox = current_services().outbox
     # One message to one person (an order update, a code): the fast queue, not behind campaigns.
     submission = outbox.submit(message, _request_key("api"), RECORDED_BY, QueueName.REPLIES)

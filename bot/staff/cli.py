@@ -10,7 +10,7 @@ from flask.cli import with_appcontext
 
 from bot.domain.consent import ConsentEvent, EventDraft
 from bot.domain.identity import InvalidIdentifier, normalize_identifier
-from bot.domain.keywords import Intent
+from bot.domain.keywords import WORD_INTENTS
 from bot.services import current_services
 from bot.staff.audit import FORMATS, export_lines
 from bot.staff.cli_group import DatabaseCommands
@@ -180,7 +180,7 @@ def check() -> None:
     book = current_services().keywords
     click.echo(f"{book.path}: OK")
     for language in book.languages:
-        counts = ", ".join(f"{len(book.words(language, intent))} {intent.value}" for intent in (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP))
+        counts = ", ".join(f"{len(book.words(language, intent))} {intent.value}" for intent in WORD_INTENTS)
         click.echo(f"  {language}: {counts}")
     click.echo("reply texts: every reply renders in every language and names the business")
 

@@ -13,6 +13,7 @@ from typing import Any
 from bot.domain.consent import Action, Channel, EventDraft, Scope
 from bot.domain.identity import InvalidIdentifier, normalize_identifier
 from bot.domain.policy import MessageKind
+from bot.domain.replies import Replies, Reply
 from bot.storage.outbox import Message, Template
 
 # Where staff may say a consent event was collected (R1). WhatsApp is not among them (R5).
@@ -183,18 +184,33 @@ def template_field(value: object) -> tuple[Template, MessageKind]:
     return Template(name, language, [dict(part) for part in components]), kind
 
 
-def message_request(body: object) -> Message:
-    """`{"to", "template"}` or `{"to", "text"}`; the recipient is checked by the outbox (invalid_recipient)."""
-    body = _only(body, {"to", "template", "text"}, {"to"}, "body")
+def message_request(body: object, replies: Replies) -> Message:
+    """`{"to", "template"}`, `{"to", "text"}` or `{"to", "ask": "opt_in", "language"?}` (the
+    bot's own opt-in question, in its words: a yes to it is consent to exactly that text); the
+    recipient is checked by the outbox (invalid_recipient)."""
+    body = _only(body, {"to", "template", "text", "ask", "language"}, {"to"}, "body")
     to = body["to"]
     if not isinstance(to, str):
         raise InvalidField("to", "must be a phone number string")
-    if ("template" in body) == ("text" in body):
-        raise InvalidField("body", "give either template or text")
+    if sum(field in body for field in ("template", "text", "ask")) != 1:
+        raise InvalidField("body", "give one of template, text or ask")
+    if "language" in body and "ask" not in body:
+        raise InvalidField("language", "is only for ask (a template has its own language)")
+    if "ask" in body:
+        return opt_in_question(to, body["ask"], body.get("language", replies.keywords.languages[0]), replies)
     if "text" in body:
         return Message(to, MessageKind.FREE_FORM, text=_text(body, "text", MAX_TEXT, required=True))
     template, kind = template_field(body["template"])
     return Message(to, kind, template=template)
+
+
+def opt_in_question(to: str, ask: object, language: object, replies: Replies) -> Message:
+    """The bot's opt-in question to `to`, in one of the keyword file's languages."""
+    if ask != "opt_in":
+        raise InvalidField("ask", "must be opt_in (the bot's own opt-in question)")
+    if language not in replies.keywords.languages:
+        raise InvalidField("language", f"must be one of {', '.join(replies.keywords.languages)}")
+    return Message(to, MessageKind.OPT_IN_QUESTION, text=replies.render(Reply.OPT_IN_QUESTION, language), language=language)
 
 
 def campaign_request(body: object, max_recipients: int) -> tuple[Template, MessageKind, list[str], bool]:

@@ -16,7 +16,7 @@ from flask.cli import with_appcontext
 from bot.services import current_services
 from bot.staff.cli_group import DatabaseCommands
 from bot.staff.progress import progress_bar
-from bot.staff.request_rules import InvalidField, template_field
+from bot.staff.request_rules import InvalidField, opt_in_question, template_field
 from bot.storage.campaigns import CampaignRefused, Campaigns
 from bot.storage.outbox import Message, QueueName
 
@@ -57,9 +57,25 @@ def send_cli() -> None:
 def send_template(name: str, to: str, language: str, category: str, components: str | None) -> None:
     """Queue the approved template NAME to one person; refused (exit 1) when the policy says no."""
     template, kind = _template(name, language, category, components)
-    submission = current_services().outbox.submit(
-        Message(to, kind, template=template), f"cli:{uuid.uuid4()}", RECORDED_BY, QueueName.REPLIES
-    )
+    _queue(Message(to, kind, template=template))
+
+
+@send_cli.command("opt-in-question")
+@click.option("--to", "to", required=True, help="Recipient's number (or BSUID); they must have written in the last 24 hours.")
+@click.option("--language", help="One of the keyword file's languages (default: its first).")
+@with_appcontext
+def send_opt_in_question(to: str, language: str | None) -> None:
+    """Ask one person whether they want offers ("Reply YES ..."); their yes is an opt-in to that text."""
+    replies = current_services().replies
+    try:
+        message = opt_in_question(to, "opt_in", language or replies.keywords.languages[0], replies)
+    except InvalidField as error:
+        raise click.ClickException(str(error)) from None
+    _queue(message)
+
+
+def _queue(message: Message) -> None:
+    submission = current_services().outbox.submit(message, f"cli:{uuid.uuid4()}", RECORDED_BY, QueueName.REPLIES)
     if not submission.queued:
         assert submission.reason is not None, "a refused submission has its reason"
         raise click.ClickException(f"not sent: {submission.reason.value}")

@@ -229,7 +229,7 @@ class Campaigns:
                     account_notices.c.field == "phone_number_quality_update",
                     account_notices.c.event.in_(QUALITY_FLAGS | QUALITY_CLEARS),
                 )
-                .order_by(account_notices.c.id.desc())
+                .order_by(sa.func.coalesce(account_notices.c.occurred_at, account_notices.c.received_at).desc(), account_notices.c.id.desc())
                 .limit(1)
             ).first()
         if latest is None or latest.event not in QUALITY_FLAGS:

@@ -26,7 +26,7 @@ from bot.domain.consent import Action, ConsentState, EventDraft, session_opened
 from bot.domain.identity import phones_first
 from bot.storage.db import WriteConflict, insert_once, writer
 from bot.storage.ledger import Ledger, as_utc, state_of
-from bot.storage.outbox import Message, Outbox, QueueName, Submission, submitted
+from bot.storage.outbox import Message, Outbox, Question, QueueName, Submission, asked_opt_in, submitted
 from bot.storage.people import Move, Sighting, move, settle
 from bot.storage.schema import unread_webhooks
 
@@ -98,6 +98,10 @@ class Intake:
         if person not in self._states:
             self._states[person] = state_of(identifier, self._events[person], self._last_inbound[person], person, self._identifiers[person])
         return replace(self._states[person], identifier=identifier)
+
+    def asked_opt_in(self, identifier: str, quoted_id: str | None, answered_at: datetime) -> Question | None:
+        """The bot's opt-in question that a yes from a settled sender answers, if any."""
+        return asked_opt_in(self.conn, self._identifiers[self._people[identifier]], quoted_id, self._clamp(answered_at))
 
     def record(self, draft: EventDraft) -> None:
         """Add a ledger event (written at the end); an event already stored under its source_ref is not added again."""

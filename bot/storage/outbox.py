@@ -21,11 +21,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from bot.domain.consent import ConsentState
+from bot.domain.consent import SERVICE_WINDOW, ConsentState
 from bot.domain.identity import InvalidIdentifier, normalize_identifier
 from bot.domain.policy import Decision, ImplicitCoverage, MessageKind, Refusal, decide
 from bot.storage.db import as_json_rows, json_records, json_rows, one_statement, reading, string_array, writer
-from bot.storage.ledger import Ledger, utc_now
+from bot.storage.ledger import Ledger, as_utc, utc_now
 from bot.storage.schema import campaigns, early_statuses
 from bot.storage.schema import outbound_messages as messages
 
@@ -59,12 +59,13 @@ class Message:
     kind: MessageKind
     text: str | None = None
     template: Template | None = None
+    language: str | None = None  # of a text the bot wrote (its opt-in question): the answer is confirmed in it
 
     def content(self) -> dict[str, Any]:
         if self.template is not None:
             t = self.template
             return {"template": {"name": t.name, "language": t.language, "components": t.components}}
-        return {"text": self.text}
+        return {"text": self.text} if self.language is None else {"text": self.text, "language": self.language}
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,39 @@ class StoredMessage:
             reason=row["reason"], error_code=row["error_code"], consent_event_id=row["consent_event_id"],
             meta_message_id=row["meta_message_id"],
         )
+
+
+CLOCK_SKEW = timedelta(minutes=1)  # Meta's clock, which stamps the answer, against ours, which stamped the send
+
+
+@dataclass(frozen=True)
+class Question:
+    """The bot's opt-in question as it was sent: a yes to it is consent to its text."""
+
+    message_id: str
+    meta_message_id: str
+    text: str
+    language: str
+    sent_at: datetime
+
+
+def asked_opt_in(conn: sa.Connection, identifiers: tuple[str, ...], quoted_id: str | None, answered_at: datetime) -> Question | None:
+    """The opt-in question a yes from these identifiers, at `answered_at`, answers: the message the
+    user quoted, or else the last one they were sent, when it is that question and was sent in
+    the 24 hours before. A yes to any other message ("Is your order ready?") answers that one."""
+    sent = sa.select(messages).where(messages.c.sent_at.is_not(None), messages.c.state != MessageState.FAILED.value)
+    if quoted_id is not None:
+        sent = sent.where(messages.c.meta_message_id == quoted_id)
+    else:
+        sent = sent.where(messages.c.recipient.in_(identifiers)).order_by(messages.c.sent_at.desc()).limit(1)
+    row = conn.execute(sent).mappings().first()
+    if row is None or row["kind"] != MessageKind.OPT_IN_QUESTION.value or row["recipient"] not in identifiers:
+        return None
+    sent_at = as_utc(row["sent_at"])
+    if not answered_at - SERVICE_WINDOW <= sent_at <= answered_at + CLOCK_SKEW:
+        return None
+    content = json.loads(row["content"])
+    return Question(row["id"], row["meta_message_id"], content["text"], content["language"], sent_at)
 
 
 Enqueue = Callable[[QueueName, list[str]], None]

@@ -112,6 +112,7 @@ outbound_messages = sa.Table(
     sa.Column("sent_at", sa.DateTime(timezone=True)),
     sa.Index("ix_outbound_messages_state_not_before", "state", "not_before"),
     sa.Index("ix_outbound_messages_campaign_id", "campaign_id"),
+    sa.Index("ix_outbound_messages_recipient_sent_at", "recipient", "sent_at"),  # the last message a person was sent
 )
 
 # Statuses that arrived before the send that produced them was recorded (Meta can be quicker
@@ -150,6 +151,8 @@ account_notices = sa.Table(
     sa.Column("field", sa.String(64), nullable=False),
     sa.Column("event", sa.String(64), nullable=False),
     sa.Column("details", sa.Text, nullable=False),
+    sa.Column("subject", sa.String(255)),  # the template or number it is about ("" for the account); NULL before 0005
+    sa.Column("occurred_at", sa.DateTime(timezone=True)),  # when Meta says it happened, when it says
     sa.Column("digest", sa.String(64)),  # kept once (see unread_webhooks); NULL only on copies kept before 0003
     sa.Index("ux_account_notices_digest", "digest", unique=True),
 )

@@ -7,7 +7,7 @@ from bot.domain.consent import Action, Channel, ConsentState, EventDraft, Market
 from bot.domain.identity import mask
 from bot.domain.keywords import Intent, KeywordMatch
 from bot.domain.policy import MessageKind
-from bot.domain.replies import TELLS_HOW_TO_STOP, Reply
+from bot.domain.replies import TELLS_HOW_TO_STOP, Reply, start_confirmation
 from bot.inbound.events import InboundMessage, MessageType
 from bot.inbound.handlers import Context
 from bot.storage.intake import Intake
@@ -28,6 +28,8 @@ def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
     if match is not None and match.intent is Intent.POSSIBLE_OPT_OUT and intake.state(message.sender).state is State.OPTED_OUT:
         match = None  # "stop sending me ads" after STOP: nothing left to stop; an ordinary message
     if match is None:
+        if _answers_opt_in_question(ctx, intake, message):
+            return
         if message.type is not MessageType.REACTION:  # an emoji on a message is no conversation to welcome
             _ordinary(ctx, intake, message, intake.state(message.sender))
         return
@@ -45,7 +47,8 @@ def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
     elif match.intent is Intent.OPT_IN:
         _record(intake, message, Action.OPT_IN, match.scope, channel, said, evidence)  # R8
         if match.scope is Scope.ALL:
-            _reply(ctx, intake, message, Reply.START_CONFIRMATION, MessageKind.START_CONFIRMATION, match.language)
+            confirmation = start_confirmation(intake.state(message.sender))
+            _reply(ctx, intake, message, confirmation, MessageKind.START_CONFIRMATION, match.language)
         else:  # "Resume promotions"
             _reply(ctx, intake, message, *_marketing_resumed(intake.state(message.sender)), match.language)
     elif match.intent is Intent.HELP:
@@ -53,6 +56,36 @@ def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
     else:  # a possible opt-out: staff review it; the user is told how to stop
         _record(intake, message, Action.POSSIBLE_OPT_OUT, Scope.ALL, channel, said, evidence)
         _reply(ctx, intake, message, Reply.POSSIBLE_OPT_OUT, MessageKind.REPLY, match.language)
+
+
+def _answers_opt_in_question(ctx: Context, intake: Intake, message: InboundMessage) -> bool:
+    """A yes to the bot's own opt-in question is an opt-in to what it asked, whose text is the
+    consent text (R8). Any other yes answers something else: an ordinary message. So is a yes
+    to a question asked before the person opted out of anything since: they said no meanwhile."""
+    if message.type not in (MessageType.TEXT, MessageType.EDIT) or not message.text:
+        return False
+    yes = ctx.keywords.match_yes(message.text)
+    if yes is None:
+        return False
+    question = intake.asked_opt_in(message.sender, message.quoted_id, message.timestamp)
+    if question is None:
+        return False
+    opt_out = intake.state(message.sender).opt_out_event
+    if opt_out is not None and max(opt_out.occurred_at, opt_out.recorded_at) >= question.sent_at:
+        return False
+    intake.record(
+        EventDraft(
+            identifier=message.sender, action=Action.OPT_IN, channel=Channel.WHATSAPP_ANSWER,
+            source_ref=f"opt_in:{message.message_id}", recorded_by=RECORDED_BY, consent_text=question.text,
+            evidence={
+                "message_id": message.message_id, "answer": message.text[:100], "language": question.language,
+                "question_message_id": question.message_id, "question_meta_message_id": question.meta_message_id,
+            },
+            occurred_at=min(message.timestamp, utc_now()),
+        )
+    )
+    _reply(ctx, intake, message, Reply.OPT_IN_CONFIRMATION, MessageKind.START_CONFIRMATION, question.language)
+    return True
 
 
 def _match(ctx: Context, message: InboundMessage) -> KeywordMatch | None:
