@@ -53,6 +53,7 @@ class GraphImitation:
     phone_number_id: str | None = None  # when set, a call to another is refused like Meta (400, code 100)
     # Called with each send about to be accepted; a ValueError refuses it like Meta (400, code 100).
     on_accept: Callable[[Received], None] | None = None
+    repeated_id: str | None = None  # when set, every accepted send gets this message id (an answer the bot cannot store twice)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -211,7 +212,7 @@ class GraphImitation:
         return status, answer
 
     def _accept(self, to: str, body: dict) -> tuple[int, int | None, dict]:
-        meta_id = f"{self._id_prefix}{next(self._ids):012d}"
+        meta_id = self.repeated_id or f"{self._id_prefix}{next(self._ids):012d}"
         if self.on_accept is not None:
             try:
                 self.on_accept(Received(time.time(), to, body, 200, None, meta_id))

@@ -201,13 +201,16 @@ class Fold:
     notice: int | None = None
 
 
-def occurrence_order(occurred_at: Sequence[datetime]) -> list[int]:
-    """Positions of a user's events, given in chain (recording) order, in the order they
-    happened. State follows what the user did when: a paper opt-in from last year imported
-    today does not undo last week's STOP, and a STOP Meta redelivers days late does not undo
-    the START the user sent after it. Meta's timestamps are whole seconds, so events are
-    compared to the second, and those of the same second keep their chain order."""
-    return sorted(range(len(occurred_at)), key=lambda position: (occurred_at[position].replace(microsecond=0), position))
+def occurrence_order(times: Sequence[tuple[datetime, datetime]]) -> list[int]:
+    """Positions of a user's events, given in chain (recording) order as (occurred_at,
+    recorded_at) pairs, in the order they happened. State follows what the user did when: a
+    paper opt-in from last year imported today does not undo last week's STOP, and a STOP Meta
+    redelivers days late does not undo the START the user sent after it. No event counts as
+    happening after the moment it was recorded (R7): an opt-in that claims a later time cannot
+    outrank an opt-out recorded after it (the ledger refuses such claims now; rows written
+    before may hold them). Meta's timestamps are whole seconds, so events are compared to the
+    second, and those of the same second keep their chain order."""
+    return sorted(range(len(times)), key=lambda position: (min(times[position]).replace(microsecond=0), position))
 
 
 # What the user sends on WhatsApp: a keyword or button opt-in lifts their own opt-out, nothing more.
@@ -279,7 +282,7 @@ def derive_state(
     identifier: str, events: Sequence[ConsentEvent], last_inbound_at: datetime | None = None
 ) -> ConsentState:
     """A person's current state from their events, in chain order."""
-    order = occurrence_order([event.occurred_at for event in events])
+    order = occurrence_order([(event.occurred_at, event.recorded_at) for event in events])
     folded = fold([(events[at].action, events[at].scope, events[at].channel) for at in order])
     return state_from_fold(identifier, folded, lambda position: events[order[position]], last_inbound_at)
 
@@ -336,6 +339,9 @@ class InvalidEvent(ValueError):
 
 
 MAX_CONSENT_TEXT = 10_000
+# A caller's clock may run this far ahead of ours: such a time is recorded as the moment of
+# recording; anything later is refused (R7: no event outranks a later opt-out by its claim).
+CLOCK_SKEW = timedelta(minutes=1)
 MAX_EVIDENCE_BYTES = 64 * 1024
 
 
@@ -359,8 +365,8 @@ def check_draft(draft: EventDraft, now: datetime) -> None:
     if draft.occurred_at is not None:
         if draft.occurred_at.tzinfo is None:
             raise InvalidEvent("occurred_at must carry a time zone")
-        if draft.occurred_at > now + timedelta(minutes=5):
-            raise InvalidEvent("occurred_at is in the future")
+        if draft.occurred_at > now + CLOCK_SKEW:
+            raise InvalidEvent("occurred_at is in the future: an event is recorded when it has happened")
     if draft.action is Action.OPT_IN:
         if not (draft.consent_text or "").strip():
             raise InvalidEvent("an opt-in needs the consent_text the person agreed to")

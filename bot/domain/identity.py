@@ -121,12 +121,27 @@ def mask(identifier: object) -> str:
     return "*" * (len(text) - 4) + text[-4:]
 
 
-_NUMBER_IN_TEXT = re.compile(r"(?<![0-9])[0-9]{7,15}(?![0-9])")
+# A phone number as people and URLs write it: digits, perhaps a leading + (%2B), perhaps
+# spaces, dashes or brackets between them (also percent-encoded): "+1 (650) 555-1234".
+_SEPARATOR = r"(?:[-\s()]|%20|%2D|%28|%29)"
+_NUMBER_IN_TEXT = re.compile(rf"(?<![0-9])(?:\+|%2B)?{_SEPARATOR}*[0-9](?:{_SEPARATOR}*[0-9]){{6,14}}(?![0-9])", re.IGNORECASE)
+_NOT_DIGITS = re.compile(rf"{_SEPARATOR}|\+|%2B", re.IGNORECASE)
+_DIGITS_ONLY = re.compile(r"(?<![0-9])[0-9]{7,15}(?![0-9])")
 _BSUID_IN_TEXT = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}(?:\.|%2E)(?:ENT(?:\.|%2E))?[A-Za-z0-9]{6,128}(?![A-Za-z0-9])")
 
 
 def mask_numbers(text: str) -> str:
     """Mask every phone number (a run of 7 to 15 digits) and BSUID in free text (a request line, say) as `mask` does."""
     text = _BSUID_IN_TEXT.sub(lambda found: found.group()[:2] + "." + "*" * (len(found.group()) - 3), text)
-    return _NUMBER_IN_TEXT.sub(lambda found: mask(found.group()), text)
+    return _NUMBER_IN_TEXT.sub(_masked_number, text)
+
+
+def _masked_number(found: re.Match) -> str:
+    """Its digits masked, when it is a phone number: digits alone, or written with a leading +
+    or at least ten digits (so that a date such as 2026-10-01 stays readable)."""
+    written = found.group()
+    digits = _NOT_DIGITS.sub("", written)
+    if digits == written or written[0] in "+%" or len(digits) >= 10:
+        return mask(digits)
+    return _DIGITS_ONLY.sub(lambda run: mask(run.group()), written)
 

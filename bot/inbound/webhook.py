@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 
 import redis
 import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify, request
 
+from bot import json_bodies
 from bot.inbound.events import Unrecognized, parse
 from bot.services import current_services
 from bot.storage.db import WriteConflict
@@ -34,8 +34,8 @@ def signature_matches(secret: str, body: bytes, header: str | None) -> bool:
     """Meta signs the exact bytes: `sha256=` + hex HMAC-SHA256 keyed with the app secret."""
     if not header or not header.startswith("sha256="):
         return False
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header[len("sha256="):].strip().lower())
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest().encode()
+    return hmac.compare_digest(expected, header[len("sha256="):].strip().lower().encode())  # bytes: any character compares
 
 
 @bp.get("/webhook")
@@ -60,10 +60,9 @@ def receive():
     if secret and not signature_matches(secret, body, request.headers.get("X-Hub-Signature-256")):
         return error(401, "bad_signature", "missing or wrong X-Hub-Signature-256")
     try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        payload = None
-    events = parse(payload) if payload is not None else [Unrecognized("body is not JSON", body.decode("utf-8", "replace")[:100_000])]
+        events = parse(json_bodies.loads(body))
+    except json_bodies.UnreadableJson as unreadable:
+        events = [Unrecognized(f"body is {unreadable}", body.decode("utf-8", "replace")[:100_000])]
     try:
         current_services().webhook_intake.call(events)
     except (sa.exc.SQLAlchemyError, redis.RedisError, WriteConflict) as failure:

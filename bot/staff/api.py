@@ -9,13 +9,13 @@ An `Idempotency-Key` header makes a POST safe to repeat.
 from __future__ import annotations
 
 import hmac
-import json
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
+from bot import json_bodies
 from bot.domain.consent import ConsentEvent, InvalidEvent
 from bot.services import current_services
 from bot.staff.audit import FORMATS, export_lines
@@ -69,15 +69,15 @@ class MalformedJson(Exception):
 
 
 @bp.errorhandler(MalformedJson)
-def malformed_json(_error: MalformedJson):
-    return api_error(400, "malformed_json", "the body must be a JSON object")
+def malformed_json(error: MalformedJson):
+    return api_error(400, "malformed_json", f"the body must be a JSON object: it is {error}")
 
 
 def _json_body() -> object:
     try:
-        return json.loads(request.get_data(cache=False))
-    except (ValueError, RecursionError):
-        raise MalformedJson() from None
+        return json_bodies.loads(request.get_data(cache=False))
+    except json_bodies.UnreadableJson as unreadable:
+        raise MalformedJson(str(unreadable)) from None
 
 
 def _given_key() -> str:

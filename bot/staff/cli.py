@@ -1,6 +1,11 @@
 """Command line for staff and operators: `flask consent ...`, `flask keywords ...` and `flask db ...` (SPEC §4)."""
 from __future__ import annotations
 
+import errno
+import os
+import sys
+import tempfile
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import overload
@@ -98,12 +103,30 @@ def show(wa_id_or_user_id: str) -> None:
 def export(fmt: str, output: str, since: datetime | None, until: datetime | None, wa_id: str | None) -> None:
     """Export the ledger (every event with its evidence and hashes) as CSV or JSON Lines."""
     lines = export_lines(_ledger().events(since, until, _identifier(wa_id)), fmt)
+    if output == "-":
+        sys.stdout.writelines(lines)
+        return
     try:
-        with click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
+        _write_privately(Path(output), lines)
+    except OSError as error:
+        raise click.ClickException(f"cannot write {output}: {error.strerror or error}") from None
+
+
+def _write_privately(path: Path, lines: Iterable[str]) -> None:
+    """Write the export whole or not at all, readable by its owner only: it holds the ledger.
+    A temporary file beside it takes the lines and replaces it at the end; on any failure the
+    temporary file is removed, so no partial copy of the ledger is left lying about."""
+    if path.is_dir() or str(path).endswith(os.sep):
+        raise IsADirectoryError(errno.EISDIR, "is a directory: give a file name")
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")  # mode 0600
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as out:
             for line in lines:
                 out.write(line)
-    except OSError as error:
-        raise click.ClickException(f"cannot write {output}: {error.strerror}") from None
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 @consent_cli.command("import")

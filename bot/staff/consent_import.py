@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
+from bot import json_bodies
 from bot.domain.consent import EventDraft, InvalidEvent, check_draft
 from bot.staff.request_rules import CONSENT_FIELDS, InvalidField, consent_draft, unicode_field
 from bot.storage.ledger import canonical_json, utc_now
@@ -36,16 +36,21 @@ class Row:
 def read_rows(file: TextIO) -> Iterator[Row]:
     """Each data row as a draft to record or a rejection, in file order."""
     reader = csv.DictReader(file)
-    columns = {(name or "").strip() for name in reader.fieldnames or []}
-    if not columns:
-        raise BadFile("the file is empty: expected a header row with wa_id, channel, consent_text, evidence, occurred_at")
-    missing = sorted(REQUIRED_COLUMNS - columns)
-    if missing:
-        raise BadFile(f"the header row lacks the column(s) {', '.join(missing)}")
-    unknown = sorted(columns - CONSENT_FIELDS)
-    if unknown:
-        raise BadFile(f"unknown column(s) {', '.join(unknown)} (expected: {', '.join(sorted(CONSENT_FIELDS))})")
-    for record in reader:
+    try:
+        names = [(name or "").strip() for name in reader.fieldnames or []]
+    except csv.Error as error:
+        raise BadFile(f"the header row cannot be read: {error}") from None
+    _check_columns(names)
+    line = reader.line_num
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:  # a cell over the csv module's 128 KiB limit, a NUL byte
+            line += 1  # the reader stopped inside it: the line after the last one read
+            yield Row(line, problem=f"the row cannot be read: {error}")
+            continue
         line = reader.line_num
         if None in record:
             yield Row(line, problem="more cells than header columns")
@@ -57,6 +62,21 @@ def read_rows(file: TextIO) -> Iterator[Row]:
             yield Row(line, problem=str(error))
         else:
             yield Row(line, draft=draft)
+
+
+def _check_columns(names: list[str]) -> None:
+    columns = set(names)
+    twice = sorted({name for name in names if name and names.count(name) > 1})
+    if twice:
+        raise BadFile(f"the header row names {', '.join(twice)} more than once: which cell would count?")
+    if not columns:
+        raise BadFile("the file is empty: expected a header row with wa_id, channel, consent_text, evidence, occurred_at")
+    missing = sorted(REQUIRED_COLUMNS - columns)
+    if missing:
+        raise BadFile(f"the header row lacks the column(s) {', '.join(missing)}")
+    unknown = sorted(columns - CONSENT_FIELDS)
+    if unknown:
+        raise BadFile(f"unknown column(s) {', '.join(unknown)} (expected: {', '.join(sorted(CONSENT_FIELDS))})")
 
 
 def _draft(record: dict[str, str | None]) -> EventDraft:
@@ -75,9 +95,9 @@ def _evidence(cell: str) -> dict:
     if not cell.startswith("{"):
         return {"reference": cell}
     try:
-        value = json.loads(cell)
-    except ValueError:
-        raise InvalidField("evidence", "starts with { but is not a JSON object") from None
+        value = json_bodies.loads(cell)
+    except json_bodies.UnreadableJson as unreadable:
+        raise InvalidField("evidence", f"starts with {{ but is not a JSON object: it is {unreadable}") from None
     if not isinstance(value, dict):
         raise InvalidField("evidence", "must be a JSON object or a plain reference")
     return unicode_field(value, "evidence")  # checked before the row's digest is taken

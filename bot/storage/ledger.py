@@ -419,7 +419,7 @@ class Ledger:
             "consent_text": draft.consent_text.replace("\x00", "\ufffd") if draft.consent_text else draft.consent_text,
             "evidence": evidence,
             "source_ref": draft.source_ref,
-            "occurred_at": as_utc(draft.occurred_at or now),
+            "occurred_at": min(as_utc(draft.occurred_at or now), now),  # never after it was recorded (R7)
             "recorded_at": now,
             "recorded_by": draft.recorded_by,
             "hash_version": HASH_VERSION,
@@ -432,7 +432,7 @@ class Ledger:
         happened, as their state is folded. Under every identifier the person has had."""
         with reading(self.engine) as conn:
             events = [to_event(row) for row in conn.execute(_HISTORY, {"identifier": _valid_identifier(identifier)}).mappings()]
-        return [events[at] for at in occurrence_order([event.occurred_at for event in events])]
+        return [events[at] for at in occurrence_order([(event.occurred_at, event.recorded_at) for event in events])]
 
     def recorded_refs(self, source_refs: Iterable[str]) -> set[str]:
         """Which of these source references the ledger holds already."""
@@ -555,7 +555,7 @@ def state_of(
 ) -> ConsentState:
     """A person's state from their event rows in chain order (stored rows, then prepared ones
     not written yet), folded in the order they happened: only the few rows the state rests on become events."""
-    order = occurrence_order([as_utc(row["occurred_at"]) for row in rows])
+    order = occurrence_order([(as_utc(row["occurred_at"]), as_utc(row["recorded_at"])) for row in rows])
     folded = fold([(rows[at]["action"], rows[at]["scope"], rows[at]["channel"]) for at in order])
     return state_from_fold(
         identifier, folded, lambda position: to_event(rows[order[position]]), last_inbound_at, person_id, identifiers

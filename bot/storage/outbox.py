@@ -276,8 +276,25 @@ class Outbox:
         self.mark_sent_many([(message_id, meta_message_id, consent_event_id, sent_to)])
 
     def mark_sent_many(self, sends: list[tuple[str, str, str | None, str | None]]) -> None:
-        """Record several sends in one transaction: (message id, Meta's message id, consent event
-        id, who Meta's answer says it went to)."""
+        """Record several sends: (message id, Meta's message id, consent event id, who Meta's
+        answer says it went to). In one transaction; when the database refuses it (Meta gave a
+        message id another message has), one by one, so that one odd answer does not leave the
+        others unrecorded, to be sent again."""
+        try:
+            self._mark_sent(sends)
+        except sa.exc.IntegrityError:
+            if len(sends) > 1:
+                for send in sends:
+                    self.mark_sent_many([send])
+                return
+            [(message_id, meta_id, consent_event_id, sent_to)] = sends
+            self._update(
+                message_id, state=MessageState.SENT.value, consent_event_id=consent_event_id, sent_to=sent_to,
+                sent_at=self.clock(), lease_until=None, error_code=None,
+                error_detail=f"Meta answered with message id {meta_id[:200]}, which another message has: its statuses cannot be told apart",
+            )
+
+    def _mark_sent(self, sends: list[tuple[str, str, str | None, str | None]]) -> None:
         now = self.clock()
         with self._writer.begin() as conn:
             if conn.dialect.name == "postgresql":  # one statement, however many sends
