@@ -81,7 +81,10 @@ def build_services(settings: Settings) -> Services:
     outbox = Outbox(
         engine, ledger, enqueuer(make_queues(connection)), coverage, lease=timedelta(seconds=settings.send_lease_seconds)
     )
-    campaigns = Campaigns(engine, ledger, outbox, max_opt_out_rate=settings.campaign_max_opt_out_rate)
+    campaigns = Campaigns(
+        engine, ledger, outbox, max_opt_out_rate=settings.campaign_max_opt_out_rate,
+        on_pause=opt_out_marks.mark_paused, on_resume=opt_out_marks.resumed,
+    )
     return Services(
         settings=settings,
         engine=engine,

@@ -173,3 +173,49 @@ def test_one_unstorable_send_answer_does_not_unrecord_the_others(app, graph):
     assert [message.state.value for message in sent] == ["sent"] * 10 and result.queued == 10
     assert sorted(message.meta_message_id or "" for message in sent) == [""] * 9 + ["wamid.SAME"]
     assert send_queued(app) == [] and len(graph.requests) == 10  # nothing left to send again
+
+
+# -- Idempotency-Key: requests compared as they are stored ---------------------------------------
+
+ORDER_UPDATE = {"name": "order_update", "language": "en", "category": "utility"}
+SPRING_SALE = {"name": "spring_sale", "language": "en", "category": "marketing"}
+
+
+def with_key(key: str) -> dict:
+    return {**AUTH, "Idempotency-Key": key}
+
+
+def test_a_message_to_a_number_written_with_spaces_is_one_message_not_a_conflict(app, client):
+    services_of(app).ledger.append(web_opt_in("15550166001"))
+    asked = {"to": "+1 555 016 6001", "template": ORDER_UPDATE}
+    first, again = (client.post("/api/v1/messages", headers=with_key("order-1"), json=asked) for _ in range(2))
+    assert (first.status_code, again.status_code) == (202, 202) and first.get_json()["id"] == again.get_json()["id"]
+    other = client.post("/api/v1/messages", headers=with_key("order-1"), json={**asked, "template": {**ORDER_UPDATE, "name": "order_late"}})
+    assert other.status_code == 409 and other.get_json()["error"] == "idempotency_key_reused"
+
+
+def test_a_campaign_key_with_another_list_of_the_same_length_is_refused(app, client):
+    for n, recipient in enumerate((USER, OTHER_USER, "19175550100", "447700900123")):
+        services_of(app).ledger.append(web_opt_in(recipient, ref=f"form-{n}"))
+    first = client.post("/api/v1/campaigns", headers=with_key("spring"), json={"template": SPRING_SALE, "recipients": [USER, OTHER_USER]})
+    assert first.status_code == 202
+    reordered = client.post(
+        "/api/v1/campaigns", headers=with_key("spring"), json={"template": SPRING_SALE, "recipients": [f"+{OTHER_USER}", USER]},
+    )
+    assert reordered.status_code == 202 and reordered.get_json()["campaign_id"] == first.get_json()["campaign_id"]
+    other = client.post(
+        "/api/v1/campaigns", headers=with_key("spring"), json={"template": SPRING_SALE, "recipients": ["19175550100", "447700900123"]},
+    )
+    assert other.status_code == 409 and other.get_json()["error"] == "idempotency_key_reused"
+    assert services_of(app).campaigns.progress(first.get_json()["campaign_id"]).recipients == 2
+
+
+def test_a_consent_key_with_other_evidence_is_refused(app, client):
+    asked = {"wa_id": USER, "action": "opt_in", "channel": "web", "consent_text": "Offers from Acme Bakery", "evidence": {"form": "a"}}
+    first, again = (client.post("/api/v1/consents", headers=with_key("form-77"), json=asked) for _ in range(2))
+    assert (first.status_code, again.status_code) == (201, 201) and first.get_json()["event_id"] == again.get_json()["event_id"]
+    for change in ({"evidence": {"form": "b"}}, {"consent_text": "Something else"}, {"channel": "paper"},
+                   {"occurred_at": "2026-01-01T00:00:00Z"}):
+        response = client.post("/api/v1/consents", headers=with_key("form-77"), json={**asked, **change})
+        assert response.status_code == 409 and response.get_json()["error"] == "idempotency_key_reused", change
+    assert len(services_of(app).ledger.history(USER)) == 1

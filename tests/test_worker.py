@@ -19,7 +19,7 @@ from bot.services import services_of
 from bot.settings import PROJECT_ROOT
 from bot.storage.outbox import Message, QueueName, Template
 from bot.storage.schema import outbound_messages
-from tests.conftest import app_config, fresh_postgres_url
+from tests.conftest import ADMIN_TOKEN, app_config, fresh_postgres_url
 from tests.local_services import free_port, migrated
 
 pytestmark = [pytest.mark.processes, pytest.mark.postgres]
@@ -53,10 +53,11 @@ class Workers:
             self.kill(process)
 
 
-@pytest.fixture
-def campaign_app(redis_url, graph):
+@pytest.fixture(params=[300])
+def campaign_app(request, redis_url, graph):
+    """The app, its workers sending at `request.param` messages/second (parametrize indirectly to change it)."""
     database_url = migrated(fresh_postgres_url())
-    app = create_app(app_config(database_url, redis_url, graph, SEND_RATE_LIMIT=300))
+    app = create_app(app_config(database_url, redis_url, graph, SEND_RATE_LIMIT=request.param))
     yield app
     services_of(app).dispose()
 
@@ -67,7 +68,7 @@ def workers(campaign_app, tmp_path):
     env = {
         "PATH": os.environ.get("PATH", ""), "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
         "GRAPH_API_URL": settings.graph_api_url, "WHATSAPP_TOKEN": "test-token",
-        "WHATSAPP_PHONE_NUMBER_ID": settings.whatsapp_phone_number_id, "SEND_RATE_LIMIT": "300",
+        "WHATSAPP_PHONE_NUMBER_ID": settings.whatsapp_phone_number_id, "SEND_RATE_LIMIT": str(settings.send_rate_limit),
         "SEND_LEASE_SECONDS": "3", "SWEEP_INTERVAL_SECONDS": "1",
     }
     pool = Workers(env, tmp_path)
@@ -114,6 +115,34 @@ def test_workers_send_a_campaign_once_each(campaign_app, workers, graph):
     assert wait_until_final(campaign_app, 300, timeout=60) == {"sent": 300}
     assert graph.sent_to() == {u: 1 for u in users}
     assert graph.count(130429) == 0
+
+
+@pytest.mark.parametrize("campaign_app", [20], indirect=True)
+def test_no_message_of_a_paused_campaign_leaves_after_the_pause_is_answered(campaign_app, workers, graph):
+    """150 recipients at 20 messages/s, paused by staff after the first 20 sends: the messages
+    the worker has claimed go back to the queue, none goes out, and the resume sends them."""
+    users = opted_in_users(campaign_app, 150)
+    result = services_of(campaign_app).campaigns.send(TEMPLATE, MessageKind.UTILITY_TEMPLATE, users, "staff:test")
+    workers.start()
+    deadline = time.monotonic() + 30
+    while len(graph.requests) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client = campaign_app.test_client()
+    paused = client.post(f"/api/v1/campaigns/{result.campaign_id}/pause", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    answered = time.time()
+    assert paused.status_code == 200 and paused.get_json()["status"] == "paused"
+    time.sleep(3)  # a wave claimed and paced before the pause would have gone by now
+    after = [request for request in graph.requests if request.at > answered]
+    assert after == [] and 20 <= len(graph.requests) < 150
+    counts = states(campaign_app)
+    assert counts == {"sent": len(graph.requests), "queued": 150 - len(graph.requests)}  # none blocked: they wait
+    sent_before_resume = len(graph.requests)
+    resumed = client.post(f"/api/v1/campaigns/{result.campaign_id}/resume", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert resumed.status_code == 200
+    deadline = time.monotonic() + 10
+    while len(graph.requests) < sent_before_resume + 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(graph.requests) >= sent_before_resume + 20  # the rest goes on
 
 
 def test_workers_killed_mid_campaign_lose_nothing(campaign_app, workers, graph):

@@ -55,6 +55,7 @@ class Outcome(str, enum.Enum):
     BLOCKED = "blocked"
     FAILED = "failed"
     RETRY = "retry"  # back in the queue, due later
+    PAUSED = "paused"  # back in the queue until its campaign resumes
     SKIPPED = "skipped"  # not due, already done, or claimed by another worker
 
 
@@ -108,7 +109,7 @@ class Sender:
             self.sleep(max(0.0, slot - time.monotonic()))
             cleared = self.check([message])[0]
             if not cleared.decision.allowed:
-                return Outcome.BLOCKED
+                return Outcome.PAUSED if cleared.decision.reason is Refusal.PAUSED else Outcome.BLOCKED
             if self.unchanged(message, cleared.mark) and time.monotonic() - slot <= LATE_SLOT:
                 break
         outcome, accepted = self.call(message, cleared.address)
@@ -145,22 +146,31 @@ class Sender:
         return [middle + reservation.wait if reservation.reserved else None for reservation in reservations]
 
     def check(self, messages: Sequence[StoredMessage]) -> list[Cleared]:
-        """The policy's answer for each message now, from one read of the ledger, with the
-        opt-out mark its recipient had just before (for `unchanged`); the refused are recorded `blocked`."""
-        marks = self._marks.read([m.recipient for m in messages])
+        """The policy's answer for each message now, from one read of the ledger, with the marks
+        its recipient and campaign had just before (for `unchanged`). The refused are recorded
+        `blocked`; those of a paused campaign go back to the queue, to wait for its resume."""
+        marks = self._marks.read([(m.recipient, m.campaign_id) for m in messages])
+        held = self.outbox.paused_campaigns({m.campaign_id for m in messages if m.campaign_id})
+        held |= {m.campaign_id for m, (_, pause_mark) in zip(messages, marks, strict=True) if m.campaign_id and pause_mark is not None}
         decisions = self.outbox.decide_many([(m.recipient, m.kind) for m in messages])
-        for message, (decision, _) in zip(messages, decisions, strict=True):
-            if not decision.allowed:
+        cleared = []
+        for message, (decision, state), mark in zip(messages, decisions, marks, strict=True):
+            if message.campaign_id in held:
+                self.outbox.release(message.id, self.outbox.clock())
+                decision = Decision(False, Refusal.PAUSED)
+            elif not decision.allowed:
                 assert decision.reason is not None, "a refusal has its reason"
                 self.outbox.mark_blocked(message.id, decision.reason)
                 log.info("message %s to %s blocked at send time: %s", message.id, mask(message.recipient), decision.reason.value)
-        return [Cleared(decision, state.address, mark) for (decision, state), mark in zip(decisions, marks, strict=True)]
+            cleared.append(Cleared(decision, state.address, mark))
+        return cleared
 
     def unchanged(self, message: StoredMessage, mark: Mark) -> bool:
-        """The last look, right before the call: the user has not opted out since `check` read
-        `mark`. False too when Redis does not answer: no call goes without this look."""
+        """The last look, right before the call: the user has not opted out and the campaign
+        has not been paused since `check` read `mark`. False too when Redis does not answer:
+        no call goes without this look."""
         try:
-            return self._marks.read_one(message.recipient) == mark
+            return self._marks.read_one(message.recipient, message.campaign_id) == mark
         except redis.RedisError:
             return False
 

@@ -16,7 +16,8 @@ from datetime import datetime
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from bot import json_bodies
-from bot.domain.consent import ConsentEvent, InvalidEvent
+from bot.domain.consent import ConsentEvent, EventDraft, InvalidEvent
+from bot.domain.identity import InvalidIdentifier, normalize_identifier
 from bot.services import current_services
 from bot.staff.audit import FORMATS, export_lines
 from bot.staff.openapi import openapi_document
@@ -99,7 +100,18 @@ def _request_key(prefix: str) -> str:
 def record_consent():
     draft = consent_draft(_json_body(), _request_key("api"), RECORDED_BY)
     event = current_services().ledger.append(draft)
+    if not _records(event, draft):
+        return api_error(409, "idempotency_key_reused", "this Idempotency-Key was used for a consent event with other content")
     return jsonify(event.as_dict()), 201
+
+
+def _records(event: ConsentEvent, draft: EventDraft) -> bool:
+    """Whether the event the ledger holds under the draft's key is what the draft asks for (a
+    repeat), compared as recorded: an omitted time is the moment of recording, whenever that was."""
+    occurred = event.occurred_at if draft.occurred_at is None else min(draft.occurred_at, event.recorded_at)
+    text = draft.consent_text.replace("\x00", "\ufffd") if draft.consent_text else draft.consent_text
+    asked = (draft.identifier, draft.action, draft.scope, draft.channel, text, draft.evidence, occurred)
+    return asked == (event.identifier, event.action, event.scope, event.channel, event.consent_text, event.evidence, event.occurred_at)
 
 
 @bp.get("/consents/<wa_id>")
@@ -171,9 +183,16 @@ def send_message():
 
 
 def _stored_differently(outbox: Outbox, message_id: str | None, message: Message) -> bool:
-    """A repeated request must ask for what the first one did, or it is not a repeat."""
+    """A repeated request must ask for what the first one did, or it is not a repeat: compared
+    as stored ("+1 555 016 6001" is 15550166001)."""
     stored = outbox.get(message_id) if message_id else None
-    return stored is not None and (stored.recipient, stored.kind, stored.content) != (message.to, message.kind, message.content())
+    if stored is None:
+        return False
+    try:
+        to = normalize_identifier(message.to)
+    except InvalidIdentifier:
+        return True
+    return (stored.recipient, stored.kind, stored.content) != (to, message.kind, message.content())
 
 
 @bp.get("/messages/<message_id>")

@@ -96,8 +96,13 @@ class Campaigns:
     def __init__(
         self, engine: Engine, ledger: Ledger, outbox: Outbox, max_opt_out_rate: float = 0.02,
         min_reached: int = 50, clock: Callable[[], datetime] = utc_now,
+        on_pause: Callable[[list[str]], None] = lambda campaign_ids: None,
+        on_resume: Callable[[str], None] = lambda campaign_id: None,
     ):
-        """`min_reached`: recipients reached before the opt-out rate means anything (one STOP in three is noise)."""
+        """`min_reached`: recipients reached before the opt-out rate means anything (one STOP in
+        three is noise). `on_pause` is told of campaigns as they are paused, `on_resume` of one
+        before it runs again (bot.outbound.opt_out_marks: the send threads' last look)."""
+        self.on_pause, self.on_resume = on_pause, on_resume
         self.engine = engine
         self.ledger = ledger
         self.outbox = outbox
@@ -126,7 +131,7 @@ class Campaigns:
             return CampaignResult(None, 0, dict(skipped), duplicates)
         campaign_id = campaign_id or str(uuid.uuid4())
         if not dry_run:
-            self._create(campaign_id, template, kind, len(unique), requested_by)
+            self._create(campaign_id, template, kind, unique, requested_by)
         queued, done = 0, invalid + duplicates
         for start in range(0, len(unique), CHUNK):
             chunk = unique[start : start + CHUNK]
@@ -151,9 +156,13 @@ class Campaigns:
         submissions = self.outbox.submit_many(items, requested_by, QueueName.BULK, campaign_id)
         return [submission.reason for submission in submissions]
 
-    def _create(self, campaign_id: str, template: Template, kind: MessageKind, recipients: int, requested_by: str) -> None:
+    def _create(self, campaign_id: str, template: Template, kind: MessageKind, recipients: list[str], requested_by: str) -> None:
+        """Store the campaign, or, when its id is taken, make sure this is the same campaign sent
+        again (after a crash part-way, say): its template, category and recipients. The messages
+        stored so far must all be to recipients of this list, which has as many."""
         row = {
-            "id": campaign_id, "template_name": template.name, "category": kind.value, "recipients": recipients, "requested_by": requested_by,
+            "id": campaign_id, "template_name": template.name, "category": kind.value, "recipients": len(recipients),
+            "requested_by": requested_by,
             "template": json.dumps({"name": template.name, "language": template.language, "components": template.components}),
             "created_at": self.clock(),
         }
@@ -162,8 +171,12 @@ class Campaigns:
             existing = conn.execute(sa.select(*(campaigns.c[name] for name in same)).where(campaigns.c.id == campaign_id)).first()
             if existing is None:
                 conn.execute(campaigns.insert().values(row))
-            elif tuple(existing) != tuple(row[name] for name in same):
+                return
+            if tuple(existing) != tuple(row[name] for name in same):
                 raise CampaignIdTaken(f"campaign {campaign_id} was started with another template, category or number of recipients")
+            reached = conn.execute(sa.select(messages.c.recipient).where(messages.c.campaign_id == campaign_id)).scalars()
+            if not set(reached) <= set(recipients):
+                raise CampaignIdTaken(f"campaign {campaign_id} was started with other recipients")
 
     # -- watching ------------------------------------------------------------------------
 
@@ -247,6 +260,7 @@ class Campaigns:
         flagged = self.account_flag()
         if flagged:
             raise CampaignRefused(f"cannot resume while {flagged}")
+        self.on_resume(campaign_id)
         with one_statement(self.engine) as conn:
             conn.execute(campaigns.update().where(campaigns.c.id == campaign_id).values(paused_at=None, pause_reason=None))
         with reading(self.engine) as conn:
@@ -273,6 +287,7 @@ class Campaigns:
         else:
             with one_statement(self.engine) as own:
                 paused = own.execute(pause).scalars().all()
+        self.on_pause(list(paused))  # at once: the messages its workers hold go back, unsent
         for campaign_id in paused:
             log.warning("campaign %s paused: %s", campaign_id, reason)
         return list(paused)

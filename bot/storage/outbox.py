@@ -258,6 +258,14 @@ class Outbox:
         now = self.clock()
         return [(decide(states[recipient], kind, now, self.coverage), states[recipient]) for recipient, kind in asks]
 
+    def paused_campaigns(self, campaign_ids: set[str]) -> set[str]:
+        """Which of these campaigns are paused now."""
+        if not campaign_ids:
+            return set()
+        with reading(self.engine) as conn:
+            query = sa.select(campaigns.c.id).where(campaigns.c.id.in_(campaign_ids), campaigns.c.paused_at.is_not(None))
+            return set(conn.execute(query).scalars())
+
     def claim(self, message_id: str) -> StoredMessage | None:
         """Lease a due, queued message to this worker; None when another has it or it is done."""
         claimed = self.claim_many([message_id])
