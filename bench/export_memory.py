@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from bench.ledger import SEED, populate, positive_int  # noqa: E402
+from bench.ledger import BENCH_KEY, SEED, populate, positive_int  # noqa: E402
 from bot.staff.audit import COLUMNS, FORMATS  # noqa: E402
 from bot.storage.db import make_engine  # noqa: E402
 from bot.storage.ledger import Ledger, as_utc  # noqa: E402
@@ -166,13 +166,13 @@ def build_ledger(backend: str, events: int, reuse: bool) -> str:
         engine = make_engine(url)
         try:
             upgrade(engine)
-            populate(engine, Ledger(engine), random.Random(SEED), events)
+            populate(engine, Ledger(engine, key=BENCH_KEY), random.Random(SEED), events)
         finally:
             engine.dispose()
     engine = make_engine(url)
     try:
         started = time.perf_counter()
-        result = Ledger(engine).verify()
+        result = Ledger(engine, key=BENCH_KEY).verify()
         print(f"verify       {result.checked:,} events in {time.perf_counter() - started:.1f} s: "
               f"{'chain ok' if result.ok else f'BROKEN at seq {result.bad_seq}: {result.problem}'}")
         if not result.ok or result.checked != events:

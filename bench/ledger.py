@@ -9,7 +9,7 @@ For each backend it measures:
    third by both, linked: their events are spread over both identifiers, and their first one
    comes with the `identity_linked` event that links the BSUID to the phone (channel
    whatsapp_identity, as bot.storage.people records it). Rows are built by the ledger's own
-   `_prepare` and hashed with `event_hash` (hash version 2, which covers the person) in seq
+   `_prepare` and hashed with `event_hash` (hash version 3, keyed with BENCH_KEY) in seq
    order, exactly as `extend_chain` does, so the chain is valid (check it with --verify).
    Events are written with executemany on SQLite and COPY on PostgreSQL, in transactions of
    100,000 events.
@@ -60,12 +60,14 @@ from bot.domain.consent import Action, Channel, EventDraft, Scope  # noqa: E402
 from bot.domain.identity import kind_of  # noqa: E402
 from bot.storage import people as identity_events  # noqa: E402
 from bot.storage.db import WRITE_OPTION, make_engine  # noqa: E402
+from bot.storage.integrity import LedgerKey  # noqa: E402
 from bot.storage.ledger import Ledger, event_hash, utc_now  # noqa: E402
 from bot.storage.migrate import upgrade  # noqa: E402
 from bot.storage.schema import GENESIS_HASH, consent_events, contacts, identities, ledger_head  # noqa: E402
 
 T = TypeVar("T")
 
+BENCH_KEY = LedgerKey("bench-only-ledger-signing-key-not-a-secret")
 POSTGRESQL_SCHEMA = "bench_ledger"
 POSTGRESQL_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{POSTGRESQL_SCHEMA}"
 
@@ -204,7 +206,7 @@ def chained_rows(
             # chained and hashed as Ledger.extend_chain does.
             row = ledger._prepare(draft, recorded_at)
             row.update(seq=seq, prev_hash=prev_hash)
-            row["hash"] = prev_hash = event_hash(row)
+            row["hash"] = prev_hash = event_hash(row, ledger.key.chain)
             chunk.append(row)
             if len(chunk) == POPULATE_CHUNK or seq == events:
                 yield chunk
@@ -417,7 +419,7 @@ def run_backend(name: str, sizes: Sizes, verify: bool) -> None:
             print(f"== {name}: {engine.url.render_as_string(hide_password=True)}")
             load_at_start = os.getloadavg()[0]
             upgrade(engine)
-            ledger, rng = Ledger(engine), random.Random(SEED)
+            ledger, rng = Ledger(engine, key=BENCH_KEY), random.Random(SEED)
             people = populate(engine, ledger, rng, sizes.events)
             bench_state(ledger, rng, people, sizes.lookups)
             bench_append(ledger, rng, people, sizes.appends)

@@ -546,7 +546,7 @@ def with_history(database_url: str, users: int, share: fractions.Fraction) -> No
             " CASE WHEN k = 2 THEN '{\"payload_id\":\"wamid.past-' || i || '\",\"seen_with\":[\"' || phone || '\"]}'"
             " ELSE '{\"message_id\":\"wamid.past-' || i || '\"}' END,"
             " (ARRAY['implicit:', 'notice:', 'identity_linked:'])[k + 1] || 'wamid.past-' || i,"
-            f" {day_ago}, {day_ago}, 'webhook', repeat('0', 64), md5(i::text || k) || md5(k || i::text), 2"
+            f" {day_ago}, {day_ago}, 'webhook', repeat('0', 64), md5(i::text || k) || md5(k || i::text), 3"
             " FROM past, generate_series(0, 2) k WHERE k < 2 OR NOT bsuid_only",
             "UPDATE ledger_head SET seq = (SELECT max(seq) FROM consent_events), hash = repeat('0', 64)",
             "INSERT INTO outbound_messages (id, idempotency_key, recipient, person_id, sent_to, kind, content, queue, state,"

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -18,7 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from bot import health
 from bot.inbound import webhook
 from bot.services import build_services, register
-from bot.settings import INSTANCE, PROJECT_ROOT, Settings, load_settings
+from bot.settings import INSTANCE, PROJECT_ROOT, Settings, instance_secret, load_settings
 from bot.staff import api, pages
 from bot.staff.cli import consent_cli, db_cli, keywords_cli
 from bot.staff.send_cli import campaign_cli, send_cli
@@ -40,7 +37,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     services = build_services(settings)
     register(app, services)
     app.session_interface = _NoSessions()
-    app.config["SECRET_KEY"] = settings.secret_key or _instance_secret(Path(app.instance_path))
+    app.config["SECRET_KEY"] = settings.secret_key or instance_secret("secret_key")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
 
     app.register_blueprint(health.bp)
@@ -67,24 +64,6 @@ class _NoSessions(SessionInterface):
 
     def save_session(self, app: Flask, session, response) -> None:
         pass
-
-
-def _instance_secret(instance: Path) -> str:
-    """Without SECRET_KEY, one kept in instance/ (fine on one host; set SECRET_KEY when there are several)."""
-    path = instance / "secret_key"
-    if not path.exists():
-        os.makedirs(instance, exist_ok=True)
-        draft = instance / f".secret_key.{os.getpid()}"
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(secrets.token_hex(32))
-        try:
-            os.link(draft, path)  # atomic: when web processes start together, the first key wins for all
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(draft)
-    return path.read_text().strip()
 
 
 def _unstorable(_failure: sa.exc.DataError):

@@ -24,11 +24,13 @@ from bot.outbound.limiter import RateLimiter
 from bot.outbound.opt_out_marks import OptOutMarks
 from bot.outbound.queues import enqueuer, make_queues
 from bot.outbound.sender import PACING_MARGIN, PAIR_BURST, PAIR_RATE, SLOT_HORIZON
-from bot.settings import INSTANCE, PROJECT_ROOT, ConfigError, Settings
+from bot.settings import INSTANCE, PROJECT_ROOT, ConfigError, Settings, instance_secret
 from bot.storage.campaigns import Campaigns
 from bot.storage.db import make_engine
+from bot.storage.integrity import LedgerKey
 from bot.storage.ledger import Ledger
 from bot.storage.outbox import Outbox
+from bot.storage.web_opt_ins import WebOptIns
 
 # What building the services (or checking the schema: SchemaNotCurrent is a ConfigError) raises
 # for a configuration that cannot work; its message is the one-line reason start-up gives.
@@ -52,6 +54,7 @@ class Services:
     throughput_limiter: RateLimiter  # the phone number's messages per second, shared by every worker
     pair_limiter: RateLimiter  # Meta's pair rate: about one message per 6 s to one user
     page_limiter: RateLimiter  # hosted-page submissions per client and per number
+    web_opt_ins: WebOptIns  # opt-in page requests waiting for their confirmation from WhatsApp
     handlers: Context  # what the webhook's handlers work with
     webhook_intake: Combiner = field(init=False)  # POSTs that wait together are recorded together
 
@@ -74,7 +77,8 @@ def build_services(settings: Settings) -> Services:
     engine = make_engine(settings.database_url)
     connection = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
     opt_out_marks = OptOutMarks(connection)
-    ledger = Ledger(engine, opted_out=opt_out_marks.mark)
+    web_opt_ins = WebOptIns(connection)
+    ledger = Ledger(engine, key=ledger_key(settings), opted_out=opt_out_marks.mark)
     coverage = ImplicitCoverage(
         utility=settings.implicit_consent_covers_utility, authentication=settings.implicit_consent_covers_authentication
     )
@@ -102,8 +106,14 @@ def build_services(settings: Settings) -> Services:
         throughput_limiter=RateLimiter(connection, rate=settings.send_rate_limit * PACING_MARGIN, fresh_start=SLOT_HORIZON),
         pair_limiter=RateLimiter(connection, rate=PAIR_RATE[0], per=PAIR_RATE[1], burst=PAIR_BURST),
         page_limiter=RateLimiter(connection, rate=PAGE_SUBMISSIONS[0], per=PAGE_SUBMISSIONS[1], burst=PAGE_SUBMISSIONS[0]),
-        handlers=Context(ledger, outbox, keywords, replies, campaigns),
+        web_opt_ins=web_opt_ins,
+        handlers=Context(ledger, outbox, keywords, replies, campaigns, web_opt_ins),
     )
+
+
+def ledger_key(settings: Settings) -> LedgerKey:
+    """The ledger's keys, from LEDGER_SIGNING_KEY or, for local runs, a key kept in instance/."""
+    return LedgerKey(settings.ledger_signing_key or instance_secret("ledger_signing_key"))
 
 
 def register(app: Flask, services: Services) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,10 @@ import redis
 import sqlalchemy as sa
 from dotenv import load_dotenv
 
+from bot.domain.identity import InvalidNumber, normalize_wa_id
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-INSTANCE = PROJECT_ROOT / "instance"  # local state: the default SQLite ledger, the generated secret key
+INSTANCE = PROJECT_ROOT / "instance"  # local state: the default SQLite ledger, the generated secret keys, checkpoints
 DEFAULT_GRAPH_API_VERSION = "v25.0"
 DEFAULT_GRAPH_API_URL = "https://graph.facebook.com"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -79,6 +82,34 @@ def _rate(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _signing_key(env: Mapping[str, str], name: str) -> str | None:
+    """The key itself, or read from the file a value starting with / ./ ../ or ~ names (a mounted secret)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if raw.startswith(("/", "./", "../", "~")):
+        try:
+            raw = Path(raw).expanduser().read_text().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or type(error).__name__
+            raise ConfigError(f"{name} starts like a path (/, ./, ../ or ~) but names no readable file ({reason}); a key itself may not start so") from None
+    if len(raw) < 32:
+        raise ConfigError(f"{name} must be at least 32 characters, such as the output of `python -c \"import secrets; print(secrets.token_hex(32))\"`")
+    return raw
+
+
+def _checkpoints(env: Mapping[str, str], name: str) -> str:
+    """A directory (relative to the repository) or an http(s) URL to PUT checkpoints under."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return str(INSTANCE / "checkpoints")
+    if "://" in raw:
+        if not _is_http_url(raw):
+            raise ConfigError(f"{name} must be a directory or an http:// or https:// URL with a host, got {masked_url(raw)!r}")
+        return raw
+    return str(PROJECT_ROOT / Path(raw).expanduser())
+
+
 def masked_url(url: str) -> str:
     """The URL with any password in it as ***, so that an error message can show it."""
     return _PASSWORD.sub(r"\1\2:***@", url, count=1)
@@ -116,6 +147,17 @@ def _http_url(env: Mapping[str, str], name: str, default: str) -> str:
     return raw.rstrip("/")
 
 
+def _business_number(env: Mapping[str, str]) -> str | None:
+    """WHATSAPP_BUSINESS_NUMBER, as the digits a wa.me link takes ("+1 555 010 0000" is 15550100000)."""
+    raw = env.get("WHATSAPP_BUSINESS_NUMBER", "").strip()
+    if not raw:
+        return None
+    try:
+        return normalize_wa_id(raw)
+    except InvalidNumber:
+        raise ConfigError(f"WHATSAPP_BUSINESS_NUMBER must be a phone number with its country code, got {raw[:32]!r}") from None
+
+
 def _is_http_url(raw: str) -> bool:
     try:
         url = urlsplit(raw)
@@ -133,6 +175,7 @@ class Settings:
     whatsapp_phone_number_id: str | None
     whatsapp_app_secret: str | None
     whatsapp_verify_token: str | None
+    whatsapp_business_number: str | None  # as people dial it: the opt-in page's wa.me link
     webhook_insecure_dev: bool
     graph_api_url: str
     graph_api_version: str
@@ -141,6 +184,9 @@ class Settings:
     redis_url: str
     admin_api_token: str | None
     secret_key: str | None  # None: a key generated into instance/ (create_app)
+    ledger_signing_key: str | None  # None: a key generated into instance/ (build_services)
+    ledger_checkpoints: str  # a directory or an http(s) URL
+    ledger_checkpoint_seconds: int
     trusted_proxies: int
     keywords_file: Path
     send_rate_limit: int
@@ -166,6 +212,7 @@ class Settings:
             whatsapp_phone_number_id=text("WHATSAPP_PHONE_NUMBER_ID"),
             whatsapp_app_secret=text("WHATSAPP_APP_SECRET"),
             whatsapp_verify_token=text("WHATSAPP_VERIFY_TOKEN"),
+            whatsapp_business_number=_business_number(env),
             webhook_insecure_dev=_flag(env, "WEBHOOK_INSECURE_DEV", False),
             graph_api_url=_http_url(env, "GRAPH_API_URL", DEFAULT_GRAPH_API_URL),
             graph_api_version=text("GRAPH_API_VERSION", DEFAULT_GRAPH_API_VERSION),
@@ -174,6 +221,9 @@ class Settings:
             redis_url=_redis_url(env, "REDIS_URL", DEFAULT_REDIS_URL),
             admin_api_token=text("ADMIN_API_TOKEN"),
             secret_key=text("SECRET_KEY"),
+            ledger_signing_key=_signing_key(env, "LEDGER_SIGNING_KEY"),
+            ledger_checkpoints=_checkpoints(env, "LEDGER_CHECKPOINTS"),
+            ledger_checkpoint_seconds=_positive_int(env, "LEDGER_CHECKPOINT_SECONDS", 3600),
             trusted_proxies=_count(env, "TRUSTED_PROXIES", 0),
             keywords_file=PROJECT_ROOT / text("KEYWORDS_FILE", "keywords.yml"),
             send_rate_limit=_positive_int(env, "SEND_RATE_LIMIT", 80),
@@ -206,6 +256,25 @@ def load_settings() -> Settings:
 def default_database_url() -> str:
     """The SQLite ledger under instance/ that serves when DATABASE_URL is not set."""
     return f"sqlite:///{INSTANCE / 'ledger.db'}"
+
+
+def instance_secret(name: str) -> str:
+    """A random secret kept in instance/NAME for when none is configured (fine on one host; set
+    the variable when there are several). Made once: processes that start together share the first."""
+    path = INSTANCE / name
+    if not path.exists():
+        INSTANCE.mkdir(exist_ok=True)
+        draft = INSTANCE / f".{name}.{os.getpid()}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_hex(32))
+        try:
+            os.link(draft, path)  # atomic: when processes start together, the first key wins for all
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(draft)
+    return path.read_text().strip()
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from flask import Flask, current_app
 
 from bot.domain.keywords import Intent, load_keywords
+from bot.services import ledger_key
 from bot.settings import PROJECT_ROOT, Settings
 from bot.storage.db import make_engine
 from bot.storage.ledger import Ledger
@@ -56,7 +57,7 @@ def create_sandbox(settings: Settings, bot_url: str) -> Flask:
         settings=settings,
         chats=Chats(),
         deliveries=Deliveries(f"{bot_url.rstrip('/')}/webhook", settings.whatsapp_app_secret or ""),
-        ledger=Ledger(make_engine(settings.database_url)),
+        ledger=Ledger(make_engine(settings.database_url), key=ledger_key(settings)),
         keywords=tuple(book.words(first, intent)[0] for intent in (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP)),
         graph=imitation,
     )

@@ -25,6 +25,10 @@ PHONE_NUMBER_ID = "106540352242922"
 APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"
 ADMIN_TOKEN = "test-admin-token"
+LEDGER_SIGNING_KEY = "test-ledger-signing-key-0123456789abcdef"
+# Not instance/checkpoints, which holds the local run's: a test that keeps checkpoints gives a
+# directory of its own, and any other write fails, as nothing listens there.
+NO_CHECKPOINTS = "http://127.0.0.1:1/checkpoints"
 
 
 class FakeClock:
@@ -86,7 +90,7 @@ def app_config(database_url: str, redis_url: str, graph: GraphImitation, **extra
         "TESTING": True, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BUSINESS_NAME": BUSINESS,
         "GRAPH_API_URL": graph.url, "WHATSAPP_TOKEN": "test-token", "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
         "WHATSAPP_APP_SECRET": APP_SECRET, "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN, "ADMIN_API_TOKEN": ADMIN_TOKEN,
-        "SECRET_KEY": "test-secret-key",
+        "SECRET_KEY": "test-secret-key", "LEDGER_SIGNING_KEY": LEDGER_SIGNING_KEY, "LEDGER_CHECKPOINTS": NO_CHECKPOINTS,
         **extra,
     }
 
@@ -124,7 +128,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def ledger(app, clock) -> Ledger:
     """The app's ledger database, with a clock the test controls."""
-    return Ledger(services_of(app).ledger.engine, clock=clock)
+    return Ledger(services_of(app).ledger.engine, key=services_of(app).ledger.key, clock=clock)
 
 
 # Markers from the fixtures a test uses, so that `-m unit` selects the tests that need no service.

@@ -11,8 +11,10 @@ import sqlalchemy as sa
 
 from bot.domain.consent import Action, Basis, Channel, EventDraft, InvalidEvent, Marketing, Scope, State
 from bot.storage.db import _switch_to_wal, make_engine
+from bot.storage.integrity import LedgerKey
 from bot.storage.ledger import Ledger, SourceRefConflict
 from bot.storage.schema import consent_events
+from tests.conftest import LEDGER_SIGNING_KEY
 from tests.helpers import OTHER_USER, USER, keyword_opt_in, notice_given, opt_out, web_opt_in
 
 
@@ -246,7 +248,7 @@ def test_the_database_refuses_updates_and_deletes(ledger, statement):
 
 
 def _write_concurrently(url: str, worker: int, count: int) -> None:
-    ledger = Ledger(make_engine(url))
+    ledger = Ledger(make_engine(url), key=LedgerKey(LEDGER_SIGNING_KEY))
     for i in range(count):
         wa_id = f"1555000{worker:02d}{i:03d}"
         ledger.append(web_opt_in(wa_id, ref=f"w{worker}-{i}"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from urllib.parse import unquote
 
 import pytest
 from werkzeug.serving import make_server
@@ -9,7 +10,8 @@ from werkzeug.serving import make_server
 from bot.domain.consent import Action, Scope
 from tests.browser import screenshot
 from tests.conftest import BUSINESS
-from tests.helpers import USER
+from tests.helpers import USER, reconfigure
+from tests.test_pages import send_from_whatsapp
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -46,13 +48,21 @@ def opt_in(page, site: str, phone: str) -> None:
     page.click("button[type=submit]")
 
 
-def test_ticking_and_submitting_records_the_opt_in_with_evidence(site, browser_page, ledger):
+def test_ticking_and_submitting_shows_how_to_confirm_from_whatsapp_then_the_confirmation_opts_in(site, app, browser_page, ledger):
+    reconfigure(app, whatsapp_business_number="15550100000")
     page = browser_page
+    page.set_viewport_size({"width": 390, "height": 844})
     opt_in(page, site, "+1 650 555 1234")
-    assert "Thank you" in page.inner_text("[role=status]")
-    screenshot(page, "opt-in-done")
-    [event] = ledger.history(USER)
-    assert event.action is Action.OPT_IN and event.evidence["consent_text_shown"] == event.consent_text
+    assert "One more step" in page.inner_text("[role=status]")
+    link = page.get_attribute("a.whatsapp", "href")
+    confirmation = page.inner_text("#confirmation")
+    assert link.startswith("https://wa.me/15550100000?text=") and unquote(link.split("text=")[1]) == confirmation
+    assert page.is_visible(".qr svg")
+    screenshot(page, "opt-in-confirm-from-whatsapp")
+    assert ledger.history(USER) == []
+    send_from_whatsapp(app.test_client(), USER, confirmation)
+    [event] = [event for event in ledger.history(USER) if event.action is Action.OPT_IN]
+    assert event.evidence["consent_text_shown"] == event.consent_text
     assert event.evidence["ip"] == "127.0.0.1" and "HeadlessChrome" in event.evidence["user_agent"]
 
 

@@ -534,7 +534,10 @@ def test_database_unreachable_answers_503_and_the_retry_completes_once(app, clie
     working = services_of(app).handlers
     down = make_engine("postgresql://postgres@127.0.0.1:1/test")
     down_ledger = Ledger(down, key=working.ledger.key)
-    services_of(app).handlers = Context(down_ledger, Outbox(down, down_ledger, working.outbox.enqueue), working.keywords, working.replies, working.campaigns)
+    services_of(app).handlers = Context(
+        down_ledger, Outbox(down, down_ledger, working.outbox.enqueue), working.keywords, working.replies, working.campaigns,
+        working.web_opt_ins,
+    )
     response = post(client, payload("stop_message.json"))
     assert response.status_code == 503 and "Traceback" not in response.get_data(as_text=True)
     services_of(app).handlers = working

@@ -2,7 +2,8 @@
 
 The sweeper is the worker's scheduler: every SWEEP_INTERVAL_SECONDS it queues the messages
 whose retry came due, whose worker died mid-send, or whose job was lost, and applies delivery
-statuses that arrived before their send was recorded. The outbox row, not
+statuses that arrived before their send was recorded; every LEDGER_CHECKPOINT_SECONDS one worker
+signs a checkpoint of the ledger (bot.storage.integrity). The outbox row, not
 a job in Redis, is what says a message still has to go, so nothing is lost with a job or a
 worker. RQ's own scheduler is not used: it forks a child that inherits the worker's database
 connections and outlives a worker killed with SIGKILL.
@@ -26,12 +27,16 @@ from rq import Queue, SimpleWorker
 from bot.outbound.jobs import SendRuntime, use_runtime
 from bot.services import STARTUP_ERRORS, build_services
 from bot.settings import load_settings
+from bot.storage.integrity import Checkpoint, write_checkpoint
+from bot.storage.ledger import Ledger
 from bot.storage.migrate import require_current
 from bot.storage.outbox import Outbox, QueueName
 
 log = logging.getLogger(__name__)
 
 SWEEPER_LOCK = "whatsapp:sweeper"
+CHECKPOINT_LOCK = "whatsapp:ledger-checkpoint"  # held for a period by the worker that signed the last checkpoint
+CHECKPOINTED_HEAD = "whatsapp:ledger-checkpoint:head"  # the seq and hash it signed
 
 
 def sweep(outbox: Outbox, queues: dict[QueueName, Queue], connection: redis.Redis, every: float) -> int | None:
@@ -55,15 +60,42 @@ def sweep(outbox: Outbox, queues: dict[QueueName, Queue], connection: redis.Redi
     return count
 
 
+def checkpoint_when_due(ledger: Ledger, where: str, connection: redis.Redis, every: int) -> Checkpoint | None:
+    """Sign a checkpoint of the ledger head and write it to `where`, at most once every `every`
+    seconds across all workers, and only when the head moved since the last one. Returns it, or
+    None. One that fails is tried again a period later (`flask consent checkpoint` any time)."""
+    if not connection.set(CHECKPOINT_LOCK, "1", nx=True, ex=every):
+        return None
+    seq, head_hash = ledger.head()
+    if connection.get(CHECKPOINTED_HEAD) == f"{seq}:{head_hash}".encode():
+        return None
+    checkpoint = ledger.key.checkpoint(seq, head_hash, ledger.clock())
+    write_checkpoint(checkpoint, where)
+    connection.set(CHECKPOINTED_HEAD, f"{seq}:{head_hash}")
+    return checkpoint
+
+
 def _sweep_forever(send_runtime: SendRuntime, stop: threading.Event) -> None:
     services = send_runtime.services
-    every = services.settings.sweep_interval_seconds
+    settings = services.settings
+    every = settings.sweep_interval_seconds
+    try:  # the first checkpoint is due a period after the first worker started, so that short-lived
+        # workers (tests, a quick local run) leave none behind; `flask consent checkpoint` makes one any time
+        services.redis.set(CHECKPOINT_LOCK, "1", nx=True, ex=settings.ledger_checkpoint_seconds)
+    except redis.RedisError:
+        pass  # then the first round after Redis answers again signs one
     while not stop.wait(every):
         try:
             if sweep(services.outbox, send_runtime.queues, services.redis, every) is not None:
                 services.campaigns.enforce_opt_out_limit()  # R11: pause campaigns that drive users away
         except Exception:  # a database or Redis outage: try again next round
             log.exception("sweep failed")
+        try:
+            made = checkpoint_when_due(services.ledger, settings.ledger_checkpoints, services.redis, settings.ledger_checkpoint_seconds)
+            if made is not None:
+                log.info("signed a ledger checkpoint of seq %d", made.seq)
+        except Exception:
+            log.exception("ledger checkpoint failed; the next is due in %d s", settings.ledger_checkpoint_seconds)
 
 
 def _work_through_redis_outages(make_worker: Callable[[], SimpleWorker], stop: threading.Event) -> None:

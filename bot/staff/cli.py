@@ -22,6 +22,7 @@ from bot.staff.cli_group import DatabaseCommands
 from bot.staff.consent_import import BadFile, Row, read_rows
 from bot.staff.progress import progress_bar
 from bot.staff.request_rules import InvalidField, timestamp_field
+from bot.storage.integrity import CheckpointError, load_checkpoints, write_checkpoint
 from bot.storage.ledger import Ledger, utc_now
 from bot.storage.migrate import current_revision, head_revision, upgrade
 
@@ -182,13 +183,46 @@ def _record_batch(batch: list[EventDraft], recorded: int, present: int) -> tuple
 
 
 @consent_cli.command("verify")
+@click.option(
+    "--checkpoints", type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A directory of signed checkpoints to hold the ledger against (default: LEDGER_CHECKPOINTS, when it is a directory that exists).",
+)
 @with_appcontext
-def verify() -> None:
-    """Check the ledger's hash chain; exit 1 naming the first event that was tampered with."""
-    result = _ledger().verify()
+def verify(checkpoints: Path | None) -> None:
+    """Check the hash chain (keyed events with LEDGER_SIGNING_KEY) and hold it against the signed
+    checkpoints; exit 1 naming the first sign of tampering."""
+    services = current_services()
+    given = checkpoints is not None
+    if checkpoints is None and Path(services.settings.ledger_checkpoints).is_dir():  # never a URL
+        checkpoints = Path(services.settings.ledger_checkpoints)
+    try:
+        signed = load_checkpoints(checkpoints, services.ledger.key) if checkpoints else []
+    except CheckpointError as error:
+        raise click.ClickException(f"ledger verification FAILED: {error}") from None
+    if given and not signed:  # a wrong directory must not pass for a check
+        raise click.BadParameter("holds no checkpoint (*.json)", param_hint="--checkpoints")
+    result = services.ledger.verify(signed)
     if not result.ok:
         raise click.ClickException(f"ledger verification FAILED after {result.checked} good event(s): {result.problem}")
-    click.echo(f"ledger OK: {result.checked} event(s), hash chain intact")
+    newest = result.newest
+    against = (
+        f"{result.checkpoints} signed checkpoint(s) agree, the newest of seq {newest.seq} at {newest.at.isoformat(timespec='seconds')}"
+        if newest else "no signed checkpoint to hold it against"
+    )
+    click.echo(f"ledger OK: {result.checked} event(s), hash chain intact; {against}")
+
+
+@consent_cli.command("checkpoint")
+@with_appcontext
+def checkpoint() -> None:
+    """Sign the ledger head (seq and hash) and write it to LEDGER_CHECKPOINTS, outside the database."""
+    ledger = _ledger()
+    made = ledger.key.checkpoint(*ledger.head(), utc_now())
+    try:
+        where = write_checkpoint(made, current_services().settings.ledger_checkpoints)
+    except CheckpointError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"checkpoint of seq {made.seq} written to {where}")
 
 
 @click.group("keywords")

@@ -1,28 +1,36 @@
 """Hosted pages for end users: /opt-in and /opt-out (R1, R2, R7).
 
-The opt-in page shows the exact consent text with an unticked, optional checkbox; only a
-ticked box records an opt-in, with the text shown, the page version, time, IP and user
-agent as evidence. The opt-out page records an opt-out at once. Forms carry a CSRF token,
-and submissions are rate limited per IP and per number so that nobody can use the pages to
-opt other people in or out at scale.
+The opt-in page shows the exact consent text with an unticked, optional checkbox. A ticked box
+records nothing yet (anyone can type anyone's number): it keeps a request with the text shown,
+the page version, time, client address and user agent (bot.storage.web_opt_ins) and shows a
+wa.me link and QR code that open WhatsApp with a confirmation message to the business; the
+opt-in is recorded when that message arrives from the same number. The opt-out page records an
+opt-out at once. Forms carry a CSRF token. Submissions are rate limited per client network
+(an IPv6 /64 is one client) and, for opt-in requests, per number; an opt-out is limited per
+client only, so that nobody's submissions can use up the budget that lets the owner opt out.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import logging
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
+import segno
 import sqlalchemy as sa
 from flask import Blueprint, current_app, make_response, render_template, request
+from markupsafe import Markup
 
 from bot.domain.consent import Action, Channel, EventDraft, Scope
 from bot.domain.identity import InvalidNumber, mask, normalize_wa_id
 from bot.outbound.limiter import RateLimiter
 from bot.services import current_services
 from bot.staff import form_tokens
-from bot.storage.ledger import SourceRefConflict
+from bot.storage.ledger import SourceRefConflict, utc_now
+from bot.storage.web_opt_ins import LIFETIME, confirmation_text
 
 log = logging.getLogger(__name__)
 bp = Blueprint("pages", __name__)
@@ -95,7 +103,7 @@ def _submit(page: str):
     if page == "opt_in" and request.form.get("consent") != "yes":
         return _render(page, 200, notice="Nothing was recorded: you did not tick the box. That is fine — we will not message you on WhatsApp.")
     try:
-        within_limits = _within_limits(wa_id)
+        within_limits = _within_limits(page, wa_id)
     except redis.RedisError:
         if page == "opt_in":
             return _render(page, 503, error=UNAVAILABLE)
@@ -103,8 +111,10 @@ def _submit(page: str):
         within_limits = True
     if not within_limits:
         return _render(page, 429, error="Too many submissions. Please wait a few minutes and try again.")
+    if page == "opt_in":
+        return _request_opt_in(wa_id)
     try:
-        current_services().ledger.append(_draft(page, wa_id, nonce))
+        current_services().ledger.append(_opt_out(wa_id, nonce))
     except SourceRefConflict:
         return _render(page, 400, error="This form was already used. Please try again.")
     except (sa.exc.OperationalError, sa.exc.InterfaceError):
@@ -114,28 +124,57 @@ def _submit(page: str):
     return _render(page, 200, done=True)
 
 
-def _draft(page: str, wa_id: str, nonce: str) -> EventDraft:
-    opting_in = page == "opt_in"
+def _request_opt_in(wa_id: str):
+    """Keep the request and show how to confirm it from WhatsApp."""
+    try:
+        code = current_services().web_opt_ins.request(wa_id, _evidence("opt_in"))
+    except redis.RedisError:
+        return _render("opt_in", 503, error=UNAVAILABLE)
+    settings = current_services().settings
+    message = confirmation_text(code, settings.business_name)
+    link = f"https://wa.me/{settings.whatsapp_business_number}?text={quote(message)}" if settings.whatsapp_business_number else None
+    qr = segno.make(link, error="m").svg_inline(scale=4, title="QR code: opens WhatsApp with the message") if link else None
+    log.info("opt-in requested from the hosted page for %s; waiting for its confirmation from WhatsApp", mask(wa_id))
+    return _render("opt_in", 200, pending=True, confirmation=message, link=link, qr=Markup(qr) if qr else None, minutes=LIFETIME // 60)
+
+
+def _evidence(page: str) -> dict[str, str]:
     evidence = {
         "page": f"/{page.replace('_', '-')}",
         "page_version": page_version(),
-        "ip": request.remote_addr,
+        "ip": request.remote_addr or "",
         "user_agent": request.headers.get("User-Agent", "")[:512],
+        "submitted_at": utc_now().isoformat(),
     }
-    if opting_in:
+    if page == "opt_in":
         evidence["consent_text_shown"] = consent_text()
-    scope = Scope.MARKETING if request.form.get("scope") == "marketing" and not opting_in else Scope.ALL
+    return evidence
+
+
+def _opt_out(wa_id: str, nonce: str) -> EventDraft:
+    """An opt-out from the page: recorded at once (R7)."""
+    scope = Scope.MARKETING if request.form.get("scope") == "marketing" else Scope.ALL
     return EventDraft(
-        identifier=wa_id, action=Action.OPT_IN if opting_in else Action.OPT_OUT, channel=Channel.WEB, scope=scope,
-        consent_text=consent_text() if opting_in else None, evidence=evidence,
-        source_ref=f"{page}:{nonce}", recorded_by=RECORDED_BY,
+        identifier=wa_id, action=Action.OPT_OUT, channel=Channel.WEB, scope=scope, evidence=_evidence("opt_out"),
+        source_ref=f"opt_out:{nonce}", recorded_by=RECORDED_BY,
     )
 
 
-def _within_limits(wa_id: str) -> bool:
-    """Per IP and per number, shared by every web process through Redis."""
+def _within_limits(page: str, wa_id: str) -> bool:
+    """Per client network and, for opt-in requests, per number; shared by every web process
+    through Redis. An opt-out is not limited per number: a stranger's submissions must never
+    keep the number's owner from opting out."""
     limiter: RateLimiter = current_services().page_limiter
-    return all(
-        limiter.reserve(f"pages:{kind}:{value}", max_wait=0).reserved
-        for kind, value in (("ip", request.remote_addr), ("number", wa_id))
-    )
+    budgets = [("client", _client_network(request.remote_addr or ""))]
+    if page == "opt_in":
+        budgets.append(("number", wa_id))
+    return all(limiter.reserve(f"pages:{page}:{kind}:{value}", max_wait=0).reserved for kind, value in budgets)
+
+
+def _client_network(address: str) -> str:
+    """The client a limit counts: its IPv4 address, or its IPv6 /64 (one host has them all)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)

@@ -10,6 +10,7 @@ which costs one short lock per transaction (see bench/ledger.py for the rate it 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ from bot.domain.consent import (
 )
 from bot.domain.identity import InvalidIdentifier, legacy_person_id, normalize_identifier, phones_first
 from bot.storage.db import WriteConflict, as_json_rows, json_rows, reading, string_array, writer
+from bot.storage.integrity import Checkpoint, LedgerKey
 from bot.storage.people import KnownLinks, Sighting, find, identifiers_of, settle
 from bot.storage.schema import GENESIS_HASH, consent_events, contacts, identities, ledger_head, merged_people
 
@@ -60,9 +62,9 @@ def canonical_json(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _hash_v1(row: Mapping) -> str:
+def _hash_v1(row: Mapping, _key: bytes) -> str:
     """Events recorded before people had identifiers: the identifier was always a wa_id, and
-    the person is the one derived from it (checked by `verify`, not hashed)."""
+    the person is the one derived from it (checked by `verify`, not hashed). Plain SHA-256, no key."""
     fields = [
         row["seq"], row["event_id"], row["identifier"], row["action"], row["scope"], row["basis"],
         row["channel"], row["consent_text"], row["evidence"], row["source_ref"],
@@ -73,7 +75,7 @@ def _hash_v1(row: Mapping) -> str:
     return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
 
 
-def _hash_v2(row: Mapping) -> str:
+def _fields_v2(row: Mapping) -> bytes:
     """Version 1's fields and the person the event was recorded for."""
     fields = [
         row["seq"], row["event_id"], row["identifier"], row["person_id"], row["action"], row["scope"], row["basis"],
@@ -82,20 +84,31 @@ def _hash_v2(row: Mapping) -> str:
         as_utc(row["recorded_at"]).isoformat(timespec="microseconds"),
         row["recorded_by"], row["prev_hash"],
     ]
-    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
+    return canonical_json(fields).encode()
+
+
+def _hash_v2(row: Mapping, _key: bytes) -> str:
+    """Plain SHA-256 of version 2's fields: anyone who can write the database can recompute it."""
+    return hashlib.sha256(_fields_v2(row)).hexdigest()
+
+
+def _hash_v3(row: Mapping, key: bytes) -> str:
+    """Version 2's fields under HMAC-SHA256 with a key the database does not hold (LedgerKey.chain)."""
+    return hmac.digest(key, _fields_v2(row), "sha256").hex()
 
 
 # What each hash version covers. A change to what the hash covers is a new version (and the
 # new events' `hash_version`); stored events keep theirs and verify as they were written.
-_HASHES: dict[int, Callable[[Mapping], str]] = {1: _hash_v1, 2: _hash_v2}
-HASH_VERSION = 2  # the version new events are written with
+_HASHES: dict[int, Callable[[Mapping, bytes], str]] = {1: _hash_v1, 2: _hash_v2, 3: _hash_v3}
+HASH_VERSION = 3  # the version new events are written with: keyed, so the database alone cannot forge one
+_KEYED = {3}  # versions whose hash takes the key
 
 
-def event_hash(row: Mapping) -> str | None:
+def event_hash(row: Mapping, key: bytes) -> str | None:
     """Hash of an event's recorded fields and its predecessor's hash, as its hash version
-    defines it; None for a version this code does not know."""
+    defines it (`key`: LedgerKey.chain, for keyed versions); None for a version this code does not know."""
     hasher = _HASHES.get(row["hash_version"])
-    return hasher(row) if hasher else None
+    return hasher(row, key) if hasher else None
 
 
 def to_event(row: Mapping) -> ConsentEvent:
@@ -246,18 +259,22 @@ class Verification:
     checked: int
     problem: str | None = None
     bad_seq: int | None = None
+    checkpoints: int = 0  # signed checkpoints the ledger was held against
+    newest: Checkpoint | None = None
 
 
 class Ledger:
     """Records consent events and answers what they add up to. Knows nothing of Flask."""
 
     def __init__(
-        self, engine: Engine, clock: Callable[[], datetime] = utc_now,
+        self, engine: Engine, *, key: LedgerKey, clock: Callable[[], datetime] = utc_now,
         opted_out: Callable[[Iterable[str]], None] = lambda wa_ids: None,
     ):
-        """`opted_out` is told, once a transaction has committed, who opted out in it (any
-        scope, newly or already recorded), before anyone is told so (bot.outbound.opt_out_marks)."""
+        """`key` hashes new events and verifies keyed ones (bot.storage.integrity). `opted_out` is
+        told, once a transaction has committed, who opted out in it (any scope, newly or already
+        recorded), before anyone is told so (bot.outbound.opt_out_marks)."""
         self.engine = engine
+        self.key = key
         self._writer = writer(engine)
         self.clock = clock
         self.opted_out = opted_out
@@ -367,7 +384,7 @@ class Ledger:
                 _check_same_event(stored[row["source_ref"]], row)
                 continue
             row = {**row, "seq": seq + 1, "prev_hash": prev_hash}
-            row["hash"] = event_hash(row)
+            row["hash"] = event_hash(row, self.key.chain)
             seq, prev_hash = row["seq"], row["hash"]
             stored[row["source_ref"]] = row
             added.append(row)
@@ -385,7 +402,7 @@ class Ledger:
         stored: list[Mapping] = []
         for row in rows:
             row = {**row, "seq": seq + 1, "prev_hash": prev_hash}
-            row["hash"] = event_hash(row)
+            row["hash"] = event_hash(row, self.key.chain)
             if conn.execute(_INSERT_IF_NEW, row).first() is None:  # this source_ref is recorded already
                 existing = conn.execute(_BY_SOURCE_REF, {"ref": row["source_ref"]}).mappings().one()
                 _check_same_event(existing, row)
@@ -508,35 +525,38 @@ class Ledger:
             for row in result.mappings():
                 yield to_event(row)
 
-    def verify(self) -> Verification:
-        """Walk the whole chain; report the first event that was edited, removed or moved."""
-        expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
+    def head(self) -> tuple[int, str]:
+        """The newest event's seq and hash as the head row records them: what a checkpoint signs."""
+        with reading(self.engine) as conn:
+            seq, head_hash = conn.execute(sa.select(ledger_head.c.seq, ledger_head.c.hash)).one()
+        return seq, head_hash
+
+    def verify(self, checkpoints: Sequence[Checkpoint] = ()) -> Verification:
+        """Walk the whole chain (keyed events with the key) and hold it against signed checkpoints
+        (their signatures checked already: `integrity.load_checkpoints`); name the first sign of tampering."""
         with self.engine.connect() as conn:
             if conn.dialect.name == "postgresql":
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")  # head and events from one snapshot
             head = conn.execute(sa.select(ledger_head.c.seq, ledger_head.c.hash)).one()
+            walk = _Walk(self.key.chain, checkpoints, conn.execute(sa.select(sa.func.max(consent_events.c.seq))).scalar() or 0)
             query = sa.select(consent_events).order_by(consent_events.c.seq)
-            rows = conn.execution_options(stream_results=True, yield_per=1000).execute(query).mappings()
-            for row in rows:
-                seq = row["seq"]
-                if seq != expected_seq:
-                    return _broken(checked, expected_seq, f"event seq {expected_seq} is missing (next found: seq {seq})")
-                if row["prev_hash"] != prev_hash:
-                    return _broken(
-                        checked, seq,
-                        f"event seq {seq} ({row['event_id']}) does not follow seq {seq - 1}: "
-                        "an event was removed, inserted or reordered",
-                    )
-                if row["hash_version"] not in _HASHES:
-                    return _broken(checked, seq, f"event seq {seq} ({row['event_id']}) has hash version {row['hash_version']}, which this code does not know")
-                if event_hash(row) != row["hash"]:
-                    return _broken(
-                        checked, seq, f"event seq {seq} ({row['event_id']}) was altered: its content does not match its hash"
-                    )
-                if row["hash_version"] == 1 and row["person_id"] != legacy_person_id(row["identifier"]):
-                    return _broken(checked, seq, f"event seq {seq} ({row['event_id']}) was moved to another person")
-                expected_seq, prev_hash, checked = seq + 1, row["hash"], checked + 1
-        if checked < head.seq or (checked == head.seq and prev_hash != head.hash):
+            for row in conn.execution_options(stream_results=True, yield_per=1000).execute(query).mappings():
+                if (found := walk.step(row)) is not None:
+                    return _broken(walk.checked, *found)
+        if (found := walk.finish()) is not None:
+            return _broken(walk.checked, *found)
+        checked, newest = walk.checked, walk.newest
+        if checked == 0:
+            count, source = (newest.seq, f"the signed checkpoint of {_moment(newest)}") if newest and newest.seq >= head.seq else (head.seq, "the ledger head")
+            if count:
+                return _broken(0, 1, f"the ledger is empty but {source} records {count} event(s): the table was truncated")
+        if newest and checked < newest.seq:
+            return _broken(
+                checked, checked + 1,
+                f"the ledger ends at seq {checked} but the signed checkpoint of {_moment(newest)} records {newest.seq} event(s): "
+                "events were cut from the end",
+            )
+        if checked < head.seq or (checked == head.seq and walk.prev_hash != head.hash):
             return _broken(
                 checked, checked + 1,
                 f"the ledger head records {head.seq} events but only {checked} chain up to it: events were removed from the end",
@@ -546,7 +566,7 @@ class Ledger:
                 checked, head.seq + 1,
                 f"events after seq {head.seq} are not covered by the ledger head: they were added outside the application",
             )
-        return Verification(ok=True, checked=checked)
+        return Verification(ok=True, checked=checked, checkpoints=len(checkpoints), newest=newest)
 
 
 def state_of(
@@ -575,6 +595,85 @@ def _state_from_rows(identifier: str, rows: Sequence[sa.RowMapping]) -> ConsentS
 
 def _broken(checked: int, seq: int, problem: str) -> Verification:
     return Verification(ok=False, checked=checked, problem=problem, bad_seq=seq)
+
+
+def _moment(checkpoint: Checkpoint) -> str:
+    return checkpoint.at.isoformat(timespec="seconds")
+
+
+class _Walk:
+    """`Ledger.verify`'s pass over the chain in seq order: what the next event must match, and
+    the signed checkpoints it must agree with. `step` and `finish` give (seq, problem) or None."""
+
+    def __init__(self, key: bytes, checkpoints: Sequence[Checkpoint], last_seq: int):
+        self.key, self.last_seq = key, last_seq
+        self.expected, self.prev_hash, self.checked = 1, GENESIS_HASH, 0
+        self.signed: dict[int, list[Checkpoint]] = {}
+        for checkpoint in checkpoints:
+            self.signed.setdefault(checkpoint.seq, []).append(checkpoint)
+        self.newest = max(checkpoints, key=lambda checkpoint: (checkpoint.seq, checkpoint.at), default=None)
+        # Only code with the key writes after a keyed event or a checkpoint, and it writes keyed
+        # events (the database refuses others since revision 0006): an unkeyed one there is forged.
+        self.keyed_from = min(self.signed) + 1 if self.signed else None
+        self.suspect: Mapping | None = None  # a keyed event whose hash does not match: edited, or forged?
+
+    def step(self, row: Mapping) -> tuple[int, str] | None:
+        seq, version, what = row["seq"], row["hash_version"], f"event seq {row['seq']} ({row['event_id']})"
+        if self.suspect is not None:  # a good keyed event right after it vouches for its stored hash
+            suspect = self.suspect
+            vouched = (
+                seq == suspect["seq"] + 1 and version in _KEYED and row["prev_hash"] == suspect["hash"]
+                and event_hash(row, self.key) == row["hash"]
+            )
+            return suspect["seq"], self._altered(suspect) if vouched else self._unvouched(suspect)
+        if seq != self.expected:
+            return self.expected, f"event seq {self.expected} is missing (next found: seq {seq}): events were deleted"
+        if row["prev_hash"] != self.prev_hash:
+            return seq, f"{what} does not follow seq {seq - 1}: an event was removed, inserted or reordered"
+        if version not in _HASHES:
+            return seq, f"{what} has hash version {version}, which this code does not know"
+        if event_hash(row, self.key) != row["hash"]:
+            if version not in _KEYED or any(c.head_hash == row["hash"] for c in self.signed.get(seq, ())):
+                return seq, self._altered(row)
+            self.suspect = row  # the next event tells which
+            return None
+        if version in _KEYED:
+            self.keyed_from = min(self.keyed_from or seq, seq)
+        elif self.keyed_from is not None and seq >= self.keyed_from:
+            return seq, self._unvouched(row)
+        if version == 1 and row["person_id"] != legacy_person_id(row["identifier"]):
+            return seq, f"{what} was moved to another person"
+        for checkpoint in self.signed.get(seq, ()):
+            if checkpoint.head_hash != row["hash"]:
+                return seq, (
+                    f"{what} is not the event the signed checkpoint of {_moment(checkpoint)} recorded: "
+                    "the chain up to it was rewritten (re-chained)"
+                )
+        self.expected, self.prev_hash, self.checked = seq + 1, row["hash"], self.checked + 1
+        return None
+
+    def finish(self) -> tuple[int, str] | None:
+        """A suspect event last in the chain: nothing keyed vouches for it."""
+        return (self.suspect["seq"], self._unvouched(self.suspect)) if self.suspect is not None else None
+
+    @staticmethod
+    def _altered(row: Mapping) -> str:
+        keyed = " keyed" if row["hash_version"] in _KEYED else ""
+        return f"event seq {row['seq']} ({row['event_id']}) was altered: its content does not match its{keyed} hash"
+
+    def _unvouched(self, row: Mapping) -> str:
+        """An event without a hash only the key gives: forged, or, where a signed checkpoint had
+        seen the chain past it, the start of a chain hashed again (after a deletion when shorter now)."""
+        what, newest = f"event seq {row['seq']} ({row['event_id']})", self.newest
+        if newest is not None and newest.seq >= row["seq"]:
+            after = " after a deletion" if self.last_seq < newest.seq else ""
+            return (
+                f"{what} and the events after it were re-chained{after}: hashed again without the signing key, "
+                f"where the signed checkpoint of {_moment(newest)} covers seq {newest.seq}"
+            )
+        if row["hash_version"] in _KEYED:
+            return f"{what} was forged without the signing key: its hash is not the keyed hash of its content"
+        return f"{what} was forged without the signing key: an unkeyed (version {row['hash_version']}) event after keyed ones or a signed checkpoint"
 
 
 def _valid_identifier(identifier: str) -> str:

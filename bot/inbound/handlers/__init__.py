@@ -13,6 +13,7 @@ from bot.domain.replies import Replies
 from bot.storage.campaigns import Campaigns
 from bot.storage.ledger import Ledger
 from bot.storage.outbox import Outbox
+from bot.storage.web_opt_ins import WebOptIns
 
 
 @dataclass(frozen=True)
@@ -22,3 +23,4 @@ class Context:
     keywords: KeywordBook
     replies: Replies
     campaigns: Campaigns
+    web_opt_ins: WebOptIns

@@ -13,6 +13,7 @@ from bot.inbound.handlers import Context
 from bot.storage.intake import Intake
 from bot.storage.ledger import utc_now
 from bot.storage.outbox import Message, QueueName
+from bot.storage.web_opt_ins import code_in
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
     if message.type is MessageType.REVOKE:
         return  # deleting a message is not writing one: no session, nothing to answer
     intake.inbound(message.sender, message.message_id, message.timestamp, RECORDED_BY)  # R6: a new session is implicit consent
+    if _confirms_web_opt_in(ctx, intake, message):
+        return
     match = _match(ctx, message)
     if match is not None and match.intent is Intent.POSSIBLE_OPT_OUT and intake.state(message.sender).state is State.OPTED_OUT:
         match = None  # "stop sending me ads" after STOP: nothing left to stop; an ordinary message
@@ -56,6 +59,29 @@ def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
     else:  # a possible opt-out: staff review it; the user is told how to stop
         _record(intake, message, Action.POSSIBLE_OPT_OUT, Scope.ALL, channel, said, evidence)
         _reply(ctx, intake, message, Reply.POSSIBLE_OPT_OUT, MessageKind.REPLY, match.language)
+
+
+def _confirms_web_opt_in(ctx: Context, intake: Intake, message: InboundMessage) -> bool:
+    """A message holding the code of a request from the opt-in page, sent from the number that
+    request names, confirms it (R1: double opt-in): the opt-in is recorded with the page's
+    evidence and this message's. The code from any other number confirms nothing."""
+    code = code_in(message.text) if message.type in (MessageType.TEXT, MessageType.EDIT) and message.text else None
+    request = ctx.web_opt_ins.find(code) if code else None
+    if request is None:
+        return False
+    if request.wa_id not in intake.state(message.sender).identifiers:
+        log.warning("opt-in page code from %s, not from the number it was requested for", mask(message.sender))
+        return False
+    intake.record(
+        EventDraft(
+            identifier=request.wa_id, action=Action.OPT_IN, channel=Channel.WEB, source_ref=f"web_opt_in:{code}",
+            recorded_by=RECORDED_BY, consent_text=request.evidence["consent_text_shown"],
+            evidence={**request.evidence, "confirmed_by": {"whatsapp_message_id": message.message_id, "code": code}},
+            occurred_at=min(message.timestamp, utc_now()),
+        )
+    )
+    _reply(ctx, intake, message, Reply.OPT_IN_CONFIRMATION, MessageKind.START_CONFIRMATION, ctx.keywords.languages[0])
+    return True
 
 
 def _answers_opt_in_question(ctx: Context, intake: Intake, message: InboundMessage) -> bool:
