@@ -149,6 +149,7 @@ def test_an_export_is_readable_by_its_owner_only(app, runner, tmp_path):
     ("request_line", "logged"),
     [
         ("GET /api/v1/consents/+1-555-014-4001 HTTP/1.1", "GET /api/v1/consents/*******4001 HTTP/1.1"),
+        ("number +1 555-014-4001 said stop", "number *******4001 said stop"),
         ("GET /api/v1/consents/%2B1%20(650)%20555-1234 HTTP/1.1", "GET /api/v1/consents/*******1234 HTTP/1.1"),
         (
             "GET /webhook?hub.mode=subscribe&hub.verify_token=s3cr3t-t0ken&hub.challenge=1158201444 HTTP/1.1",
