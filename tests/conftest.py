@@ -13,7 +13,7 @@ from bot import create_app
 from bot.services import services_of
 from bot.storage.ledger import Ledger
 from sandbox.graph_imitation import GraphImitation
-from tests.local_services import fresh_postgres_schema, migrated
+from tests.local_services import fresh_postgres_schema, migrated, migrated_postgres_schema
 
 pytest_plugins = ("tests.browser",)  # the headless Chromium fixtures, for page tests
 
@@ -65,7 +65,7 @@ def database_url(request, tmp_path, migrated_sqlite_file) -> str:
         path = tmp_path / "ledger.db"
         shutil.copyfile(migrated_sqlite_file, path)
         return f"sqlite:///{path}"
-    return migrated(fresh_postgres_url())
+    return migrated_postgres_schema(TEST_POSTGRES_SCHEMA)
 
 
 @pytest.fixture
