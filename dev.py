@@ -59,7 +59,10 @@ def main(argv: list[str]) -> int:
         return 1 if ruff or mypy else 0
     if command == "bench":
         ensure_virtualenv("requirements-dev.txt")
-        for script in ("bench/keyword_score.py", "bench/ledger.py", "bench/send_throughput.py", "bench/webhook_load.py", "bench/export_memory.py", "bench/soak.py"):
+        for script in (
+            "bench/keyword_score.py", "bench/ledger.py", "bench/send_throughput.py", "bench/webhook_load.py", "bench/slow_clients.py",
+            "bench/export_memory.py", "bench/soak.py",
+        ):
             subprocess.run([str(PYTHON), script, "--quick"], check=True)
         return 0
     if command == "start":

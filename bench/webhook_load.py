@@ -413,13 +413,14 @@ def process_cpu(pid: int) -> float:
 
 
 @contextmanager
-def gunicorn(python: Path, app: str, cwd: Path, env: dict[str, str], log: Path) -> Iterator[Server]:
-    """Serve `app` with gunicorn in its own session; yield it once /healthz answers 200."""
+def gunicorn(python: Path, app: str, cwd: Path, env: dict[str, str], log: Path, worker_class: str = SERVING["worker_class"]) -> Iterator[Server]:
+    """Serve `app` with gunicorn in its own session, with our web worker unless told another;
+    yield it once /healthz answers 200."""
     port = free_port()
     # No control socket: its default path is one per host, shared with any other gunicorn running there.
     command = [
         str(python), "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS), "--no-control-socket",
-        "--worker-class", SERVING["worker_class"], "--threads", str(SERVING["threads"]),
+        "--worker-class", worker_class, "--threads", str(SERVING["threads"]),
     ]
     with open(log, "wb") as output:
         process = subprocess.Popen(
@@ -601,7 +602,8 @@ def bench_pywa(pool: ProcessPoolExecutor, durations: Durations, concurrency: int
         with sqlite3.connect(stops_db) as conn:
             return conn.execute("SELECT count(*) FROM stops").fetchone()[0]
 
-    with gunicorn(PYWA_VENV / "bin" / "python", "pywa_bot:app", logs, env, logs / "pywa.log") as server:
+    # gunicorn's threaded worker: ours (asgi.py) is not in pywa's virtualenv, and a plain WSGI bot is served so.
+    with gunicorn(PYWA_VENV / "bin" / "python", "pywa_bot:app", logs, env, logs / "pywa.log", worker_class="gthread") as server:
         return measure(pool, server, durations, concurrency, share, recorded)
 
 
