@@ -12,9 +12,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -195,6 +196,28 @@ class _NoAccessLog:
     access_log_enabled = False
 
 
+T = TypeVar("T")
+
+
+def run_in_own_loop(coroutine: Callable[[], Awaitable[T]]) -> T:
+    """asyncio.run in a thread of its own: the browser tests' Playwright keeps an event loop
+    running in the main thread for the whole session, and asyncio.run refuses to nest in it."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = asyncio.run(coroutine())  # type: ignore[arg-type]
+        except BaseException as failure:
+            outcome["failure"] = failure
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "failure" in outcome:
+        raise outcome["failure"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
 def call(app, pieces: list[bytes], headers=(), method: str = "POST", complete: bool = True, leave: asyncio.Event | None = None) -> list[dict]:
     """One request through WholeRequests(app), its body arriving in `pieces` (all of it, unless not
     `complete`); the messages sent back. After the pieces, receive() waits for `leave` (the client
@@ -224,7 +247,7 @@ def call(app, pieces: list[bytes], headers=(), method: str = "POST", complete: b
             whole.threads.shutdown(wait=True)
         return sent
 
-    return asyncio.run(asyncio.wait_for(run(), 10))
+    return run_in_own_loop(lambda: asyncio.wait_for(run(), 10))
 
 
 def echo_app(environ, start_response):
@@ -324,7 +347,7 @@ def test_a_long_response_streams_bounded_and_stops_when_the_client_leaves():
         whole.threads.shutdown(wait=True)
         return sent
 
-    sent = asyncio.run(run())
+    sent = run_in_own_loop(run)
     assert finished.is_set()  # the generator was closed (its database cursor with it)
     bodies = [m for m in sent if m["type"] == "http.response.body"]
     assert all(m["more_body"] for m in bodies) and len(bodies) >= 3
