@@ -87,8 +87,12 @@ def build_services(settings: Settings) -> Services:
     coverage = ImplicitCoverage(
         utility=settings.implicit_consent_covers_utility, authentication=settings.implicit_consent_covers_authentication
     )
+    templates = TemplateCatalog(engine)
+    if not settings.whatsapp_business_account_id:
+        log.warning("WHATSAPP_BUSINESS_ACCOUNT_ID is not set: template sends are decided on the category their sender gives, not on Meta's")
     outbox = Outbox(
-        engine, ledger, enqueuer(make_queues(connection)), coverage, lease=timedelta(seconds=settings.send_lease_seconds)
+        engine, ledger, enqueuer(make_queues(connection)), coverage, lease=timedelta(seconds=settings.send_lease_seconds),
+        catalog=templates if settings.whatsapp_business_account_id else None,
     )
     campaigns = Campaigns(
         engine, ledger, outbox, max_opt_out_rate=settings.campaign_max_opt_out_rate,
@@ -104,7 +108,7 @@ def build_services(settings: Settings) -> Services:
         opt_out_marks=opt_out_marks,
         outbox=outbox,
         campaigns=campaigns,
-        templates=TemplateCatalog(engine),
+        templates=templates,
         cloud_api=CloudApi(
             settings.whatsapp_token, settings.whatsapp_phone_number_id, settings.graph_api_url,
             settings.graph_api_version, pool_size=settings.send_concurrency,

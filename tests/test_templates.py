@@ -4,12 +4,17 @@ from __future__ import annotations
 import pytest
 
 from bot import create_app
+from bot.domain.consent import Scope
 from bot.outbound.graph_errors import TransientError
 from bot.outbound.worker import sync_templates_when_due
 from bot.services import services_of, sync_templates
+from bot.storage.db import writer
 from bot.storage.templates import SyncFailed
 from sandbox.graph_imitation import SAMPLE_TEMPLATES
 from tests.conftest import app_config
+from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
+from tests.test_identities import send_queued
+from tests.test_staff_api import AUTH
 
 WABA_ID = "102290129340398"
 
@@ -85,3 +90,86 @@ def test_cli_syncs_and_lists_the_catalog(waba_app, graph):
     graph.templates_error = 190
     failed = runner.invoke(args=["templates", "sync"])
     assert failed.exit_code == 1 and "could not be read" in failed.output
+
+
+@pytest.fixture
+def synced(waba_app):
+    """The app with its catalog synced, USER opted in but stopped marketing, OTHER_USER opted in."""
+    services = services_of(waba_app)
+    sync_templates(services)
+    services.ledger.append(web_opt_in(USER, ref="form-1"))
+    services.ledger.append(opt_out(USER, ref="stop-promotions-1", scope=Scope.MARKETING))
+    services.ledger.append(web_opt_in(OTHER_USER, ref="form-2"))
+    return waba_app
+
+
+def send(app, name: str, category: str, to: str = USER, language: str = "en_US"):
+    body = {"to": to, "template": {"name": name, "language": language, "category": category}}
+    return app.test_client().post("/api/v1/messages", headers=AUTH, json=body)
+
+
+def test_a_marketing_template_sent_as_utility_is_decided_as_marketing(synced):
+    refused = send(synced, "spring_sale", "utility")
+    assert refused.status_code == 409
+    assert refused.get_json() | {"id": None, "detail": None} == {
+        "error": "not_allowed", "reason": "marketing_opted_out", "category": "marketing", "category_claimed": "utility",
+        "id": None, "detail": None,
+    }
+    allowed = send(synced, "spring_sale", "utility", to=OTHER_USER)
+    assert allowed.status_code == 202
+    assert (allowed.get_json()["category"], allowed.get_json()["category_claimed"]) == ("marketing", "utility")
+    assert services_of(synced).outbox.get(allowed.get_json()["id"]).kind.value == "marketing"
+
+
+def test_a_utility_template_sent_as_such_is_allowed_without_a_note(synced):
+    answer = send(synced, "order_update", "utility")
+    assert answer.status_code == 202
+    assert answer.get_json()["category"] == "utility" and "category_claimed" not in answer.get_json()
+
+
+@pytest.mark.parametrize(("name", "language", "reason"), [
+    ("no_such_template", "en_US", "template_unknown"),
+    ("order_update", "fr", "template_unknown"),  # the name is known, not in this language
+    ("winter_sale", "en_US", "template_not_approved"),  # Meta paused it
+])
+def test_templates_meta_does_not_list_as_approved_are_refused(synced, name, language, reason):
+    answer = send(synced, name, "marketing", to=OTHER_USER, language=language)
+    assert answer.status_code == 409 and answer.get_json()["reason"] == reason
+    campaign = synced.test_client().post("/api/v1/campaigns", headers=AUTH, json={
+        "template": {"name": name, "language": language, "category": "marketing"}, "recipients": [OTHER_USER],
+    })
+    assert campaign.status_code == 409 and campaign.get_json()["reason"] == reason
+    cli = synced.test_cli_runner().invoke(args=["send", "template", name, "--to", OTHER_USER, "--language", language, "--category", "marketing"])
+    assert cli.exit_code == 1 and f"not sent: {reason}" in cli.output
+
+
+def test_a_campaign_is_decided_on_meta_s_category(synced):
+    answer = synced.test_client().post("/api/v1/campaigns", headers=AUTH, json={
+        "template": {"name": "spring_sale", "language": "en_US", "category": "utility"}, "recipients": [USER, OTHER_USER],
+    })
+    assert answer.status_code == 202
+    result = answer.get_json()
+    assert (result["queued"], result["skipped"]) == (1, {"marketing_opted_out": 1})
+    assert (result["category"], result["category_claimed"]) == ("marketing", "utility")
+    assert services_of(synced).campaigns.progress(result["campaign_id"]).category == "marketing"
+
+
+def set_category(app, name: str, category: str) -> None:
+    with writer(services_of(app).engine).begin() as conn:
+        services_of(app).templates.update(conn, name, "en_US", category=category)
+
+
+def test_a_queued_template_is_decided_on_its_category_at_send_time(synced):
+    assert send(synced, "order_update", "utility").status_code == 202
+    set_category(synced, "order_update", "MARKETING")
+    [message] = send_queued(synced)
+    assert (message.state.value, message.reason) == ("blocked", "marketing_opted_out")
+
+
+def test_without_an_account_id_the_caller_s_category_decides(app):
+    services_of(app).ledger.append(web_opt_in(USER, ref="form-1"))
+    services_of(app).ledger.append(opt_out(USER, ref="stop-promotions-1", scope=Scope.MARKETING))
+    answer = send(app, "spring_sale", "utility")
+    assert answer.status_code == 202 and "category" not in answer.get_json()
+    [message] = send_queued(app)
+    assert message.state.value == "sent"

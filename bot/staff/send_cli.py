@@ -108,7 +108,7 @@ def campaign_send(name: str, recipients: Path, language: str, category: str, com
     head = "dry run" if dry_run else f"campaign {result.campaign_id}"
     click.echo(f"{head}: {result.queued} queued, skipped: {skipped}; {result.duplicates} duplicate(s)")
     if not dry_run and result.campaign_id is None:
-        raise click.ClickException(f"nothing queued: {_campaigns().account_flag()}")
+        raise click.ClickException(f"nothing queued: {_campaigns().account_flag() or skipped}")
 
 
 @campaign_cli.command("status")
