@@ -1,6 +1,8 @@
 """Meta's template catalog decides a template's category and whether it may be sent (SPEC §7)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from bot import create_app
@@ -15,6 +17,7 @@ from tests.conftest import app_config
 from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
 from tests.test_identities import send_queued
 from tests.test_staff_api import AUTH
+from tests.test_webhook import kept_notices, notice_body, post
 
 WABA_ID = "102290129340398"
 
@@ -173,3 +176,47 @@ def test_without_an_account_id_the_caller_s_category_decides(app):
     assert answer.status_code == 202 and "category" not in answer.get_json()
     [message] = send_queued(app)
     assert message.state.value == "sent"
+
+
+def template_notice(field: str, at: float | None = None, **value: object) -> dict:
+    body = notice_body(field, {"message_template_id": 594425479261596, "message_template_language": "en_US", **value})
+    body["entry"][0]["time"] = int(at if at is not None else time.time())
+    return body
+
+
+def test_a_completed_category_change_decides_sends_from_then_on_even_those_queued(synced):
+    client = synced.test_client()
+    assert send(synced, "order_update", "utility").status_code == 202  # queued while still utility
+    announced = template_notice(
+        "template_category_update", message_template_name="order_update", correct_category="MARKETING", new_category="UTILITY",
+        category_update_timestamp=int(time.time()) + 86400,
+    )
+    assert post(client, announced).status_code == 200
+    assert catalog(synced)[("order_update", "en_US")] == ("UTILITY", "APPROVED")  # announced only: nothing changes yet
+    completed = template_notice(
+        "template_category_update", message_template_name="order_update", previous_category="UTILITY", new_category="MARKETING",
+    )
+    assert post(client, completed).status_code == 200
+    assert catalog(synced)[("order_update", "en_US")] == ("MARKETING", "APPROVED")
+    [message] = send_queued(synced)
+    assert (message.state.value, message.reason) == ("blocked", "marketing_opted_out")
+    refused = send(synced, "order_update", "utility")
+    assert (refused.status_code, refused.get_json()["reason"], refused.get_json()["category"]) == (409, "marketing_opted_out", "marketing")
+    assert [field for field, _ in kept_notices(synced)] == ["template_category_update", "template_category_update"]
+
+
+def test_status_updates_change_the_catalog(synced):
+    client = synced.test_client()
+    paused = template_notice("message_template_status_update", message_template_name="order_update", event="PAUSED", reason="LOW_QUALITY")
+    assert post(client, paused).status_code == 200
+    assert catalog(synced)[("order_update", "en_US")] == ("UTILITY", "PAUSED")
+    assert send(synced, "order_update", "utility", to=OTHER_USER).get_json()["reason"] == "template_not_approved"
+    reinstated = template_notice("message_template_status_update", at=time.time() + 1, message_template_name="order_update", event="REINSTATED")
+    assert post(client, reinstated).status_code == 200
+    assert catalog(synced)[("order_update", "en_US")] == ("UTILITY", "APPROVED")
+
+
+def test_a_change_from_before_the_last_sync_changes_nothing(synced):
+    late = template_notice("message_template_status_update", at=time.time() - 3600, message_template_name="spring_sale", event="DISABLED")
+    assert post(synced.test_client(), late).status_code == 200
+    assert catalog(synced)[("spring_sale", "en_US")] == ("MARKETING", "APPROVED")

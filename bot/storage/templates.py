@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -22,6 +22,7 @@ from bot.storage.ledger import as_utc, utc_now
 from bot.storage.schema import message_templates
 
 APPROVED = "APPROVED"
+WHOLE_SECOND = timedelta(seconds=1)  # Meta times its webhooks in whole seconds: a change in the second of a sync may be after it
 KINDS = {
     "MARKETING": MessageKind.MARKETING_TEMPLATE,
     "UTILITY": MessageKind.UTILITY_TEMPLATE,
@@ -100,12 +101,15 @@ class TemplateCatalog:
             query = sa.select(message_templates).order_by(message_templates.c.name, message_templates.c.language)
             return [_entry(row) for row in conn.execute(query).mappings()]
 
-    def update(self, conn: Connection, name: str, language: str | None, **values: str) -> int:
+    def update(self, conn: Connection, name: str, language: str | None, at: datetime | None = None, **values: str) -> int:
         """Change the status or category of a template Meta told us about (in the webhook's
-        transaction); every language of it when the webhook names none. How many rows changed."""
+        transaction); every language of it when the webhook names none. A change from `at`,
+        before the last sync, is already in the catalog (or undone since). How many rows changed."""
         where = message_templates.c.name == name
         if language:
             where &= message_templates.c.language == language
+        if at is not None:
+            where &= message_templates.c.synced_at < at + WHOLE_SECOND
         return conn.execute(message_templates.update().where(where).values(**values)).rowcount
 
 
