@@ -220,3 +220,17 @@ def test_a_change_from_before_the_last_sync_changes_nothing(synced):
     late = template_notice("message_template_status_update", at=time.time() - 3600, message_template_name="spring_sale", event="DISABLED")
     assert post(synced.test_client(), late).status_code == 200
     assert catalog(synced)[("spring_sale", "en_US")] == ("MARKETING", "APPROVED")
+
+
+def test_the_api_lists_the_catalog(waba_app):
+    client = waba_app.test_client()
+    assert client.get("/api/v1/templates", headers=AUTH).get_json() == []
+    sync_templates(services_of(waba_app))
+    listed = client.get("/api/v1/templates", headers=AUTH).get_json()
+    assert [(t["name"], t["language"], t["category"], t["status"]) for t in listed] == [
+        ("login_code", "en_US", "authentication", "APPROVED"), ("order_update", "en_US", "utility", "APPROVED"),
+        ("order_update", "es", "utility", "APPROVED"), ("spring_sale", "en_US", "marketing", "APPROVED"),
+        ("winter_sale", "en_US", "marketing", "PAUSED"),
+    ]
+    assert listed[0]["quality"] == "GREEN" and listed[0]["components"][0]["type"] == "BODY"
+    assert client.get("/api/v1/templates").status_code == 401

@@ -276,6 +276,11 @@ def resume_campaign(campaign_id: str):
         return api_error(409, "not_allowed", str(refused), reason="paused")
 
 
+@bp.get("/templates")
+def list_templates():
+    return jsonify([template.as_dict() for template in current_services().templates.all()])
+
+
 @bp.get("/openapi.json")
 def openapi():
     return jsonify(openapi_document())
