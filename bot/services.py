@@ -88,8 +88,6 @@ def build_services(settings: Settings) -> Services:
         utility=settings.implicit_consent_covers_utility, authentication=settings.implicit_consent_covers_authentication
     )
     templates = TemplateCatalog(engine)
-    if not settings.whatsapp_business_account_id:
-        log.warning("WHATSAPP_BUSINESS_ACCOUNT_ID is not set: template sends are decided on the category their sender gives, not on Meta's")
     outbox = Outbox(
         engine, ledger, enqueuer(make_queues(connection)), coverage, lease=timedelta(seconds=settings.send_lease_seconds),
         catalog=templates if settings.whatsapp_business_account_id else None,
@@ -119,6 +117,12 @@ def build_services(settings: Settings) -> Services:
         web_opt_ins=web_opt_ins,
         handlers=Context(ledger, outbox, keywords, replies, campaigns, web_opt_ins),
     )
+
+
+def warn_without_catalog(settings: Settings) -> None:
+    """Say once, as a process starts serving, when template sends are decided on the caller's word (SPEC §7)."""
+    if not settings.whatsapp_business_account_id:
+        log.warning("WHATSAPP_BUSINESS_ACCOUNT_ID is not set: template sends are decided on the category their sender gives, not on Meta's")
 
 
 def sync_templates(services: Services) -> int:

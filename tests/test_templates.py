@@ -9,7 +9,7 @@ from bot import create_app
 from bot.domain.consent import Scope
 from bot.outbound.graph_errors import TransientError
 from bot.outbound.worker import sync_templates_when_due
-from bot.services import services_of, sync_templates
+from bot.services import services_of, sync_templates, warn_without_catalog
 from bot.storage.db import writer
 from bot.storage.templates import SyncFailed
 from sandbox.graph_imitation import SAMPLE_TEMPLATES
@@ -73,6 +73,13 @@ def test_one_worker_syncs_per_period_and_each_at_its_start(waba_app):
     assert sync_templates_when_due(services, services.redis, 3600) == 5
     assert sync_templates_when_due(services, services.redis, 3600) is None  # another worker's turn was taken
     assert sync_templates_when_due(services, services.redis, 3600, force=True) == 5
+
+
+def test_without_an_account_id_a_process_says_so_at_start(app, waba_app, caplog):
+    warn_without_catalog(services_of(waba_app).settings)
+    assert caplog.messages == []
+    warn_without_catalog(services_of(app).settings)
+    assert caplog.messages == ["WHATSAPP_BUSINESS_ACCOUNT_ID is not set: template sends are decided on the category their sender gives, not on Meta's"]
 
 
 def test_without_an_account_id_there_is_nothing_to_sync(app):

@@ -25,7 +25,7 @@ import redis
 from rq import Queue, SimpleWorker
 
 from bot.outbound.jobs import SendRuntime, use_runtime
-from bot.services import STARTUP_ERRORS, Services, build_services, sync_templates
+from bot.services import STARTUP_ERRORS, Services, build_services, sync_templates, warn_without_catalog
 from bot.settings import load_settings
 from bot.storage.integrity import Checkpoint, write_checkpoint
 from bot.storage.ledger import Ledger
@@ -150,6 +150,7 @@ def main() -> int:
     except STARTUP_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    warn_without_catalog(services.settings)
     send_runtime = SendRuntime(services)
     use_runtime(send_runtime)
     # The services' objects live as long as the process: left out of garbage collection, a full
