@@ -188,7 +188,7 @@ def send_message():
 def _categories(outbox: Outbox, template: Template, claimed: MessageKind) -> dict[str, str]:
     """The category Meta's catalog gives the template (what the policy decided on), and the
     caller's, noted when it says otherwise; nothing without a catalog or for a template not in it."""
-    true_kind = outbox.template_verdicts([template]).get((template.name, template.language))
+    true_kind = outbox.template_verdict(template)
     if not isinstance(true_kind, MessageKind):
         return {}
     return {"category": true_kind.value} | ({"category_claimed": claimed.value} if true_kind is not claimed else {})
@@ -235,7 +235,7 @@ def start_campaign():
     template, kind, recipients, dry_run = campaign_request(_json_body(), MAX_CAMPAIGN_RECIPIENTS)
     campaign_id = str(uuid.uuid5(uuid.NAMESPACE_URL, _request_key("campaign")))
     outbox = current_services().outbox
-    refusal = outbox.template_verdicts([template]).get((template.name, template.language))
+    refusal = outbox.template_verdict(template)
     if isinstance(refusal, Refusal) and not dry_run:  # Meta's catalog: no such template, or not approved
         return api_error(409, "not_allowed", f"no campaign can start: {refusal.value}", reason=refusal.value)
     categories = _categories(outbox, template, kind)

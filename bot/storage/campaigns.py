@@ -129,7 +129,7 @@ class Campaigns:
             skipped[Refusal.PAUSED.value] += len(unique)
             progress(len(recipients))
             return CampaignResult(None, 0, dict(skipped), duplicates)
-        true_kind = self.outbox.template_verdicts([template]).get((template.name, template.language), kind)
+        true_kind = self.outbox.template_verdict(template) or kind
         if isinstance(true_kind, Refusal):  # Meta's catalog has no such template, or it is not approved
             skipped[true_kind.value] += len(unique)
             progress(len(recipients))

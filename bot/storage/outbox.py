@@ -33,6 +33,12 @@ from bot.storage.templates import TemplateCatalog, verdict
 Verdict = MessageKind | Refusal  # what Meta's catalog makes of a template: the kind to decide on, or why not at all
 
 
+def template_key(content: dict[str, Any]) -> tuple[str, str] | None:
+    """A stored message's template as the catalog keys it: (name, language); None for a text."""
+    template = content.get("template")
+    return (template["name"], template["language"]) if template else None
+
+
 class QueueName(str, enum.Enum):
     REPLIES = "replies"  # answers to users: small, latency matters
     BULK = "bulk"  # campaigns and staff sends
@@ -200,7 +206,7 @@ class Outbox:
             except InvalidIdentifier:
                 recipients[message.to] = None
         consents = self.ledger.states(identifier for identifier in recipients.values() if identifier)
-        verdicts = self.template_verdicts(message.template for message, _ in items if message.template)
+        verdicts = self.template_verdicts((m.template.name, m.template.language) for m, _ in items if m.template)
         rows: list[dict] = []
         submissions: list[Submission] = []
         to_queue: list[str] = []
@@ -262,21 +268,25 @@ class Outbox:
 
     # -- the send job's side -------------------------------------------------------------
 
-    def template_verdicts(self, templates: Iterable[Template]) -> dict[tuple[str, str], Verdict]:
-        """What Meta's catalog makes of these templates now, by (name, language); empty without a catalog."""
+    def template_verdicts(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Verdict]:
+        """What Meta's catalog makes of these templates, by (name, language), now; empty without a catalog."""
         if self.catalog is None:
             return {}
-        keys = {(t.name, t.language) for t in templates}
+        keys = set(keys)
         found = self.catalog.lookup(keys)
         return {key: verdict(found.get(key)) for key in keys}
+
+    def template_verdict(self, template: Template) -> Verdict | None:
+        """What Meta's catalog makes of one template now; None without a catalog."""
+        key = (template.name, template.language)
+        return self.template_verdicts([key]).get(key)
 
     def kinds_now(self, stored: Iterable[StoredMessage]) -> list[Verdict]:
         """The kind each stored message is decided on now: a template's from the catalog as it is
         at this moment (its category may have changed since it was queued), else its stored kind."""
-        stored = list(stored)
-        templates = {m.id: Template(m.content["template"]["name"], m.content["template"]["language"]) for m in stored if "template" in m.content}
-        verdicts = self.template_verdicts(templates.values())
-        return [verdicts.get((templates[m.id].name, templates[m.id].language), m.kind) if m.id in templates else m.kind for m in stored]
+        keys = [(m, template_key(m.content)) for m in stored]
+        verdicts = self.template_verdicts(key for _, key in keys if key)
+        return [verdicts.get(key, m.kind) if key else m.kind for m, key in keys]
 
     def decide_many(self, asks: list[tuple[str, Verdict]]) -> list[tuple[Decision, ConsentState]]:
         """The policy's answers for several (recipient, kind) right now, from one read of their
