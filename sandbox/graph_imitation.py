@@ -236,9 +236,10 @@ class GraphImitation:
             self._in_flight += 1
         return status, answer
 
-    def catalog_page(self, target: str, authorization: str) -> tuple[int, dict]:
+    def catalog_page(self, target: str, authorization: str, base_url: str | None = None) -> tuple[int, dict]:
         """One page of the template catalog, as Meta pages it: `paging.cursors` always, `paging.next`
-        only when more follow. The cursor is the offset, opaque to clients as Meta's is."""
+        (under `base_url`, this server's by default) only when more follow. The cursor is the
+        offset, opaque to clients as Meta's is."""
         url = urlsplit(target)
         with self._lock:
             if self.token is not None and authorization != f"Bearer {self.token}":
@@ -252,7 +253,7 @@ class GraphImitation:
             total = len(self.templates)
         paging: dict = {"cursors": {"before": str(start), "after": str(min(end, total))}}
         if end < total:
-            paging["next"] = f"{self.url}{url.path}?limit={self.templates_page}&after={end}"
+            paging["next"] = f"{(base_url or self.url).rstrip('/')}{url.path}?limit={self.templates_page}&after={end}"
         return 200, {"data": page, "paging": paging}
 
     def _accept(self, to: str, body: dict) -> tuple[int, int | None, dict]:
