@@ -241,3 +241,15 @@ def test_the_api_lists_the_catalog(waba_app):
     ]
     assert listed[0]["quality"] == "GREEN" and listed[0]["components"][0]["type"] == "BODY"
     assert client.get("/api/v1/templates").status_code == 401
+
+
+def test_the_cli_notes_meta_s_category_and_decides_on_it(synced, tmp_path):
+    runner = synced.test_cli_runner()
+    refused = runner.invoke(args=["send", "template", "spring_sale", "--to", USER, "--category", "utility"])
+    assert refused.exit_code == 1
+    assert "note: Meta files spring_sale (en_US) as marketing, not utility" in refused.output and "not sent: marketing_opted_out" in refused.output
+    numbers = tmp_path / "list.csv"
+    numbers.write_text(f"wa_id\n{USER}\n{OTHER_USER}\n")
+    campaign = runner.invoke(args=["campaign", "send", "spring_sale", "--recipients", str(numbers), "--category", "utility"])
+    assert campaign.exit_code == 0, campaign.output
+    assert "as marketing, not utility" in campaign.output and "1 queued, skipped: marketing_opted_out 1" in campaign.output
