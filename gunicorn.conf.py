@@ -34,7 +34,7 @@ bot.access_log.MaskedAccessLogger's masking (asgi.WholeRequests writes it).
 """
 import sys
 
-from bot.services import STARTUP_ERRORS
+from bot.services import STARTUP_ERRORS, warn_without_catalog
 from bot.settings import load_settings
 from bot.storage.db import make_engine
 from bot.storage.migrate import require_current
@@ -59,3 +59,4 @@ def on_starting(server) -> None:
         sys.exit(f"error: {error}")
     finally:
         engine.dispose()
+    warn_without_catalog(settings)

@@ -6,6 +6,7 @@ replies, campaigns and the Cloud API client together. The web app registers the 
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -30,6 +31,7 @@ from bot.storage.db import make_engine
 from bot.storage.integrity import LedgerKey
 from bot.storage.ledger import Ledger
 from bot.storage.outbox import Outbox
+from bot.storage.templates import SyncFailed, TemplateCatalog
 from bot.storage.web_opt_ins import WebOptIns
 
 # What building the services (or checking the schema: SchemaNotCurrent is a ConfigError) raises
@@ -37,6 +39,8 @@ from bot.storage.web_opt_ins import WebOptIns
 STARTUP_ERRORS = (ConfigError, KeywordFileError, ReplyTextError)
 PAGE_SUBMISSIONS = (5, 600)  # hosted-page submissions per IP and per number: 5 per 10 minutes
 _EXTENSION = "consent_bot"  # the one key under which create_app registers the services
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,6 +54,7 @@ class Services:
     opt_out_marks: OptOutMarks
     outbox: Outbox
     campaigns: Campaigns
+    templates: TemplateCatalog  # Meta's template catalog (SPEC §7)
     cloud_api: CloudApi
     throughput_limiter: RateLimiter  # the phone number's messages per second, shared by every worker
     pair_limiter: RateLimiter  # Meta's pair rate: about one message per 6 s to one user
@@ -82,8 +87,10 @@ def build_services(settings: Settings) -> Services:
     coverage = ImplicitCoverage(
         utility=settings.implicit_consent_covers_utility, authentication=settings.implicit_consent_covers_authentication
     )
+    templates = TemplateCatalog(engine)
     outbox = Outbox(
-        engine, ledger, enqueuer(make_queues(connection)), coverage, lease=timedelta(seconds=settings.send_lease_seconds)
+        engine, ledger, enqueuer(make_queues(connection)), coverage, lease=timedelta(seconds=settings.send_lease_seconds),
+        catalog=templates if settings.whatsapp_business_account_id else None,
     )
     campaigns = Campaigns(
         engine, ledger, outbox, max_opt_out_rate=settings.campaign_max_opt_out_rate,
@@ -99,6 +106,7 @@ def build_services(settings: Settings) -> Services:
         opt_out_marks=opt_out_marks,
         outbox=outbox,
         campaigns=campaigns,
+        templates=templates,
         cloud_api=CloudApi(
             settings.whatsapp_token, settings.whatsapp_phone_number_id, settings.graph_api_url,
             settings.graph_api_version, pool_size=settings.send_concurrency,
@@ -109,6 +117,20 @@ def build_services(settings: Settings) -> Services:
         web_opt_ins=web_opt_ins,
         handlers=Context(ledger, outbox, keywords, replies, campaigns, web_opt_ins),
     )
+
+
+def warn_without_catalog(settings: Settings) -> None:
+    """Say once, as a process starts serving, when template sends are decided on the caller's word (SPEC §7)."""
+    if not settings.whatsapp_business_account_id:
+        log.warning("WHATSAPP_BUSINESS_ACCOUNT_ID is not set: template sends are decided on the category their sender gives, not on Meta's")
+
+
+def sync_templates(services: Services) -> int:
+    """Replace the template catalog with Meta's; how many templates it holds. Raises SyncFailed."""
+    waba_id = services.settings.whatsapp_business_account_id
+    if not waba_id:
+        raise SyncFailed("set WHATSAPP_BUSINESS_ACCOUNT_ID to read the account's template catalog")
+    return services.templates.sync(services.cloud_api.message_templates(waba_id))
 
 
 def ledger_key(settings: Settings) -> LedgerKey:

@@ -176,6 +176,8 @@ class Settings:
     whatsapp_app_secret: str | None
     whatsapp_verify_token: str | None
     whatsapp_business_number: str | None  # as people dial it: the opt-in page's wa.me link
+    whatsapp_business_account_id: str | None  # the WABA whose template catalog decides categories (SPEC §7)
+    template_sync_seconds: int
     webhook_insecure_dev: bool
     graph_api_url: str
     graph_api_version: str
@@ -213,6 +215,8 @@ class Settings:
             whatsapp_app_secret=text("WHATSAPP_APP_SECRET"),
             whatsapp_verify_token=text("WHATSAPP_VERIFY_TOKEN"),
             whatsapp_business_number=_business_number(env),
+            whatsapp_business_account_id=text("WHATSAPP_BUSINESS_ACCOUNT_ID"),
+            template_sync_seconds=_positive_int(env, "TEMPLATE_SYNC_SECONDS", 3600),
             webhook_insecure_dev=_flag(env, "WEBHOOK_INSECURE_DEV", False),
             graph_api_url=_http_url(env, "GRAPH_API_URL", DEFAULT_GRAPH_API_URL),
             graph_api_version=text("GRAPH_API_VERSION", DEFAULT_GRAPH_API_VERSION),

@@ -1,6 +1,6 @@
-"""The Graph API's send call, as the bot's Cloud API adapter makes it: answered by the Graph API
-imitation, and each message it accepts shown in its chat and followed by `sent` and `delivered`
-statuses sent to the bot's webhook."""
+"""The Graph API's send call and template catalog, as the bot's Cloud API adapter uses them:
+answered by the Graph API imitation, and each message it accepts shown in its chat and followed
+by `sent` and `delivered` statuses sent to the bot's webhook."""
 from __future__ import annotations
 
 import logging
@@ -22,6 +22,13 @@ SENT_AFTER, DELIVERED_AFTER = 0.2, 0.6  # seconds after the send call, roughly a
 @bp.post("/<version>/<phone_number_id>/messages")
 def send(version: str, phone_number_id: str):
     code, answer = current_sandbox().graph.receive(request.path, request.headers.get("Authorization", ""), request.get_data())
+    return jsonify(answer), code
+
+
+@bp.get("/<version>/<waba_id>/message_templates")
+def message_templates(version: str, waba_id: str):
+    """The templates a local run can send (sandbox.graph_imitation.SAMPLE_TEMPLATES), paged like Meta's."""
+    code, answer = current_sandbox().graph.catalog_page(request.full_path, request.headers.get("Authorization", ""), request.host_url)
     return jsonify(answer), code
 
 

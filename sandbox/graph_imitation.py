@@ -6,6 +6,8 @@ seconds, or an error body. It refuses a wrong token (190) or phone number id (10
 ones, records every request, answers 130429 once more than `cap` requests arrived within one
 second, can fail chosen recipients with a Meta error code, can answer 5xx for a while, and can
 hang for a while (a call held past a client's timeout, then answered 504: nothing was sent).
+It also answers GET /{version}/{waba-id}/message_templates with `templates`, `templates_page`
+at a time, paged with cursors like Meta (or a Meta error while `templates_error` is set).
 Run it alone with `python -m sandbox.graph_imitation --port 8990`.
 
 It serves HTTP/1.1 keep-alive from one asyncio loop on a thread of its own: a thousand calls a
@@ -23,9 +25,27 @@ import json
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
+
+
+def _template(name: str, category: str, status: str = "APPROVED", body: str = "") -> dict:
+    return {
+        "name": name, "language": "en_US", "status": status, "category": category, "id": str(594425479000000 + zlib.crc32(name.encode()) % 10**6),
+        "quality_score": {"score": "GREEN"}, "components": [{"type": "BODY", "text": body}],
+    }
+
+
+# The templates a local run can send, as Meta lists them: one of each category, and one Meta paused.
+SAMPLE_TEMPLATES = [
+    _template("order_update", "UTILITY", body="Your order {{1}} is {{2}}."),
+    _template("spring_sale", "MARKETING", body="Spring sale: 20% off everything this week."),
+    _template("login_code", "AUTHENTICATION", body="{{1}} is your verification code."),
+    _template("winter_sale", "MARKETING", status="PAUSED", body="Winter sale: 30% off coats."),
+]
 
 
 @dataclass
@@ -54,6 +74,9 @@ class GraphImitation:
     # Called with each send about to be accepted; a ValueError refuses it like Meta (400, code 100).
     on_accept: Callable[[Received], None] | None = None
     repeated_id: str | None = None  # when set, every accepted send gets this message id (an answer the bot cannot store twice)
+    templates: list[dict] = field(default_factory=lambda: [dict(t) for t in SAMPLE_TEMPLATES])  # the account's catalog
+    templates_page: int = 2  # templates per page of the catalog: small, so that paging is exercised
+    templates_error: int | None = None  # when set, catalog requests are answered with this Meta error code
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -168,11 +191,13 @@ class GraphImitation:
                 except asyncio.IncompleteReadError as cut:  # a client killed while writing its request
                     self.receive("", "", cut.partial)
                     return
-                if request_line.startswith(b"GET "):  # GET /_stats: what a benchmark in another process needs to know
+                target = request_line.split(b" ")[1].decode("latin-1") if request_line.count(b" ") >= 2 else ""
+                if request_line.startswith(b"GET ") and "/message_templates" in target:
+                    writer.write(_response(*self.catalog_page(target, headers.get("authorization", ""))))
+                elif request_line.startswith(b"GET "):  # GET /_stats: what a benchmark in another process needs to know
                     writer.write(_response(200, self.stats()))
                 else:
-                    path = request_line.split(b" ")[1].decode("latin-1") if request_line.count(b" ") >= 2 else ""
-                    await self._answer(writer, *self.receive(path, headers.get("authorization", ""), raw))
+                    await self._answer(writer, *self.receive(target, headers.get("authorization", ""), raw))
                 await writer.drain()
         except ConnectionError:  # clients killed mid-request are expected
             pass
@@ -210,6 +235,26 @@ class GraphImitation:
             self.requests.append(Received(time.time(), to, body, status, code, meta_id))
             self._in_flight += 1
         return status, answer
+
+    def catalog_page(self, target: str, authorization: str, base_url: str | None = None) -> tuple[int, dict]:
+        """One page of the template catalog, as Meta pages it: `paging.cursors` always, `paging.next`
+        (under `base_url`, this server's by default) only when more follow. The cursor is the
+        offset, opaque to clients as Meta's is."""
+        url = urlsplit(target)
+        with self._lock:
+            if self.token is not None and authorization != f"Bearer {self.token}":
+                return 401, _error(190, "Invalid OAuth access token - Cannot parse access token")
+            if self.templates_error is not None:
+                return 400, _error(self.templates_error, "Cannot read the message templates")
+            after = parse_qs(url.query).get("after", ["0"])[0]
+            start = int(after) if after.isdigit() else 0
+            end = start + self.templates_page
+            page = [dict(t) for t in self.templates[start:end]]
+            total = len(self.templates)
+        paging: dict = {"cursors": {"before": str(start), "after": str(min(end, total))}}
+        if end < total:
+            paging["next"] = f"{(base_url or self.url).rstrip('/')}{url.path}?limit={self.templates_page}&after={end}"
+        return 200, {"data": page, "paging": paging}
 
     def _accept(self, to: str, body: dict) -> tuple[int, int | None, dict]:
         meta_id = self.repeated_id or f"{self._id_prefix}{next(self._ids):012d}"

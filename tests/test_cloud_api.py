@@ -250,3 +250,34 @@ def test_the_process_heyoo_module_is_left_as_it_is():
     import heyoo
 
     assert heyoo.requests is requests and heyoo.logging is logging
+
+
+CATALOG_URL = "http://graph.test/v99.0/102290129340398/message_templates"
+
+
+def test_reads_the_template_catalog_page_by_page_to_the_last(api, requests_mock):
+    """Meta's cursors are followed on our own URL; the last page (no `paging.next`) ends it, even
+    though it still carries an `after` cursor."""
+    requests_mock.get(CATALOG_URL, [
+        {"json": {"data": [{"name": "a"}, {"name": "b"}], "paging": {"cursors": {"before": "QVFIa", "after": "QVFIb"}, "next": "https://elsewhere.test/next"}}},
+        {"json": {"data": [{"name": "c"}], "paging": {"cursors": {"before": "QVFIc", "after": "QVFIc"}}}},
+    ])
+    pages = list(api.message_templates("102290129340398"))
+    assert pages == [[{"name": "a"}, {"name": "b"}], [{"name": "c"}]]
+    first, second = requests_mock.request_history
+    assert first.headers["Authorization"] == "Bearer secret-token"
+    assert "after" not in first.qs and "after=QVFIb" in second.url
+    assert second.url.startswith(CATALOG_URL)  # the token never goes to the host `next` names
+
+
+def test_a_catalog_error_is_typed(api, requests_mock):
+    requests_mock.get(CATALOG_URL, status_code=401, json={"error": {"message": "Invalid OAuth access token", "code": 190}})
+    with pytest.raises(errors.AccessTokenInvalid):
+        list(api.message_templates("102290129340398"))
+
+
+def test_a_catalog_that_repeats_a_page_is_refused(api, requests_mock):
+    again = {"data": [{"name": "a"}], "paging": {"cursors": {"after": "QVFIa"}, "next": "http://graph.test/next"}}
+    requests_mock.get(CATALOG_URL, json=again)
+    with pytest.raises(errors.TransientError, match="repeated"):
+        list(api.message_templates("102290129340398"))

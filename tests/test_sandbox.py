@@ -69,6 +69,15 @@ def send(client, body: dict, token: str = TOKEN, number_id: str = NUMBER_ID):
     return client.post(f"/v25.0/{number_id}/messages", json=body, headers={"Authorization": f"Bearer {token}"})
 
 
+def test_the_template_catalog_is_served_a_page_at_a_time(sandbox):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    first = sandbox.get("/v25.0/102290129340398/message_templates", headers=headers).json
+    assert [t["name"] for t in first["data"]] == ["order_update", "spring_sale"]
+    second = sandbox.get(f"/v25.0/102290129340398/message_templates?after={first['paging']['cursors']['after']}", headers=headers).json
+    assert [(t["name"], t["status"]) for t in second["data"]] == [("login_code", "APPROVED"), ("winter_sale", "PAUSED")]
+    assert "next" in first["paging"] and "next" not in second["paging"]
+
+
 TEXT = {"messaging_product": "whatsapp", "to": USER, "type": "text", "text": {"body": "Welcome!"}}
 
 

@@ -41,6 +41,8 @@ class Refusal(str, enum.Enum):
     PAUSED = "paused"
     INVALID_RECIPIENT = "invalid_recipient"
     NEEDS_PHONE_NUMBER = "needs_phone_number"  # Meta delivers it to a phone only (authentication templates, SPEC §6)
+    TEMPLATE_UNKNOWN = "template_unknown"  # not in Meta's template catalog (SPEC §7)
+    TEMPLATE_NOT_APPROVED = "template_not_approved"  # in it, but PENDING, REJECTED, PAUSED or DISABLED
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import logging
 import select
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -34,6 +34,8 @@ from bot.outbound.graph_errors import CloudApiError, NotConfigured, TransientErr
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = (3.05, 15.0)  # seconds to connect, seconds to wait for the answer
+TEMPLATE_FIELDS = "name,language,status,category,quality_score,components"
+TEMPLATE_PAGE_SIZE = 100
 
 
 class _HeyooLogging:
@@ -185,6 +187,7 @@ class CloudApi:
     ):
         self.phone_number_id = phone_number_id
         self.proxy: str | None = None  # the proxy its calls go through, if any
+        self._token, self._graph, self._timeout = token, f"{base_url.rstrip('/')}/{version}", timeout
         self._client: Any = None  # a WhatsApp client of the private heyoo
         if token and phone_number_id:
             self._client = _HEYOO.WhatsApp(token, phone_number_id)
@@ -212,6 +215,54 @@ class CloudApi:
     def send_template(self, to: str, name: str, language: str, components: list | None = None) -> Accepted:
         """An approved template message, to a phone or a BSUID."""
         return self._send(to, lambda client: client.send_template(name, to, components or [], lang=language))
+
+    def message_templates(self, waba_id: str) -> Iterator[list[dict]]:
+        """The account's template catalog, one page of Meta's `data` at a time, to the last page
+        (the one without `paging.next`). Pages after the first are asked for by their
+        `cursors.after` on our own URL, so the token goes nowhere else; `next` itself only when
+        it comes without a cursor. Raises a CloudApiError when a page cannot be read."""
+        if not self._token:
+            raise NotConfigured("cannot read the template catalog: set WHATSAPP_TOKEN")
+        url = f"{self._graph}/{waba_id}/message_templates"
+        params: dict[str, Any] | None = {"fields": TEMPLATE_FIELDS, "limit": TEMPLATE_PAGE_SIZE}
+        seen: set[str] = set()
+        with requests.Session() as session:
+            session.headers["Authorization"] = f"Bearer {self._token}"
+            while True:
+                body = self._get(session, url, params)
+                data = body.get("data")
+                if not isinstance(data, list):
+                    raise TransientError("the Cloud API answered the template catalog without a data list")
+                yield [item for item in data if isinstance(item, dict)]
+                paging: dict = body["paging"] if isinstance(body.get("paging"), dict) else {}
+                cursors: dict = paging["cursors"] if isinstance(paging.get("cursors"), dict) else {}
+                after, next_url = cursors.get("after"), paging.get("next")
+                if not next_url or not data:
+                    return
+                if isinstance(after, str) and after:
+                    if after in seen:
+                        raise TransientError("the Cloud API repeated a page of the template catalog")
+                    seen.add(after)
+                    url, params = f"{self._graph}/{waba_id}/message_templates", {"fields": TEMPLATE_FIELDS, "limit": TEMPLATE_PAGE_SIZE, "after": after}
+                elif isinstance(next_url, str) and next_url not in seen:
+                    seen.add(next_url)
+                    url, params = next_url, None
+                else:
+                    raise TransientError("the Cloud API gave no usable next page of the template catalog")
+
+    def _get(self, session: requests.Session, url: str, params: dict[str, Any] | None) -> dict:
+        try:
+            answer = session.get(url, params=params, timeout=self._timeout, allow_redirects=False)
+            body = answer.json()
+        except requests.Timeout:
+            raise TransientError("the Cloud API did not answer in time") from None
+        except requests.ConnectionError:
+            raise TransientError("cannot reach the Cloud API") from None
+        except ValueError:
+            raise TransientError("the Cloud API answered with something that is not JSON") from None
+        if answer.status_code != 200 or not isinstance(body, dict):
+            raise from_error_body(body)
+        return body
 
     def _send(self, to: str, call: Callable[[Any], Any]) -> Accepted:
         if self._client is None:

@@ -152,7 +152,7 @@ class Sender:
         marks = self._marks.read([(m.recipient, m.campaign_id) for m in messages])
         held = self.outbox.paused_campaigns({m.campaign_id for m in messages if m.campaign_id})
         held |= {m.campaign_id for m, (_, pause_mark) in zip(messages, marks, strict=True) if m.campaign_id and pause_mark is not None}
-        decisions = self.outbox.decide_many([(m.recipient, m.kind) for m in messages])
+        decisions = self.outbox.decide_many(list(zip((m.recipient for m in messages), self.outbox.kinds_now(messages), strict=True)))
         cleared = []
         for message, (decision, state), mark in zip(messages, decisions, marks, strict=True):
             if message.campaign_id in held:

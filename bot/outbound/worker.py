@@ -25,7 +25,7 @@ import redis
 from rq import Queue, SimpleWorker
 
 from bot.outbound.jobs import SendRuntime, use_runtime
-from bot.services import STARTUP_ERRORS, build_services
+from bot.services import STARTUP_ERRORS, Services, build_services, sync_templates, warn_without_catalog
 from bot.settings import load_settings
 from bot.storage.integrity import Checkpoint, write_checkpoint
 from bot.storage.ledger import Ledger
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 SWEEPER_LOCK = "whatsapp:sweeper"
 CHECKPOINT_LOCK = "whatsapp:ledger-checkpoint"  # held for a period by the worker that signed the last checkpoint
 CHECKPOINTED_HEAD = "whatsapp:ledger-checkpoint:head"  # the seq and hash it signed
+TEMPLATE_SYNC_LOCK = "whatsapp:template-sync"  # held for a period by the worker that synced the catalog last
 
 
 def sweep(outbox: Outbox, queues: dict[QueueName, Queue], connection: redis.Redis, every: float) -> int | None:
@@ -75,6 +76,27 @@ def checkpoint_when_due(ledger: Ledger, where: str, connection: redis.Redis, eve
     return checkpoint
 
 
+def sync_templates_when_due(services: Services, connection: redis.Redis, every: int, force: bool = False) -> int | None:
+    """Sync the template catalog when no worker did in the last `every` seconds (or `force`: at
+    a worker's start); how many templates it holds, or None when it was not this worker's turn."""
+    if not services.settings.whatsapp_business_account_id:
+        return None
+    if force:
+        connection.set(TEMPLATE_SYNC_LOCK, "1", ex=every)
+    elif not connection.set(TEMPLATE_SYNC_LOCK, "1", nx=True, ex=every):
+        return None
+    return sync_templates(services)
+
+
+def _sync_templates(services: Services, force: bool = False) -> None:
+    try:
+        count = sync_templates_when_due(services, services.redis, services.settings.template_sync_seconds, force)
+        if count is not None:
+            log.info("synced %d message template(s) from Meta", count)
+    except Exception as error:  # SyncFailed, or a database or Redis outage: the last good catalog stays
+        log.warning("template sync failed (%s); the next is due in %d s", error, services.settings.template_sync_seconds)
+
+
 def _sweep_forever(send_runtime: SendRuntime, stop: threading.Event) -> None:
     services = send_runtime.services
     settings = services.settings
@@ -84,7 +106,9 @@ def _sweep_forever(send_runtime: SendRuntime, stop: threading.Event) -> None:
         services.redis.set(CHECKPOINT_LOCK, "1", nx=True, ex=settings.ledger_checkpoint_seconds)
     except redis.RedisError:
         pass  # then the first round after Redis answers again signs one
+    _sync_templates(services, force=True)
     while not stop.wait(every):
+        _sync_templates(services)
         try:
             if sweep(services.outbox, send_runtime.queues, services.redis, every) is not None:
                 services.campaigns.enforce_opt_out_limit()  # R11: pause campaigns that drive users away
@@ -126,6 +150,7 @@ def main() -> int:
     except STARTUP_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    warn_without_catalog(services.settings)
     send_runtime = SendRuntime(services)
     use_runtime(send_runtime)
     # The services' objects live as long as the process: left out of garbage collection, a full

@@ -18,13 +18,14 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 from bot import json_bodies
 from bot.domain.consent import ConsentEvent, EventDraft, InvalidEvent
 from bot.domain.identity import InvalidIdentifier, normalize_identifier
+from bot.domain.policy import MessageKind, Refusal
 from bot.services import current_services
 from bot.staff.audit import FORMATS, export_lines
 from bot.staff.openapi import openapi_document
 from bot.staff.request_rules import InvalidField, campaign_request, consent_draft, identifier_field, message_request, timestamp_field
 from bot.storage.campaigns import CampaignIdTaken, CampaignRefused, Campaigns
 from bot.storage.ledger import SourceRefConflict, utc_now
-from bot.storage.outbox import Message, Outbox, QueueName
+from bot.storage.outbox import Message, Outbox, QueueName, Template
 
 bp = Blueprint("staff_api", __name__, url_prefix="/api/v1")
 
@@ -170,19 +171,30 @@ def _time_arg(name: str) -> datetime | None:
 def send_message():
     message = message_request(_json_body(), current_services().replies)
     outbox = current_services().outbox
+    categories = _categories(outbox, message.template, message.kind) if message.template else {}
     # One message to one person (an order update, a code): the fast queue, not behind campaigns.
     submission = outbox.submit(message, _request_key("api"), RECORDED_BY, QueueName.REPLIES)
-    if _given_key() and _stored_differently(outbox, submission.message_id, message):
+    kind = MessageKind(categories.get("category", message.kind))
+    if _given_key() and _stored_differently(outbox, submission.message_id, message, kind):
         return api_error(409, "idempotency_key_reused", "this Idempotency-Key was used for a message with another recipient or content")
     if not submission.queued:
         return api_error(
             409, "not_allowed", f"the policy refuses this message: {submission.reason.value}",
-            reason=submission.reason.value, id=submission.message_id,
+            reason=submission.reason.value, id=submission.message_id, **categories,
         )
-    return jsonify(id=submission.message_id, status="queued"), 202
+    return jsonify(id=submission.message_id, status="queued", **categories), 202
 
 
-def _stored_differently(outbox: Outbox, message_id: str | None, message: Message) -> bool:
+def _categories(outbox: Outbox, template: Template, claimed: MessageKind) -> dict[str, str]:
+    """The category Meta's catalog gives the template (what the policy decided on), and the
+    caller's, noted when it says otherwise; nothing without a catalog or for a template not in it."""
+    true_kind = outbox.template_verdict(template)
+    if not isinstance(true_kind, MessageKind):
+        return {}
+    return {"category": true_kind.value} | ({"category_claimed": claimed.value} if true_kind is not claimed else {})
+
+
+def _stored_differently(outbox: Outbox, message_id: str | None, message: Message, kind: MessageKind) -> bool:
     """A repeated request must ask for what the first one did, or it is not a repeat: compared
     as stored ("+1 555 016 6001" is 15550166001)."""
     stored = outbox.get(message_id) if message_id else None
@@ -192,7 +204,7 @@ def _stored_differently(outbox: Outbox, message_id: str | None, message: Message
         to = normalize_identifier(message.to)
     except InvalidIdentifier:
         return True
-    return (stored.recipient, stored.kind, stored.content) != (to, message.kind, message.content())
+    return (stored.recipient, stored.kind, stored.content) != (to, kind, message.content())
 
 
 @bp.get("/messages/<message_id>")
@@ -222,13 +234,18 @@ def _campaigns() -> Campaigns:
 def start_campaign():
     template, kind, recipients, dry_run = campaign_request(_json_body(), MAX_CAMPAIGN_RECIPIENTS)
     campaign_id = str(uuid.uuid5(uuid.NAMESPACE_URL, _request_key("campaign")))
+    outbox = current_services().outbox
+    refusal = outbox.template_verdict(template)
+    if isinstance(refusal, Refusal) and not dry_run:  # Meta's catalog: no such template, or not approved
+        return api_error(409, "not_allowed", f"no campaign can start: {refusal.value}", reason=refusal.value)
+    categories = _categories(outbox, template, kind)
     try:
         result = _campaigns().send(template, kind, recipients, RECORDED_BY, dry_run, campaign_id)
     except CampaignIdTaken as taken:
         return api_error(409, "idempotency_key_reused", f"this Idempotency-Key was used for another campaign: {taken}")
     if result.campaign_id is None and not dry_run:
         return api_error(409, "not_allowed", f"no campaign can start: {_campaigns().account_flag()}", reason="paused", **result.as_dict())
-    return jsonify(dry_run=dry_run, **result.as_dict()), 200 if dry_run else 202
+    return jsonify(dry_run=dry_run, **result.as_dict(), **categories), 200 if dry_run else 202
 
 
 @bp.get("/campaigns/<campaign_id>")
@@ -257,6 +274,11 @@ def resume_campaign(campaign_id: str):
         return jsonify(_campaigns().resume(campaign_id).as_dict())
     except CampaignRefused as refused:
         return api_error(409, "not_allowed", str(refused), reason="paused")
+
+
+@bp.get("/templates")
+def list_templates():
+    return jsonify([template.as_dict() for template in current_services().templates.all()])
 
 
 @bp.get("/openapi.json")

@@ -13,12 +13,13 @@ from pathlib import Path
 import click
 from flask.cli import with_appcontext
 
+from bot.domain.policy import MessageKind
 from bot.services import current_services
 from bot.staff.cli_group import DatabaseCommands
 from bot.staff.progress import progress_bar
 from bot.staff.request_rules import InvalidField, opt_in_question, template_field
 from bot.storage.campaigns import CampaignRefused, Campaigns
-from bot.storage.outbox import Message, QueueName
+from bot.storage.outbox import Message, QueueName, Template
 
 RECORDED_BY = "staff:cli"
 
@@ -57,6 +58,7 @@ def send_cli() -> None:
 def send_template(name: str, to: str, language: str, category: str, components: str | None) -> None:
     """Queue the approved template NAME to one person; refused (exit 1) when the policy says no."""
     template, kind = _template(name, language, category, components)
+    _note_category(template, kind)
     _queue(Message(to, kind, template=template))
 
 
@@ -72,6 +74,13 @@ def send_opt_in_question(to: str, language: str | None) -> None:
     except InvalidField as error:
         raise click.ClickException(str(error)) from None
     _queue(message)
+
+
+def _note_category(template: Template, claimed: MessageKind) -> None:
+    """Say when Meta's catalog files the template under another category: that one decides (SPEC §7)."""
+    true_kind = current_services().outbox.template_verdict(template)
+    if isinstance(true_kind, MessageKind) and true_kind is not claimed:
+        click.echo(f"note: Meta files {template.name} ({template.language}) as {true_kind.value}, not {claimed.value}: consent is decided on {true_kind.value}")
 
 
 def _queue(message: Message) -> None:
@@ -101,6 +110,7 @@ def _campaigns() -> Campaigns:
 def campaign_send(name: str, recipients: Path, language: str, category: str, components: str | None, dry_run: bool) -> None:
     """Send the approved template NAME to every consenting number in the file."""
     template, kind = _template(name, language, category, components)
+    _note_category(template, kind)
     numbers = _read_numbers(recipients)
     with progress_bar(len(numbers), "dry run" if dry_run else "queuing") as done:
         result = _campaigns().send(template, kind, numbers, RECORDED_BY, dry_run, progress=done)
@@ -108,7 +118,7 @@ def campaign_send(name: str, recipients: Path, language: str, category: str, com
     head = "dry run" if dry_run else f"campaign {result.campaign_id}"
     click.echo(f"{head}: {result.queued} queued, skipped: {skipped}; {result.duplicates} duplicate(s)")
     if not dry_run and result.campaign_id is None:
-        raise click.ClickException(f"nothing queued: {_campaigns().account_flag()}")
+        raise click.ClickException(f"nothing queued: {_campaigns().account_flag() or skipped}")
 
 
 @campaign_cli.command("status")

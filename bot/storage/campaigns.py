@@ -129,6 +129,12 @@ class Campaigns:
             skipped[Refusal.PAUSED.value] += len(unique)
             progress(len(recipients))
             return CampaignResult(None, 0, dict(skipped), duplicates)
+        true_kind = self.outbox.template_verdict(template) or kind
+        if isinstance(true_kind, Refusal):  # Meta's catalog has no such template, or it is not approved
+            skipped[true_kind.value] += len(unique)
+            progress(len(recipients))
+            return CampaignResult(None, 0, dict(skipped), duplicates)
+        kind = true_kind  # Meta's category, whatever the caller said (SPEC §7)
         campaign_id = campaign_id or str(uuid.uuid4())
         if not dry_run:
             self._create(campaign_id, template, kind, unique, requested_by)

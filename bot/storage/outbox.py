@@ -28,6 +28,15 @@ from bot.storage.db import as_json_rows, json_records, json_rows, one_statement,
 from bot.storage.ledger import Ledger, as_utc, utc_now
 from bot.storage.schema import campaigns, early_statuses
 from bot.storage.schema import outbound_messages as messages
+from bot.storage.templates import TemplateCatalog, verdict
+
+Verdict = MessageKind | Refusal  # what Meta's catalog makes of a template: the kind to decide on, or why not at all
+
+
+def template_key(content: dict[str, Any]) -> tuple[str, str] | None:
+    """A stored message's template as the catalog keys it: (name, language); None for a text."""
+    template = content.get("template")
+    return (template["name"], template["language"]) if template else None
 
 
 class QueueName(str, enum.Enum):
@@ -147,8 +156,12 @@ class Outbox:
         coverage: ImplicitCoverage = ImplicitCoverage(),
         lease: timedelta = timedelta(seconds=60),
         clock: Callable[[], datetime] = utc_now,
+        catalog: TemplateCatalog | None = None,
     ):
-        """`lease`: how long a claimed message is a worker's; longer than pacing plus one HTTP timeout."""
+        """`lease`: how long a claimed message is a worker's; longer than pacing plus one HTTP timeout.
+        `catalog`: Meta's template catalog, which decides template sends when given (SPEC §7);
+        without it a template is decided on the category its sender gave."""
+        self.catalog = catalog
         self.engine = engine
         self.lease = lease
         self._writer = writer(engine)
@@ -193,6 +206,7 @@ class Outbox:
             except InvalidIdentifier:
                 recipients[message.to] = None
         consents = self.ledger.states(identifier for identifier in recipients.values() if identifier)
+        verdicts = self.template_verdicts((m.template.name, m.template.language) for m, _ in items if m.template)
         rows: list[dict] = []
         submissions: list[Submission] = []
         to_queue: list[str] = []
@@ -206,7 +220,8 @@ class Outbox:
                 if recipient is None:
                     submissions.append(Submission(None, False, Refusal.INVALID_RECIPIENT))
                     continue
-                submission, row = self.draft(message, key, consents[recipient], requested_by, queue, now, campaign_id)
+                true_kind = verdicts.get((message.template.name, message.template.language)) if message.template else None
+                submission, row = self.draft(message, key, consents[recipient], requested_by, queue, now, campaign_id, true_kind)
                 rows.append(row)
                 submissions.append(known.setdefault(key, submission))
                 if submission.queued:
@@ -219,13 +234,15 @@ class Outbox:
 
     def draft(
         self, message: Message, key: str, consent: ConsentState, requested_by: str, queue: QueueName,
-        now: datetime, campaign_id: str | None = None,
+        now: datetime, campaign_id: str | None = None, true_kind: Verdict | None = None,
     ) -> tuple[Submission, dict]:
-        """The policy's answer for a message to a valid recipient, and the row that stores it (not written yet)."""
-        decision = decide(consent, message.kind, now, self.coverage)
+        """The policy's answer for a message to a valid recipient, and the row that stores it (not written yet).
+        `true_kind`: the catalog's verdict on its template, which overrides the kind its sender gave."""
+        kind = message.kind if true_kind is None or isinstance(true_kind, Refusal) else true_kind
+        decision = Decision(False, true_kind) if isinstance(true_kind, Refusal) else decide(consent, kind, now, self.coverage)
         row = {
             "id": str(uuid.uuid4()), "idempotency_key": key, "recipient": consent.identifier, "person_id": consent.person_id,
-            "kind": message.kind.value,
+            "kind": kind.value,
             "content": json.dumps(message.content(), ensure_ascii=False), "queue": queue.value,
             "campaign_id": campaign_id,
             "state": (MessageState.QUEUED if decision.allowed else MessageState.BLOCKED).value,
@@ -251,12 +268,36 @@ class Outbox:
 
     # -- the send job's side -------------------------------------------------------------
 
-    def decide_many(self, asks: list[tuple[str, MessageKind]]) -> list[tuple[Decision, ConsentState]]:
+    def template_verdicts(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Verdict]:
+        """What Meta's catalog makes of these templates, by (name, language), now; empty without a catalog."""
+        if self.catalog is None:
+            return {}
+        keys = set(keys)
+        found = self.catalog.lookup(keys)
+        return {key: verdict(found.get(key)) for key in keys}
+
+    def template_verdict(self, template: Template) -> Verdict | None:
+        """What Meta's catalog makes of one template now; None without a catalog."""
+        key = (template.name, template.language)
+        return self.template_verdicts([key]).get(key)
+
+    def kinds_now(self, stored: Iterable[StoredMessage]) -> list[Verdict]:
+        """The kind each stored message is decided on now: a template's from the catalog as it is
+        at this moment (its category may have changed since it was queued), else its stored kind."""
+        keys = [(m, template_key(m.content)) for m in stored]
+        verdicts = self.template_verdicts(key for _, key in keys if key)
+        return [verdicts.get(key, m.kind) if key else m.kind for m, key in keys]
+
+    def decide_many(self, asks: list[tuple[str, Verdict]]) -> list[tuple[Decision, ConsentState]]:
         """The policy's answers for several (recipient, kind) right now, from one read of their
-        states, each with the state it rests on (which says where the message goes)."""
+        states, each with the state it rests on (which says where the message goes). A refusal
+        given for the kind (the catalog's) is the answer."""
         states = self.ledger.states(recipient for recipient, _ in asks)
         now = self.clock()
-        return [(decide(states[recipient], kind, now, self.coverage), states[recipient]) for recipient, kind in asks]
+        return [
+            (Decision(False, kind) if isinstance(kind, Refusal) else decide(states[recipient], kind, now, self.coverage), states[recipient])
+            for recipient, kind in asks
+        ]
 
     def paused_campaigns(self, campaign_ids: set[str]) -> set[str]:
         """Which of these campaigns are paused now."""

@@ -169,3 +169,17 @@ unread_webhooks = sa.Table(
     sa.Column("digest", sa.String(64)),  # NULL only on copies kept before revision 0003
     sa.Index("ux_unread_webhooks_digest", "digest", unique=True),
 )
+
+# Meta's template catalog for WHATSAPP_BUSINESS_ACCOUNT_ID (SPEC §7): what decides a template's
+# category and whether it may be sent, replaced whole by each sync and changed by webhooks.
+message_templates = sa.Table(
+    "message_templates",
+    metadata,
+    sa.Column("name", sa.String(512), primary_key=True),
+    sa.Column("language", sa.String(16), primary_key=True),
+    sa.Column("status", sa.String(32), nullable=False),  # APPROVED, PENDING, REJECTED, PAUSED, DISABLED...
+    sa.Column("category", sa.String(32), nullable=False),  # MARKETING, UTILITY, AUTHENTICATION
+    sa.Column("quality", sa.String(32)),
+    sa.Column("components", sa.Text, nullable=False),  # JSON, as Meta lists them
+    sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -1,6 +1,8 @@
 """Account health notices (R11): violations, quality flags, paused templates.
 
 Each is kept for staff and logged, once; campaigns it puts at risk are paused (bot.storage.campaigns).
+A template's new status, or a category change Meta has made (not one it announces for later),
+changes the template catalog (SPEC §7), so that sends are decided on it from then on.
 """
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from bot.storage.intake import Intake, digest_of
 from bot.storage.schema import account_notices
 
 log = logging.getLogger(__name__)
+
+STATUS_OF_EVENT = {"REINSTATED": "APPROVED"}  # a status event whose template's status has another name
+STATUS_UNCHANGED = {"FLAGGED"}  # a warning about quality: the template can still be sent
 
 
 def on_account_notice(ctx: Context, intake: Intake, notice: AccountNotice) -> None:
@@ -33,7 +38,21 @@ def on_account_notice(ctx: Context, intake: Intake, notice: AccountNotice) -> No
         log.warning("account notice for staff, older than one already applied: %s %s", notice.field, notice.event)
         return
     log.warning("account notice for staff: %s %s", notice.field, notice.event)
+    _update_catalog(ctx, intake, notice)
     ctx.campaigns.on_account_notice(notice.field, notice.event, notice.details, intake.conn)
+
+
+def _update_catalog(ctx: Context, intake: Intake, notice: AccountNotice) -> None:
+    catalog, details = ctx.outbox.catalog, notice.details
+    name, language = details.get("message_template_name"), details.get("message_template_language")
+    if catalog is None or not isinstance(name, str):
+        return
+    language = language.replace("-", "_") if isinstance(language, str) else None
+    # An impending change carries `correct_category` (and the current one as `new_category`): not made yet.
+    if notice.field == "template_category_update" and "correct_category" not in details and isinstance(details.get("new_category"), str):
+        catalog.update(intake.conn, name, language, notice.at, category=details["new_category"].upper())
+    elif notice.field == "message_template_status_update" and notice.event not in STATUS_UNCHANGED:
+        catalog.update(intake.conn, name, language, notice.at, status=STATUS_OF_EVENT.get(notice.event, notice.event))
 
 
 def _newer_kept(intake: Intake, notice: AccountNotice) -> bool:

@@ -1,0 +1,133 @@
+"""Meta's template catalog (SPEC §7): the category and status a template send is decided on.
+
+The caller's word on a template's category is not trusted: a template Meta files as marketing
+needs marketing consent whatever it was sent as. The catalog is replaced whole by `sync` (only
+once every page was read: a failed sync keeps the last good one) and changed by Meta's
+`message_template_status_update` and `template_category_update` webhooks. Nothing here knows Flask.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from bot.domain.policy import MessageKind, Refusal
+from bot.outbound.graph_errors import CloudApiError
+from bot.storage.db import reading, writer
+from bot.storage.ledger import as_utc, utc_now
+from bot.storage.schema import message_templates
+
+APPROVED = "APPROVED"
+WHOLE_SECOND = timedelta(seconds=1)  # Meta times its webhooks in whole seconds: a change in the second of a sync may be after it
+KINDS = {
+    "MARKETING": MessageKind.MARKETING_TEMPLATE,
+    "UTILITY": MessageKind.UTILITY_TEMPLATE,
+    "AUTHENTICATION": MessageKind.AUTHENTICATION_TEMPLATE,
+}
+
+
+class SyncFailed(Exception):
+    """The catalog could not be read whole; `str()` is the one-line reason. The last good one stays."""
+
+
+@dataclass(frozen=True)
+class CatalogTemplate:
+    name: str
+    language: str
+    status: str
+    category: str
+    quality: str | None
+    components: list
+    synced_at: datetime
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name, "language": self.language, "status": self.status, "category": self.category.lower(),
+            "quality": self.quality, "components": self.components, "synced_at": self.synced_at.isoformat(),
+        }
+
+
+def verdict(entry: CatalogTemplate | None) -> MessageKind | Refusal:
+    """The kind the policy decides a template send on, or why it may not be sent at all."""
+    if entry is None:
+        return Refusal.TEMPLATE_UNKNOWN
+    if entry.status != APPROVED or entry.category not in KINDS:
+        return Refusal.TEMPLATE_NOT_APPROVED
+    return KINDS[entry.category]
+
+
+class TemplateCatalog:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utc_now):
+        self.engine = engine
+        self.clock = clock
+
+    def sync(self, pages: Iterator[list[dict]]) -> int:
+        """Replace the catalog with the one Meta lists, in one transaction once every page was
+        read; how many templates it holds. Raises SyncFailed with the reason otherwise."""
+        now = self.clock()
+        rows: dict[tuple[str, str], dict] = {}
+        try:
+            for page in pages:
+                for item in page:
+                    row = _row(item, now)
+                    if row is not None:
+                        rows[(row["name"], row["language"])] = row
+        except CloudApiError as error:
+            raise SyncFailed(f"the template catalog could not be read: {error}") from None
+        with writer(self.engine).begin() as conn:
+            conn.execute(message_templates.delete())
+            if rows:
+                conn.execute(message_templates.insert(), list(rows.values()))
+        return len(rows)
+
+    def get(self, name: str, language: str) -> CatalogTemplate | None:
+        return self.lookup([(name, language)]).get((name, language))
+
+    def lookup(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], CatalogTemplate]:
+        """The catalog's entries for these (name, language), in one read; absent ones are left out."""
+        names = {name for name, _ in keys}
+        if not names:
+            return {}
+        with reading(self.engine) as conn:
+            found = conn.execute(sa.select(message_templates).where(message_templates.c.name.in_(names))).mappings()
+            return {(row["name"], row["language"]): _entry(row) for row in found}
+
+    def all(self) -> list[CatalogTemplate]:
+        with reading(self.engine) as conn:
+            query = sa.select(message_templates).order_by(message_templates.c.name, message_templates.c.language)
+            return [_entry(row) for row in conn.execute(query).mappings()]
+
+    def update(self, conn: Connection, name: str, language: str | None, at: datetime | None = None, **values: str) -> int:
+        """Change the status or category of a template Meta told us about (in the webhook's
+        transaction); every language of it when the webhook names none. A change from `at`,
+        before the last sync, is already in the catalog (or undone since). How many rows changed."""
+        where = message_templates.c.name == name
+        if language:
+            where &= message_templates.c.language == language
+        if at is not None:
+            where &= message_templates.c.synced_at < at + WHOLE_SECOND
+        return conn.execute(message_templates.update().where(where).values(**values)).rowcount
+
+
+def _row(item: dict, now: datetime) -> dict | None:
+    name, language = item.get("name"), item.get("language")
+    if not isinstance(name, str) or not isinstance(language, str):
+        return None
+    quality = item.get("quality_score")
+    return {
+        "name": name, "language": language, "status": str(item.get("status", "")).upper(),
+        "category": str(item.get("category", "")).upper(),
+        "quality": str(quality.get("score")) if isinstance(quality, dict) and quality.get("score") else None,
+        "components": json.dumps(item.get("components", []), ensure_ascii=False), "synced_at": now,
+    }
+
+
+def _entry(row: sa.RowMapping) -> CatalogTemplate:
+    return CatalogTemplate(
+        row["name"], row["language"], row["status"], row["category"], row["quality"], json.loads(row["components"]),
+        as_utc(row["synced_at"]),
+    )
