@@ -110,6 +110,10 @@ outbound_messages = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("sent_at", sa.DateTime(timezone=True)),
+    # What Meta billed it as, from its status webhooks' `pricing` (its category, type, billable).
+    sa.Column("billed_category", sa.String(32)),
+    sa.Column("billed_type", sa.String(32)),
+    sa.Column("billable", sa.Boolean),
     sa.Index("ix_outbound_messages_state_not_before", "state", "not_before"),
     sa.Index("ix_outbound_messages_campaign_id", "campaign_id"),
     sa.Index("ix_outbound_messages_recipient_sent_at", "recipient", "sent_at"),  # the last message a person was sent
