@@ -6,6 +6,8 @@ replies, campaigns and the Cloud API client together. The web app registers the 
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -38,6 +40,7 @@ from bot.storage.web_opt_ins import WebOptIns
 # for a configuration that cannot work; its message is the one-line reason start-up gives.
 STARTUP_ERRORS = (ConfigError, KeywordFileError, ReplyTextError)
 PAGE_SUBMISSIONS = (5, 600)  # hosted-page submissions per IP and per number: 5 per 10 minutes
+SYNC_FAILURE = "templates:last-sync-failure"  # Redis: the last failed template sync, until one succeeds
 _EXTENSION = "consent_bot"  # the one key under which create_app registers the services
 
 log = logging.getLogger(__name__)
@@ -126,11 +129,26 @@ def warn_without_catalog(settings: Settings) -> None:
 
 
 def sync_templates(services: Services) -> int:
-    """Replace the template catalog with Meta's; how many templates it holds. Raises SyncFailed."""
+    """Replace the template catalog with Meta's; how many templates it holds. Raises SyncFailed,
+    and notes why for /healthz until a sync succeeds (best effort: Redis may be what failed)."""
     waba_id = services.settings.whatsapp_business_account_id
     if not waba_id:
         raise SyncFailed("set WHATSAPP_BUSINESS_ACCOUNT_ID to read the account's template catalog")
-    return services.templates.sync(services.cloud_api.message_templates(waba_id))
+    try:
+        count = services.templates.sync(services.cloud_api.message_templates(waba_id))
+    except SyncFailed as failed:
+        with contextlib.suppress(redis.RedisError):
+            services.redis.set(SYNC_FAILURE, json.dumps({"at": services.templates.clock().isoformat(), "reason": str(failed)}))
+        raise
+    with contextlib.suppress(redis.RedisError):
+        services.redis.delete(SYNC_FAILURE)
+    return count
+
+
+def last_sync_failure(services: Services) -> dict[str, str] | None:
+    """When the last template sync failed and why, if no sync succeeded since: {"at", "reason"}."""
+    noted = services.redis.get(SYNC_FAILURE)
+    return json.loads(noted) if noted else None
 
 
 def ledger_key(settings: Settings) -> LedgerKey:

@@ -34,6 +34,7 @@ from devstack import embedded_redis
 from devstack.processes import Child, Supervisor
 
 SANDBOX_PHONE_NUMBER_ID = "100000000000001"
+SANDBOX_BUSINESS_ACCOUNT_ID = "100000000000002"
 READY_TIMEOUT = 90.0  # seconds; a first start on a busy 2-core machine takes a while
 STOP_TIMEOUT = 20.0  # seconds each process gets to finish what it is doing
 
@@ -107,6 +108,7 @@ def _run(
         env.update(
             GRAPH_API_URL=sandbox_url, WHATSAPP_TOKEN=f"sandbox-{secrets.token_hex(16)}",
             WHATSAPP_PHONE_NUMBER_ID=SANDBOX_PHONE_NUMBER_ID, WHATSAPP_APP_SECRET=secrets.token_hex(32),
+            WHATSAPP_BUSINESS_ACCOUNT_ID=SANDBOX_BUSINESS_ACCOUNT_ID,  # sends are decided on the sandbox's template catalog
         )
         supervisor.start("sandbox", [sys.executable, "-m", "sandbox", "serve", "--port", str(sandbox_port), "--bot-url", web_url], env)
     supervisor.start("web", [  # processes and threads from gunicorn.conf.py, as in production

@@ -4,10 +4,12 @@ by `sent` and `delivered` statuses sent to the bot's webhook."""
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Blueprint, jsonify, request
 
 from bot.domain.identity import mask, normalize_identifier
+from bot.storage.templates import PLACEHOLDER
 from sandbox import DISPLAY_NUMBER, Sandbox, current_sandbox
 from sandbox.chats import Entry
 from sandbox.graph_imitation import Received
@@ -35,7 +37,7 @@ def message_templates(version: str, waba_id: str):
 def show(sandbox: Sandbox, received: Received) -> None:
     """A message the imitation accepts: into its chat, then reported sent and delivered.
     Raises ValueError (the imitation answers Meta's 400) for what the sandbox cannot show."""
-    kind, text = _content(received.body)
+    kind, text = _content(received.body, sandbox.graph.templates)
     entry = sandbox.chats.add(Entry(received.meta_id or "", normalize_identifier(received.to), "out", kind, text))
     log.info("the bot sent a %s to %s", kind, mask(entry.user))
     for state, delay in (("sent", SENT_AFTER), ("delivered", DELIVERED_AFTER)):
@@ -49,18 +51,39 @@ def report(sandbox: Sandbox, entry: Entry, state: str, delay: float = 0.0) -> No
         sandbox.deliveries.send(body, delay)
 
 
-def _content(body: dict) -> tuple[str, str]:
-    """The kind of a message and what the user sees of it."""
+def _content(body: dict, catalog: list[dict]) -> tuple[str, str]:
+    """The kind of a message and what the user sees of it: a template's text from the catalog,
+    its parameters filled in."""
     try:
         kind = body["type"]
         if kind == "text":
             return kind, str(body["text"]["body"])
         if kind == "template":
-            template = body["template"]
-            shown = [f"Template {template['name']} ({template['language']['code']})"]
-            for component in template.get("components") or []:
-                shown += [str(p["text"]) for p in component.get("parameters", []) if p.get("type") == "text"]
-            return kind, "\n".join(shown)
+            return kind, _template_text(body["template"], catalog)
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"not a message Meta would take: {error}") from None
     raise ValueError(f"the sandbox does not show {kind!r} messages")
+
+
+def _template_text(template: dict, catalog: list[dict]) -> str:
+    name, language = template["name"], template["language"]["code"]
+    given = {str(part["type"]).lower(): part.get("parameters", []) for part in template.get("components") or []}
+    known = next((t for t in catalog if (t["name"], t["language"]) == (name, language)), None)
+    if known is None:  # not one of the sample templates: its name and parameters
+        return "\n".join([f"Template {name} ({language})"] + [str(p["text"]) for parts in given.values() for p in parts if p.get("type") == "text"])
+    parts = [part for part in known["components"] if str(part.get("type")).lower() in ("header", "body", "footer") and part.get("text")]
+    return "\n".join(_filled(part["text"], given.get(str(part["type"]).lower(), [])) for part in parts)
+
+
+def _filled(text: str, parameters: list[dict]) -> str:
+    """`text` with {{1}}, {{2}}... (or {{name}}, by `parameter_name`) replaced by the parameters sent."""
+    positional = [str(p.get("text", "")) for p in parameters]
+    named = {str(p["parameter_name"]): str(p.get("text", "")) for p in parameters if "parameter_name" in p}
+
+    def value(placeholder: re.Match) -> str:
+        key = placeholder.group(1)
+        if key.isdigit() and 0 < int(key) <= len(positional):
+            return positional[int(key) - 1]
+        return named.get(key, placeholder.group(0))
+
+    return PLACEHOLDER.sub(value, text)

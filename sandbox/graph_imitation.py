@@ -77,6 +77,7 @@ class GraphImitation:
     templates: list[dict] = field(default_factory=lambda: [dict(t) for t in SAMPLE_TEMPLATES])  # the account's catalog
     templates_page: int = 2  # templates per page of the catalog: small, so that paging is exercised
     templates_error: int | None = None  # when set, catalog requests are answered with this Meta error code
+    catalog_calls: int = 0  # catalog pages asked for
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -160,6 +161,7 @@ class GraphImitation:
             "first": accepted[0].at if accepted else None,
             "last": accepted[-1].at if accepted else None,
             "busiest_second": peak,
+            "catalog_calls": self.catalog_calls,
         }
 
     def count(self, code: int) -> int:
@@ -242,6 +244,7 @@ class GraphImitation:
         offset, opaque to clients as Meta's is."""
         url = urlsplit(target)
         with self._lock:
+            self.catalog_calls += 1
             if self.token is not None and authorization != f"Bearer {self.token}":
                 return 401, _error(190, "Invalid OAuth access token - Cannot parse access token")
             if self.templates_error is not None:

@@ -36,9 +36,9 @@ def queued(app) -> list[str]:
         return list(conn.execute(query).scalars())
 
 
-def send_queued(app) -> list:
-    """Send what is queued through the real send path: the stored messages afterwards."""
-    ids = queued(app)
+def send_queued(app, limit: int | None = None) -> list:
+    """Send what is queued (the first `limit` of it) through the real send path: the stored messages afterwards."""
+    ids = queued(app)[:limit]
     runtime = SendRuntime(services_of(app))
     runtime.dispatch(ids)
     runtime.shutdown()

@@ -23,8 +23,11 @@ from tests.test_webhook import payload, sign
 pytestmark = [pytest.mark.processes]
 
 USER = "15550100001"
-SPRING_SALE = {"name": "spring_sale", "language": "en", "category": "marketing"}
-ORDER_UPDATE = {"name": "order_update", "language": "en", "category": "utility"}
+SPRING_SALE = {"name": "spring_sale", "language": "en_US", "category": "marketing"}
+ORDER_UPDATE = {
+    "name": "order_update", "language": "en_US", "category": "utility",
+    "components": [{"type": "body", "parameters": [{"type": "text", "text": "#1042"}, {"type": "text", "text": "on its way"}]}],
+}
 STAFF_API_MISSING = "the staff API (POST /api/v1/messages) is not in this branch yet: this step runs once it is merged"
 
 
@@ -50,9 +53,20 @@ def message_state(bot: RunningBot, message_id: str, wanted: set[str], timeout: f
         time.sleep(0.2)
 
 
+def catalog_synced(bot: RunningBot, timeout: float = 30.0) -> dict:
+    """The template catalog's state in /healthz once the worker has read the sandbox's (it does as it starts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        templates = requests.get(f"{bot.web_url}/healthz", timeout=10).json()["templates"]
+        if templates["count"] or time.monotonic() > deadline:
+            return templates
+        time.sleep(0.2)
+
+
 def test_a_conversation_through_the_sandbox_then_ctrl_c_stops_everything(tmp_path, redis_url, subtests):
     with running_bot(tmp_path, redis_url) as bot:
         user = SandboxUser(bot.sandbox_url, USER)
+        assert catalog_synced(bot)["count"] == 4  # the sandbox's catalog decides template sends, as Meta's would
 
         (welcome,) = user.say("hello")
         assert "Acme Bakery" in welcome and "reply STOP" in welcome
@@ -80,7 +94,8 @@ def test_a_conversation_through_the_sandbox_then_ctrl_c_stops_everything(tmp_pat
             assert accepted.status_code == 202, accepted.text
             assert accepted.json()["status"] == "queued"
             assert message_state(bot, accepted.json()["id"], {"delivered", "read"}) in {"delivered", "read"}
-            assert [m["kind"] for m in user.messages() if m["direction"] == "out"][-1] == "template"
+            last = [m for m in user.messages() if m["direction"] == "out"][-1]
+            assert (last["kind"], last["text"]) == ("template", "Your order #1042 is on its way.")
 
         # Every message the bot sent was reported back by the sandbox, as Meta does.
         statuses = [m["status"] for m in user.messages() if m["direction"] == "out"]

@@ -110,7 +110,7 @@ def test_what_meta_refuses_the_sandbox_refuses_with_metas_error_code(sandbox, bo
     assert answer.json["error"]["code"] == code
 
 
-def test_a_template_shows_its_name_and_parameters(sandbox):
+def test_a_template_not_in_the_catalog_shows_its_name_and_parameters(sandbox):
     template = {
         "name": "order_ready", "language": {"code": "en"},
         "components": [{"type": "body", "parameters": [{"type": "text", "text": "#1042"}]}],
@@ -118,6 +118,16 @@ def test_a_template_shows_its_name_and_parameters(sandbox):
     assert send(sandbox, {"to": USER, "type": "template", "template": template}).status_code == 200
     (shown,) = sandbox.get(f"/api/chats/{USER}").json["messages"]
     assert (shown["kind"], shown["text"]) == ("template", "Template order_ready (en)\n#1042")
+
+
+def test_a_catalog_template_shows_its_text_with_the_parameters_filled_in(sandbox):
+    template = {
+        "name": "order_update", "language": {"code": "en_US"},
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "#1042"}, {"type": "text", "text": "on its way"}]}],
+    }
+    assert send(sandbox, {"to": USER, "type": "template", "template": template}).status_code == 200
+    (shown,) = sandbox.get(f"/api/chats/{USER}").json["messages"]
+    assert (shown["kind"], shown["text"]) == ("template", "Your order #1042 is on its way.")
 
 
 def test_what_a_user_types_or_taps_reaches_the_bot_as_metas_signed_webhook(sandbox, bot):

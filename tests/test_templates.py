@@ -1,9 +1,12 @@
 """Meta's template catalog decides a template's category and whether it may be sent (SPEC §7)."""
 from __future__ import annotations
 
+import json
 import time
+from datetime import UTC, datetime
 
 import pytest
+import sqlalchemy as sa
 
 from bot import create_app
 from bot.domain.consent import Scope
@@ -11,13 +14,14 @@ from bot.outbound.graph_errors import TransientError
 from bot.outbound.worker import sync_templates_when_due
 from bot.services import services_of, sync_templates, warn_without_catalog
 from bot.storage.db import writer
-from bot.storage.templates import SyncFailed
+from bot.storage.schema import account_notices, outbound_messages
+from bot.storage.templates import CatalogTemplate, SyncFailed
 from sandbox.graph_imitation import SAMPLE_TEMPLATES
 from tests.conftest import app_config
 from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
 from tests.test_identities import send_queued
 from tests.test_staff_api import AUTH
-from tests.test_webhook import kept_notices, notice_body, post
+from tests.test_webhook import kept_notices, notice_body, post, status_body
 
 WABA_ID = "102290129340398"
 
@@ -113,8 +117,17 @@ def synced(waba_app):
     return waba_app
 
 
-def send(app, name: str, category: str, to: str = USER, language: str = "en_US"):
-    body = {"to": to, "template": {"name": name, "language": language, "category": category}}
+def body_parameters(*texts: str) -> list[dict]:
+    return [{"type": "body", "parameters": [{"type": "text", "text": text} for text in texts]}]
+
+
+# What each sample template's body asks for, as a send gives it.
+PARAMETERS = {"order_update": body_parameters("A-1042", "on its way"), "login_code": body_parameters("482913")}
+
+
+def send(app, name: str, category: str, to: str = USER, language: str = "en_US", components: list | None = None):
+    components = PARAMETERS.get(name, []) if components is None else components
+    body = {"to": to, "template": {"name": name, "language": language, "category": category, "components": components}}
     return app.test_client().post("/api/v1/messages", headers=AUTH, json=body)
 
 
@@ -253,3 +266,168 @@ def test_the_cli_notes_meta_s_category_and_decides_on_it(synced, tmp_path):
     campaign = runner.invoke(args=["campaign", "send", "spring_sale", "--recipients", str(numbers), "--category", "utility"])
     assert campaign.exit_code == 0, campaign.output
     assert "as marketing, not utility" in campaign.output and "1 queued, skipped: marketing_opted_out 1" in campaign.output
+
+
+# -- parameters ------------------------------------------------------------------------------
+
+
+def test_a_wrong_parameter_count_is_refused_before_anything_is_queued(synced):
+    one_short = send(synced, "order_update", "utility", to=OTHER_USER, components=body_parameters("A-1042"))
+    assert one_short.status_code == 422
+    assert one_short.get_json() == {
+        "error": "invalid_field", "field": "template.components",
+        "detail": "template.components: template order_update (en_US) takes 2 body parameter(s), 1 given",
+    }
+    header = [{"type": "header", "parameters": [{"type": "text", "text": "Hi"}]}, *PARAMETERS["order_update"]]
+    assert send(synced, "order_update", "utility", to=OTHER_USER, components=header).get_json()["detail"] == (
+        "template.components: template order_update (en_US) takes 0 header parameter(s), 1 given"
+    )
+    assert send(synced, "spring_sale", "marketing", to=OTHER_USER, components=body_parameters("extra")).status_code == 422
+    campaign = synced.test_client().post("/api/v1/campaigns", headers=AUTH, json={
+        "template": {"name": "order_update", "language": "en_US", "category": "utility"}, "recipients": [OTHER_USER], "dry_run": True,
+    })
+    assert campaign.status_code == 422 and campaign.get_json()["detail"].endswith("takes 2 body parameter(s), 0 given")
+    cli = synced.test_cli_runner().invoke(args=["send", "template", "login_code", "--to", OTHER_USER, "--category", "authentication"])
+    assert cli.exit_code == 1 and "template login_code (en_US) takes 1 body parameter(s), 0 given" in cli.output
+    with services_of(synced).engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(outbound_messages)).scalar_one() == 0
+    assert send(synced, "order_update", "utility", to=OTHER_USER).status_code == 202
+
+
+def test_without_an_account_id_parameters_are_not_counted(app):
+    services_of(app).ledger.append(web_opt_in(USER, ref="form-1"))
+    assert send(app, "order_update", "utility", components=[]).status_code == 202  # no catalog to count against
+
+
+def catalog_entry(*components: dict) -> CatalogTemplate:
+    return CatalogTemplate("welcome", "en_US", "APPROVED", "UTILITY", None, list(components), datetime.now(UTC))
+
+
+@pytest.mark.parametrize(("components", "given", "mismatch"), [
+    ([{"type": "BODY", "text": "Hi {{first_name}}, {{first_name}}: order {{ order }}"}], body_parameters("Ana", "A-1"), None),
+    ([{"type": "HEADER", "format": "IMAGE"}, {"type": "BODY", "text": "No variables"}], [{"type": "header", "parameters": [{"type": "image"}]}], None),
+    ([{"type": "HEADER", "format": "TEXT", "text": "Hello {{1}}"}], [], "takes 1 header parameter(s), 0 given"),
+    ([{"type": "BODY", "text": "{{1}} and {{2}}"}, {"type": "FOOTER", "text": "{{9}}"}], body_parameters("a", "b"), None),
+    ([{"type": "BODY", "text": "{{1}}"}], body_parameters("a", "b"), "takes 1 body parameter(s), 2 given"),
+])
+def test_parameters_are_counted_as_meta_counts_them(components, given, mismatch):
+    found = catalog_entry(*components).parameter_mismatch(given)
+    assert found == (f"template welcome (en_US) {mismatch}" if mismatch else None)
+
+
+# -- what Meta bills -------------------------------------------------------------------------
+
+
+def status_with_pricing(meta_id: str, category: str, recipient: str = OTHER_USER, status: str = "sent") -> dict:
+    body, _ = status_body("status_sent.json")
+    [item] = body["entry"][0]["changes"][0]["value"]["statuses"]
+    item.update(id=meta_id, status=status, recipient_id=recipient, timestamp=str(int(time.time())))
+    item["pricing"]["category"] = category
+    return body
+
+
+def billed(app, message_id: str) -> tuple:
+    with services_of(app).engine.connect() as conn:
+        columns = (outbound_messages.c.billed_category, outbound_messages.c.billed_type, outbound_messages.c.billable, outbound_messages.c.kind)
+        return tuple(conn.execute(sa.select(*columns).where(outbound_messages.c.id == message_id)).one())
+
+
+def discrepancies(app) -> list[dict]:
+    with services_of(app).engine.connect() as conn:
+        rows = conn.execute(sa.select(account_notices.c.details).where(account_notices.c.field == "billing_discrepancy"))
+        return [json.loads(details) for (details,) in rows]
+
+
+def sent_template(app, name: str, category: str) -> tuple[str, str]:
+    answer = send(app, name, category, to=OTHER_USER)
+    assert answer.status_code == 202, answer.get_json()
+    [message] = send_queued(app)
+    assert message.state.value == "sent"
+    return message.id, message.meta_message_id
+
+
+def test_what_meta_bills_is_recorded_per_message(synced):
+    message_id, meta_id = sent_template(synced, "order_update", "utility")
+    assert post(synced.test_client(), status_with_pricing(meta_id, "utility")).status_code == 200
+    assert billed(synced, message_id) == ("utility", "regular", True, "utility")
+    assert discrepancies(synced) == []
+
+
+def test_a_message_billed_as_marketing_but_decided_otherwise_is_kept_for_staff(synced, caplog):
+    message_id, meta_id = sent_template(synced, "order_update", "utility")
+    client = synced.test_client()
+    for status in ("sent", "delivered", "sent"):  # redelivered, and a later status saying the same
+        assert post(client, status_with_pricing(meta_id, "marketing", status=status)).status_code == 200
+    assert billed(synced, message_id) == ("marketing", "regular", True, "utility")
+    assert discrepancies(synced) == [{
+        "message_id": message_id, "meta_message_id": meta_id, "decided_as": "utility", "billed_as": "marketing",
+        "template": ["order_update", "en_US"], "campaign_id": None,
+    }]
+    assert [m for m in caplog.messages if "billed by Meta" in m] == [f"message {message_id} billed by Meta as marketing, decided as utility"]
+
+
+def test_billing_is_compared_with_the_category_the_send_was_decided_on(synced):
+    """Meta moved the template to marketing between queueing and sending: the send was decided
+    (and allowed) as marketing, so Meta billing it as marketing is no discrepancy."""
+    assert send(synced, "order_update", "utility", to=OTHER_USER).status_code == 202
+    set_category(synced, "order_update", "MARKETING")
+    [message] = send_queued(synced)
+    assert (message.state.value, message.kind.value) == ("sent", "marketing")
+    assert post(synced.test_client(), status_with_pricing(message.meta_message_id, "marketing")).status_code == 200
+    assert discrepancies(synced) == []
+
+
+def test_a_quality_update_changes_the_catalog(synced):
+    rated = template_notice(
+        "message_template_quality_update", message_template_name="spring_sale", previous_quality_score="GREEN", new_quality_score="RED",
+    )
+    assert post(synced.test_client(), rated).status_code == 200
+    listed = {(t["name"], t["language"]): t["quality"] for t in synced.test_client().get("/api/v1/templates", headers=AUTH).get_json()}
+    assert listed[("spring_sale", "en_US")] == "RED" and listed[("order_update", "en_US")] == "GREEN"
+
+
+# -- health ----------------------------------------------------------------------------------
+
+
+def test_health_tells_the_catalog_s_state_without_failing_for_it(waba_app, graph):
+    client = waba_app.test_client()
+    empty = client.get("/healthz")
+    assert empty.status_code == 200 and "catalog is empty" in empty.get_json()["detail"]
+    sync_templates(services_of(waba_app))
+    healthy = client.get("/healthz").get_json()
+    assert "detail" not in healthy and healthy["templates"]["count"] == 5 and healthy["templates"]["last_sync_failure"] is None
+    graph.templates_error = 190
+    with pytest.raises(SyncFailed):
+        sync_templates(services_of(waba_app))
+    stale = client.get("/healthz")
+    assert stale.status_code == 200 and stale.get_json()["status"] == "ok"
+    detail = stale.get_json()["detail"]
+    assert "failed (the template catalog could not be read" in detail and "deciding on the last good one: 5 template(s) read" in detail
+    graph.templates_error = None
+    sync_templates(services_of(waba_app))
+    assert "detail" not in client.get("/healthz").get_json()
+
+
+def test_health_says_nothing_of_templates_without_an_account_id(client):
+    assert client.get("/healthz").get_json() == {"status": "ok", "database": "ok", "redis": "ok"}
+
+
+# -- a large campaign ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_campaign_of_ten_thousand_takes_no_catalog_call_beyond_one_sync(synced, graph):
+    """Decisions read the catalog kept in the database, never Meta's: at submission for the
+    whole list in one read, and at send time once per wave of messages claimed.
+    (bench/send_throughput.py counts the catalog calls of whole campaigns sent by worker processes.)"""
+    calls_for_one_sync = graph.catalog_calls
+    assert calls_for_one_sync == 3  # five templates, two a page
+    recipients = [f"1555{n:07d}" for n in range(10_000)]
+    services_of(synced).ledger.append_many(web_opt_in(number, ref=f"form-{number}") for number in recipients)
+    answer = synced.test_client().post("/api/v1/campaigns", headers=AUTH, json={
+        "template": {"name": "spring_sale", "language": "en_US", "category": "utility"}, "recipients": recipients,
+    })
+    assert answer.status_code == 202 and answer.get_json()["queued"] == 10_000
+    sent = send_queued(synced, limit=50)
+    assert [message.state.value for message in sent] == ["sent"] * 50
+    assert graph.catalog_calls == calls_for_one_sync

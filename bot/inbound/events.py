@@ -67,6 +67,16 @@ class InboundMessage:
 
 
 @dataclass(frozen=True)
+class Pricing:
+    """What Meta bills a message as (a status's `pricing`): `category` such as marketing,
+    utility, authentication or service; `type` such as regular or free_customer_service."""
+
+    category: str
+    type: str | None
+    billable: bool | None
+
+
+@dataclass(frozen=True)
 class StatusUpdate:
     """What happened to a message the business sent. `recipients`: the identifiers Meta named
     (none for a group or a placeholder: the status is applied by message id)."""
@@ -76,6 +86,7 @@ class StatusUpdate:
     timestamp: datetime
     recipients: tuple[str, ...] = ()
     error_codes: tuple[int, ...] = ()
+    pricing: Pricing | None = None
 
 
 @dataclass(frozen=True)
@@ -314,10 +325,22 @@ def _status(item: Any, contacts: list[tuple[str, ...]]) -> WebhookEvent:
         errors = tuple(e["code"] for e in item.get("errors", []) if isinstance(e, dict) and isinstance(e.get("code"), int))
         return StatusUpdate(
             meta_message_id=_required(item["id"]), status=_delivery_status(item["status"]), timestamp=_time(item["timestamp"]),
-            recipients=_status_recipients(item, errors, contacts), error_codes=errors,
+            recipients=_status_recipients(item, errors, contacts), error_codes=errors, pricing=_pricing(item.get("pricing")),
         )
     except _UNREADABLE as error:
         return _unrecognized(f"unreadable status ({type(error).__name__})", item)
+
+
+def _pricing(pricing: object) -> Pricing | None:
+    """A status's `pricing`, when it names a category; odd fields are left out, not fatal: the
+    status itself must still be applied."""
+    if not isinstance(pricing, dict) or not isinstance(pricing.get("category"), str) or not pricing["category"]:
+        return None
+    kind, billable = pricing.get("type"), pricing.get("billable")
+    return Pricing(
+        pricing["category"].lower()[:32], kind.lower()[:32] if isinstance(kind, str) and kind else None,
+        billable if isinstance(billable, bool) else None,
+    )
 
 
 def _delivery_status(status: str) -> DeliveryStatus:

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from bot.domain.consent import delivery_marketing_opt_out
 from bot.domain.identity import mask
-from bot.domain.policy import Decision, Refusal
+from bot.domain.policy import Decision, MessageKind, Refusal
 from bot.outbound.cloud_api import Accepted, CloudApi
 from bot.outbound.graph_errors import CloudApiError, MarketingOptedOut, NeedsPhoneNumber, WindowClosed
 from bot.outbound.limiter import RateLimiter
@@ -152,9 +152,12 @@ class Sender:
         marks = self._marks.read([(m.recipient, m.campaign_id) for m in messages])
         held = self.outbox.paused_campaigns({m.campaign_id for m in messages if m.campaign_id})
         held |= {m.campaign_id for m, (_, pause_mark) in zip(messages, marks, strict=True) if m.campaign_id and pause_mark is not None}
-        decisions = self.outbox.decide_many(list(zip((m.recipient for m in messages), self.outbox.kinds_now(messages), strict=True)))
+        kinds = self.outbox.kinds_now(messages)
+        decisions = self.outbox.decide_many(list(zip((m.recipient for m in messages), kinds, strict=True)))
         cleared = []
-        for message, (decision, state), mark in zip(messages, decisions, marks, strict=True):
+        for message, kind, (decision, state), mark in zip(messages, kinds, decisions, marks, strict=True):
+            if decision.allowed and isinstance(kind, MessageKind) and kind is not message.kind:
+                self.outbox.decided_as(message.id, kind)
             if message.campaign_id in held:
                 self.outbox.release(message.id, self.outbox.clock())
                 decision = Decision(False, Refusal.PAUSED)

@@ -22,7 +22,15 @@ from bot.domain.policy import MessageKind, Refusal
 from bot.services import current_services
 from bot.staff.audit import FORMATS, export_lines
 from bot.staff.openapi import openapi_document
-from bot.staff.request_rules import InvalidField, campaign_request, consent_draft, identifier_field, message_request, timestamp_field
+from bot.staff.request_rules import (
+    InvalidField,
+    campaign_request,
+    consent_draft,
+    identifier_field,
+    message_request,
+    parameters_field,
+    timestamp_field,
+)
 from bot.storage.campaigns import CampaignIdTaken, CampaignRefused, Campaigns
 from bot.storage.ledger import SourceRefConflict, utc_now
 from bot.storage.outbox import Message, Outbox, QueueName, Template
@@ -171,6 +179,8 @@ def _time_arg(name: str) -> datetime | None:
 def send_message():
     message = message_request(_json_body(), current_services().replies)
     outbox = current_services().outbox
+    if message.template:
+        parameters_field(message.template, outbox.catalog)
     categories = _categories(outbox, message.template, message.kind) if message.template else {}
     # One message to one person (an order update, a code): the fast queue, not behind campaigns.
     submission = outbox.submit(message, _request_key("api"), RECORDED_BY, QueueName.REPLIES)
@@ -235,6 +245,7 @@ def start_campaign():
     template, kind, recipients, dry_run = campaign_request(_json_body(), MAX_CAMPAIGN_RECIPIENTS)
     campaign_id = str(uuid.uuid5(uuid.NAMESPACE_URL, _request_key("campaign")))
     outbox = current_services().outbox
+    parameters_field(template, outbox.catalog)
     refusal = outbox.template_verdict(template)
     if isinstance(refusal, Refusal) and not dry_run:  # Meta's catalog: no such template, or not approved
         return api_error(409, "not_allowed", f"no campaign can start: {refusal.value}", reason=refusal.value)

@@ -15,6 +15,7 @@ from bot.domain.identity import InvalidIdentifier, normalize_identifier
 from bot.domain.policy import MessageKind
 from bot.domain.replies import Replies, Reply
 from bot.storage.outbox import Message, Template
+from bot.storage.templates import TemplateCatalog
 
 # Where staff may say a consent event was collected (R1). WhatsApp is not among them (R5).
 STAFF_CHANNELS = (Channel.WEB, Channel.IVR, Channel.PAPER, Channel.SMS, Channel.EMAIL, Channel.IN_PERSON, Channel.API)
@@ -182,6 +183,16 @@ def template_field(value: object) -> tuple[Template, MessageKind]:
         raise InvalidField("template.components", "must be a list of objects, as in Meta's template message")
     unicode_field(components, "template.components")
     return Template(name, language, [dict(part) for part in components]), kind
+
+
+def parameters_field(template: Template, catalog: TemplateCatalog | None) -> None:
+    """Refuse a send whose header or body parameters do not match the template's in Meta's
+    catalog: Meta would refuse it (132000) after it was queued, consent-checked and paid for in
+    send capacity. Nothing is checked without a catalog, or for a template not in it."""
+    entry = catalog.get(template.name, template.language) if catalog else None
+    mismatch = entry.parameter_mismatch(template.components) if entry else None
+    if mismatch:
+        raise InvalidField("template.components", mismatch)
 
 
 def message_request(body: object, replies: Replies) -> Message:

@@ -17,7 +17,7 @@ from bot.domain.policy import MessageKind
 from bot.services import current_services
 from bot.staff.cli_group import DatabaseCommands
 from bot.staff.progress import progress_bar
-from bot.staff.request_rules import InvalidField, opt_in_question, template_field
+from bot.staff.request_rules import InvalidField, opt_in_question, parameters_field, template_field
 from bot.storage.campaigns import CampaignRefused, Campaigns
 from bot.storage.outbox import Message, QueueName, Template
 
@@ -30,7 +30,9 @@ def _template(name: str, language: str, category: str, components: str | None):
     except ValueError:
         raise click.BadParameter("must be a JSON list of Meta template components", param_hint="--components") from None
     try:
-        return template_field({"name": name, "language": language, "category": category, "components": parts})
+        template, kind = template_field({"name": name, "language": language, "category": category, "components": parts})
+        parameters_field(template, current_services().outbox.catalog)
+        return template, kind
     except InvalidField as error:
         raise click.ClickException(str(error)) from None
 

@@ -15,6 +15,8 @@ conflict (WriteConflict) when the rows are written, and the whole POST is done a
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime
@@ -26,9 +28,13 @@ from bot.domain.consent import Action, ConsentState, EventDraft, session_opened
 from bot.domain.identity import phones_first
 from bot.storage.db import WriteConflict, insert_once, writer
 from bot.storage.ledger import Ledger, as_utc, state_of
-from bot.storage.outbox import Message, Outbox, Question, QueueName, Submission, asked_opt_in, submitted
+from bot.storage.outbox import Billed, Billing, Message, Outbox, Question, QueueName, Submission, asked_opt_in, submitted, template_key
 from bot.storage.people import Move, Sighting, move, settle
-from bot.storage.schema import unread_webhooks
+from bot.storage.schema import account_notices, unread_webhooks
+
+log = logging.getLogger(__name__)
+
+BILLING_DISCREPANCY = "billing_discrepancy"  # the account notice's field: billed as marketing, decided otherwise
 
 
 class Intake:
@@ -49,6 +55,7 @@ class Intake:
         self._submitted: dict[str, Submission] = {}
         self._to_queue: dict[QueueName, list[str]] = {}
         self._statuses: list[tuple[str, str, int | None]] = []
+        self._billing: dict[str, Billing] = {}  # Meta message id -> what Meta bills it as
         self._opted_out: set[str] = set()  # people with an opt-out in this POST, new or recorded before
         self.opted_out: set[str] = set()  # their identifiers, once the POST is written
 
@@ -130,9 +137,11 @@ class Intake:
             self._to_queue.setdefault(queue, []).append(row["id"])
         return self._submitted.setdefault(key, submission)
 
-    def apply_status(self, meta_message_id: str, status: str, error_code: int | None) -> None:
-        """A delivery status, applied at the end with the others."""
+    def apply_status(self, meta_message_id: str, status: str, error_code: int | None, billing: Billing | None = None) -> None:
+        """A delivery status, applied at the end with the others, with what Meta bills the message as."""
         self._statuses.append((meta_message_id, status, error_code))
+        if billing is not None:
+            self._billing.setdefault(meta_message_id, billing)
 
     def keep_once(self, table: sa.Table, **values: object) -> bool:
         """A row kept for staff or inspection (an account notice, an unread item), once: where a
@@ -149,6 +158,8 @@ class Intake:
         """Write what was gathered; return the message ids to queue once the transaction commits."""
         if self._statuses:
             self.outbox.apply_statuses_in(self.conn, self._statuses)
+        if self._billing:
+            self._keep_billing_discrepancies(self.outbox.note_billing_in(self.conn, self._billing))
         if self._messages and len(self.outbox.store_new(self.conn, self._messages)) < len(self._messages):
             raise WriteConflict("an idempotency key was stored by another delivery")
         if self._drafts:
@@ -158,6 +169,25 @@ class Intake:
                     raise WriteConflict(f"{row['source_ref']} was recorded by another delivery")
         self.opted_out = {i for person in self._opted_out for i in self._identifiers.get(person, ())}
         return self._to_queue
+
+    def _keep_billing_discrepancies(self, billed: list[Billed]) -> None:
+        """A message Meta bills as marketing that was not decided on marketing consent is kept
+        for staff as an account notice (once) and logged: either the catalog was wrong when it
+        was sent, or Meta filed it differently."""
+        for message in billed:
+            if not message.marketing_decided_otherwise:
+                continue
+            template = template_key(json.loads(message.content))
+            log.warning("message %s billed by Meta as %s, decided as %s", message.id, message.category, message.kind)
+            details = {
+                "message_id": message.id, "meta_message_id": message.meta_message_id, "decided_as": message.kind,
+                "billed_as": message.category, "template": list(template) if template else None, "campaign_id": message.campaign_id,
+            }
+            self.keep_once(
+                account_notices, received_at=self.now, field=BILLING_DISCREPANCY, event="BILLED_AS_MARKETING",
+                details=json.dumps(details, sort_keys=True), subject=message.id, occurred_at=self.now,
+                digest=digest_of(BILLING_DISCREPANCY, message.id),
+            )
 
     def _clamp(self, at: datetime) -> datetime:
         """Meta's clock may run a little ahead of ours; the ledger refuses events from the future."""

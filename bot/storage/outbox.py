@@ -12,7 +12,7 @@ import functools
 import itertools
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -112,6 +112,26 @@ class StoredMessage:
 
 
 CLOCK_SKEW = timedelta(minutes=1)  # Meta's clock, which stamps the answer, against ours, which stamped the send
+
+
+Billing = tuple[str, str | None, bool | None]  # a status's pricing: (category, type, billable)
+
+
+@dataclass(frozen=True)
+class Billed:
+    """A message whose billing was just noted, with what the policy decided it as."""
+
+    id: str
+    meta_message_id: str
+    kind: str
+    content: str
+    campaign_id: str | None
+    category: str  # what Meta bills it as
+
+    @property
+    def marketing_decided_otherwise(self) -> bool:
+        """Billed as marketing though not decided on marketing consent: for staff to look at."""
+        return self.category.startswith("marketing") and self.kind != MessageKind.MARKETING_TEMPLATE.value
 
 
 @dataclass(frozen=True)
@@ -358,6 +378,11 @@ class Outbox:
                 for message_id, meta_id, consent_event_id, sent_to in sends
             ])
 
+    def decided_as(self, message_id: str, kind: MessageKind) -> None:
+        """Note the kind a message was allowed as at send time, when Meta's catalog moved its
+        template to another category since it was queued: what it is billed as is compared with this."""
+        self._update(message_id, kind=kind.value)
+
     def mark_blocked(self, message_id: str, reason: Refusal) -> None:
         self._update(message_id, state=MessageState.BLOCKED.value, reason=reason.value, lease_until=None)
 
@@ -404,6 +429,22 @@ class Outbox:
             else:
                 conn.execute(_KEEP_EARLY_STATUS, values)
         return changed
+
+    def note_billing_in(self, conn: sa.Connection, billing: Mapping[str, Billing]) -> list[Billed]:
+        """Note what Meta bills messages as (by Meta message id: a status's `pricing`), from the
+        first status that says, in the caller's transaction; the messages this noted, with what
+        they were decided as."""
+        by_pricing: dict[Billing, list[str]] = {}
+        for meta_id, pricing in billing.items():
+            by_pricing.setdefault(pricing, []).append(meta_id)
+        noted = []
+        for (category, kind, billable), meta_ids in by_pricing.items():
+            values = {"meta_ids": meta_ids, "new_category": category, "new_type": kind, "new_billable": billable}
+            noted += [
+                Billed(row.id, row.meta_message_id, row.kind, row.content, row.campaign_id, category)
+                for row in conn.execute(_NOTE_BILLING, values)
+            ]
+        return noted
 
     def apply_early_statuses(self, forget_after: timedelta = timedelta(days=7)) -> int:
         """Apply kept statuses whose message now has its Meta id; forget those never matched."""
@@ -540,6 +581,14 @@ _APPLY_STATUS = (
         state=sa.bindparam("status"), updated_at=sa.bindparam("now"),
         error_code=sa.func.coalesce(sa.bindparam("code", type_=sa.Integer), messages.c.error_code),
     )
+)
+
+
+_NOTE_BILLING = (
+    messages.update()
+    .where(messages.c.meta_message_id.in_(sa.bindparam("meta_ids", expanding=True)), messages.c.billed_category.is_(None))
+    .values(billed_category=sa.bindparam("new_category"), billed_type=sa.bindparam("new_type"), billable=sa.bindparam("new_billable"))
+    .returning(messages.c.id, messages.c.meta_message_id, messages.c.kind, messages.c.content, messages.c.campaign_id)
 )
 
 

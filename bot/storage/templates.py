@@ -8,6 +8,7 @@ once every page was read: a failed sync keeps the last good one) and changed by 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +24,9 @@ from bot.storage.schema import message_templates
 
 APPROVED = "APPROVED"
 WHOLE_SECOND = timedelta(seconds=1)  # Meta times its webhooks in whole seconds: a change in the second of a sync may be after it
+PARAMETERISED = ("header", "body")  # the parts whose parameter count Meta checks against the template
+PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")  # {{1}}, or {{first_name}} in a template with named parameters
+MEDIA_HEADERS = {"IMAGE", "VIDEO", "DOCUMENT", "LOCATION"}  # a header that takes its one parameter as media
 KINDS = {
     "MARKETING": MessageKind.MARKETING_TEMPLATE,
     "UTILITY": MessageKind.UTILITY_TEMPLATE,
@@ -43,6 +47,16 @@ class CatalogTemplate:
     quality: str | None
     components: list
     synced_at: datetime
+
+    def parameter_mismatch(self, components: list[dict]) -> str | None:
+        """Why Meta would refuse these send components (error 132000), counting the header's
+        and the body's parameters against this template's; None when they match."""
+        expected, given = _parameters_taken(self.components), _parameters_given(components)
+        wrong = [
+            f"{expected.get(part, 0)} {part} parameter(s), {given.get(part, 0)} given"
+            for part in PARAMETERISED if expected.get(part, 0) != given.get(part, 0)
+        ]
+        return f"template {self.name} ({self.language}) takes {'; '.join(wrong)}" if wrong else None
 
     def as_dict(self) -> dict:
         return {
@@ -101,6 +115,12 @@ class TemplateCatalog:
             query = sa.select(message_templates).order_by(message_templates.c.name, message_templates.c.language)
             return [_entry(row) for row in conn.execute(query).mappings()]
 
+    def freshness(self) -> tuple[int, datetime | None]:
+        """How many templates the catalog holds, and when the oldest of them was read from Meta."""
+        with reading(self.engine) as conn:
+            count, oldest = conn.execute(sa.select(sa.func.count(), sa.func.min(message_templates.c.synced_at))).one()
+        return count, as_utc(oldest) if oldest else None
+
     def update(self, conn: Connection, name: str, language: str | None, at: datetime | None = None, **values: str) -> int:
         """Change the status or category of a template Meta told us about (in the webhook's
         transaction); every language of it when the webhook names none. A change from `at`,
@@ -111,6 +131,27 @@ class TemplateCatalog:
         if at is not None:
             where &= message_templates.c.synced_at < at + WHOLE_SECOND
         return conn.execute(message_templates.update().where(where).values(**values)).rowcount
+
+
+def _parameters_taken(components: list) -> dict[str, int]:
+    """Per part (header, body), how many parameters the template's text asks for: one per
+    distinct {{1}} or {{name}}, and one for a media or location header."""
+    taken = {}
+    for part in components:
+        kind = str(part.get("type", "")).lower() if isinstance(part, dict) else ""
+        if kind in PARAMETERISED:
+            media = kind == "header" and str(part.get("format", "TEXT")).upper() in MEDIA_HEADERS
+            taken[kind] = 1 if media else len(set(PLACEHOLDER.findall(str(part.get("text", "")))))
+    return taken
+
+
+def _parameters_given(components: list[dict]) -> dict[str, int]:
+    given: dict[str, int] = {}
+    for part in components:
+        kind, parameters = str(part.get("type", "")).lower(), part.get("parameters", [])
+        if kind in PARAMETERISED:
+            given[kind] = given.get(kind, 0) + (len(parameters) if isinstance(parameters, list) else 0)
+    return given
 
 
 def _row(item: dict, now: datetime) -> dict | None:

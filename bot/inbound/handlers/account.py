@@ -1,8 +1,8 @@
 """Account health notices (R11): violations, quality flags, paused templates.
 
 Each is kept for staff and logged, once; campaigns it puts at risk are paused (bot.storage.campaigns).
-A template's new status, or a category change Meta has made (not one it announces for later),
-changes the template catalog (SPEC §7), so that sends are decided on it from then on.
+A template's new status or quality, or a category change Meta has made (not one it announces
+for later), changes the template catalog (SPEC §7), so that sends are decided on it from then on.
 """
 from __future__ import annotations
 
@@ -52,7 +52,9 @@ def _update_catalog(ctx: Context, intake: Intake, notice: AccountNotice) -> None
     if notice.field == "template_category_update" and "correct_category" not in details and isinstance(details.get("new_category"), str):
         catalog.update(intake.conn, name, language, notice.at, category=details["new_category"].upper())
     elif notice.field == "message_template_status_update" and notice.event not in STATUS_UNCHANGED:
-        catalog.update(intake.conn, name, language, notice.at, status=STATUS_OF_EVENT.get(notice.event, notice.event))
+        catalog.update(intake.conn, name, language, notice.at, status=STATUS_OF_EVENT.get(notice.event, notice.event)[:32])
+    elif notice.field == "message_template_quality_update" and isinstance(details.get("new_quality_score"), str):
+        catalog.update(intake.conn, name, language, notice.at, quality=details["new_quality_score"].upper()[:32])
 
 
 def _newer_kept(intake: Intake, notice: AccountNotice) -> bool:

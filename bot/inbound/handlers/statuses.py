@@ -1,4 +1,4 @@
-"""Delivery statuses: message states move forward only; 131050 is a marketing opt-out."""
+"""Delivery statuses: message states move forward only; 131050 is a marketing opt-out; what Meta bills is noted."""
 from __future__ import annotations
 
 from bot.domain.consent import delivery_marketing_opt_out
@@ -9,7 +9,9 @@ from bot.storage.ledger import utc_now
 
 
 def on_status(ctx: Context, intake: Intake, status: StatusUpdate) -> None:
-    intake.apply_status(status.meta_message_id, status.status.value, status.error_codes[0] if status.error_codes else None)
+    pricing = status.pricing
+    billing = (pricing.category, pricing.type, pricing.billable) if pricing else None
+    intake.apply_status(status.meta_message_id, status.status.value, status.error_codes[0] if status.error_codes else None, billing)
     if MARKETING_STOPPED in status.error_codes and status.recipients:
         evidence = {"meta_message_id": status.meta_message_id, "error_code": MARKETING_STOPPED}
         ref = f"status-{MARKETING_STOPPED}:{status.meta_message_id}"
