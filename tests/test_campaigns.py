@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from rq import Queue
 
-from bot.domain.policy import MessageKind
+from bot.domain.policy import MessageKind, Refusal
 from bot.services import services_of
 from bot.storage.campaigns import CampaignRefused, Campaigns, Status
 from bot.storage.outbox import Template
@@ -178,3 +178,19 @@ def test_a_paused_campaigns_messages_wait_and_go_after_resume(app, campaigns):
 def _messages(app, campaign_id: str) -> list:
     with services_of(app).ledger.engine.connect() as conn:
         return conn.execute(sa.select(outbound_messages).where(outbound_messages.c.campaign_id == campaign_id)).all()
+
+
+def test_every_entry_of_the_list_is_accounted_for_and_send_time_refusals_told_apart(app, campaigns):
+    listed = RECIPIENTS + ["19175550100", "12", "  ", RECIPIENTS[0]]  # no consent, invalid, blank, again
+    campaign_id = campaigns.send(SPRING_SALE, MessageKind.MARKETING_TEMPLATE, listed, "staff:test").campaign_id
+    outbox = services_of(app).outbox
+    stopped = next(message for message in _messages(app, campaign_id) if message.recipient == RECIPIENTS[0])
+    outbox.claim(stopped.id)  # as the sender does, which then finds the opt-out that came meanwhile
+    outbox.mark_blocked(stopped.id, Refusal.OPTED_OUT)
+    progress = campaigns.progress(campaign_id)
+    assert (progress.recipients, progress.blank, progress.duplicates, progress.listed) == (11, 1, 1, len(listed))
+    assert progress.skipped == {"no_consent": 1, "invalid_recipient": 1}
+    assert progress.blocked_at_send == {"opted_out": 1}
+    assert progress.states == {"queued": 9, "blocked": 2}
+    assert sum(progress.states.values()) == progress.recipients
+

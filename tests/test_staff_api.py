@@ -322,7 +322,7 @@ def test_a_message_idempotency_key_reused_for_another_message_is_refused(client,
 
 # -- campaigns -------------------------------------------------------------------------------
 
-CAMPAIGN_LIST = [USER, "+1 650 555 1234", OTHER_USER, "19175550100", "12ab"]
+CAMPAIGN_LIST = [USER, "+1 650 555 1234", OTHER_USER, "19175550100", "12ab", " "]
 
 
 def opt_in_list(app) -> None:
@@ -337,7 +337,7 @@ def test_a_dry_run_counts_and_queues_nothing(client, app):
     response = client.post("/api/v1/campaigns", headers=AUTH, json={"template": SPRING_SALE, "recipients": CAMPAIGN_LIST, "dry_run": True})
     assert response.status_code == 200
     assert response.get_json() == {
-        "dry_run": True, "campaign_id": None, "queued": 1, "duplicates": 1,
+        "dry_run": True, "campaign_id": None, "queued": 1, "duplicates": 1, "blank": 1,
         "skipped": {"opted_out": 1, "no_consent": 1, "invalid_recipient": 1},
     }
     assert stored_messages(app) == [] and Queue("bulk", connection=services_of(app).redis).count == 0
@@ -352,6 +352,9 @@ def test_a_campaign_queues_the_allowed_and_reports_progress(client, app):
     progress = client.get(f"/api/v1/campaigns/{result['campaign_id']}", headers=AUTH).get_json()
     assert (progress["status"], progress["queued"], progress["blocked"], progress["sent"], progress["opt_outs"]) == ("running", 1, 2, 0, 0)
     assert progress["template"]["name"] == "spring_sale" and progress["recipients"] == 3
+    # What the start answered stays in the progress: every entry of the list is accounted for.
+    assert (progress["listed"], progress["skipped"], progress["duplicates"], progress["blank"]) == (
+        len(CAMPAIGN_LIST), result["skipped"], result["duplicates"], result["blank"])
     jobs = Queue("bulk", connection=services_of(app).redis).jobs
     assert sum(len(job.args[0]) for job in jobs) == 1
 
