@@ -194,3 +194,20 @@ def test_every_entry_of_the_list_is_accounted_for_and_send_time_refusals_told_ap
     assert progress.states == {"queued": 9, "blocked": 2}
     assert sum(progress.states.values()) == progress.recipients
 
+
+def test_the_list_of_campaigns_takes_two_queries_however_many_there_are(app, campaigns):
+    started = [start(campaigns) for _ in range(3)]
+    campaigns.pause(started[0], "paused by staff")
+    statements: list[str] = []
+    listen = lambda conn, cursor, statement, *args: statements.append(statement)
+    sa.event.listen(campaigns.engine, "before_cursor_execute", listen)
+    try:
+        newest = campaigns.newest(10)
+    finally:
+        sa.event.remove(campaigns.engine, "before_cursor_execute", listen)
+    assert len([statement for statement in statements if statement.startswith("SELECT")]) == 2  # (SQLite adds its BEGIN)
+    assert [summary.id for summary in newest] == started[::-1]
+    assert [summary.status for summary in newest] == [Status.RUNNING, Status.RUNNING, Status.PAUSED]
+    assert all(summary.states == {"queued": len(RECIPIENTS)} for summary in newest)
+    assert [summary.id for summary in campaigns.newest(1)] == [started[-1]]
+

@@ -195,6 +195,24 @@ def test_campaign_status_accounts_for_every_row_of_the_file(runner, app, ledger,
     assert (missing.exit_code, missing.output) == (1, "Error: no campaign nope\n")
 
 
+def test_campaign_list_shows_the_newest_first_with_state_and_counts(runner, app, ledger, tmp_path):
+    assert runner.invoke(args=["campaign", "list"]).output == "no campaigns yet: `flask campaign send` starts one\n"
+    older = campaign_id_of(start_campaign(runner, ledger, tmp_path))
+    nobody = write(tmp_path, "wa_id\n19175550100\n", "nobody.csv")  # no consent: finished at once
+    newer = campaign_id_of(runner.invoke(args=["campaign", "send", "order_update", "--recipients", nobody, "--language", "en",
+                                               "--category", "utility"]).output.strip().splitlines()[-1])
+    result = runner.invoke(args=["campaign", "list"])
+    assert result.exit_code == 0, result.output
+    header, *rows = [line.split() for line in result.output.splitlines()]
+    assert header == ["ID", "TEMPLATE", "CATEGORY", "CREATED", "(UTC)", "STATE", "RECIPIENTS", "QUEUED", "SENT", "DELIVERED", "READ", "FAILED", "BLOCKED"]
+    assert [row[:4] + row[6:] for row in rows] == [
+        [newer, "order_update", "(en)", "utility", "finished", "1", "0", "0", "0", "0", "0", "1"],
+        [older, "spring_sale", "(en_US)", "marketing", "running", "3", "1", "0", "0", "0", "0", "2"],
+    ]
+    limited = runner.invoke(args=["campaign", "list", "--limit", "1"]).output.splitlines()
+    assert [line.split()[0] for line in limited[1:-1]] == [newer] and limited[-1] == "(the newest 1; --limit shows more)"
+
+
 def test_campaign_send_refuses_a_file_without_numbers(runner, tmp_path):
     result = runner.invoke(args=["campaign", "send", "x", "--recipients", write(tmp_path, "name,city\nAna,Lima\n"), "--category", "utility"])
     assert result.exit_code == 1 and "no wa_id column" in result.output

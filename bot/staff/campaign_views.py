@@ -1,14 +1,25 @@
-"""How a campaign reads on a terminal: the report of `flask campaign status`, whose lines add up
-to the entries the campaign's list had."""
+"""How campaigns read on a terminal: the table of `flask campaign list` and the report of
+`flask campaign status`, whose lines add up to the entries the campaign's list had."""
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from bot.domain.policy import Refusal
 from bot.storage.campaigns import Progress, Status, Summary
 from bot.storage.outbox import MessageState
 
+LIST_HEADER = ("ID", "TEMPLATE", "CATEGORY", "CREATED (UTC)", "STATE", "RECIPIENTS") + tuple(state.value.upper() for state in MessageState)
 INVALID = Refusal.INVALID_RECIPIENT.value
 # What a state means in a report line, when its name alone could mislead.
 STATE_NOTES = {MessageState.SENT: "not delivered yet", MessageState.DELIVERED: "not read yet"}
+
+
+def list_row(summary: Summary) -> Sequence[str]:
+    """One campaign as a row under LIST_HEADER; its message counts add up to its recipients."""
+    return (
+        summary.id, _template(summary), summary.category, f"{summary.created_at:%Y-%m-%d %H:%M}", summary.status.value,
+        str(summary.recipients), *(str(summary.states.get(state.value, 0)) for state in MessageState),
+    )
 
 
 def status_report(progress: Progress, max_opt_out_rate: float, min_reached: int) -> list[str]:

@@ -15,10 +15,11 @@ from flask.cli import with_appcontext
 
 from bot.domain.policy import MessageKind
 from bot.services import current_services
-from bot.staff.campaign_views import status_report
+from bot.staff.campaign_views import LIST_HEADER, list_row, status_report
 from bot.staff.cli_group import DatabaseCommands
 from bot.staff.progress import progress_bar
 from bot.staff.request_rules import InvalidField, opt_in_question, template_field
+from bot.staff.tables import echo_table
 from bot.storage.campaigns import CampaignRefused, Campaigns
 from bot.storage.outbox import Message, QueueName, Template
 
@@ -123,6 +124,20 @@ def campaign_send(name: str, recipients: Path, language: str, category: str, com
     )
     if not dry_run and result.campaign_id is None:
         raise click.ClickException(f"nothing queued: {_campaigns().account_flag() or skipped}")
+
+
+@campaign_cli.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many campaigns to show.")
+@with_appcontext
+def campaign_list(limit: int) -> None:
+    """Show the newest campaigns: template, state and where their messages are."""
+    newest = _campaigns().newest(limit + 1)
+    if not newest:
+        click.echo("no campaigns yet: `flask campaign send` starts one")
+        return
+    echo_table(LIST_HEADER, [list_row(summary) for summary in newest[:limit]])
+    if len(newest) > limit:
+        click.echo(f"(the newest {limit}; --limit shows more)")
 
 
 @campaign_cli.command("status")

@@ -71,7 +71,7 @@ class CampaignResult:
 
 @dataclass(frozen=True)
 class Summary:
-    """A campaign and how far its messages got."""
+    """A campaign and how far its messages got (one row of `flask campaign list`)."""
 
     id: str
     template: dict
@@ -220,6 +220,11 @@ class Campaigns:
                 return None
             opt_outs = conn.execute(_OPT_OUTS_AFTER_REACHED, {"campaign_id": campaign_id}).scalar_one()
         return Progress(**vars(found[0]), opt_outs=opt_outs)
+
+    def newest(self, limit: int) -> list[Summary]:
+        """The `limit` most recently started campaigns, newest first, in two queries whatever the limit."""
+        with reading(self.engine) as conn:
+            return _summaries(conn, sa.select(campaigns).order_by(campaigns.c.created_at.desc(), campaigns.c.id).limit(limit))
 
     def enforce_opt_out_limit(self) -> list[str]:
         """Pause running campaigns whose recipients opt out too often (R11). Returns the paused ids."""
