@@ -211,3 +211,10 @@ def test_the_list_of_campaigns_takes_two_queries_however_many_there_are(app, cam
     assert all(summary.states == {"queued": len(RECIPIENTS)} for summary in newest)
     assert [summary.id for summary in campaigns.newest(1)] == [started[-1]]
 
+
+def test_staff_cannot_pause_a_finished_campaign(app, campaigns):
+    campaign_id = start(campaigns)
+    reach(app, campaign_id, len(RECIPIENTS))
+    with pytest.raises(CampaignRefused, match="is finished"):
+        campaigns.pause_by_staff(campaign_id)
+    assert campaigns.progress(campaign_id).status is Status.FINISHED

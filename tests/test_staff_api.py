@@ -412,6 +412,20 @@ def test_staff_pause_and_resume_a_campaign(client, app):
     assert sum(len(job.args[0]) for job in Queue("bulk", connection=services_of(app).redis).jobs) == 1
 
 
+def test_a_finished_campaign_cannot_be_paused(client, app):
+    """Finished: nothing of it is left queued (here every recipient was refused at the start)."""
+    body = {"template": SPRING_SALE, "recipients": ["19175550100"]}
+    campaign_id = client.post("/api/v1/campaigns", headers=AUTH, json=body).get_json()["campaign_id"]
+    response = client.post(f"/api/v1/campaigns/{campaign_id}/pause", headers=AUTH)
+    assert response.status_code == 409
+    assert response.get_json() == {
+        "error": "not_allowed",
+        "detail": f"campaign {campaign_id} is finished: none of its messages is left to send, so there is nothing to pause",
+    }
+    progress = client.get(f"/api/v1/campaigns/{campaign_id}", headers=AUTH).get_json()
+    assert (progress["status"], progress["pause_reason"]) == ("finished", None)
+
+
 # -- audit -----------------------------------------------------------------------------------
 
 

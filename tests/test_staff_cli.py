@@ -195,6 +195,21 @@ def test_campaign_status_accounts_for_every_row_of_the_file(runner, app, ledger,
     assert (missing.exit_code, missing.output) == (1, "Error: no campaign nope\n")
 
 
+def test_campaign_pause_and_resume_and_a_finished_campaign_refuses_a_pause(runner, app, ledger, tmp_path):
+    campaign_id = campaign_id_of(start_campaign(runner, ledger, tmp_path))
+    paused = runner.invoke(args=["campaign", "pause", campaign_id])
+    assert (paused.exit_code, paused.output) == (0, f"campaign {campaign_id}: paused, 1 queued\n")
+    assert "state       paused: paused by staff" in runner.invoke(args=["campaign", "status", campaign_id]).output
+    resumed = runner.invoke(args=["campaign", "resume", campaign_id])
+    assert (resumed.exit_code, resumed.output) == (0, f"campaign {campaign_id}: running, 1 queued\n")
+    send_queued(app)
+    refused = runner.invoke(args=["campaign", "pause", campaign_id])
+    assert refused.exit_code == 1
+    assert refused.output == f"Error: campaign {campaign_id} is finished: none of its messages is left to send, so there is nothing to pause\n"
+    assert "state       finished" in runner.invoke(args=["campaign", "status", campaign_id]).output
+    assert runner.invoke(args=["campaign", "pause", "nope"]).exit_code == 1
+
+
 def test_campaign_list_shows_the_newest_first_with_state_and_counts(runner, app, ledger, tmp_path):
     assert runner.invoke(args=["campaign", "list"]).output == "no campaigns yet: `flask campaign send` starts one\n"
     older = campaign_id_of(start_campaign(runner, ledger, tmp_path))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -20,7 +21,7 @@ from bot.staff.cli_group import DatabaseCommands
 from bot.staff.progress import progress_bar
 from bot.staff.request_rules import InvalidField, opt_in_question, template_field
 from bot.staff.tables import echo_table
-from bot.storage.campaigns import CampaignRefused, Campaigns
+from bot.storage.campaigns import CampaignRefused, Campaigns, Progress
 from bot.storage.outbox import Message, QueueName, Template
 
 RECORDED_BY = "staff:cli"
@@ -152,15 +153,28 @@ def campaign_status(campaign_id: str) -> None:
         click.echo(line)
 
 
+@campaign_cli.command("pause")
+@click.argument("campaign_id")
+@with_appcontext
+def campaign_pause(campaign_id: str) -> None:
+    """Pause a campaign: its queued messages wait for `flask campaign resume` (refused once it is finished)."""
+    _change(campaign_id, _campaigns().pause_by_staff)
+
+
 @campaign_cli.command("resume")
 @click.argument("campaign_id")
 @with_appcontext
 def campaign_resume(campaign_id: str) -> None:
     """Resume a paused campaign (refused while Meta flags the number)."""
+    _change(campaign_id, _campaigns().resume)
+
+
+def _change(campaign_id: str, change: Callable[[str], Progress]) -> None:
+    """Pause or resume, with the same rules as the staff API; a refusal exits 1 with its reason."""
     if _campaigns().progress(campaign_id) is None:
         raise click.ClickException(f"no campaign {campaign_id}")
     try:
-        progress = _campaigns().resume(campaign_id)
+        progress = change(campaign_id)
     except CampaignRefused as refused:
         raise click.ClickException(str(refused)) from None
     click.echo(f"campaign {campaign_id}: {progress.status.value}, {progress.states.get('queued', 0)} queued")

@@ -280,6 +280,16 @@ class Campaigns:
         """Pause one campaign; False when it does not exist or is paused already."""
         return bool(self._pause_where(campaigns.c.id == campaign_id, reason))
 
+    def pause_by_staff(self, campaign_id: str) -> Progress:
+        """Pause a campaign at staff's request. A finished one (nothing of it left queued) is
+        refused: there is nothing to hold back, and a pause would make it look unfinished."""
+        self._pause_where(sa.and_(campaigns.c.id == campaign_id, _WAITING), "paused by staff")
+        progress = self.progress(campaign_id)
+        assert progress is not None, "callers check that the campaign exists; none is ever deleted"
+        if progress.status is Status.FINISHED:
+            raise CampaignRefused(f"campaign {campaign_id} is finished: none of its messages is left to send, so there is nothing to pause")
+        return progress
+
     def resume(self, campaign_id: str) -> Progress:
         """Resume a paused campaign and queue its waiting messages again; refused while the number is flagged."""
         flagged = self.account_flag()
@@ -372,11 +382,10 @@ def _summaries(conn: Connection, chosen: sa.Select) -> list[Summary]:
     return summaries
 
 
+# A campaign's messages still waiting to be sent (or to be released by a resume).
+_WAITING = sa.exists().where(messages.c.campaign_id == campaigns.c.id, messages.c.state == MessageState.QUEUED.value)
 # Campaigns not paused that still have messages waiting.
-_RUNNING = sa.select(campaigns.c.id).where(
-    campaigns.c.paused_at.is_(None),
-    sa.exists().where(messages.c.campaign_id == campaigns.c.id, messages.c.state == MessageState.QUEUED.value),
-)
+_RUNNING = sa.select(campaigns.c.id).where(campaigns.c.paused_at.is_(None), _WAITING)
 # Messages per campaign, state, reason and attempts: a blocked message never tried (0 attempts)
 # was refused at submission, one a worker claimed was refused at send time.
 _MESSAGE_COUNTS = (
