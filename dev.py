@@ -3,6 +3,10 @@
     python3 dev.py start            run the whole bot: upgrade the database schema, then web, worker,
                                     Redis if none answers, and the WhatsApp sandbox unless
                                     WHATSAPP_TOKEN is set (python -m devstack)
+    python3 dev.py flask ARGS...    a staff command (flask --app wsgi ARGS, e.g. `campaign list`) against
+                                    the local run that is going: its database, Redis and settings, which
+                                    `start` keeps in instance/local-run.json while it runs; with none
+                                    going, it says so and uses the environment and .env, as flask does
     python3 dev.py test [options]   run the test suite (options go to pytest); first starts or installs
                                     PostgreSQL, Redis and Chromium (devstack/services.sh), except
                                     for `-m unit`, the tests that need none of them
@@ -18,7 +22,10 @@ import os
 import subprocess
 import sys
 import venv
+from collections.abc import Mapping
 from pathlib import Path
+
+from devstack import run_settings
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -42,6 +49,18 @@ def ensure_virtualenv(requirements: str) -> None:
 def only_unit_tests(pytest_args: list[str]) -> bool:
     """`-m unit` selects the tests that need no database server, Redis or browser."""
     return any(arg == "-m" and value == "unit" for arg, value in zip(pytest_args, pytest_args[1:])) or "-munit" in pytest_args
+
+
+def with_run_settings(environ: Mapping[str, str], run: tuple[int, run_settings.RunSettings] | None) -> dict[str, str]:
+    """`environ` with the settings of the local run that is going (its pid and settings) in place of
+    its own, so that flask reaches the run's database and Redis; `environ` as it is without one."""
+    env = dict(environ)
+    for name, value in (run[1] if run else {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
 
 
 def main(argv: list[str]) -> int:
@@ -68,6 +87,15 @@ def main(argv: list[str]) -> int:
     if command == "start":
         ensure_virtualenv("requirements-local.txt")
         os.execv(PYTHON, [str(PYTHON), "-m", "devstack"])
+    if command == "flask":
+        ensure_virtualenv("requirements-local.txt")  # the one `start` keeps
+        run = run_settings.going()
+        print(
+            f"dev.py: flask runs against the local run (pid {run[0]}): its database, Redis and settings" if run else
+            "dev.py: no local run is going (`python3 dev.py start`): flask uses this environment and .env",
+            file=sys.stderr, flush=True,
+        )
+        os.execve(PYTHON, [str(PYTHON), "-m", "flask", "--app", "wsgi", *argv[1:]], with_run_settings(os.environ, run))
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -7,10 +7,13 @@ otherwise an embedded redis-server that lives as long as the run) and the ledger
 by default the SQLite file under instance/). Without WHATSAPP_TOKEN it also starts the WhatsApp
 sandbox (`python -m sandbox serve`, on $SANDBOX_PORT) and points the bot's Graph API URL, token, phone
 number id and app secret at it; with WHATSAPP_TOKEN set the bot talks to Meta and no sandbox runs.
-Ctrl-C (SIGINT) or SIGTERM stops everything it started; a second one stops it at once.
+While it runs, `python3 dev.py flask ...` reaches it: its settings are in instance/local-run.json
+(devstack/run_settings.py). Ctrl-C (SIGINT) or SIGTERM stops everything it started; a second one
+stops it at once.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import signal
@@ -30,7 +33,7 @@ from bot.services import STARTUP_ERRORS
 from bot.settings import PROJECT_ROOT, Settings, load_settings, masked_url
 from bot.storage.db import make_engine
 from bot.storage.migrate import upgrade
-from devstack import embedded_redis
+from devstack import embedded_redis, run_settings
 from devstack.processes import Child, Supervisor
 
 SANDBOX_PHONE_NUMBER_ID = "100000000000001"
@@ -62,6 +65,7 @@ def main() -> int:
             redis_child = _redis(env, supervisor, redis_dir)
             return _run(env, port, sandbox_port, supervisor, stopping, embedded=redis_child is not None)
         finally:
+            run_settings.forget()  # from now on `dev.py flask` says no local run is going
             supervisor.say("devstack: stopping")
             supervisor.stop([c for c in supervisor.children if c is not redis_child], STOP_TIMEOUT, hurry)
             if redis_child:
@@ -111,6 +115,9 @@ def _run(
             WHATSAPP_BUSINESS_ACCOUNT_ID=SANDBOX_BUSINESS_ACCOUNT_ID,  # sends are decided on the sandbox's template catalog
         )
         supervisor.start("sandbox", [sys.executable, "-m", "sandbox", "serve", "--port", str(sandbox_port), "--bot-url", web_url], env)
+    other = run_settings.record({name: env.get(name) for name in _setting_names()})
+    if other is not None:
+        supervisor.say(f"devstack: another local run (pid {other}) is going in this checkout: `python3 dev.py flask` reaches that one")
     supervisor.start("web", [  # processes and threads from gunicorn.conf.py, as in production
         sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}", "--no-control-socket", "--access-logfile", "-",
     ], env)
@@ -144,6 +151,11 @@ def _wait_until_ready(
     return f"the bot was not ready after {READY_TIMEOUT:.0f} s"
 
 
+def _setting_names() -> list[str]:
+    """The variables the bot's settings come from: each is its Settings field's name in capitals."""
+    return [field.name.upper() for field in dataclasses.fields(Settings)]
+
+
 def _answers(url: str) -> bool:
     try:
         return requests.get(url, timeout=2).status_code == 200
@@ -174,6 +186,7 @@ def _banner(env: Mapping[str, str], web_url: str, sandbox_url: str | None, embed
         "  worker    python -m bot.outbound.worker",
         f"  redis     {redis_url}" + ("   (embedded, stops with the bot)" if embedded else ""),
         f"  database  {make_url(env['DATABASE_URL']).render_as_string(hide_password=True)}",
+        "  staff     python3 dev.py flask campaign list   (any flask command, against this run's database and Redis)",
         "Ctrl-C stops everything.",
         "",
     ]

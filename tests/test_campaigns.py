@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from rq import Queue
 
-from bot.domain.policy import MessageKind
+from bot.domain.policy import MessageKind, Refusal
 from bot.services import services_of
 from bot.storage.campaigns import CampaignRefused, Campaigns, Status
 from bot.storage.outbox import Template
@@ -178,3 +178,43 @@ def test_a_paused_campaigns_messages_wait_and_go_after_resume(app, campaigns):
 def _messages(app, campaign_id: str) -> list:
     with services_of(app).ledger.engine.connect() as conn:
         return conn.execute(sa.select(outbound_messages).where(outbound_messages.c.campaign_id == campaign_id)).all()
+
+
+def test_every_entry_of_the_list_is_accounted_for_and_send_time_refusals_told_apart(app, campaigns):
+    listed = RECIPIENTS + ["19175550100", "12", "  ", RECIPIENTS[0]]  # no consent, invalid, blank, again
+    campaign_id = campaigns.send(SPRING_SALE, MessageKind.MARKETING_TEMPLATE, listed, "staff:test").campaign_id
+    outbox = services_of(app).outbox
+    stopped = next(message for message in _messages(app, campaign_id) if message.recipient == RECIPIENTS[0])
+    outbox.claim(stopped.id)  # as the sender does, which then finds the opt-out that came meanwhile
+    outbox.mark_blocked(stopped.id, Refusal.OPTED_OUT)
+    progress = campaigns.progress(campaign_id)
+    assert (progress.recipients, progress.blank, progress.duplicates, progress.listed) == (11, 1, 1, len(listed))
+    assert progress.skipped == {"no_consent": 1, "invalid_recipient": 1}
+    assert progress.blocked_at_send == {"opted_out": 1}
+    assert progress.states == {"queued": 9, "blocked": 2}
+    assert sum(progress.states.values()) == progress.recipients
+
+
+def test_the_list_of_campaigns_takes_two_queries_however_many_there_are(app, campaigns):
+    started = [start(campaigns) for _ in range(3)]
+    campaigns.pause(started[0], "paused by staff")
+    statements: list[str] = []
+    listen = lambda conn, cursor, statement, *args: statements.append(statement)
+    sa.event.listen(campaigns.engine, "before_cursor_execute", listen)
+    try:
+        newest = campaigns.newest(10)
+    finally:
+        sa.event.remove(campaigns.engine, "before_cursor_execute", listen)
+    assert len([statement for statement in statements if statement.startswith("SELECT")]) == 2  # (SQLite adds its BEGIN)
+    assert [summary.id for summary in newest] == started[::-1]
+    assert [summary.status for summary in newest] == [Status.RUNNING, Status.RUNNING, Status.PAUSED]
+    assert all(summary.states == {"queued": len(RECIPIENTS)} for summary in newest)
+    assert [summary.id for summary in campaigns.newest(1)] == [started[-1]]
+
+
+def test_staff_cannot_pause_a_finished_campaign(app, campaigns):
+    campaign_id = start(campaigns)
+    reach(app, campaign_id, len(RECIPIENTS))
+    with pytest.raises(CampaignRefused, match="is finished"):
+        campaigns.pause_by_staff(campaign_id)
+    assert campaigns.progress(campaign_id).status is Status.FINISHED

@@ -5,14 +5,21 @@ import csv
 import io
 import json
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 
+from bot import create_app
+from bot.services import services_of
+from bot.settings import PROJECT_ROOT
 from bot.storage.ledger import Ledger, event_hash
 from bot.storage.schema import consent_events
+from tests.conftest import app_config
 from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
+from tests.local_services import migrated
 
 
 def tamper(ledger: Ledger, *statements: str) -> None:
@@ -156,6 +163,24 @@ def test_export_to_an_unwritable_place_fails_cleanly(runner, five_events, tmp_pa
     result = runner.invoke(args=["consent", "export", "-o", str(tmp_path / "missing-dir" / "audit.csv")])
     assert result.exit_code == 1
     assert result.output.startswith("Error: cannot write") and result.output.count("\n") == 1
+
+
+@pytest.mark.processes
+def test_export_to_a_reader_that_stops_early_ends_quietly(tmp_path, redis_url, graph):
+    """`flask consent export | head -1`: no traceback, no complaint, and a success for the shell."""
+    config = app_config(migrated(f"sqlite:///{tmp_path / 'ledger.db'}"), redis_url, graph)
+    app = create_app(config)
+    services_of(app).ledger.append_many([web_opt_in(f"1650555{n:04d}", ref=f"form-{n}") for n in range(500)])  # ~300 KB of CSV
+    services_of(app).dispose()
+    env = {"PATH": "", **{name: str(value) for name, value in config.items()}}
+    export = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "consent", "export"], cwd=PROJECT_ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert export.stdout.readline().startswith("seq,event_id,")
+    export.stdout.close()  # as head does once it has its line
+    assert export.wait(timeout=60) == 0
+    assert export.stderr.read() == ""
 
 
 def test_keywords_check_lists_languages(runner):

@@ -15,6 +15,7 @@ import requests
 from click.testing import CliRunner
 
 from bot.settings import PROJECT_ROOT
+from devstack import run_settings
 from sandbox.cli import simulate
 from tests.conftest import APP_SECRET, PHONE_NUMBER_ID
 from tests.local_run import ADMIN_TOKEN, RunningBot, SandboxUser, running_bot, still_running
@@ -53,8 +54,9 @@ def message_state(bot: RunningBot, message_id: str, wanted: set[str], timeout: f
         time.sleep(0.2)
 
 
-def catalog_synced(bot: RunningBot, timeout: float = 30.0) -> dict:
-    """The template catalog's state in /healthz once the worker has read the sandbox's (it does as it starts)."""
+def catalog_synced(bot: RunningBot, timeout: float = 60.0) -> dict:
+    """The template catalog's state in /healthz once the worker has read the sandbox's (it does as it starts,
+    and again SYNC_RETRY_SECONDS later when the sandbox was not answering yet)."""
     deadline = time.monotonic() + timeout
     while True:
         templates = requests.get(f"{bot.web_url}/healthz", timeout=10).json()["templates"]
@@ -109,7 +111,13 @@ def test_a_conversation_through_the_sandbox_then_ctrl_c_stops_everything(tmp_pat
         assert "devstack: stopped" in bot.output()
 
 
-def test_without_redis_it_runs_its_own_and_simulate_chats_from_a_shell(tmp_path):
+def dev_flask(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "dev.py", "flask", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_without_redis_it_runs_its_own_and_simulate_and_staff_commands_reach_it_from_a_shell(tmp_path):
+    if run_settings.going():
+        pytest.skip("a local run is going in this checkout: `dev.py flask` would reach that one")
     closed = "redis://127.0.0.1:1/0"  # nothing listens on port 1: the embedded redis-server is used
     with running_bot(tmp_path, closed) as bot:
         assert "(embedded, stops with the bot)" in bot.output()
@@ -120,12 +128,34 @@ def test_without_redis_it_runs_its_own_and_simulate_chats_from_a_shell(tmp_path)
         assert chat.returncode == 0, chat.stderr
         assert "Welcome to Acme Bakery!" in chat.stdout
 
+        # A shell of its own settings: its REDIS_URL and DATABASE_URL lead nowhere the bot is.
+        shell = {**bot.env, "REDIS_URL": closed, "DATABASE_URL": f"sqlite:///{tmp_path / 'elsewhere.db'}"}
+        synced = catalog_synced(bot)
+        assert synced["count"] == 4, (synced, bot.output()[-3000:])
+        staff = dev_flask(
+            "send", "template", "order_update", "--language", "en_US", "--category", "utility", "--to", USER,
+            "--components", json.dumps(ORDER_UPDATE["components"]), env=shell,
+        )
+        assert staff.returncode == 0, staff.stderr
+        assert staff.stdout.startswith("queued message ")
+        assert f"dev.py: flask runs against the local run (pid {bot.process.pid})" in staff.stderr
+        user = SandboxUser(bot.sandbox_url, USER)
+        deadline = time.monotonic() + 20  # the run's worker takes it from the embedded Redis and sends it
+        while not [m for m in user.messages() if m["direction"] == "out" and m["kind"] == "template"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [m["kind"] for m in user.messages() if m["direction"] == "out"] == ["text", "template"]
+
         processes = bot.processes()
         redis_servers = [pid for pid in processes if "redis-server" in _command(pid)]
         assert len(redis_servers) == 1
         bot.process.send_signal(signal.SIGTERM)
         assert bot.process.wait(timeout=60) == 0, bot.output()[-3000:]
         assert still_running(processes) == set()
+        assert not run_settings.RUN_FILE.exists()
+
+    alone = dev_flask("--version", env=bot.env)
+    assert alone.returncode == 0 and "Flask" in alone.stdout
+    assert alone.stderr == "dev.py: no local run is going (`python3 dev.py start`): flask uses this environment and .env\n"
 
 
 def test_with_whatsapp_token_set_the_bot_talks_to_the_graph_api_and_no_sandbox_runs(tmp_path, redis_url, graph):

@@ -322,7 +322,7 @@ def test_a_message_idempotency_key_reused_for_another_message_is_refused(client,
 
 # -- campaigns -------------------------------------------------------------------------------
 
-CAMPAIGN_LIST = [USER, "+1 650 555 1234", OTHER_USER, "19175550100", "12ab"]
+CAMPAIGN_LIST = [USER, "+1 650 555 1234", OTHER_USER, "19175550100", "12ab", " "]
 
 
 def opt_in_list(app) -> None:
@@ -337,7 +337,7 @@ def test_a_dry_run_counts_and_queues_nothing(client, app):
     response = client.post("/api/v1/campaigns", headers=AUTH, json={"template": SPRING_SALE, "recipients": CAMPAIGN_LIST, "dry_run": True})
     assert response.status_code == 200
     assert response.get_json() == {
-        "dry_run": True, "campaign_id": None, "queued": 1, "duplicates": 1,
+        "dry_run": True, "campaign_id": None, "queued": 1, "duplicates": 1, "blank": 1,
         "skipped": {"opted_out": 1, "no_consent": 1, "invalid_recipient": 1},
     }
     assert stored_messages(app) == [] and Queue("bulk", connection=services_of(app).redis).count == 0
@@ -352,6 +352,9 @@ def test_a_campaign_queues_the_allowed_and_reports_progress(client, app):
     progress = client.get(f"/api/v1/campaigns/{result['campaign_id']}", headers=AUTH).get_json()
     assert (progress["status"], progress["queued"], progress["blocked"], progress["sent"], progress["opt_outs"]) == ("running", 1, 2, 0, 0)
     assert progress["template"]["name"] == "spring_sale" and progress["recipients"] == 3
+    # What the start answered stays in the progress: every entry of the list is accounted for.
+    assert (progress["listed"], progress["skipped"], progress["duplicates"], progress["blank"]) == (
+        len(CAMPAIGN_LIST), result["skipped"], result["duplicates"], result["blank"])
     jobs = Queue("bulk", connection=services_of(app).redis).jobs
     assert sum(len(job.args[0]) for job in jobs) == 1
 
@@ -407,6 +410,20 @@ def test_staff_pause_and_resume_a_campaign(client, app):
     assert (resumed["status"], resumed["pause_reason"]) == ("running", None)
     # Resuming queues the waiting messages again.
     assert sum(len(job.args[0]) for job in Queue("bulk", connection=services_of(app).redis).jobs) == 1
+
+
+def test_a_finished_campaign_cannot_be_paused(client, app):
+    """Finished: nothing of it is left queued (here every recipient was refused at the start)."""
+    body = {"template": SPRING_SALE, "recipients": ["19175550100"]}
+    campaign_id = client.post("/api/v1/campaigns", headers=AUTH, json=body).get_json()["campaign_id"]
+    response = client.post(f"/api/v1/campaigns/{campaign_id}/pause", headers=AUTH)
+    assert response.status_code == 409
+    assert response.get_json() == {
+        "error": "not_allowed",
+        "detail": f"campaign {campaign_id} is finished: none of its messages is left to send, so there is nothing to pause",
+    }
+    progress = client.get(f"/api/v1/campaigns/{campaign_id}", headers=AUTH).get_json()
+    assert (progress["status"], progress["pause_reason"]) == ("finished", None)
 
 
 # -- audit -----------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 from rq import Queue
 
 from bot.domain.consent import Action, Channel, State
 from bot.services import services_of
+from bot.storage.schema import outbound_messages
 from tests.helpers import OTHER_USER, USER, opt_out, web_opt_in
 
 HEADER = "wa_id,action,channel,scope,consent_text,evidence,occurred_at\n"
@@ -126,23 +128,104 @@ def test_send_template_queues_or_names_the_refusal(runner, app, ledger):
     assert components.exit_code == 2 and "--components" in components.output
 
 
-def test_campaign_send_dry_run_then_real_then_status(runner, app, ledger, tmp_path):
+CAMPAIGN_FILE = f"name,wa_id\nAna,{USER}\nBo,{OTHER_USER}\nCy,19175550100\nDee,12ab\nAna again,+{USER}\nEve,\n\n"  # 7 rows, 2 blank
+
+
+def start_campaign(runner, ledger, tmp_path, *options: str) -> str:
+    """Opt in USER, opt OTHER_USER in and out, and send CAMPAIGN_FILE; returns the last line printed."""
     ledger.append(web_opt_in(USER, ref="f-1"))
     ledger.append(web_opt_in(OTHER_USER, ref="f-2"))
     ledger.append(opt_out(OTHER_USER, ref="s-2"))
-    recipients = write(tmp_path, f"name,wa_id\nAna,{USER}\nBo,{OTHER_USER}\nCy,19175550100\nDee,12ab\nAna again,+{USER}\n", "list.csv")
-    args = ["campaign", "send", "spring_sale", "--recipients", recipients, "--category", "marketing"]
-    dry = runner.invoke(args=[*args, "--dry-run"])
-    assert dry.exit_code == 0, dry.output
-    assert dry.output.strip().splitlines()[-1] == "dry run: 1 queued, skipped: invalid_recipient 1, no_consent 1, opted_out 1; 1 duplicate(s)"
+    args = ["campaign", "send", "spring_sale", "--recipients", write(tmp_path, CAMPAIGN_FILE, "list.csv"), "--category", "marketing"]
+    result = runner.invoke(args=[*args, *options])
+    assert result.exit_code == 0, result.output
+    return result.output.strip().splitlines()[-1]
+
+
+def campaign_id_of(summary: str) -> str:
+    return summary.split()[1].rstrip(":")
+
+
+def send_queued(app) -> None:
+    """Mark every queued message sent, as the worker would."""
+    outbox = services_of(app).outbox
+    with outbox.engine.connect() as conn:
+        queued = conn.execute(sa.select(outbound_messages.c.id).where(outbound_messages.c.state == "queued")).scalars().all()
+    for message_id in queued:
+        claimed = outbox.claim(message_id)
+        outbox.mark_sent(message_id, f"wamid.{message_id}", claimed.consent_event_id)
+
+
+def test_campaign_send_dry_run_counts_every_row_and_queues_nothing(runner, app, ledger, tmp_path):
+    summary = start_campaign(runner, ledger, tmp_path, "--dry-run")
+    assert summary == "dry run: 7 listed: 1 queued, skipped: invalid_recipient 1, no_consent 1, opted_out 1; 1 duplicate(s), 2 blank row(s)"
     assert Queue("bulk", connection=services_of(app).redis).count == 0
-    real = runner.invoke(args=args)
-    summary = real.output.strip().splitlines()[-1]
-    assert real.exit_code == 0 and summary.endswith(": 1 queued, skipped: invalid_recipient 1, no_consent 1, opted_out 1; 1 duplicate(s)")
-    campaign_id = summary.split()[1].rstrip(":")
+
+
+def test_campaign_status_accounts_for_every_row_of_the_file(runner, app, ledger, tmp_path):
+    summary = start_campaign(runner, ledger, tmp_path)
+    assert summary.endswith(": 7 listed: 1 queued, skipped: invalid_recipient 1, no_consent 1, opted_out 1; 1 duplicate(s), 2 blank row(s)")
+    campaign_id = campaign_id_of(summary)
+    running = runner.invoke(args=["campaign", "status", campaign_id])
+    assert running.exit_code == 0 and "state       running, 1 queued" in running.output
+    send_queued(app)
     status = runner.invoke(args=["campaign", "status", campaign_id])
-    assert "status:       running" in status.output and "queued:       1" in status.output
-    assert runner.invoke(args=["campaign", "status", "nope"]).exit_code == 1
+    lines = status.output.splitlines()
+    assert status.exit_code == 0 and lines[2].startswith("created     ")
+    assert lines[:2] + lines[3:] == [
+        f"campaign    {campaign_id}",
+        "template    spring_sale (en_US), marketing",
+        "state       finished: nothing of it is left queued",
+        "entries     7 in its list, each counted once below",
+        "  blank                       2   28.6%  rows with no number",
+        "  invalid number              1   14.3%",
+        "  listed again                1   14.3%  sent once",
+        "  skipped                     2   28.6%  no_consent 1, opted_out 1",
+        "  queued                      0    0.0%",
+        "  sent                        1   14.3%  not delivered yet",
+        "  delivered                   0    0.0%  not read yet",
+        "  read                        0    0.0%",
+        "  failed                      0    0.0%",
+        "  blocked at send time        0    0.0%",
+        "opt-outs    0 of 1 reached (0.0%); it pauses itself above 2.0% once 50 are reached",
+    ]
+    counts = [int(line[24:31]) for line in lines if line.startswith("  ")]
+    assert sum(counts) == 7
+    missing = runner.invoke(args=["campaign", "status", "nope"])
+    assert (missing.exit_code, missing.output) == (1, "Error: no campaign nope\n")
+
+
+def test_campaign_pause_and_resume_and_a_finished_campaign_refuses_a_pause(runner, app, ledger, tmp_path):
+    campaign_id = campaign_id_of(start_campaign(runner, ledger, tmp_path))
+    paused = runner.invoke(args=["campaign", "pause", campaign_id])
+    assert (paused.exit_code, paused.output) == (0, f"campaign {campaign_id}: paused, 1 queued\n")
+    assert "state       paused: paused by staff" in runner.invoke(args=["campaign", "status", campaign_id]).output
+    resumed = runner.invoke(args=["campaign", "resume", campaign_id])
+    assert (resumed.exit_code, resumed.output) == (0, f"campaign {campaign_id}: running, 1 queued\n")
+    send_queued(app)
+    refused = runner.invoke(args=["campaign", "pause", campaign_id])
+    assert refused.exit_code == 1
+    assert refused.output == f"Error: campaign {campaign_id} is finished: none of its messages is left to send, so there is nothing to pause\n"
+    assert "state       finished" in runner.invoke(args=["campaign", "status", campaign_id]).output
+    assert runner.invoke(args=["campaign", "pause", "nope"]).exit_code == 1
+
+
+def test_campaign_list_shows_the_newest_first_with_state_and_counts(runner, app, ledger, tmp_path):
+    assert runner.invoke(args=["campaign", "list"]).output == "no campaigns yet: `flask campaign send` starts one\n"
+    older = campaign_id_of(start_campaign(runner, ledger, tmp_path))
+    nobody = write(tmp_path, "wa_id\n19175550100\n", "nobody.csv")  # no consent: finished at once
+    newer = campaign_id_of(runner.invoke(args=["campaign", "send", "order_update", "--recipients", nobody, "--language", "en",
+                                               "--category", "utility"]).output.strip().splitlines()[-1])
+    result = runner.invoke(args=["campaign", "list"])
+    assert result.exit_code == 0, result.output
+    header, *rows = [line.split() for line in result.output.splitlines()]
+    assert header == ["ID", "TEMPLATE", "CATEGORY", "CREATED", "(UTC)", "STATE", "RECIPIENTS", "QUEUED", "SENT", "DELIVERED", "READ", "FAILED", "BLOCKED"]
+    assert [row[:4] + row[6:] for row in rows] == [
+        [newer, "order_update", "(en)", "utility", "finished", "1", "0", "0", "0", "0", "0", "1"],
+        [older, "spring_sale", "(en_US)", "marketing", "running", "3", "1", "0", "0", "0", "0", "2"],
+    ]
+    limited = runner.invoke(args=["campaign", "list", "--limit", "1"]).output.splitlines()
+    assert [line.split()[0] for line in limited[1:-1]] == [newer] and limited[-1] == "(the newest 1; --limit shows more)"
 
 
 def test_campaign_send_refuses_a_file_without_numbers(runner, tmp_path):

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from bot import create_app
 from bot.domain.consent import Scope
 from bot.outbound.graph_errors import TransientError
-from bot.outbound.worker import sync_templates_when_due
+from bot.outbound.worker import SYNC_RETRY_SECONDS, TEMPLATE_SYNC_LOCK, sync_templates_when_due
 from bot.services import services_of, sync_templates, warn_without_catalog
 from bot.storage.db import writer
 from bot.storage.schema import account_notices, outbound_messages
@@ -77,6 +77,18 @@ def test_one_worker_syncs_per_period_and_each_at_its_start(waba_app):
     assert sync_templates_when_due(services, services.redis, 3600) == 5
     assert sync_templates_when_due(services, services.redis, 3600) is None  # another worker's turn was taken
     assert sync_templates_when_due(services, services.redis, 3600, force=True) == 5
+
+
+def test_a_failed_sync_is_tried_again_soon_not_a_period_later(waba_app, graph):
+    services = services_of(waba_app)
+    graph.templates_error = 190  # Meta does not answer as the worker starts
+    with pytest.raises(SyncFailed):
+        sync_templates_when_due(services, services.redis, 3600, force=True)
+    assert 0 < services.redis.ttl(TEMPLATE_SYNC_LOCK) <= SYNC_RETRY_SECONDS
+    graph.templates_error = None
+    services.redis.delete(TEMPLATE_SYNC_LOCK)  # SYNC_RETRY_SECONDS later
+    assert sync_templates_when_due(services, services.redis, 3600) == 5
+    assert services.redis.ttl(TEMPLATE_SYNC_LOCK) > 3000
 
 
 def test_without_an_account_id_a_process_says_so_at_start(app, waba_app, caplog):

@@ -38,6 +38,7 @@ SWEEPER_LOCK = "whatsapp:sweeper"
 CHECKPOINT_LOCK = "whatsapp:ledger-checkpoint"  # held for a period by the worker that signed the last checkpoint
 CHECKPOINTED_HEAD = "whatsapp:ledger-checkpoint:head"  # the seq and hash it signed
 TEMPLATE_SYNC_LOCK = "whatsapp:template-sync"  # held for a period by the worker that synced the catalog last
+SYNC_RETRY_SECONDS = 30  # after a failed template sync, the next try is this soon
 
 
 def sweep(outbox: Outbox, queues: dict[QueueName, Queue], connection: redis.Redis, every: float) -> int | None:
@@ -78,14 +79,20 @@ def checkpoint_when_due(ledger: Ledger, where: str, connection: redis.Redis, eve
 
 def sync_templates_when_due(services: Services, connection: redis.Redis, every: int, force: bool = False) -> int | None:
     """Sync the template catalog when no worker did in the last `every` seconds (or `force`: at
-    a worker's start); how many templates it holds, or None when it was not this worker's turn."""
+    a worker's start); how many templates it holds, or None when it was not this worker's turn.
+    A sync that fails is tried again SYNC_RETRY_SECONDS later, not a period later: a worker that
+    started while Meta did not answer must not leave the catalog empty for an hour."""
     if not services.settings.whatsapp_business_account_id:
         return None
     if force:
         connection.set(TEMPLATE_SYNC_LOCK, "1", ex=every)
     elif not connection.set(TEMPLATE_SYNC_LOCK, "1", nx=True, ex=every):
         return None
-    return sync_templates(services)
+    try:
+        return sync_templates(services)
+    except Exception:
+        connection.set(TEMPLATE_SYNC_LOCK, "1", ex=min(every, SYNC_RETRY_SECONDS))
+        raise
 
 
 def _sync_templates(services: Services, force: bool = False) -> None:

@@ -271,10 +271,10 @@ def campaign_progress(campaign_id: str):
 def pause_campaign(campaign_id: str):
     if _campaigns().progress(campaign_id) is None:
         return api_error(404, "not_found", "no campaign has this id")
-    _campaigns().pause(campaign_id, "paused by staff")
-    progress = _campaigns().progress(campaign_id)
-    assert progress is not None, "campaigns are never deleted"
-    return jsonify(progress.as_dict())
+    try:
+        return jsonify(_campaigns().pause_by_staff(campaign_id).as_dict())
+    except CampaignRefused as refused:  # finished: nothing of it is left to hold back
+        return api_error(409, "not_allowed", str(refused))
 
 
 @bp.post("/campaigns/<campaign_id>/resume")

@@ -106,6 +106,7 @@ def export(fmt: str, output: str, since: datetime | None, until: datetime | None
     lines = export_lines(_ledger().events(since, until, _identifier(wa_id)), fmt)
     if output == "-":
         sys.stdout.writelines(lines)
+        sys.stdout.flush()  # here, where a reader that stopped early (`| head`) ends the command quietly
         return
     try:
         _write_privately(Path(output), lines)

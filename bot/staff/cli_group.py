@@ -1,6 +1,10 @@
-"""Commands that use the database: they refuse to run on a schema that is not this code's, and
-fail in one line, not a traceback, when the database or Redis does not answer."""
+"""Commands that use the database: they refuse to run on a schema that is not this code's, fail
+in one line, not a traceback, when the database or Redis does not answer, and end quietly when
+the reader of their output stops reading (`flask consent export | head -1`)."""
 from __future__ import annotations
+
+import os
+import sys
 
 import click
 import redis
@@ -33,3 +37,15 @@ class DatabaseCommands(click.Group):
             raise click.ClickException(f"the database does not answer ({reason})") from None
         except redis.RedisError as error:
             raise click.ClickException(f"Redis does not answer ({error})") from None
+        except BrokenPipeError:  # the reader has what it wanted: a success, as `cat FILE | head -1` is to the shell
+            _discard_output()
+            ctx.exit(0)
+
+
+def _discard_output() -> None:
+    """Point standard output at /dev/null, so that what is still buffered for the reader that left
+    is dropped at exit instead of failing again (with Python's "Exception ignored" and status 120)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind it (a test runner's buffer)
+        pass

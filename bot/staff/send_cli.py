@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -15,10 +16,12 @@ from flask.cli import with_appcontext
 
 from bot.domain.policy import MessageKind
 from bot.services import current_services
+from bot.staff.campaign_views import LIST_HEADER, list_row, status_report
 from bot.staff.cli_group import DatabaseCommands
 from bot.staff.progress import progress_bar
 from bot.staff.request_rules import InvalidField, opt_in_question, parameters_field, template_field
-from bot.storage.campaigns import CampaignRefused, Campaigns
+from bot.staff.tables import echo_table
+from bot.storage.campaigns import CampaignRefused, Campaigns, Progress
 from bot.storage.outbox import Message, QueueName, Template
 
 RECORDED_BY = "staff:cli"
@@ -113,26 +116,51 @@ def campaign_send(name: str, recipients: Path, language: str, category: str, com
     """Send the approved template NAME to every consenting number in the file."""
     template, kind = _template(name, language, category, components)
     _note_category(template, kind)
-    numbers = _read_numbers(recipients)
-    with progress_bar(len(numbers), "dry run" if dry_run else "queuing") as done:
-        result = _campaigns().send(template, kind, numbers, RECORDED_BY, dry_run, progress=done)
+    entries = _read_entries(recipients)
+    with progress_bar(len(entries), "dry run" if dry_run else "queuing") as done:
+        result = _campaigns().send(template, kind, entries, RECORDED_BY, dry_run, progress=done)
     skipped = ", ".join(f"{reason} {count}" for reason, count in sorted(result.skipped.items())) or "none"
     head = "dry run" if dry_run else f"campaign {result.campaign_id}"
-    click.echo(f"{head}: {result.queued} queued, skipped: {skipped}; {result.duplicates} duplicate(s)")
+    click.echo(
+        f"{head}: {len(entries)} listed: {result.queued} queued, skipped: {skipped}; "
+        f"{result.duplicates} duplicate(s), {result.blank} blank row(s)"
+    )
     if not dry_run and result.campaign_id is None:
         raise click.ClickException(f"nothing queued: {_campaigns().account_flag() or skipped}")
+
+
+@campaign_cli.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many campaigns to show.")
+@with_appcontext
+def campaign_list(limit: int) -> None:
+    """Show the newest campaigns: template, state and where their messages are."""
+    newest = _campaigns().newest(limit + 1)
+    if not newest:
+        click.echo("no campaigns yet: `flask campaign send` starts one")
+        return
+    echo_table(LIST_HEADER, [list_row(summary) for summary in newest[:limit]])
+    if len(newest) > limit:
+        click.echo(f"(the newest {limit}; --limit shows more)")
 
 
 @campaign_cli.command("status")
 @click.argument("campaign_id")
 @with_appcontext
 def campaign_status(campaign_id: str) -> None:
-    """Show a campaign's progress and opt-outs since sending."""
+    """Show where every entry of a campaign's list went, and its opt-outs since sending."""
     progress = _campaigns().progress(campaign_id)
     if progress is None:
         raise click.ClickException(f"no campaign {campaign_id}")
-    for key, value in progress.as_dict().items():
-        click.echo(f"{key + ':':<14}{value}")
+    for line in status_report(progress, _campaigns().max_opt_out_rate, _campaigns().min_reached):
+        click.echo(line)
+
+
+@campaign_cli.command("pause")
+@click.argument("campaign_id")
+@with_appcontext
+def campaign_pause(campaign_id: str) -> None:
+    """Pause a campaign: its queued messages wait for `flask campaign resume` (refused once it is finished)."""
+    _change(campaign_id, _campaigns().pause_by_staff)
 
 
 @campaign_cli.command("resume")
@@ -140,17 +168,23 @@ def campaign_status(campaign_id: str) -> None:
 @with_appcontext
 def campaign_resume(campaign_id: str) -> None:
     """Resume a paused campaign (refused while Meta flags the number)."""
+    _change(campaign_id, _campaigns().resume)
+
+
+def _change(campaign_id: str, change: Callable[[str], Progress]) -> None:
+    """Pause or resume, with the same rules as the staff API; a refusal exits 1 with its reason."""
     if _campaigns().progress(campaign_id) is None:
         raise click.ClickException(f"no campaign {campaign_id}")
     try:
-        progress = _campaigns().resume(campaign_id)
+        progress = change(campaign_id)
     except CampaignRefused as refused:
         raise click.ClickException(str(refused)) from None
     click.echo(f"campaign {campaign_id}: {progress.status.value}, {progress.states.get('queued', 0)} queued")
 
 
-def _read_numbers(path: Path) -> list[str]:
-    """The wa_id (or phone) column of a CSV file, or its only column."""
+def _read_entries(path: Path) -> list[str]:
+    """The wa_id (or phone) column of a CSV file, or its only column: one entry per row, blank
+    rows included (as ""), so that the campaign counts them."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as file:
             rows = list(csv.reader(file))
@@ -162,8 +196,8 @@ def _read_numbers(path: Path) -> list[str]:
     for column in ("wa_id", "phone", "number"):
         if column in header:
             at = header.index(column)
-            return [row[at].strip() for row in rows[1:] if len(row) > at and row[at].strip()]
+            return [row[at].strip() if len(row) > at else "" for row in rows[1:]]
     if len(header) == 1:
-        return [row[0].strip() for row in rows if row and row[0].strip()]
+        return [row[0].strip() if row else "" for row in rows]
     raise click.ClickException(f"{path.name}: no wa_id column in {', '.join(header)}")
 

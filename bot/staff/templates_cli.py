@@ -6,6 +6,7 @@ from flask.cli import with_appcontext
 
 from bot.services import current_services, sync_templates
 from bot.staff.cli_group import DatabaseCommands
+from bot.staff.tables import echo_table
 from bot.storage.templates import SyncFailed
 
 
@@ -33,9 +34,7 @@ def list_templates() -> None:
     if not entries:
         click.echo("no templates: run `flask templates sync` (needs WHATSAPP_BUSINESS_ACCOUNT_ID)")
         return
-    rows = [("NAME", "LANGUAGE", "CATEGORY", "STATUS", "QUALITY", "SYNCED")] + [
-        (t.name, t.language, t.category.lower(), t.status, t.quality or "-", t.synced_at.strftime("%Y-%m-%d %H:%M")) for t in entries
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    echo_table(
+        ("NAME", "LANGUAGE", "CATEGORY", "STATUS", "QUALITY", "SYNCED"),
+        [(t.name, t.language, t.category.lower(), t.status, t.quality or "-", t.synced_at.strftime("%Y-%m-%d %H:%M")) for t in entries],
+    )

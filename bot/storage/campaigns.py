@@ -1,10 +1,12 @@
 """Campaigns: one approved template to a list of recipients, with pausing to protect the number (R11).
 
 A campaign's messages go through the outbox like every other message (policy at queue time
-and at send time). A campaign is paused, and its queued messages wait, when its opt-out rate
-passes the configured threshold, when Meta flags the account or the number's quality, or when
-Meta pauses its template. While the number is flagged, new campaigns queue nothing (reason
-`paused`) and paused ones cannot be resumed. Nothing here knows Flask.
+and at send time). It keeps what its list held besides recipients (blank, invalid and repeated
+entries), so that its counts add up to the entries it was given. A campaign is paused, and its
+queued messages wait, when its opt-out rate passes the configured threshold, when Meta flags the
+account or the number's quality, or when Meta pauses its template. While the number is flagged,
+new campaigns queue nothing (reason `paused`) and paused ones cannot be resumed. Nothing here
+knows Flask.
 """
 from __future__ import annotations
 
@@ -61,33 +63,56 @@ class CampaignResult:
     queued: int
     skipped: dict[str, int]  # refusal reason -> count
     duplicates: int  # numbers listed more than once, sent once
+    blank: int  # entries with no number at all (a CSV file's blank rows)
 
     def as_dict(self) -> dict:
-        return {"campaign_id": self.campaign_id, "queued": self.queued, "skipped": self.skipped, "duplicates": self.duplicates}
+        return {"campaign_id": self.campaign_id, "queued": self.queued, "skipped": self.skipped, "duplicates": self.duplicates, "blank": self.blank}
 
 
 @dataclass(frozen=True)
-class Progress:
+class Summary:
+    """A campaign and how far its messages got (one row of `flask campaign list`)."""
+
     id: str
     template: dict
     category: str
-    recipients: int
+    recipients: int  # distinct valid numbers: one message each
     created_at: datetime
     status: Status
     pause_reason: str | None
-    states: dict[str, int] = field(default_factory=dict)
+    states: dict[str, int] = field(default_factory=dict)  # messages per state
+    skipped: dict[str, int] = field(default_factory=dict)  # entries not queued at the start, per reason (as CampaignResult)
+    blocked_at_send: dict[str, int] = field(default_factory=dict)  # queued, then refused by the policy at send time, per reason
+    duplicates: int | None = None  # None, like `blank`, for a campaign started before its list was kept (0009)
+    blank: int | None = None
+
+    @property
+    def listed(self) -> int | None:
+        """How many entries its list had: every recipient, blank, invalid and repeated entry."""
+        if self.duplicates is None or self.blank is None:
+            return None
+        return self.recipients + self.duplicates + self.blank + self.skipped.get(Refusal.INVALID_RECIPIENT.value, 0)
+
+
+@dataclass(frozen=True)
+class Progress(Summary):
     opt_outs: int = 0  # recipients who opted out after the campaign reached them
 
     @property
+    def reached(self) -> int:
+        """Recipients its message was sent to."""
+        return sum(self.states.get(state, 0) for state in REACHED)
+
+    @property
     def opt_out_rate(self) -> float:
-        reached = sum(self.states.get(state, 0) for state in REACHED)
-        return self.opt_outs / reached if reached else 0.0
+        return self.opt_outs / self.reached if self.reached else 0.0
 
     def as_dict(self) -> dict:
         return {
             "id": self.id, "template": self.template, "category": self.category, "recipients": self.recipients,
             "created_at": self.created_at.isoformat(), "status": self.status.value, "pause_reason": self.pause_reason,
             **{state.value: self.states.get(state.value, 0) for state in MessageState},
+            "listed": self.listed, "skipped": self.skipped, "duplicates": self.duplicates, "blank": self.blank,
             "opt_outs": self.opt_outs, "opt_out_rate": round(self.opt_out_rate, 4),
         }
 
@@ -122,23 +147,24 @@ class Campaigns:
         `progress` is told how many listed numbers were handled after each chunk.
         """
         recipients = list(recipients)
-        unique, invalid, duplicates = _distinct_numbers(recipients)
-        skipped: Counter[str] = Counter({Refusal.INVALID_RECIPIENT.value: invalid} if invalid else {})
+        entries = _sorted_entries(recipients)
+        unique = entries.numbers
+        skipped: Counter[str] = Counter({Refusal.INVALID_RECIPIENT.value: entries.invalid} if entries.invalid else {})
         flagged = self.account_flag()
         if flagged:
             skipped[Refusal.PAUSED.value] += len(unique)
             progress(len(recipients))
-            return CampaignResult(None, 0, dict(skipped), duplicates)
+            return CampaignResult(None, 0, dict(skipped), entries.duplicates, entries.blank)
         true_kind = self.outbox.template_verdict(template) or kind
         if isinstance(true_kind, Refusal):  # Meta's catalog has no such template, or it is not approved
             skipped[true_kind.value] += len(unique)
             progress(len(recipients))
-            return CampaignResult(None, 0, dict(skipped), duplicates)
+            return CampaignResult(None, 0, dict(skipped), entries.duplicates, entries.blank)
         kind = true_kind  # Meta's category, whatever the caller said (SPEC §7)
         campaign_id = campaign_id or str(uuid.uuid4())
         if not dry_run:
-            self._create(campaign_id, template, kind, unique, requested_by)
-        queued, done = 0, invalid + duplicates
+            self._create(campaign_id, template, kind, entries, requested_by)
+        queued, done = 0, entries.invalid + entries.duplicates + entries.blank
         for start in range(0, len(unique), CHUNK):
             chunk = unique[start : start + CHUNK]
             outcomes = self._decide(chunk, kind) if dry_run else self._submit(chunk, template, kind, requested_by, campaign_id)
@@ -149,7 +175,7 @@ class Campaigns:
                     skipped[reason.value] += 1
             done += len(chunk)
             progress(done)
-        return CampaignResult(None if dry_run else campaign_id, queued, dict(skipped), duplicates)
+        return CampaignResult(None if dry_run else campaign_id, queued, dict(skipped), entries.duplicates, entries.blank)
 
     def _decide(self, recipients: list[str], kind: MessageKind) -> list[Refusal | None]:
         states, now = self.ledger.states(recipients), self.clock()
@@ -162,13 +188,14 @@ class Campaigns:
         submissions = self.outbox.submit_many(items, requested_by, QueueName.BULK, campaign_id)
         return [submission.reason for submission in submissions]
 
-    def _create(self, campaign_id: str, template: Template, kind: MessageKind, recipients: list[str], requested_by: str) -> None:
+    def _create(self, campaign_id: str, template: Template, kind: MessageKind, entries: Entries, requested_by: str) -> None:
         """Store the campaign, or, when its id is taken, make sure this is the same campaign sent
         again (after a crash part-way, say): its template, category and recipients. The messages
         stored so far must all be to recipients of this list, which has as many."""
+        recipients = entries.numbers
         row = {
             "id": campaign_id, "template_name": template.name, "category": kind.value, "recipients": len(recipients),
-            "requested_by": requested_by,
+            "blank": entries.blank, "invalid": entries.invalid, "duplicates": entries.duplicates, "requested_by": requested_by,
             "template": json.dumps({"name": template.name, "language": template.language, "components": template.components}),
             "created_at": self.clock(),
         }
@@ -188,23 +215,16 @@ class Campaigns:
 
     def progress(self, campaign_id: str) -> Progress | None:
         with reading(self.engine) as conn:
-            row = conn.execute(sa.select(campaigns).where(campaigns.c.id == campaign_id)).mappings().first()
-            if row is None:
+            found = _summaries(conn, sa.select(campaigns).where(campaigns.c.id == campaign_id))
+            if not found:
                 return None
-            states: dict[str, int] = dict(
-                conn.execute(
-                    sa.select(messages.c.state, sa.func.count()).where(messages.c.campaign_id == campaign_id).group_by(messages.c.state)
-                ).all()
-            )
             opt_outs = conn.execute(_OPT_OUTS_AFTER_REACHED, {"campaign_id": campaign_id}).scalar_one()
-        if row["paused_at"] is not None:
-            status = Status.PAUSED
-        else:
-            status = Status.RUNNING if states.get(MessageState.QUEUED.value) else Status.FINISHED
-        return Progress(
-            row["id"], json.loads(row["template"]), row["category"], row["recipients"], as_utc(row["created_at"]),
-            status, row["pause_reason"], states, opt_outs,
-        )
+        return Progress(**vars(found[0]), opt_outs=opt_outs)
+
+    def newest(self, limit: int) -> list[Summary]:
+        """The `limit` most recently started campaigns, newest first, in two queries whatever the limit."""
+        with reading(self.engine) as conn:
+            return _summaries(conn, sa.select(campaigns).order_by(campaigns.c.created_at.desc(), campaigns.c.id).limit(limit))
 
     def enforce_opt_out_limit(self) -> list[str]:
         """Pause running campaigns whose recipients opt out too often (R11). Returns the paused ids."""
@@ -214,10 +234,9 @@ class Campaigns:
         for campaign_id in running:
             progress = self.progress(campaign_id)
             assert progress is not None, "campaigns are never deleted"
-            reached = sum(progress.states.get(state, 0) for state in REACHED)
-            if reached >= self.min_reached and progress.opt_out_rate > self.max_opt_out_rate:
+            if progress.reached >= self.min_reached and progress.opt_out_rate > self.max_opt_out_rate:
                 reason = (
-                    f"opt-out rate {progress.opt_out_rate:.1%} ({progress.opt_outs} of {reached}) "
+                    f"opt-out rate {progress.opt_out_rate:.1%} ({progress.opt_outs} of {progress.reached}) "
                     f"passed CAMPAIGN_MAX_OPT_OUT_RATE {self.max_opt_out_rate:.1%}"
                 )
                 if self.pause(campaign_id, reason):
@@ -261,6 +280,16 @@ class Campaigns:
         """Pause one campaign; False when it does not exist or is paused already."""
         return bool(self._pause_where(campaigns.c.id == campaign_id, reason))
 
+    def pause_by_staff(self, campaign_id: str) -> Progress:
+        """Pause a campaign at staff's request. A finished one (nothing of it left queued) is
+        refused: there is nothing to hold back, and a pause would make it look unfinished."""
+        self._pause_where(sa.and_(campaigns.c.id == campaign_id, _WAITING), "paused by staff")
+        progress = self.progress(campaign_id)
+        assert progress is not None, "callers check that the campaign exists; none is ever deleted"
+        if progress.status is Status.FINISHED:
+            raise CampaignRefused(f"campaign {campaign_id} is finished: none of its messages is left to send, so there is nothing to pause")
+        return progress
+
     def resume(self, campaign_id: str) -> Progress:
         """Resume a paused campaign and queue its waiting messages again; refused while the number is flagged."""
         flagged = self.account_flag()
@@ -299,11 +328,23 @@ class Campaigns:
         return list(paused)
 
 
-def _distinct_numbers(listed: list[str]) -> tuple[list[str], int, int]:
-    """(valid phone numbers and BSUIDs in first-seen order, invalid count, duplicate count)."""
+@dataclass(frozen=True)
+class Entries:
+    """A list of recipients as given, sorted out."""
+
+    numbers: list[str]  # valid phone numbers and BSUIDs, each once, in first-seen order
+    blank: int  # entries with nothing in them
+    invalid: int
+    duplicates: int  # entries naming a number listed before
+
+
+def _sorted_entries(listed: list[str]) -> Entries:
     seen: dict[str, None] = {}
-    invalid = duplicates = 0
+    blank = invalid = duplicates = 0
     for raw in listed:
+        if not raw.strip():
+            blank += 1
+            continue
         try:
             identifier = normalize_identifier(raw)
         except InvalidIdentifier:
@@ -312,13 +353,45 @@ def _distinct_numbers(listed: list[str]) -> tuple[list[str], int, int]:
         if identifier in seen:
             duplicates += 1
         seen[identifier] = None
-    return list(seen), invalid, duplicates
+    return Entries(list(seen), blank, invalid, duplicates)
 
 
+def _summaries(conn: Connection, chosen: sa.Select) -> list[Summary]:
+    """The campaigns `chosen` selects, in its order, with their messages counted (one more query)."""
+    rows = conn.execute(chosen).mappings().all()
+    counts = conn.execute(_MESSAGE_COUNTS, {"ids": [row["id"] for row in rows]}).all() if rows else []
+    states: dict[str, Counter[str]] = {row["id"]: Counter() for row in rows}
+    skipped: dict[str, Counter[str]] = {row["id"]: Counter() for row in rows}
+    blocked_at_send: dict[str, Counter[str]] = {row["id"]: Counter() for row in rows}
+    for campaign_id, state, reason, attempts, count in counts:
+        states[campaign_id][state] += count
+        if state == MessageState.BLOCKED.value:
+            (blocked_at_send if attempts else skipped)[campaign_id][reason] += count
+    summaries = []
+    for row in rows:
+        campaign_id = row["id"]
+        waiting = states[campaign_id][MessageState.QUEUED.value] > 0
+        invalid = {Refusal.INVALID_RECIPIENT.value: row["invalid"]} if row["invalid"] else {}
+        summaries.append(Summary(
+            id=campaign_id, template=json.loads(row["template"]), category=row["category"], recipients=row["recipients"],
+            created_at=as_utc(row["created_at"]), pause_reason=row["pause_reason"],
+            status=Status.PAUSED if row["paused_at"] is not None else Status.RUNNING if waiting else Status.FINISHED,
+            states=dict(states[campaign_id]), skipped=invalid | dict(skipped[campaign_id]),
+            blocked_at_send=dict(blocked_at_send[campaign_id]), duplicates=row["duplicates"], blank=row["blank"],
+        ))
+    return summaries
+
+
+# A campaign's messages still waiting to be sent (or to be released by a resume).
+_WAITING = sa.exists().where(messages.c.campaign_id == campaigns.c.id, messages.c.state == MessageState.QUEUED.value)
 # Campaigns not paused that still have messages waiting.
-_RUNNING = sa.select(campaigns.c.id).where(
-    campaigns.c.paused_at.is_(None),
-    sa.exists().where(messages.c.campaign_id == campaigns.c.id, messages.c.state == MessageState.QUEUED.value),
+_RUNNING = sa.select(campaigns.c.id).where(campaigns.c.paused_at.is_(None), _WAITING)
+# Messages per campaign, state, reason and attempts: a blocked message never tried (0 attempts)
+# was refused at submission, one a worker claimed was refused at send time.
+_MESSAGE_COUNTS = (
+    sa.select(messages.c.campaign_id, messages.c.state, messages.c.reason, messages.c.attempts, sa.func.count())
+    .where(messages.c.campaign_id.in_(sa.bindparam("ids", expanding=True)))
+    .group_by(messages.c.campaign_id, messages.c.state, messages.c.reason, messages.c.attempts)
 )
 # People who opted out (any scope, under any of their identifiers) after a message of the campaign was sent to them.
 _OPT_OUTS_AFTER_REACHED = (

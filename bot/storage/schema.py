@@ -139,11 +139,15 @@ campaigns = sa.Table(
     sa.Column("template_name", sa.String(512), nullable=False),
     sa.Column("template", sa.Text, nullable=False),  # JSON: name, language, components
     sa.Column("category", sa.String(16), nullable=False),
-    sa.Column("recipients", sa.Integer, nullable=False),
+    sa.Column("recipients", sa.Integer, nullable=False),  # distinct valid numbers: one message each
     sa.Column("requested_by", sa.String(64), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("paused_at", sa.DateTime(timezone=True)),
     sa.Column("pause_reason", sa.String(255)),
+    # The list's other entries: with no number, not a number, a number listed again (NULL before 0009).
+    sa.Column("blank", sa.Integer),
+    sa.Column("invalid", sa.Integer),
+    sa.Column("duplicates", sa.Integer),
 )
 
 # account_update, phone_number_quality_update and message_template_status_update, kept for staff.
