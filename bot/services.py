@@ -31,6 +31,7 @@ from bot.storage.db import make_engine
 from bot.storage.integrity import LedgerKey
 from bot.storage.ledger import Ledger
 from bot.storage.outbox import Outbox
+from bot.storage.staff import StaffAccounts
 from bot.storage.templates import SyncFailed, TemplateCatalog
 from bot.storage.web_opt_ins import WebOptIns
 
@@ -60,6 +61,7 @@ class Services:
     pair_limiter: RateLimiter  # Meta's pair rate: about one message per 6 s to one user
     page_limiter: RateLimiter  # hosted-page submissions per client and per number
     web_opt_ins: WebOptIns  # opt-in page requests waiting for their confirmation from WhatsApp
+    staff: StaffAccounts  # who may use the console and the staff API (SPEC §8)
     handlers: Context  # what the webhook's handlers work with
     webhook_intake: Combiner = field(init=False)  # POSTs that wait together are recorded together
 
@@ -115,6 +117,7 @@ def build_services(settings: Settings) -> Services:
         pair_limiter=RateLimiter(connection, rate=PAIR_RATE[0], per=PAIR_RATE[1], burst=PAIR_BURST),
         page_limiter=RateLimiter(connection, rate=PAGE_SUBMISSIONS[0], per=PAGE_SUBMISSIONS[1], burst=PAGE_SUBMISSIONS[0]),
         web_opt_ins=web_opt_ins,
+        staff=StaffAccounts(engine),
         handlers=Context(ledger, outbox, keywords, replies, campaigns, web_opt_ins),
     )
 
