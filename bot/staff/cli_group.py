@@ -2,6 +2,8 @@
 fail in one line, not a traceback, when the database or Redis does not answer."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import click
 import redis
 import sqlalchemy as sa
@@ -33,3 +35,10 @@ class DatabaseCommands(click.Group):
             raise click.ClickException(f"the database does not answer ({reason})") from None
         except redis.RedisError as error:
             raise click.ClickException(f"Redis does not answer ({error})") from None
+
+
+def echo_table(rows: Sequence[tuple[str, ...]]) -> None:
+    """Print rows (the first one a header) as columns lined up with spaces."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -5,7 +5,7 @@ import click
 from flask.cli import with_appcontext
 
 from bot.services import current_services, sync_templates
-from bot.staff.cli_group import DatabaseCommands
+from bot.staff.cli_group import DatabaseCommands, echo_table
 from bot.storage.templates import SyncFailed
 
 
@@ -36,6 +36,4 @@ def list_templates() -> None:
     rows = [("NAME", "LANGUAGE", "CATEGORY", "STATUS", "QUALITY", "SYNCED")] + [
         (t.name, t.language, t.category.lower(), t.status, t.quality or "-", t.synced_at.strftime("%Y-%m-%d %H:%M")) for t in entries
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    echo_table(rows)
