@@ -1,4 +1,5 @@
-"""Staff accounts (SPEC §8): `flask staff`, and how passwords and tokens are kept."""
+"""Staff accounts (SPEC §8): `flask staff`, how passwords and tokens are kept, and the staff
+API's roles: what each role may call, and that what a staff member causes names them."""
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +10,10 @@ from argon2 import PasswordHasher
 
 from bot.domain.staff import Role
 from bot.services import services_of
-from bot.storage.schema import staff_accounts, staff_tokens
+from bot.storage.schema import campaigns, consent_events, outbound_messages, staff_accounts, staff_tokens
 from bot.storage.staff import AccountRefused, StaffAccounts
+from tests.helpers import USER, reconfigure, web_opt_in
+from tests.test_staff_api import AUTH, OPT_IN, ORDER_UPDATE, ROUTES, SPRING_SALE, events
 
 PASSWORD = "correct horse battery staple"
 
@@ -26,6 +29,13 @@ def add_staff(app, email: str, role: Role, password: str = PASSWORD) -> None:
     accounts = services_of(app).staff
     _, one_time = accounts.add(email, role, "staff:test")
     accounts.change_password(email, one_time, password)
+
+
+def bearer(app, email: str, role: Role) -> dict[str, str]:
+    """The Authorization header of a new API token for a new account with `role`."""
+    services_of(app).staff.add(email, role, "staff:test")
+    _, token = services_of(app).staff.issue_token(email, "staff:test")
+    return {"Authorization": f"Bearer {token}"}
 
 
 def rows(app, table: sa.Table) -> list[sa.Row]:
@@ -140,3 +150,101 @@ def test_a_password_change_is_refused_with_its_reason(app, current, new, reason)
     with pytest.raises(AccountRefused, match=reason):
         services_of(app).staff.change_password("ann@example.com", current, new)
     assert services_of(app).staff.sign_in("ann@example.com", PASSWORD) is not None
+
+
+# -- the staff API: roles ------------------------------------------------------------------
+
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+POSTS = [(method, path) for method, path in ROUTES if method == "POST"]
+GETS = [(method, path) for method, path in ROUTES if method == "GET"]
+
+
+@sqlite_only
+@pytest.mark.parametrize("method,path", POSTS)
+def test_a_viewer_token_may_not_post_anywhere(client, app, method, path):
+    response = client.open(path, method=method, headers=bearer(app, "vic@example.com", Role.VIEWER), json=OPT_IN)
+    assert response.status_code == 403
+    assert response.get_json() == {"error": "forbidden", "detail": "this needs the operator role; this token's account is viewer"}
+    assert events(app) == [] and rows(app, outbound_messages) == [] and rows(app, campaigns) == []
+
+
+@sqlite_only
+@pytest.mark.parametrize("role", [Role.VIEWER, Role.OPERATOR, Role.ADMIN])
+@pytest.mark.parametrize("method,path", GETS)
+def test_every_role_may_read(client, app, role, method, path):
+    response = client.open(path, method=method, headers=bearer(app, "ann@example.com", role))
+    assert response.status_code not in (401, 403), response.get_data(as_text=True)
+
+
+@sqlite_only
+@pytest.mark.parametrize("role", [Role.OPERATOR, Role.ADMIN])
+@pytest.mark.parametrize("method,path", POSTS)
+def test_operators_and_admins_may_post_everywhere(client, app, role, method, path):
+    response = client.open(path, method=method, headers=bearer(app, "ann@example.com", role), json=OPT_IN)
+    assert response.status_code not in (401, 403), response.get_data(as_text=True)
+
+
+def test_an_opt_in_recorded_with_a_staff_token_names_the_staff_member(client, app):
+    response = client.post("/api/v1/consents", headers=bearer(app, "Ann@Example.com", Role.OPERATOR), json=OPT_IN)
+    assert response.status_code == 201 and response.get_json()["recorded_by"] == "staff:ann@example.com"
+    [event] = services_of(app).ledger.history(USER)
+    assert event.recorded_by == "staff:ann@example.com" and services_of(app).ledger.verify().ok
+    audit = client.get("/api/v1/audit?format=jsonl", headers=bearer(app, "vic@example.com", Role.VIEWER))
+    assert '"recorded_by": "staff:ann@example.com"' in audit.get_data(as_text=True)
+
+
+def test_the_longest_address_fits_in_what_it_records(client, app):
+    email = "a" * 64 + "@" + ".".join(["b" * 62, "b" * 62, "b" * 60]) + ".cc"
+    assert len(email) == 254
+    headers = bearer(app, email, Role.OPERATOR)
+    assert client.post("/api/v1/consents", headers=headers, json=OPT_IN).status_code == 201
+    message = client.post("/api/v1/messages", headers=headers, json={"to": USER, "template": ORDER_UPDATE})
+    campaign = client.post("/api/v1/campaigns", headers=headers, json={"template": SPRING_SALE, "recipients": [USER]})
+    assert (message.status_code, campaign.status_code) == (202, 202)
+    recorded = {row.recorded_by for row in rows(app, consent_events)} | {row.requested_by for row in rows(app, outbound_messages)}
+    assert recorded | {row.requested_by for row in rows(app, campaigns)} == {f"staff:{email}"}
+
+
+def test_messages_and_campaigns_sent_with_a_staff_token_name_the_staff_member(client, app):
+    services_of(app).ledger.append(web_opt_in())
+    headers = bearer(app, "ann@example.com", Role.OPERATOR)
+    message = client.post("/api/v1/messages", headers=headers, json={"to": USER, "template": ORDER_UPDATE})
+    campaign = client.post("/api/v1/campaigns", headers=headers, json={"template": SPRING_SALE, "recipients": [USER]})
+    assert (message.status_code, campaign.status_code) == (202, 202)
+    [campaign_row] = rows(app, campaigns)
+    assert campaign_row.requested_by == "staff:ann@example.com"
+    assert {(row.campaign_id, row.requested_by) for row in rows(app, outbound_messages)} == {
+        (None, "staff:ann@example.com"), (campaign_row.id, "staff:ann@example.com"),
+    }
+
+
+def test_a_disabled_accounts_token_is_refused_at_once(client, app, runner):
+    headers = bearer(app, "ann@example.com", Role.OPERATOR)
+    assert client.get(f"/api/v1/consents/{USER}", headers=headers).status_code == 200
+    assert runner.invoke(args=["staff", "disable", "ann@example.com"]).exit_code == 0
+    for method, path in [("GET", f"/api/v1/consents/{USER}"), ("POST", "/api/v1/consents")]:
+        response = client.open(path, method=method, headers=headers, json=OPT_IN)
+        assert response.status_code == 401 and response.get_json()["detail"] == "this token's staff account is disabled"
+    assert events(app) == []
+
+
+@sqlite_only
+def test_an_unknown_staff_token_is_refused(client, app):
+    bearer(app, "ann@example.com", Role.ADMIN)
+    response = client.get(f"/api/v1/consents/{USER}", headers={"Authorization": "Bearer cfstaff_" + "x" * 43})
+    assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@sqlite_only
+def test_admin_api_token_stays_a_break_glass_admin_token_recorded_as_staff_api(client, app):
+    bearer(app, "ann@example.com", Role.VIEWER)
+    response = client.post("/api/v1/consents", headers=AUTH, json=OPT_IN)
+    assert response.status_code == 201 and response.get_json()["recorded_by"] == "staff:api"
+
+
+@sqlite_only
+def test_staff_tokens_work_without_admin_api_token(client, app):
+    reconfigure(app, admin_api_token=None)
+    headers = bearer(app, "ann@example.com", Role.OPERATOR)
+    assert client.post("/api/v1/consents", headers=headers, json=OPT_IN).status_code == 201
+    assert client.get(f"/api/v1/consents/{USER}", headers=AUTH).status_code == 403
