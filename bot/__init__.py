@@ -7,18 +7,20 @@ from typing import Any
 
 import redis
 import sqlalchemy as sa
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from flask.sessions import SessionInterface
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from bot import health
+from bot import console, health
+from bot.console.rendering import error_page, in_console
 from bot.inbound import webhook
 from bot.services import build_services, register
 from bot.settings import INSTANCE, PROJECT_ROOT, Settings, instance_secret, load_settings
 from bot.staff import api, pages
 from bot.staff.cli import consent_cli, db_cli, keywords_cli
 from bot.staff.send_cli import campaign_cli, send_cli
+from bot.staff.staff_cli import staff_cli
 from bot.staff.templates_cli import templates_cli
 
 app_log = logging.getLogger(__name__)
@@ -45,20 +47,22 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(webhook.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(console.bp)
     if settings.trusted_proxies:  # behind a load balancer: the client's address is in X-Forwarded-For
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)  # type: ignore[method-assign]
     app.register_error_handler(HTTPException, _json_error)
     app.register_error_handler(sa.exc.DataError, _unstorable)
     app.register_error_handler(sa.exc.SQLAlchemyError, _unavailable)
     app.register_error_handler(redis.RedisError, _unavailable)
-    for group in (consent_cli, keywords_cli, send_cli, campaign_cli, templates_cli, db_cli):
+    for group in (consent_cli, keywords_cli, send_cli, campaign_cli, templates_cli, staff_cli, db_cli):
         app.cli.add_command(group)
     return app
 
 
 class _NoSessions(SessionInterface):
-    """The bot keeps no Flask session (the pages sign their own form tokens). Flask's cookie
-    session would build a signing serializer for every request, every webhook POST included."""
+    """The bot keeps no Flask session (the pages sign their own form tokens, the console its own
+    cookie). Flask's cookie session would build a signing serializer for every request, every
+    webhook POST included."""
 
     def open_session(self, app: Flask, request):
         return self.make_null_session(app)
@@ -79,6 +83,9 @@ def _unavailable(failure: Exception):
 
 
 def _json_error(failure: HTTPException):
-    """Errors are `{"error", "detail"}` JSON, never an HTML page or a traceback."""
+    """Errors are `{"error", "detail"}` JSON, never an HTML page or a traceback; except in the
+    console, whose own handlers miss errors raised before a view is chosen (404, 405)."""
+    if in_console(request.path):
+        return error_page(failure)
     code = (failure.name or "error").lower().replace(" ", "_")
     return jsonify(error=code, detail=failure.description), failure.code

@@ -33,6 +33,7 @@ from bot.storage.db import make_engine
 from bot.storage.integrity import LedgerKey
 from bot.storage.ledger import Ledger
 from bot.storage.outbox import Outbox
+from bot.storage.staff import StaffAccounts
 from bot.storage.templates import SyncFailed, TemplateCatalog
 from bot.storage.web_opt_ins import WebOptIns
 
@@ -41,6 +42,8 @@ from bot.storage.web_opt_ins import WebOptIns
 STARTUP_ERRORS = (ConfigError, KeywordFileError, ReplyTextError)
 PAGE_SUBMISSIONS = (5, 600)  # hosted-page submissions per IP and per number: 5 per 10 minutes
 SYNC_FAILURE = "templates:last-sync-failure"  # Redis: the last failed template sync, until one succeeds
+SIGN_INS_PER_ACCOUNT = (5, 900)  # console sign-in attempts per email address: 5 per 15 minutes
+SIGN_INS_PER_NETWORK = (20, 900)  # ... and per client network: an office behind one address has several staff
 _EXTENSION = "consent_bot"  # the one key under which create_app registers the services
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,9 @@ class Services:
     pair_limiter: RateLimiter  # Meta's pair rate: about one message per 6 s to one user
     page_limiter: RateLimiter  # hosted-page submissions per client and per number
     web_opt_ins: WebOptIns  # opt-in page requests waiting for their confirmation from WhatsApp
+    staff: StaffAccounts  # who may use the console and the staff API (SPEC §8)
+    account_sign_ins: RateLimiter  # console sign-in attempts per email address
+    network_sign_ins: RateLimiter  # ... and per client network
     handlers: Context  # what the webhook's handlers work with
     webhook_intake: Combiner = field(init=False)  # POSTs that wait together are recorded together
 
@@ -116,10 +122,19 @@ def build_services(settings: Settings) -> Services:
         ),
         throughput_limiter=RateLimiter(connection, rate=settings.send_rate_limit * PACING_MARGIN, fresh_start=SLOT_HORIZON),
         pair_limiter=RateLimiter(connection, rate=PAIR_RATE[0], per=PAIR_RATE[1], burst=PAIR_BURST),
-        page_limiter=RateLimiter(connection, rate=PAGE_SUBMISSIONS[0], per=PAGE_SUBMISSIONS[1], burst=PAGE_SUBMISSIONS[0]),
+        page_limiter=_attempts(connection, PAGE_SUBMISSIONS),
         web_opt_ins=web_opt_ins,
+        staff=StaffAccounts(engine),
+        account_sign_ins=_attempts(connection, SIGN_INS_PER_ACCOUNT),
+        network_sign_ins=_attempts(connection, SIGN_INS_PER_NETWORK),
         handlers=Context(ledger, outbox, keywords, replies, campaigns, web_opt_ins),
     )
+
+
+def _attempts(connection: redis.Redis, budget: tuple[int, int]) -> RateLimiter:
+    """A limit of `budget[0]` attempts per `budget[1]` seconds, all of which may come at once."""
+    attempts, seconds = budget
+    return RateLimiter(connection, rate=attempts, per=seconds, burst=attempts)
 
 
 def warn_without_catalog(settings: Settings) -> None:

@@ -3,11 +3,14 @@ own browser download cannot run here). Loaded for every test module by conftest.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from playwright.sync_api import Browser, Page, sync_playwright
+from werkzeug.serving import make_server
 
 from bot.settings import PROJECT_ROOT
 
@@ -32,6 +35,16 @@ def browser_page(chromium: Browser) -> Iterator[Page]:
     context.set_default_timeout(15_000)
     yield context.new_page()
     context.close()
+
+
+@pytest.fixture
+def site(app: Flask) -> Iterator[str]:
+    """The app on a local port, as a browser reaches it."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
 
 
 def screenshot(page: Page, name: str) -> Path:

@@ -1,11 +1,9 @@
 """The hosted pages in real headless Chromium, served over real HTTP: what a person sees and does."""
 from __future__ import annotations
 
-import threading
 from urllib.parse import unquote
 
 import pytest
-from werkzeug.serving import make_server
 
 from bot.domain.consent import Action, Scope
 from tests.browser import screenshot
@@ -14,16 +12,6 @@ from tests.helpers import USER, reconfigure
 from tests.test_pages import send_from_whatsapp
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def site(app):
-    """The app on a local port, as a browser reaches it."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
 
 
 def test_the_consent_box_is_unchecked_on_load_and_an_unticked_submit_records_nothing(site, browser_page, ledger):

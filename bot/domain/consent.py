@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot.domain.identity import IdentifierKind, kind_of
+from bot.domain.staff import MAX_ACTOR
 
 SERVICE_WINDOW = timedelta(hours=24)
 
@@ -356,8 +357,8 @@ def check_draft(draft: EventDraft, now: datetime) -> None:
         raise InvalidEvent("source_ref must be 1 to 255 characters")
     if not draft.source_ref.isprintable():
         raise InvalidEvent("source_ref must not hold control characters")
-    if not draft.recorded_by or len(draft.recorded_by) > 64:
-        raise InvalidEvent("recorded_by must be 1 to 64 characters")
+    if not draft.recorded_by or len(draft.recorded_by) > MAX_ACTOR:
+        raise InvalidEvent(f"recorded_by must be 1 to {MAX_ACTOR} characters")
     if not isinstance(draft.evidence, dict):
         raise InvalidEvent("evidence must be a JSON object")
     if draft.consent_text is not None and len(draft.consent_text) > MAX_CONSENT_TEXT:

@@ -1,10 +1,13 @@
 """The staff API under /api/v1 (SPEC §4): record consent, send templates, run campaigns, export the ledger.
 
-Every call needs `Authorization: Bearer $ADMIN_API_TOKEN` (compared in constant time); with
-no token configured the API is off (403, saying how to turn it on). Errors are
-`{"error", "detail"}`: 400 for a body that is not JSON, 422 for a field that cannot be used,
-409 for a send the policy refuses (with its reason), 413 for an oversized body.
-An `Idempotency-Key` header makes a POST safe to repeat.
+Every call needs `Authorization: Bearer <token>`: a staff member's token (`flask staff token
+EMAIL`), which acts with their role and records what it causes as `staff:EMAIL`, or
+ADMIN_API_TOKEN, the break-glass admin token (compared in constant time, recorded as
+`staff:api`). Without either the API is off (403, saying how to turn it on). Reading needs
+the viewer role; every POST records consent, sends or steers a campaign, and needs operator
+(403 `forbidden` naming the role). Errors are `{"error", "detail"}`: 400 for a body that is
+not JSON, 422 for a field that cannot be used, 409 for a send the policy refuses (with its
+reason), 413 for an oversized body. An `Idempotency-Key` header makes a POST safe to repeat.
 """
 from __future__ import annotations
 
@@ -12,13 +15,15 @@ import hmac
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from typing import NamedTuple
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
 from bot import json_bodies
 from bot.domain.consent import ConsentEvent, EventDraft, InvalidEvent
 from bot.domain.identity import InvalidIdentifier, normalize_identifier
 from bot.domain.policy import MessageKind, Refusal
+from bot.domain.staff import Role
 from bot.services import current_services
 from bot.staff.audit import FORMATS, export_lines
 from bot.staff.openapi import openapi_document
@@ -37,7 +42,8 @@ from bot.storage.outbox import Message, Outbox, QueueName, Template
 
 bp = Blueprint("staff_api", __name__, url_prefix="/api/v1")
 
-RECORDED_BY = "staff:api"
+RECORDED_BY = "staff:api"  # what the break-glass ADMIN_API_TOKEN records
+READS = {"GET", "HEAD"}
 MAX_CAMPAIGN_RECIPIENTS = 100_000
 # Whole Content-Type values: given as a mimetype, a text/* type would get a second charset from Flask.
 EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
@@ -47,19 +53,54 @@ def api_error(status: int, code: str, detail: str, **extra) -> tuple[Response, i
     return jsonify(error=code, detail=detail, **extra), status
 
 
+class Caller(NamedTuple):
+    """Who a request comes from: the role it acts with and the name it records."""
+
+    role: Role
+    recorded_by: str
+
+
 @bp.before_request
 def require_token():
     if request.endpoint == "staff_api.openapi":
         return None
-    token = current_services().settings.admin_api_token
-    if not token:
-        return api_error(403, "disabled", "the staff API is off: set ADMIN_API_TOKEN and send it as 'Authorization: Bearer <token>'")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        response, status = api_error(401, "unauthorized", "missing or wrong 'Authorization: Bearer <ADMIN_API_TOKEN>'")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="staff API"'
-        return response, status
+    caller = _caller()
+    if not isinstance(caller, Caller):
+        return caller
+    needed = Role.VIEWER if request.method in READS else Role.OPERATOR
+    if not caller.role.covers(needed):
+        return api_error(403, "forbidden", f"this needs the {needed.value} role; this token's account is {caller.role.value}")
+    g.api_caller = caller
     return None
+
+
+def _caller() -> Caller | tuple[Response, int]:
+    """The caller the bearer token names, or the answer that refuses it."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given = given.strip() if scheme.lower() == "bearer" else ""
+    account = current_services().staff.by_token(given) if given else None
+    if account is not None:
+        return Caller(account.role, account.recorded_by) if account.active else _unauthorized("this token's staff account is disabled")
+    admin_token = current_services().settings.admin_api_token
+    if not admin_token:
+        return api_error(
+            403, "disabled", "no staff token was sent and ADMIN_API_TOKEN is not set: send 'Authorization: Bearer <token>' "
+            "with a token from `flask staff token EMAIL`, or set ADMIN_API_TOKEN",
+        )
+    if given and hmac.compare_digest(given.encode(), admin_token.encode()):
+        return Caller(Role.ADMIN, RECORDED_BY)
+    return _unauthorized("missing or wrong 'Authorization: Bearer <token>' (a staff token or ADMIN_API_TOKEN)")
+
+
+def _unauthorized(detail: str) -> tuple[Response, int]:
+    response, status = api_error(401, "unauthorized", detail)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="staff API"'
+    return response, status
+
+
+def _recorded_by() -> str:
+    """What this request's events, messages and campaigns are recorded as: `staff:EMAIL`, or `staff:api`."""
+    return g.api_caller.recorded_by
 
 
 @bp.errorhandler(InvalidField)
@@ -107,7 +148,7 @@ def _request_key(prefix: str) -> str:
 
 @bp.post("/consents")
 def record_consent():
-    draft = consent_draft(_json_body(), _request_key("api"), RECORDED_BY)
+    draft = consent_draft(_json_body(), _request_key("api"), _recorded_by())
     event = current_services().ledger.append(draft)
     if not _records(event, draft):
         return api_error(409, "idempotency_key_reused", "this Idempotency-Key was used for a consent event with other content")
@@ -183,7 +224,7 @@ def send_message():
         parameters_field(message.template, outbox.catalog)
     categories = _categories(outbox, message.template, message.kind) if message.template else {}
     # One message to one person (an order update, a code): the fast queue, not behind campaigns.
-    submission = outbox.submit(message, _request_key("api"), RECORDED_BY, QueueName.REPLIES)
+    submission = outbox.submit(message, _request_key("api"), _recorded_by(), QueueName.REPLIES)
     kind = MessageKind(categories.get("category", message.kind))
     if _given_key() and _stored_differently(outbox, submission.message_id, message, kind):
         return api_error(409, "idempotency_key_reused", "this Idempotency-Key was used for a message with another recipient or content")
@@ -251,7 +292,7 @@ def start_campaign():
         return api_error(409, "not_allowed", f"no campaign can start: {refusal.value}", reason=refusal.value)
     categories = _categories(outbox, template, kind)
     try:
-        result = _campaigns().send(template, kind, recipients, RECORDED_BY, dry_run, campaign_id)
+        result = _campaigns().send(template, kind, recipients, _recorded_by(), dry_run, campaign_id)
     except CampaignIdTaken as taken:
         return api_error(409, "idempotency_key_reused", f"this Idempotency-Key was used for another campaign: {taken}")
     if result.campaign_id is None and not dry_run:

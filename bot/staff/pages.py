@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 import logging
 from pathlib import Path
 from urllib.parse import quote
@@ -24,6 +23,7 @@ import sqlalchemy as sa
 from flask import Blueprint, current_app, make_response, render_template, request
 from markupsafe import Markup
 
+from bot.client_network import client_network
 from bot.domain.consent import Action, Channel, EventDraft, Scope
 from bot.domain.identity import InvalidNumber, mask, normalize_wa_id
 from bot.outbound.limiter import RateLimiter
@@ -165,16 +165,7 @@ def _within_limits(page: str, wa_id: str) -> bool:
     through Redis. An opt-out is not limited per number: a stranger's submissions must never
     keep the number's owner from opting out."""
     limiter: RateLimiter = current_services().page_limiter
-    budgets = [("client", _client_network(request.remote_addr or ""))]
+    budgets = [("client", client_network(request.remote_addr or ""))]
     if page == "opt_in":
         budgets.append(("number", wa_id))
     return all(limiter.reserve(f"pages:{page}:{kind}:{value}", max_wait=0).reserved for kind, value in budgets)
-
-
-def _client_network(address: str) -> str:
-    """The client a limit counts: its IPv4 address, or its IPv6 /64 (one host has them all)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from bot.domain.identity import MAX_IDENTIFIER
+from bot.domain.staff import MAX_ACTOR, MAX_EMAIL
 
 metadata = sa.MetaData()
 
@@ -31,7 +32,7 @@ consent_events = sa.Table(
     sa.Column("source_ref", sa.String(255), nullable=False, unique=True),
     sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("recorded_by", sa.String(64), nullable=False),
+    sa.Column("recorded_by", sa.String(MAX_ACTOR), nullable=False),  # webhook, page, staff:EMAIL ...
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
     # Which definition of `hash` the event carries (bot.storage.ledger.event_hash).
@@ -106,7 +107,7 @@ outbound_messages = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("not_before", sa.DateTime(timezone=True)),
     sa.Column("lease_until", sa.DateTime(timezone=True)),
-    sa.Column("requested_by", sa.String(64), nullable=False),
+    sa.Column("requested_by", sa.String(MAX_ACTOR), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("sent_at", sa.DateTime(timezone=True)),
@@ -140,7 +141,7 @@ campaigns = sa.Table(
     sa.Column("template", sa.Text, nullable=False),  # JSON: name, language, components
     sa.Column("category", sa.String(16), nullable=False),
     sa.Column("recipients", sa.Integer, nullable=False),  # distinct valid numbers: one message each
-    sa.Column("requested_by", sa.String(64), nullable=False),
+    sa.Column("requested_by", sa.String(MAX_ACTOR), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("paused_at", sa.DateTime(timezone=True)),
     sa.Column("pause_reason", sa.String(255)),
@@ -190,4 +191,32 @@ message_templates = sa.Table(
     sa.Column("quality", sa.String(32)),
     sa.Column("components", sa.Text, nullable=False),  # JSON, as Meta lists them
     sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Staff who sign in to the console and call the staff API (SPEC §8), by lowercased email. A
+# console session carries its account's session_generation: raising it (disabled, new password,
+# signed out) ends every session signed in before.
+staff_accounts = sa.Table(
+    "staff_accounts",
+    metadata,
+    sa.Column("email", sa.String(MAX_EMAIL), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),  # bot.domain.staff.Role
+    sa.Column("password_hash", sa.String(255), nullable=False),  # argon2id, with its parameters and salt
+    sa.Column("must_change_password", sa.Boolean, nullable=False),
+    sa.Column("session_generation", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_by", sa.String(MAX_ACTOR), nullable=False),
+    sa.Column("disabled_at", sa.DateTime(timezone=True)),
+)
+
+# Staff API tokens: the SHA-256 of each (the token itself is shown once, when made). A token acts
+# with its account's role, and stops working when the account is disabled.
+staff_tokens = sa.Table(
+    "staff_tokens",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("email", sa.String(MAX_EMAIL), sa.ForeignKey("staff_accounts.email"), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_by", sa.String(MAX_ACTOR), nullable=False),
+    sa.Index("ix_staff_tokens_email", "email"),
 )

@@ -1,0 +1,81 @@
+"""How the console answers: HTML pages from templates/console/, errors as pages too (never JSON
+or a traceback), and on every response the headers that keep its pages out of caches and frames
+and forbid inline scripts and styles (there are none: its CSS is a static file)."""
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import redis
+import sqlalchemy as sa
+from flask import Blueprint, Response, make_response, render_template
+from werkzeug.exceptions import HTTPException
+
+from bot.console.access import current_staff
+from bot.services import current_services
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/console"
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'self'; base-uri 'none'; object-src 'none'; frame-ancestors 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
+UNAVAILABLE = "The database or Redis is not answering. Please try again in a minute."
+
+
+class Section(NamedTuple):
+    name: str
+    summary: str
+
+
+# The console's sections (SPEC §8), in the navigation bar and on the home page; each gets its page in turn.
+SECTIONS = (
+    Section("People", "Find a person by phone or BSUID: consent state, window, history with evidence, messages."),
+    Section("Review", "Possible opt-outs to confirm or dismiss."),
+    Section("Campaigns", "New from a CSV and a template, dry runs, live progress, pause and resume."),
+    Section("Templates", "Meta's template catalog: category, status, quality."),
+    Section("Account health", "Quality rating, Meta's notices, unread webhooks."),
+    Section("Audit", "The ledger export and its chain check."),
+)
+
+
+def serve_pages(bp: Blueprint) -> None:
+    """Secure every response of `bp` (and the blueprints in it), and answer its errors with pages."""
+    bp.after_request(secured)
+    bp.register_error_handler(HTTPException, error_page)
+    bp.register_error_handler(sa.exc.SQLAlchemyError, _unavailable)
+    bp.register_error_handler(redis.RedisError, _unavailable)
+
+
+def in_console(path: str) -> bool:
+    """Whether a request path is the console's (for errors raised before a blueprint is chosen, such as 404)."""
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+def render(page: str, status: int = 200, **context) -> Response:
+    """templates/console/PAGE.html, with who is signed in and the business's name."""
+    body = render_template(
+        f"console/{page}.html", staff=current_staff(), business=current_services().settings.business_name, sections=SECTIONS,
+        **context,
+    )
+    return make_response(body, status)
+
+
+def secured(response: Response) -> Response:
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def error_page(failure: HTTPException) -> Response:
+    """An error as a page: its status, its name and what to do."""
+    status = failure.code or 500
+    return secured(render("error", status, title=failure.name, detail=failure.description))
+
+
+def _unavailable(failure: Exception) -> Response:
+    log.error("console request failed, database or Redis unavailable: %s", type(failure).__name__)
+    return secured(render("error", 503, title="Unavailable", detail=UNAVAILABLE))
