@@ -14,7 +14,8 @@ from bot.outbound.graph_errors import TransientError
 from bot.outbound.worker import SYNC_RETRY_SECONDS, TEMPLATE_SYNC_LOCK, sync_templates_when_due
 from bot.services import services_of, sync_templates, warn_without_catalog
 from bot.storage.db import writer
-from bot.storage.schema import account_notices, outbound_messages
+from bot.storage.outbox import Template
+from bot.storage.schema import account_notices, message_templates, outbound_messages
 from bot.storage.templates import CatalogTemplate, SyncFailed
 from sandbox.graph_imitation import SAMPLE_TEMPLATES
 from tests.conftest import app_config
@@ -235,6 +236,18 @@ def test_a_completed_category_change_decides_sends_from_then_on_even_those_queue
     refused = send(synced, "order_update", "utility")
     assert (refused.status_code, refused.get_json()["reason"], refused.get_json()["category"]) == (409, "marketing_opted_out", "marketing")
     assert [field for field, _ in kept_notices(synced)] == ["template_category_update", "template_category_update"]
+
+
+def test_a_change_another_process_made_decides_sends_within_a_second(synced, monkeypatch):
+    """The send loop decides on its process's copy of the catalog, trusted FRESH_FOR seconds."""
+    monkeypatch.setattr("bot.storage.templates.FRESH_FOR", 0.2)
+    outbox = services_of(synced).outbox
+    assert outbox.template_verdict(Template("order_update", "en_US")).value == "utility"
+    with writer(services_of(synced).engine).begin() as conn:  # as a webhook in the web process would
+        conn.execute(sa.update(message_templates).where(message_templates.c.name == "order_update").values(category="MARKETING"))
+    assert outbox.template_verdict(Template("order_update", "en_US")).value == "utility"
+    time.sleep(0.25)
+    assert outbox.template_verdict(Template("order_update", "en_US")).value == "marketing"
 
 
 def test_status_updates_change_the_catalog(synced):

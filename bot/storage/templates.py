@@ -8,7 +8,9 @@ once every page was read: a failed sync keeps the last good one) and changed by 
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +25,7 @@ from bot.storage.ledger import as_utc, utc_now
 from bot.storage.schema import message_templates
 
 APPROVED = "APPROVED"
+FRESH_FOR = 1.0  # seconds a process decides on its copy of catalog entries (TemplateCatalog)
 WHOLE_SECOND = timedelta(seconds=1)  # Meta times its webhooks in whole seconds: a change in the second of a sync may be after it
 PARAMETERISED = ("header", "body")  # the parts whose parameter count Meta checks against the template
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")  # {{1}}, or {{first_name}} in a template with named parameters
@@ -75,9 +78,17 @@ def verdict(entry: CatalogTemplate | None) -> MessageKind | Refusal:
 
 
 class TemplateCatalog:
+    """The catalog in the database, with each process's copy of the entries it was asked for:
+    the send loop decides a wave of messages many times a second, and a query per wave for a
+    table that changes a few times a day cost it more than the consent check itself. The copy
+    is trusted for FRESH_FOR seconds (a change made by another process, a webhook in the web
+    process for a worker, decides sends within that), and dropped at once on this process's changes."""
+
     def __init__(self, engine: Engine, clock: Callable[[], datetime] = utc_now):
         self.engine = engine
         self.clock = clock
+        self._copy: dict[tuple[str, str], CatalogTemplate | None] = {}  # None: read, and not in the catalog
+        self._copied_at = -math.inf
 
     def sync(self, pages: Iterator[list[dict]]) -> int:
         """Replace the catalog with the one Meta lists, in one transaction once every page was
@@ -96,19 +107,31 @@ class TemplateCatalog:
             conn.execute(message_templates.delete())
             if rows:
                 conn.execute(message_templates.insert(), list(rows.values()))
+        self.forget_copy()
         return len(rows)
 
     def get(self, name: str, language: str) -> CatalogTemplate | None:
         return self.lookup([(name, language)]).get((name, language))
 
     def lookup(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], CatalogTemplate]:
-        """The catalog's entries for these (name, language), in one read; absent ones are left out."""
-        names = {name for name, _ in keys}
-        if not names:
-            return {}
-        with reading(self.engine) as conn:
-            found = conn.execute(sa.select(message_templates).where(message_templates.c.name.in_(names))).mappings()
-            return {(row["name"], row["language"]): _entry(row) for row in found}
+        """The catalog's entries for these (name, language), from this process's copy when it is
+        fresh, else in one read; absent ones are left out."""
+        keys = set(keys)
+        if time.monotonic() - self._copied_at > FRESH_FOR:
+            self._copy, self._copied_at = {}, time.monotonic()
+        copy = self._copy  # another thread may start a new copy meanwhile: this one stays whole
+        missing = {key for key in keys if key not in copy}
+        if missing:
+            names = {name for name, _ in missing}
+            with reading(self.engine) as conn:
+                found = conn.execute(sa.select(message_templates).where(message_templates.c.name.in_(names))).mappings()
+                read = {(row["name"], row["language"]): _entry(row) for row in found}
+            copy.update(dict.fromkeys(missing) | read)
+        return {key: entry for key in keys if (entry := copy.get(key)) is not None}
+
+    def forget_copy(self) -> None:
+        """Read the catalog afresh next time: it was just changed by this process."""
+        self._copied_at = -math.inf
 
     def all(self) -> list[CatalogTemplate]:
         with reading(self.engine) as conn:
@@ -130,6 +153,7 @@ class TemplateCatalog:
             where &= message_templates.c.language == language
         if at is not None:
             where &= message_templates.c.synced_at < at + WHOLE_SECOND
+        self.forget_copy()
         return conn.execute(message_templates.update().where(where).values(**values)).rowcount
 
 
