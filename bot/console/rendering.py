@@ -4,6 +4,7 @@ and forbid inline scripts and styles (there are none: its CSS is a static file).
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import redis
@@ -30,6 +31,12 @@ UNAVAILABLE = "The database or Redis is not answering. Please try again in a min
 class Section(NamedTuple):
     name: str
     summary: str
+    endpoint: str | None = None  # its page; None until it is built (shown as plain text)
+
+    @property
+    def blueprint(self) -> str | None:
+        """The blueprint of its pages, to mark the section the browser is in."""
+        return self.endpoint.rpartition(".")[0] if self.endpoint else None
 
 
 # The console's sections (SPEC §8), in the navigation bar and on the home page; each gets its page in turn.
@@ -37,15 +44,16 @@ SECTIONS = (
     Section("People", "Find a person by phone or BSUID: consent state, window, history with evidence, messages."),
     Section("Review", "Possible opt-outs to confirm or dismiss."),
     Section("Campaigns", "New from a CSV and a template, dry runs, live progress, pause and resume."),
-    Section("Templates", "Meta's template catalog: category, status, quality."),
-    Section("Account health", "Quality rating, Meta's notices, unread webhooks."),
-    Section("Audit", "The ledger export and its chain check."),
+    Section("Templates", "Meta's template catalog: category, status, quality.", "console.templates.catalog"),
+    Section("Account health", "Quality rating, Meta's notices, unread webhooks.", "console.health.health"),
+    Section("Audit", "The ledger export and its chain check.", "console.audit.audit"),
 )
 
 
 def serve_pages(bp: Blueprint) -> None:
     """Secure every response of `bp` (and the blueprints in it), and answer its errors with pages."""
     bp.after_request(secured)
+    bp.add_app_template_filter(moment)
     bp.register_error_handler(HTTPException, error_page)
     bp.register_error_handler(sa.exc.SQLAlchemyError, _unavailable)
     bp.register_error_handler(redis.RedisError, _unavailable)
@@ -63,6 +71,11 @@ def render(page: str, status: int = 200, **context) -> Response:
         **context,
     )
     return make_response(body, status)
+
+
+def moment(at: datetime | None) -> str:
+    """A time as staff read it (a Jinja filter): to the minute, in UTC, which every time stored is."""
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if at else "never"
 
 
 def secured(response: Response) -> Response:

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from collections.abc import Iterator
-from datetime import datetime
 from typing import NamedTuple
 
-from flask import Blueprint, Response, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, g, jsonify, request
 
 from bot import json_bodies
 from bot.domain.consent import ConsentEvent, EventDraft, InvalidEvent
@@ -25,7 +23,7 @@ from bot.domain.identity import InvalidIdentifier, normalize_identifier
 from bot.domain.policy import MessageKind, Refusal
 from bot.domain.staff import Role
 from bot.services import current_services
-from bot.staff.audit import FORMATS, export_lines
+from bot.staff.audit_download import export_response
 from bot.staff.openapi import openapi_document
 from bot.staff.request_rules import (
     InvalidField,
@@ -34,7 +32,6 @@ from bot.staff.request_rules import (
     identifier_field,
     message_request,
     parameters_field,
-    timestamp_field,
 )
 from bot.storage.campaigns import CampaignIdTaken, CampaignRefused, Campaigns
 from bot.storage.ledger import SourceRefConflict, utc_now
@@ -45,8 +42,6 @@ bp = Blueprint("staff_api", __name__, url_prefix="/api/v1")
 RECORDED_BY = "staff:api"  # what the break-glass ADMIN_API_TOKEN records
 READS = {"GET", "HEAD"}
 MAX_CAMPAIGN_RECIPIENTS = 100_000
-# Whole Content-Type values: given as a mimetype, a text/* type would get a second charset from Flask.
-EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
 
 
 def api_error(status: int, code: str, detail: str, **extra) -> tuple[Response, int]:
@@ -183,34 +178,7 @@ def consent_state(wa_id: str):
 
 @bp.get("/audit")
 def audit():
-    fmt = request.args.get("format", "csv")
-    if fmt not in FORMATS:
-        raise InvalidField("format", f"must be one of {', '.join(FORMATS)}")
-    since, until = (_time_arg(name) for name in ("since", "until"))
-    who = request.args.get("wa_id")
-    events = current_services().ledger.events(since, until, identifier_field(who) if who else None)
-    response = Response(stream_with_context(_in_chunks(export_lines(events, fmt))), content_type=EXPORT_TYPES[fmt])
-    response.headers["Content-Disposition"] = f'attachment; filename="consent-ledger.{fmt}"'
-    return response
-
-
-def _in_chunks(lines: Iterator[str], size: int = 64 * 1024) -> Iterator[str]:
-    """Lines grouped into pieces of about `size` characters: one socket write per piece, not per event."""
-    piece: list[str] = []
-    length = 0
-    for line in lines:
-        piece.append(line)
-        length += len(line)
-        if length >= size:
-            yield "".join(piece)
-            piece, length = [], 0
-    if piece:
-        yield "".join(piece)
-
-
-def _time_arg(name: str) -> datetime | None:
-    value = request.args.get(name)
-    return timestamp_field(value, name) if value else None
+    return export_response(current_services().ledger, request.args)
 
 
 # -- messages --------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from bot.staff.cli_group import DatabaseCommands
 from bot.staff.consent_import import BadFile, Row, read_rows
 from bot.staff.progress import progress_bar
 from bot.staff.request_rules import InvalidField, timestamp_field
-from bot.storage.integrity import CheckpointError, load_checkpoints, write_checkpoint
+from bot.storage.integrity import CheckpointError, checkpoint_directory, load_checkpoints, write_checkpoint
 from bot.storage.ledger import Ledger, utc_now
 from bot.storage.migrate import current_revision, head_revision, upgrade
 
@@ -194,8 +194,8 @@ def verify(checkpoints: Path | None) -> None:
     checkpoints; exit 1 naming the first sign of tampering."""
     services = current_services()
     given = checkpoints is not None
-    if checkpoints is None and Path(services.settings.ledger_checkpoints).is_dir():  # never a URL
-        checkpoints = Path(services.settings.ledger_checkpoints)
+    if checkpoints is None:
+        checkpoints = checkpoint_directory(services.settings.ledger_checkpoints)
     try:
         signed = load_checkpoints(checkpoints, services.ledger.key) if checkpoints else []
     except CheckpointError as error:

@@ -90,7 +90,7 @@ class CheckpointError(Exception):
 def write_checkpoint(checkpoint: Checkpoint, where: str) -> str:
     """Write the checkpoint into the directory `where`, or PUT it under the http(s) URL `where`;
     never over an existing one. Returns where it went."""
-    if where.startswith(("http://", "https://")):
+    if kept_at_url(where):
         return _put(checkpoint, where)
     path = Path(where) / checkpoint.name
     try:
@@ -127,18 +127,46 @@ def load_checkpoints(directory: Path, key: LedgerKey) -> list[Checkpoint]:
     first one that cannot be read, was signed with another key, or whose signature does not match."""
     found = []
     for path in sorted(directory.glob("*.json")):
-        try:
-            raw = json.loads(path.read_bytes())
-            checkpoint = Checkpoint(
-                int(raw["seq"]), str(raw["head_hash"]), datetime.fromisoformat(raw["at"]), str(raw["public_key"]), str(raw["signature"])
-            )
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"checkpoint {path.name} cannot be read ({type(error).__name__}): it is not a checkpoint") from None
-        if raw.get("format") != FORMAT:
-            raise CheckpointError(f"checkpoint {path.name} is not in the format {FORMAT}")
-        if checkpoint.public_key != key.public_key:
-            raise CheckpointError(f"checkpoint {path.name} was signed with another key than this LEDGER_SIGNING_KEY")
-        if not key.signed(checkpoint):
-            raise CheckpointError(f"checkpoint {path.name} has a bad signature: it was changed after it was signed")
+        checkpoint = read_checkpoint(path)
+        if (problem := signature_problem(checkpoint, key)) is not None:
+            raise CheckpointError(f"checkpoint {path.name} {problem}")
         found.append(checkpoint)
     return sorted(found, key=lambda checkpoint: (checkpoint.seq, checkpoint.at))
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """One checkpoint file as it is, its signature not checked; CheckpointError when it is not a checkpoint."""
+    try:
+        raw = json.loads(path.read_bytes())
+        checkpoint = Checkpoint(
+            int(raw["seq"]), str(raw["head_hash"]), datetime.fromisoformat(raw["at"]), str(raw["public_key"]), str(raw["signature"])
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"checkpoint {path.name} cannot be read ({type(error).__name__}): it is not a checkpoint") from None
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path.name} is not in the format {FORMAT}")
+    return checkpoint
+
+
+def signature_problem(checkpoint: Checkpoint, key: LedgerKey) -> str | None:
+    """Why `key` cannot vouch for the checkpoint (worded to follow its name), or None when it signed it."""
+    if checkpoint.public_key != key.public_key:
+        return "was signed with another key than this LEDGER_SIGNING_KEY"
+    if not key.signed(checkpoint):
+        return "has a bad signature: it was changed after it was signed"
+    return None
+
+
+def kept_at_url(where: str) -> bool:
+    """Whether LEDGER_CHECKPOINTS is a URL checkpoints are PUT under (write-once: they cannot be read back from here)."""
+    return where.startswith(("http://", "https://"))
+
+
+def checkpoint_directory(where: str) -> Path | None:
+    """The directory LEDGER_CHECKPOINTS names, when it is one that exists."""
+    return Path(where) if not kept_at_url(where) and Path(where).is_dir() else None
+
+
+def newest_checkpoint(directory: Path) -> Path | None:
+    """The file of the newest checkpoint in the directory: names sort by seq, then time (Checkpoint.name)."""
+    return max(directory.glob("*.json"), key=lambda path: path.name, default=None)

@@ -176,6 +176,8 @@ unread_webhooks = sa.Table(
     sa.Column("reason", sa.String(255), nullable=False),
     sa.Column("raw", sa.Text, nullable=False),
     sa.Column("digest", sa.String(64)),  # NULL only on copies kept before revision 0003
+    sa.Column("handled_at", sa.DateTime(timezone=True)),  # when staff marked it handled in the console; NULL while unread
+    sa.Column("handled_by", sa.String(MAX_ACTOR)),  # staff:EMAIL
     sa.Index("ux_unread_webhooks_digest", "digest", unique=True),
 )
 
