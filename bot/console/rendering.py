@@ -30,13 +30,18 @@ UNAVAILABLE = "The database or Redis is not answering. Please try again in a min
 class Section(NamedTuple):
     name: str
     summary: str
+    endpoint: str | None = None  # its page, once it has one
+    blueprints: tuple[str, ...] = ()  # the blueprints whose pages are this section's (marked current in the bar)
 
 
 # The console's sections (SPEC §8), in the navigation bar and on the home page; each gets its page in turn.
 SECTIONS = (
     Section("People", "Find a person by phone or BSUID: consent state, window, history with evidence, messages."),
     Section("Review", "Possible opt-outs to confirm or dismiss."),
-    Section("Campaigns", "New from a CSV and a template, dry runs, live progress, pause and resume."),
+    Section(
+        "Campaigns", "New from a CSV and a template, dry runs, live progress, pause and resume.", "console.campaigns.campaigns",
+        ("console.campaigns", "console.new_campaign"),
+    ),
     Section("Templates", "Meta's template catalog: category, status, quality."),
     Section("Account health", "Quality rating, Meta's notices, unread webhooks."),
     Section("Audit", "The ledger export and its chain check."),
