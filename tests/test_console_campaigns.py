@@ -290,3 +290,11 @@ def test_the_opt_out_rate_over_time_counts_who_was_reached_and_opted_out_by_each
     last_x, last_y = map(float, drawn.points.split()[-1].split(","))
     assert last_x == drawn.right_edge and last_y < drawn.limit_y  # at the right end, above the pause line (SVG's y grows down)
     assert moments(Reach([], [])) == [] and chart([], 0.02) is None
+
+
+def test_the_last_moment_of_the_chart_counts_the_latest_opt_out():
+    """A span that does not divide evenly into microseconds must not leave the latest event out."""
+    start = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    latest = start + timedelta(microseconds=1_000_001)
+    points = moments(Reach([start, start], [latest]), count=24)
+    assert (points[-1].at, points[-1].opted_out, points[-1].rate) == (latest, 1, 0.5)

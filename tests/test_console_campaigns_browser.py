@@ -79,6 +79,7 @@ def test_a_campaign_from_a_csv_upload_shows_its_funnel_moving_to_delivered(app, 
     page.reload()  # the chart is drawn by the server
     assert "16.7%" in page.inner_text("[data-field=opt_out_percent]")
     assert page.locator("svg.chart polyline.rate").count() == 1
+    assert "16.7% (1 of 6) at the latest" in page.inner_html("svg.chart title")  # the line ends where the numbers are
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "nothing wider than the screen"
     screenshot(page, f"console-campaign-page-{device}")
 

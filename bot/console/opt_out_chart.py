@@ -50,8 +50,8 @@ def moments(reach: Reach, count: int = MOMENTS) -> list[Moment]:
     end = max(reach.reached[-1], reach.opted_out[-1] if reach.opted_out else start)
     if end == start:
         return [_moment(reach, start)]
-    step = (end - start) / count
-    return [_moment(reach, start + step * n) for n in range(count + 1)]
+    step = (end - start) / count  # rounded down to a microsecond: the last moment is `end` itself, or it could miss the latest
+    return [_moment(reach, start + step * n) for n in range(count)] + [_moment(reach, end)]
 
 
 def chart(points: list[Moment], limit: float) -> Chart | None:
