@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from bot.console import audit, catalog, health, home, sign_in
+from bot.console import audit, campaigns, catalog, health, home, new_campaign, sign_in
 from bot.console.access import guard
 from bot.console.rendering import serve_pages
 
@@ -21,3 +21,5 @@ bp.register_blueprint(home.bp)
 bp.register_blueprint(catalog.bp)
 bp.register_blueprint(health.bp)
 bp.register_blueprint(audit.bp)
+bp.register_blueprint(new_campaign.bp)
+bp.register_blueprint(campaigns.bp)

@@ -34,6 +34,7 @@ def guard(bp: Blueprint) -> None:
     bp.before_request(_open_session)
     bp.after_request(_renew_session)
     bp.add_app_template_global(csrf_field)
+    bp.add_app_template_global(may)
 
 
 def current_staff() -> StaffAccount | None:
@@ -60,6 +61,13 @@ def requires(role: Role) -> Callable:
         return guarded
 
     return decorate
+
+
+def may(role: str) -> bool:
+    """Whether the signed-in account has `role` ("operator"...) or above: a page shows the forms
+    of what it may do, and no others (a Jinja global; the views check again)."""
+    staff = current_staff()
+    return staff is not None and staff.role.covers(Role(role))
 
 
 def to_sign_in() -> BaseResponse:

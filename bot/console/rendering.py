@@ -31,22 +31,21 @@ UNAVAILABLE = "The database or Redis is not answering. Please try again in a min
 class Section(NamedTuple):
     name: str
     summary: str
-    endpoint: str | None = None  # its page; None until it is built (shown as plain text)
-
-    @property
-    def blueprint(self) -> str | None:
-        """The blueprint of its pages, to mark the section the browser is in."""
-        return self.endpoint.rpartition(".")[0] if self.endpoint else None
+    endpoint: str | None = None  # its page, once it has one
+    blueprints: tuple[str, ...] = ()  # the blueprints whose pages are this section's (marked current in the bar)
 
 
 # The console's sections (SPEC §8), in the navigation bar and on the home page; each gets its page in turn.
 SECTIONS = (
     Section("People", "Find a person by phone or BSUID: consent state, window, history with evidence, messages."),
     Section("Review", "Possible opt-outs to confirm or dismiss."),
-    Section("Campaigns", "New from a CSV and a template, dry runs, live progress, pause and resume."),
-    Section("Templates", "Meta's template catalog: category, status, quality.", "console.templates.catalog"),
-    Section("Account health", "Quality rating, Meta's notices, unread webhooks.", "console.health.health"),
-    Section("Audit", "The ledger export and its chain check.", "console.audit.audit"),
+    Section(
+        "Campaigns", "New from a CSV and a template, dry runs, live progress, pause and resume.", "console.campaigns.campaigns",
+        ("console.campaigns", "console.new_campaign"),
+    ),
+    Section("Templates", "Meta's template catalog: category, status, quality.", "console.templates.catalog", ("console.templates",)),
+    Section("Account health", "Quality rating, Meta's notices, unread webhooks.", "console.health.health", ("console.health",)),
+    Section("Audit", "The ledger export and its chain check.", "console.audit.audit", ("console.audit",)),
 )
 
 

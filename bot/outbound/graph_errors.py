@@ -130,3 +130,58 @@ def from_error_body(body: Any) -> CloudApiError:
     details = (error.get("error_data") or {}).get("details") if isinstance(error.get("error_data"), dict) else None
     message = str(error.get("message") or "Cloud API error")
     return error_class(code)(message, code=code, details=details)
+
+
+# What Meta's common error codes mean, in words for staff reading a campaign's failures.
+MEANINGS: dict[int, str] = {
+    0: "Meta could not authenticate the app (AuthException)",
+    1: "Meta's API had a temporary problem",
+    2: "Meta's service was temporarily unavailable",
+    4: "the app's call rate limit was reached",
+    10: "the app lacks the permission for this (whatsapp_business_messaging)",
+    100: "the request had an invalid or missing parameter",
+    190: "the access token expired or was revoked (WHATSAPP_TOKEN)",
+    368: "the account is temporarily blocked for policy violations",
+    80007: "the business account's rate limit was reached",
+    130429: "the phone number's messages-per-second limit was reached",
+    130472: "the user's number is part of a Meta experiment that held back this marketing message",
+    131000: "something went wrong at Meta",
+    131005: "access denied: the token lacks the permission",
+    131008: "a required parameter is missing",
+    131009: "a parameter value is not valid",
+    131016: "Meta's service was temporarily unavailable",
+    131021: "the recipient is the sender's own number",
+    131026: "the number is not on WhatsApp, or cannot receive this message (old app, terms not accepted)",
+    131031: "the business account is locked or restricted",
+    131042: "a payment problem on the business account",
+    131045: "the phone number is not registered for the Cloud API",
+    131047: "more than 24 hours since the user last wrote: only templates may be sent",
+    131048: "Meta limits this number because too many users blocked or reported it (spam rate limit)",
+    131049: "Meta held back this marketing message to keep the user's experience healthy",
+    131050: "the user stopped marketing messages from this business inside WhatsApp",
+    131051: "the message type is not supported",
+    131052: "the user's media could not be downloaded",
+    131053: "the media could not be uploaded",
+    131056: "too many messages to the same user in a short time",
+    131062: "this kind of message cannot be sent to a BSUID, only to a phone number",
+    132000: "the template's parameter count does not match its text",
+    132001: "the template does not exist in this language, or is not approved",
+    132005: "the template's text with its parameters is too long",
+    132007: "the template's content breaks WhatsApp's policy",
+    132012: "a template parameter has the wrong format",
+    132015: "the template is paused for low quality",
+    132016: "the template is disabled for low quality",
+    133004: "the server was temporarily unavailable",
+    133010: "the phone number is not registered",
+}
+
+
+def meaning(code: int | None) -> str:
+    """What a Meta error code means, for staff; for a code not listed, what kind of error it is."""
+    if code is None:
+        return "no error code (a timeout or a connection failure)"
+    if code in MEANINGS:
+        return MEANINGS[code]
+    if error_class(code) is TemplateError:
+        return "a template error: the template does not exist, is paused, or its parameters do not fit"
+    return "not one of the common codes: see Meta's error code list"

@@ -5,7 +5,6 @@ worker process (`python -m bot.outbound.worker`) does the sending.
 """
 from __future__ import annotations
 
-import csv
 import json
 import uuid
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from bot.services import current_services
 from bot.staff.campaign_views import LIST_HEADER, list_row, status_report
 from bot.staff.cli_group import DatabaseCommands
 from bot.staff.progress import progress_bar
+from bot.staff.recipient_lists import BadList, read_recipients
 from bot.staff.request_rules import InvalidField, opt_in_question, parameters_field, template_field
 from bot.staff.tables import echo_table
 from bot.storage.campaigns import CampaignRefused, Campaigns, Progress
@@ -183,21 +183,8 @@ def _change(campaign_id: str, change: Callable[[str], Progress]) -> None:
 
 
 def _read_entries(path: Path) -> list[str]:
-    """The wa_id (or phone) column of a CSV file, or its only column: one entry per row, blank
-    rows included (as ""), so that the campaign counts them."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as file:
-            rows = list(csv.reader(file))
-    except UnicodeDecodeError:
-        raise click.ClickException(f"{path.name} is not UTF-8 text; save it as CSV UTF-8") from None
-    if not rows:
-        raise click.ClickException(f"{path.name} is empty")
-    header = [cell.strip().lower() for cell in rows[0]]
-    for column in ("wa_id", "phone", "number"):
-        if column in header:
-            at = header.index(column)
-            return [row[at].strip() if len(row) > at else "" for row in rows[1:]]
-    if len(header) == 1:
-        return [row[0].strip() if row else "" for row in rows]
-    raise click.ClickException(f"{path.name}: no wa_id column in {', '.join(header)}")
-
+            return read_recipients(file, path.name)
+    except BadList as bad:
+        raise click.ClickException(str(bad)) from None

@@ -34,6 +34,7 @@ from bot.storage.schema import outbound_messages as messages
 log = logging.getLogger(__name__)
 
 CHUNK = 1000  # recipients decided and stored per transaction
+EXAMPLES = 5  # skipped entries a result names per reason, for staff to check
 REACHED = (MessageState.SENT.value, MessageState.DELIVERED.value, MessageState.READ.value)
 
 # Meta's notices that pause every running campaign, and the quality events that flag or clear the number.
@@ -64,6 +65,7 @@ class CampaignResult:
     skipped: dict[str, int]  # refusal reason -> count
     duplicates: int  # numbers listed more than once, sent once
     blank: int  # entries with no number at all (a CSV file's blank rows)
+    examples: dict[str, list[str]] = field(default_factory=dict)  # refusal reason -> the first few entries it skipped
 
     def as_dict(self) -> dict:
         return {"campaign_id": self.campaign_id, "queued": self.queued, "skipped": self.skipped, "duplicates": self.duplicates, "blank": self.blank}
@@ -150,6 +152,7 @@ class Campaigns:
         entries = _sorted_entries(recipients)
         unique = entries.numbers
         skipped: Counter[str] = Counter({Refusal.INVALID_RECIPIENT.value: entries.invalid} if entries.invalid else {})
+        examples = {Refusal.INVALID_RECIPIENT.value: entries.invalid_examples} if entries.invalid else {}
         flagged = self.account_flag()
         if flagged:
             skipped[Refusal.PAUSED.value] += len(unique)
@@ -168,14 +171,17 @@ class Campaigns:
         for start in range(0, len(unique), CHUNK):
             chunk = unique[start : start + CHUNK]
             outcomes = self._decide(chunk, kind) if dry_run else self._submit(chunk, template, kind, requested_by, campaign_id)
-            for reason in outcomes:
+            for recipient, reason in zip(chunk, outcomes):
                 if reason is None:
                     queued += 1
-                else:
-                    skipped[reason.value] += 1
+                    continue
+                skipped[reason.value] += 1
+                named = examples.setdefault(reason.value, [])
+                if len(named) < EXAMPLES:
+                    named.append(recipient)
             done += len(chunk)
             progress(done)
-        return CampaignResult(None if dry_run else campaign_id, queued, dict(skipped), entries.duplicates, entries.blank)
+        return CampaignResult(None if dry_run else campaign_id, queued, dict(skipped), entries.duplicates, entries.blank, examples)
 
     def _decide(self, recipients: list[str], kind: MessageKind) -> list[Refusal | None]:
         states, now = self.ledger.states(recipients), self.clock()
@@ -336,10 +342,12 @@ class Entries:
     blank: int  # entries with nothing in them
     invalid: int
     duplicates: int  # entries naming a number listed before
+    invalid_examples: list[str] = field(default_factory=list)  # the first few invalid entries, as listed
 
 
 def _sorted_entries(listed: list[str]) -> Entries:
     seen: dict[str, None] = {}
+    invalid_examples: list[str] = []
     blank = invalid = duplicates = 0
     for raw in listed:
         if not raw.strip():
@@ -349,11 +357,13 @@ def _sorted_entries(listed: list[str]) -> Entries:
             identifier = normalize_identifier(raw)
         except InvalidIdentifier:
             invalid += 1
+            if len(invalid_examples) < EXAMPLES:
+                invalid_examples.append(raw[:64])
             continue
         if identifier in seen:
             duplicates += 1
         seen[identifier] = None
-    return Entries(list(seen), blank, invalid, duplicates)
+    return Entries(list(seen), blank, invalid, duplicates, invalid_examples)
 
 
 def _summaries(conn: Connection, chosen: sa.Select) -> list[Summary]:
@@ -393,22 +403,30 @@ _MESSAGE_COUNTS = (
     .where(messages.c.campaign_id.in_(sa.bindparam("ids", expanding=True)))
     .group_by(messages.c.campaign_id, messages.c.state, messages.c.reason, messages.c.attempts)
 )
-# People who opted out (any scope, under any of their identifiers) after a message of the campaign was sent to them.
-_OPT_OUTS_AFTER_REACHED = (
-    sa.select(sa.func.count(sa.distinct(identities.c.person_id)))
-    .select_from(
-        messages.join(identities, identities.c.identifier == messages.c.recipient).join(
-            consent_events,
-            sa.or_(
-                consent_events.c.person_id == identities.c.person_id,
-                consent_events.c.person_id.in_(sa.select(merged_people.c.absorbed).where(merged_people.c.person_id == identities.c.person_id)),
-            ),
+
+
+def opted_out_after_sent(*columns: sa.ColumnElement) -> sa.Select:
+    """`columns` over the opt-outs (any scope, under any of their people's identifiers) made
+    after a message of the campaign (bound as `campaign_id`) was sent to them."""
+    return (
+        sa.select(*columns)
+        .select_from(
+            messages.join(identities, identities.c.identifier == messages.c.recipient).join(
+                consent_events,
+                sa.or_(
+                    consent_events.c.person_id == identities.c.person_id,
+                    consent_events.c.person_id.in_(sa.select(merged_people.c.absorbed).where(merged_people.c.person_id == identities.c.person_id)),
+                ),
+            )
+        )
+        .where(
+            messages.c.campaign_id == sa.bindparam("campaign_id"),
+            messages.c.sent_at.is_not(None),
+            consent_events.c.action == Action.OPT_OUT.value,
+            consent_events.c.occurred_at >= messages.c.sent_at,
         )
     )
-    .where(
-        messages.c.campaign_id == sa.bindparam("campaign_id"),
-        messages.c.sent_at.is_not(None),
-        consent_events.c.action == Action.OPT_OUT.value,
-        consent_events.c.occurred_at >= messages.c.sent_at,
-    )
-)
+
+
+# People who opted out after a message of the campaign was sent to them.
+_OPT_OUTS_AFTER_REACHED = opted_out_after_sent(sa.func.count(sa.distinct(identities.c.person_id)))

@@ -158,14 +158,20 @@ class TemplateCatalog:
 
 
 def _parameters_taken(components: list) -> dict[str, int]:
-    """Per part (header, body), how many parameters the template's text asks for: one per
-    distinct {{1}} or {{name}}, and one for a media or location header."""
+    """Per part (header, body), how many parameters the template's text asks for."""
+    return {part: len(names) for part, names in placeholders(components).items()}
+
+
+def placeholders(components: list) -> dict[str, list[str]]:
+    """Per part (header, body) of a catalog template, the parameters it takes, in order: each
+    distinct {{1}} or {{name}} once by its name, or a media or location header's format."""
     taken = {}
     for part in components:
         kind = str(part.get("type", "")).lower() if isinstance(part, dict) else ""
         if kind in PARAMETERISED:
-            media = kind == "header" and str(part.get("format", "TEXT")).upper() in MEDIA_HEADERS
-            taken[kind] = 1 if media else len(set(PLACEHOLDER.findall(str(part.get("text", "")))))
+            header_format = str(part.get("format", "TEXT")).upper()
+            media = kind == "header" and header_format in MEDIA_HEADERS
+            taken[kind] = [header_format] if media else list(dict.fromkeys(PLACEHOLDER.findall(str(part.get("text", "")))))
     return taken
 
 
