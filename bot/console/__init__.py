@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from bot.console import home, sign_in
+from bot.console import home, people, review, sign_in
 from bot.console.access import guard
 from bot.console.rendering import serve_pages
 
@@ -18,3 +18,5 @@ guard(bp)
 serve_pages(bp)
 bp.register_blueprint(sign_in.bp)
 bp.register_blueprint(home.bp)
+bp.register_blueprint(people.bp)
+bp.register_blueprint(review.bp)
