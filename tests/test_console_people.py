@@ -10,7 +10,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from bot.console.wording import REFUSALS
+from bot.console.wording import REFUSALS, evidence_items
 from bot.domain.consent import Action, Channel, EventDraft, Scope, State
 from bot.domain.policy import MessageKind, Refusal
 from bot.domain.staff import Role
@@ -248,3 +248,10 @@ def test_an_item_from_someone_who_opted_out_since_is_shown_as_settled(app, opera
     services_of(app).ledger.append(EventDraft(identifier=OTHER_USER, action=Action.OPT_OUT, channel=Channel.WEB, source_ref="page-out",
                                               recorded_by="page", evidence={"form": "opt-out page"}))
     assert "Already settled They have opted out of all messages since." in page_text(operator.get("/console/review"))
+
+
+def test_a_matched_sentence_pattern_is_not_shown_as_its_regular_expression():
+    assert evidence_items({"keyword": r"why (?:\w+ ){0,4}?keep", "language": "en"}) == [
+        ("Keyword", "a sentence pattern of the keyword file"), ("Language", "en"),
+    ]
+    assert evidence_items({"keyword": "STOP", "confirmed_by": {"code": "A1"}}) == [("Keyword", "STOP"), ("Confirmed from WhatsApp", [("Code", "A1")])]

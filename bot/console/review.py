@@ -36,7 +36,7 @@ def queue():
     return render(
         "review", items=items, waiting=waiting, decided=services.review_queue.decided(DECIDED_LIMIT),
         settled={item.possible.event_id for item in items if states[item.possible.identifier].state is State.OPTED_OUT},
-        can_review=signed_in_staff().role.covers(Role.OPERATOR), notice=_done(), who=_who(),
+        can_review=signed_in_staff().role.covers(Role.OPERATOR), done=_done(), who=_who(),
     )
 
 

@@ -69,6 +69,7 @@ _SAID = {  # channels where the consent text is what the user said or tapped
     Channel.WHATSAPP_BUTTON: "by tapping {said} on WhatsApp",
     Channel.WHATSAPP_ANSWER: "by answering {said} to our opt-in question on WhatsApp",
 }
+_PATTERN_SIGNS = set("\\()[]|?*+")  # a matched keyword-file sentence is a regular expression, not words
 _EVIDENCE_LABELS = {
     "message_id": "WhatsApp message", "keyword": "Keyword", "language": "Language", "reference": "Proof reference",
     "note": "Note", "ip": "IP address", "form": "Form", "reply": "Reply sent", "outbound_message_id": "Message sent",
@@ -84,7 +85,12 @@ def event_summary(event: ConsentEvent) -> str:
     """What happened and how, such as "Opted out of marketing — by replying “Stop promotions” on WhatsApp"."""
     what = _WHAT.get((event.action, event.scope)) or _OTHER_ACTIONS[event.action]
     said = _SAID.get(event.channel)
-    how = said.format(said=f"“{event.consent_text}”") if said and event.consent_text else _HOW.get(event.channel, "on WhatsApp")
+    if event.action is Action.OPT_OUT_NOTICE_GIVEN:
+        how = "in our reply on WhatsApp"
+    elif said and event.consent_text:
+        how = said.format(said=f"“{event.consent_text}”")
+    else:
+        how = _HOW.get(event.channel, "on WhatsApp")
     return f"{what} — {how}"
 
 
@@ -105,6 +111,8 @@ def evidence_items(evidence: Mapping[str, Any]) -> list[tuple[str, Any]]:
             items.append((label, evidence_items(value)))
         elif isinstance(value, list):
             items.append((label, ", ".join(str(part) for part in value)))
+        elif key == "keyword" and _PATTERN_SIGNS & set(str(value)):
+            items.append((label, "a sentence pattern of the keyword file"))  # the pattern itself tells staff nothing
         else:
             items.append((label, str(value)))
     return items
