@@ -33,6 +33,7 @@ from bot.storage.db import make_engine
 from bot.storage.integrity import LedgerKey
 from bot.storage.ledger import Ledger
 from bot.storage.outbox import Outbox
+from bot.storage.review_queue import ReviewQueue
 from bot.storage.staff import StaffAccounts
 from bot.storage.templates import SyncFailed, TemplateCatalog
 from bot.storage.web_opt_ins import WebOptIns
@@ -67,6 +68,7 @@ class Services:
     page_limiter: RateLimiter  # hosted-page submissions per client and per number
     web_opt_ins: WebOptIns  # opt-in page requests waiting for their confirmation from WhatsApp
     staff: StaffAccounts  # who may use the console and the staff API (SPEC §8)
+    review_queue: ReviewQueue  # possible opt-outs for staff to confirm or dismiss
     account_sign_ins: RateLimiter  # console sign-in attempts per email address
     network_sign_ins: RateLimiter  # ... and per client network
     handlers: Context  # what the webhook's handlers work with
@@ -125,6 +127,7 @@ def build_services(settings: Settings) -> Services:
         page_limiter=_attempts(connection, PAGE_SUBMISSIONS),
         web_opt_ins=web_opt_ins,
         staff=StaffAccounts(engine),
+        review_queue=ReviewQueue(engine, ledger),
         account_sign_ins=_attempts(connection, SIGN_INS_PER_ACCOUNT),
         network_sign_ins=_attempts(connection, SIGN_INS_PER_NETWORK),
         handlers=Context(ledger, outbox, keywords, replies, campaigns, web_opt_ins),

@@ -53,3 +53,15 @@ def screenshot(page: Page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def sign_in_to_console(page: Page, site: str, email: str, password: str) -> list[str]:
+    """Sign in at the console's sign-in page; the list returned fills with whatever the
+    Content-Security-Policy blocks from then on, as the browser reports it."""
+    refused: list[str] = []
+    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None)
+    page.goto(f"{site}/console/login")
+    page.fill("#email", email)
+    page.fill("#password", password)
+    page.click("main button[type=submit]")
+    return refused

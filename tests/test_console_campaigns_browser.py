@@ -10,7 +10,7 @@ from playwright.sync_api import expect
 
 from bot.domain.staff import Role
 from bot.services import services_of
-from tests.browser import screenshot
+from tests.browser import screenshot, sign_in_to_console
 from tests.helpers import opt_out, web_opt_in
 from tests.test_identities import send_queued
 from tests.test_staff_accounts import PASSWORD, add_staff
@@ -38,13 +38,7 @@ def test_a_campaign_from_a_csv_upload_shows_its_funnel_moving_to_delivered(app, 
     listed.write_text("wa_id,name\n" + "".join(f"{number},customer\n" for number in [*CONSENTING, CONSENTING[0], STRANGER, "12"]) + ",\n")
     page = browser_page
     page.set_viewport_size(viewport)
-    refused = []  # anything the Content-Security-Policy blocked, as the browser reports it
-    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None)
-
-    page.goto(f"{site}/console/login")
-    page.fill("#email", "ann.lee@example.com")
-    page.fill("#password", PASSWORD)
-    page.click("main button[type=submit]")
+    refused = sign_in_to_console(page, site, "ann.lee@example.com", PASSWORD)
     page.click("nav.sections >> text=Campaigns")
     assert page.inner_text("h1") == "Campaigns" and "No campaigns yet." in page.inner_text("main")
 

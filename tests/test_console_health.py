@@ -17,7 +17,7 @@ from bot.domain.staff import Role
 from bot.services import services_of, sync_templates
 from bot.storage.ledger import utc_now
 from bot.storage.schema import consent_events, unread_webhooks
-from tests.browser import screenshot
+from tests.browser import screenshot, sign_in_to_console
 from tests.conftest import app_config
 from tests.helpers import OTHER_USER, USER, opt_out, reconfigure, web_opt_in
 from tests.test_console_auth import page_text, post_form, sign_in
@@ -306,12 +306,7 @@ def test_an_operator_walks_templates_account_health_and_audit(app, runner, site,
 
     page = browser_page
     page.set_viewport_size(viewport)
-    refused = []  # anything the Content-Security-Policy blocked, as the browser reports it
-    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None)
-    page.goto(f"{site}/console/login")
-    page.fill("#email", "ann.lee@example.com")
-    page.fill("#password", PASSWORD)
-    page.click("main button[type=submit]")
+    refused = sign_in_to_console(page, site, "ann.lee@example.com", PASSWORD)
 
     page.click("nav.sections >> text=Templates")
     assert page.url == f"{site}/console/templates"

@@ -42,6 +42,14 @@ def current_staff() -> StaffAccount | None:
     return g.get("console_staff")
 
 
+def signed_in_staff() -> StaffAccount:
+    """The signed-in account, in a page behind `requires`, which lets no one else in."""
+    staff = current_staff()
+    if staff is None:
+        raise RuntimeError("signed_in_staff() is for pages behind requires()")
+    return staff
+
+
 def requires(role: Role) -> Callable:
     """A console page for `role` and above: the sign-in page for whoever is not signed in, the
     password page until the one-time password is replaced, a 403 page for a lower role."""

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, make_response, render_template
 from werkzeug.exceptions import HTTPException
 
+from bot.console import wording
 from bot.console.access import current_staff
 from bot.services import current_services
 
@@ -25,20 +26,28 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
 }
+WORDING = (
+    wording.event_summary, wording.shows_consent_text, wording.evidence_items, wording.actor_name, wording.refusal,
+    wording.moment, wording.time_left, wording.identifier_kind, wording.state_line,
+    wording.marketing_line, wording.message_state, wording.message_content,
+)
 UNAVAILABLE = "The database or Redis is not answering. Please try again in a minute."
 
 
 class Section(NamedTuple):
     name: str
     summary: str
-    endpoint: str | None = None  # its page, once it has one
-    blueprints: tuple[str, ...] = ()  # the blueprints whose pages are this section's (marked current in the bar)
+    endpoint: str  # its page
+    blueprints: tuple[str, ...]  # the blueprints whose pages are this section's (marked current in the bar)
 
 
-# The console's sections (SPEC §8), in the navigation bar and on the home page; each gets its page in turn.
+# The console's sections (SPEC §8), in the navigation bar and on the home page.
 SECTIONS = (
-    Section("People", "Find a person by phone or BSUID: consent state, window, history with evidence, messages."),
-    Section("Review", "Possible opt-outs to confirm or dismiss."),
+    Section(
+        "People", "Find a person by phone or BSUID: consent state, window, history with evidence, messages.", "console.people.search",
+        ("console.people",),
+    ),
+    Section("Review", "Possible opt-outs to confirm or dismiss.", "console.review.queue", ("console.review",)),
     Section(
         "Campaigns", "New from a CSV and a template, dry runs, live progress, pause and resume.", "console.campaigns.campaigns",
         ("console.campaigns", "console.new_campaign"),
@@ -50,9 +59,12 @@ SECTIONS = (
 
 
 def serve_pages(bp: Blueprint) -> None:
-    """Secure every response of `bp` (and the blueprints in it), and answer its errors with pages."""
+    """Secure every response of `bp` (and the blueprints in it), answer its errors with pages,
+    and give its templates the words of bot.console.wording."""
     bp.after_request(secured)
     bp.add_app_template_filter(moment)
+    for helper in WORDING:
+        bp.add_app_template_global(helper)
     bp.register_error_handler(HTTPException, error_page)
     bp.register_error_handler(sa.exc.SQLAlchemyError, _unavailable)
     bp.register_error_handler(redis.RedisError, _unavailable)

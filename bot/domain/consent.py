@@ -23,6 +23,7 @@ class Action(str, enum.Enum):
     IMPLICIT = "implicit"
     OPT_OUT_NOTICE_GIVEN = "opt_out_notice_given"
     POSSIBLE_OPT_OUT = "possible_opt_out"
+    POSSIBLE_OPT_OUT_DISMISSED = "possible_opt_out_dismissed"  # staff reviewed one and found no opt-out in it (bot.domain.review)
     # Who is who (SPEC §6): evidence of consent too, as they are why a STOP under one identifier stops the others.
     IDENTITY_LINKED = "identity_linked"  # Meta showed this identifier with the person's others
     IDENTITY_RETIRED = "identity_retired"  # the person moved away from it (a new number): it names nobody now

@@ -39,6 +39,11 @@ consent_events = sa.Table(
     sa.Column("hash_version", sa.SmallInteger, nullable=False, server_default="1"),
     sa.Index("ix_consent_events_person_id_seq", "person_id", "seq"),
     sa.Index("ix_consent_events_occurred_at", "occurred_at"),
+    # The review queue (bot.storage.review_queue): possible opt-outs only, oldest first.
+    sa.Index(
+        "ix_consent_events_possible_opt_outs", "occurred_at",
+        sqlite_where=sa.text("action = 'possible_opt_out'"), postgresql_where=sa.text("action = 'possible_opt_out'"),
+    ),
 )
 
 # One row: the newest event's seq and hash. Writers lock it to extend the chain one at a time,
@@ -118,6 +123,7 @@ outbound_messages = sa.Table(
     sa.Index("ix_outbound_messages_state_not_before", "state", "not_before"),
     sa.Index("ix_outbound_messages_campaign_id", "campaign_id"),
     sa.Index("ix_outbound_messages_recipient_sent_at", "recipient", "sent_at"),  # the last message a person was sent
+    sa.Index("ix_outbound_messages_person_id_created_at", "person_id", "created_at"),  # a person's messages, in the console
 )
 
 # Statuses that arrived before the send that produced them was recorded (Meta can be quicker
