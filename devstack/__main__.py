@@ -29,15 +29,18 @@ from rq import Worker
 from sqlalchemy.engine import make_url
 
 from bot.domain.identity import mask
+from bot.domain.staff import Role
 from bot.services import STARTUP_ERRORS
 from bot.settings import PROJECT_ROOT, Settings, load_settings, masked_url
 from bot.storage.db import make_engine
 from bot.storage.migrate import upgrade
+from bot.storage.staff import StaffAccounts
 from devstack import embedded_redis, run_settings
 from devstack.processes import Child, Supervisor
 
 SANDBOX_PHONE_NUMBER_ID = "100000000000001"
 SANDBOX_BUSINESS_ACCOUNT_ID = "100000000000002"
+LOCAL_ADMIN = "admin@example.com"  # the console account a local run makes when there is none
 READY_TIMEOUT = 90.0  # seconds; a first start on a busy 2-core machine takes a while
 STOP_TIMEOUT = 20.0  # seconds each process gets to finish what it is doing
 
@@ -46,6 +49,7 @@ def main() -> int:
     try:
         settings = load_settings()  # reads .env into the environment the processes get
         _upgrade_schema(settings)
+        first_admin = _first_admin(settings)
     except STARTUP_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -63,7 +67,7 @@ def main() -> int:
         redis_child: Child | None = None
         try:
             redis_child = _redis(env, supervisor, redis_dir)
-            return _run(env, port, sandbox_port, supervisor, stopping, embedded=redis_child is not None)
+            return _run(env, port, sandbox_port, supervisor, stopping, embedded=redis_child is not None, first_admin=first_admin)
         finally:
             run_settings.forget()  # from now on `dev.py flask` says no local run is going
             supervisor.say("devstack: stopping")
@@ -82,6 +86,20 @@ def _upgrade_schema(settings: Settings) -> None:
         engine.dispose()
     if before != after:
         print(f"devstack: database schema upgraded from {before or 'none'} to {after}", flush=True)
+
+
+def _first_admin(settings: Settings) -> tuple[str, str] | None:
+    """An admin account for the local run's console when the database has no staff account yet:
+    (email, one-time password), to print once; it must be changed at the first sign-in."""
+    engine = make_engine(settings.database_url)
+    try:
+        accounts = StaffAccounts(engine)
+        if accounts.all():
+            return None
+        account, one_time = accounts.add(LOCAL_ADMIN, Role.ADMIN, created_by="dev.py start")
+        return account.email, one_time
+    finally:
+        engine.dispose()
 
 
 def _redis(env: dict[str, str], supervisor: Supervisor, directory: str) -> Child | None:
@@ -104,7 +122,8 @@ def _redis(env: dict[str, str], supervisor: Supervisor, directory: str) -> Child
 
 
 def _run(
-    env: dict[str, str], port: int, sandbox_port: int, supervisor: Supervisor, stopping: threading.Event, embedded: bool
+    env: dict[str, str], port: int, sandbox_port: int, supervisor: Supervisor, stopping: threading.Event, embedded: bool,
+    first_admin: tuple[str, str] | None,
 ) -> int:
     web_url, sandbox_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sandbox_port}"
     sandboxed = not env.get("WHATSAPP_TOKEN")
@@ -127,7 +146,7 @@ def _run(
     if problem:
         supervisor.say(f"devstack: {problem}")
         return 0 if stopping.is_set() else 1
-    supervisor.say(_banner(env, web_url, sandbox_url if sandboxed else None, embedded))
+    supervisor.say(_banner(env, web_url, sandbox_url if sandboxed else None, embedded, first_admin))
     while not stopping.wait(0.5):
         if (child := supervisor.exited()) is not None:
             supervisor.say(f"devstack: {child.name} exited with code {child.process.returncode}; stopping everything")
@@ -168,7 +187,7 @@ def _worker_listens(redis_url: str, pid: int) -> bool:
         return any(worker.pid == pid for worker in Worker.all(connection=connection))
 
 
-def _banner(env: Mapping[str, str], web_url: str, sandbox_url: str | None, embedded: bool) -> str:
+def _banner(env: Mapping[str, str], web_url: str, sandbox_url: str | None, embedded: bool, first_admin: tuple[str, str] | None) -> str:
     redis_url = make_url(env["REDIS_URL"]).render_as_string(hide_password=True)
     lines = [
         "",
@@ -182,6 +201,12 @@ def _banner(env: Mapping[str, str], web_url: str, sandbox_url: str | None, embed
             f"  sandbox   {sandbox_url}   chat with the bot as a WhatsApp user",
             f"            or from a shell: {where}.venv/bin/python -m sandbox simulate \"hello\" --from 15550100001",
         ]
+    lines.append(f"  console   {web_url}/console   staff console")
+    if first_admin:
+        email, one_time = first_admin
+        lines.append(f"            sign in as {email} with the one-time password {one_time} (shown this once; you choose your own)")
+    else:
+        lines.append("            its accounts: python3 dev.py flask staff list; another: python3 dev.py flask staff add EMAIL --role admin")
     lines += [
         "  worker    python -m bot.outbound.worker",
         f"  redis     {redis_url}" + ("   (embedded, stops with the bot)" if embedded else ""),

@@ -4,6 +4,7 @@ leaving no process behind."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,17 @@ def test_a_conversation_through_the_sandbox_then_ctrl_c_stops_everything(tmp_pat
     with running_bot(tmp_path, redis_url) as bot:
         user = SandboxUser(bot.sandbox_url, USER)
         assert catalog_synced(bot)["count"] == 4  # the sandbox's catalog decides template sends, as Meta's would
+
+        with subtests.test("the first admin account signs in to the console with the password printed"):
+            printed = re.search(r"sign in as (\S+) with the one-time password (\S+) ", bot.output())
+            assert printed, bot.output()[-2000:]
+            console = requests.Session()
+            form = console.get(f"{bot.web_url}/console/login", timeout=10).text
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+            signed_in = console.post(
+                f"{bot.web_url}/console/login", data={"email": printed[1], "password": printed[2], "csrf_token": csrf}, timeout=10,
+            )
+            assert signed_in.url == f"{bot.web_url}/console/password"  # the one-time password is to be replaced first
 
         (welcome,) = user.say("hello")
         assert "Acme Bakery" in welcome and "reply STOP" in welcome
