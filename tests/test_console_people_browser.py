@@ -46,7 +46,7 @@ def test_an_operator_confirms_a_possible_opt_out_and_sees_the_person_opted_out(a
     page.fill("#q", f"+{OTHER_USER}")
     page.click("form.search button")
     assert page.url == f"{site}/console/people/{OTHER_USER}"
-    assert page.inner_text(".facts .badge.state-opted_in") == "Opted in"
+    assert page.inner_text(".person-facts .badge.state-opted_in") == "Opted in"
     assert fits(page), "nothing wider than the screen"
     screenshot(page, f"console-person-{device}")
 
@@ -61,7 +61,7 @@ def test_an_operator_confirms_a_possible_opt_out_and_sees_the_person_opted_out(a
     screenshot(page, f"console-review-decided-{device}")
 
     page.click(f"text=Open {OTHER_USER}'s page")
-    assert page.inner_text(".facts .badge.state-opted_out") == "Opted out"
+    assert page.inner_text(".person-facts .badge.state-opted_out") == "Opted out"
     assert "Opted out of all messages — recorded by staff" in page.inner_text("#history")
     assert refused == []
 
