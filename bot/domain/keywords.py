@@ -12,6 +12,7 @@ only a *possible* opt-out.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -240,6 +241,14 @@ def load_keywords(path: str | Path) -> KeywordBook:
         raise KeywordFileError(f"{path}: keyword file is not UTF-8 text") from None
     except ValueError:  # a NUL in the path
         raise KeywordFileError(f"{path!r}: not a usable file name") from None
+    return _book(path, text)
+
+
+@functools.lru_cache(maxsize=8)
+def _book(path: str, text: str) -> KeywordBook:
+    """The book of one file's text. Kept, as a KeywordBook never changes once built: a process that
+    builds the app again from an unchanged file (the test suite, once per test) does not compile its
+    thousands of sentences again. A changed file is other text, and read anew."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as error:
