@@ -44,6 +44,9 @@ _SENTENCE_MEANS: dict[str, tuple[Intent, Scope] | None] = {
     "possible": (Intent.POSSIBLE_OPT_OUT, Scope.ALL),
 }
 BUTTON_INTENTS = (Intent.OPT_OUT, Intent.OPT_IN)
+# A file's sentences are compiled to be checked, then again to be matched: more than re's own
+# cache holds (512), so this one keeps them in between (and for the next book of the same file).
+_compiled = functools.lru_cache(maxsize=4096)(re.compile)
 _LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
 _INNER_SEPARATORS = re.compile(r"[\s\u2010-\u2015_\-]+")
 
@@ -195,7 +198,7 @@ class _Sentences:
         self._anywhere: list[tuple[re.Pattern, str, str]] = []  # sentences whose first word is not plain
         for language, kinds in sentences.items():
             for sentence in kinds.get(kind, []):
-                entry = (re.compile(sentence), language, sentence)
+                entry = (_compiled(sentence), language, sentence)
                 starts = _first_words(sentence)
                 if starts is None:
                     self._anywhere.append(entry)
@@ -333,7 +336,7 @@ class _Reader:
                 for sentence, sentence_node in self.strings(listed, f"sentences.{language}.{kind}"):
                     pattern = folded(sentence)
                     try:
-                        if re.compile(pattern).search(""):
+                        if _compiled(pattern).search(""):
                             raise self.fail(sentence_node, f"sentence {sentence!r} matches an empty message")
                     except re.error as error:
                         raise self.fail(sentence_node, f"sentence {sentence!r} is not a regular expression: {error}") from None
