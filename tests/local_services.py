@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,34 @@ from bot.storage.db import make_engine
 from bot.storage.migrate import upgrade
 
 POSTGRES_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# "gw0", "gw1", ... in a pytest-xdist worker (`python3 dev.py test` runs two); None in a plain run.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+# Redis databases a worker never takes unless told to: `python3 dev.py start`'s default (0) and
+# the benchmarks' (bench/*.py: 5, 12, 14), which empty theirs as the tests do.
+RESERVED_REDIS_DBS = frozenset({0, 5, 12, 14})
+
+
+def postgres_schema_of_worker(schema: str, worker: str | None) -> str:
+    """The schema for one xdist worker: `bot_test` becomes `bot_test_gw0`, `bot_test_gw1`, ...
+    (the schema itself in a plain run), so that workers never see each other's rows."""
+    return schema if worker is None else f"{schema}_{worker}"
+
+
+def redis_url_of_worker(url: str, worker: str | None) -> str:
+    """The Redis database for one xdist worker: the first (gw0) takes the one in `url`, the next
+    ones the databases after it, wrapping past 15 and skipping RESERVED_REDIS_DBS. So the default,
+    db 15, gives gw0 db 15 and gw1 db 1; db 11 gives 11 and 13. Each worker empties its own
+    before each test (the redis_url fixture)."""
+    if worker is None:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    first = int(parts.path.strip("/") or 0)
+    others = [db for db in ((first + step) % 16 for step in range(1, 16)) if db not in RESERVED_REDIS_DBS]
+    index = int(worker.removeprefix("gw"))
+    if index > len(others):
+        raise RuntimeError(f"{index + 1} test workers, but Redis has only {len(others) + 1} databases to give them")
+    db = first if index == 0 else others[index - 1]
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{db}"))
 
 
 def fresh_postgres_schema(schema: str) -> str:
