@@ -7,9 +7,10 @@
                                     the local run that is going: its database, Redis and settings, which
                                     `start` keeps in instance/local-run.json while it runs; with none
                                     going, it says so and uses the environment and .env, as flask does
-    python3 dev.py test [options]   run the test suite (options go to pytest); first starts or installs
-                                    PostgreSQL, Redis and Chromium (devstack/services.sh), except
-                                    for `-m unit`, the tests that need none of them
+    python3 dev.py test [options]   run the test suite (options go to pytest) in two processes
+                                    (`-n 0`: in one); first starts or installs PostgreSQL, Redis
+                                    and Chromium (devstack/services.sh), except for `-m unit`,
+                                    the tests that need none of them
     python3 dev.py lint             ruff and mypy
     python3 dev.py bench            run the benchmarks in their short form (bench/*.py --quick)
 
@@ -63,6 +64,19 @@ def with_run_settings(environ: Mapping[str, str], run: tuple[int, run_settings.R
     return env
 
 
+TEST_WORKERS = 2  # pytest-xdist processes: the suite waits on servers and processes as much as it computes
+
+
+def parallel(pytest_args: list[str]) -> list[str]:
+    """pytest-xdist's options to run the suite in TEST_WORKERS processes, each with its own
+    PostgreSQL schema and Redis database (tests/local_services.py); tests of one `xdist_group`
+    run in the same process. None when the options given choose otherwise (`-n 0` runs in one
+    process, `-p no:xdist` without the plugin) or need one process (--pdb, --trace)."""
+    if any(arg.startswith(("-n", "--numprocesses", "--pdb", "--trace")) or arg.endswith("no:xdist") for arg in pytest_args):
+        return []
+    return ["-n", str(TEST_WORKERS), "--dist", "loadgroup"]
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else ""
     os.chdir(ROOT)
@@ -70,7 +84,7 @@ def main(argv: list[str]) -> int:
         ensure_virtualenv("requirements-dev.txt")
         if not only_unit_tests(argv[1:]) and subprocess.run(["bash", str(ROOT / "devstack" / "services.sh")]).returncode:
             print("dev.py: some services are missing (above); the tests that need them will fail", file=sys.stderr, flush=True)
-        os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *argv[1:]])
+        os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *parallel(argv[1:]), *argv[1:]])
     if command == "lint":
         ensure_virtualenv("requirements-dev.txt")
         ruff = subprocess.run([str(VENV / "bin" / "ruff"), "check", "."]).returncode

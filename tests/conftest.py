@@ -13,14 +13,22 @@ from bot import create_app
 from bot.services import services_of
 from bot.storage.ledger import Ledger
 from sandbox.graph_imitation import GraphImitation
-from tests.local_services import fresh_postgres_schema, migrated, migrated_postgres_schema
+from tests.local_services import (
+    XDIST_WORKER,
+    fresh_postgres_schema,
+    migrated,
+    migrated_postgres_schema,
+    postgres_schema_of_worker,
+    redis_url_of_worker,
+)
 
 pytest_plugins = ("tests.browser",)  # the headless Chromium fixtures, for page tests
 
 BUSINESS = "Acme Bakery"
-# Two checkouts can run their suites at once on one machine by giving each its own of these.
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-TEST_POSTGRES_SCHEMA = os.environ.get("TEST_POSTGRES_SCHEMA", "bot_test")
+# Two checkouts can run their suites at once on one machine by giving each its own of these; the
+# suite's parallel workers (pytest-xdist) each take their own from them (tests/local_services.py).
+TEST_REDIS_URL = redis_url_of_worker(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"), XDIST_WORKER)
+TEST_POSTGRES_SCHEMA = postgres_schema_of_worker(os.environ.get("TEST_POSTGRES_SCHEMA", "bot_test"), XDIST_WORKER)
 PHONE_NUMBER_ID = "106540352242922"
 APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"
@@ -136,6 +144,7 @@ _SERVICE_FIXTURES = {"redis_url": "redis", "chromium": "browser", "browser_page"
 _SERVICE_MARKERS = ("postgres", "redis", "browser", "processes")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the xdist_group marks set here
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
@@ -147,3 +156,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker("postgres")
         if not any(item.get_closest_marker(marker) for marker in _SERVICE_MARKERS):
             item.add_marker("unit")
+        # In a parallel run (`python3 dev.py test`), the tests that start the bot's processes take
+        # turns in one worker: two of them at once, each a few processes sending, pacing and
+        # timing out on a 2-core machine, would starve each other's timing. The browser tests share
+        # one worker's Chromium.
+        if item.get_closest_marker("processes"):
+            item.add_marker(pytest.mark.xdist_group("processes"))
+        elif item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("browser"))

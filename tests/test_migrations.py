@@ -20,7 +20,7 @@ from bot.settings import PROJECT_ROOT
 from bot.storage.db import make_engine
 from bot.storage.migrate import SchemaNotCurrent, head_revision, require_current, upgrade
 from bot.storage.schema import consent_events, metadata
-from tests.conftest import TEST_POSTGRES_SCHEMA, app_config
+from tests.conftest import TEST_POSTGRES_SCHEMA, TEST_REDIS_URL, app_config
 from tests.helpers import opt_out
 from tests.local_services import POSTGRES_SERVER
 
@@ -131,7 +131,7 @@ def test_no_process_starts_on_a_schema_behind_the_code(tmp_path, command):
     engine = make_engine(f"sqlite:///{database}")
     upgrade(engine, "0001")
     engine.dispose()
-    env = {"PATH": "", "DATABASE_URL": f"sqlite:///{database}", "REDIS_URL": "redis://127.0.0.1:6379/15"}
+    env = {"PATH": "", "DATABASE_URL": f"sqlite:///{database}", "REDIS_URL": TEST_REDIS_URL}
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     *before, reason = result.stderr.splitlines()  # gunicorn says it is starting before its hook runs

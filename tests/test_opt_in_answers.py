@@ -41,9 +41,17 @@ def marketing(app, key: str):
     )
 
 
+def send_welcome_first(app) -> None:
+    """Send the welcome before the question is asked. Sent together, the two may leave in either
+    order (a call thread that wakes late for its slot takes a new one: a busy machine), and a yes
+    answers the last message sent."""
+    assert [message.kind for message in send_queued(app)] == [MessageKind.FREE_FORM]
+
+
 def asked(app, client, text: str = "hello") -> str:
-    """USER wrote, was asked the question, and it went out: its Meta message id."""
+    """USER wrote, was welcomed, was asked the question, and it went out: its Meta message id."""
     say(client, text, "wamid.HELLO")
+    send_welcome_first(app)
     ask(client)
     [*_, question] = send_queued(app)
     assert question.kind is MessageKind.OPT_IN_QUESTION and question.state.value == "sent"
@@ -145,6 +153,7 @@ def test_the_question_is_never_asked_of_someone_who_said_no_or_never_wrote(app, 
 
 def test_the_question_and_its_confirmation_speak_the_language_asked_in(app, client):
     say(client, "ciao", "wamid.HELLO")
+    send_welcome_first(app)
     ask(client, language="it")
     [*_, question] = send_queued(app)
     assert question.content == {"text": services_of(app).replies.render(Reply.OPT_IN_QUESTION, "it"), "language": "it"}

@@ -150,6 +150,12 @@ def test_workers_killed_mid_campaign_lose_nothing(campaign_app, workers, graph):
     sent, and a message is sent twice only if its first call was in flight at a kill."""
     users = opted_in_users(campaign_app, 2000)
     graph.latency = 0.05
+    # A live worker's claims must be sent within their lease, or the sweeper hands them to another
+    # worker and both send them (bot.storage.outbox: the lease outlasts the pacing). The 3 s leases
+    # bring a killed worker's messages back soon; with 20 call threads a worker holds 30 claims
+    # (1.5 x its threads), sent well within 3 s even on a loaded machine, where 100 threads' 150
+    # were not (duplicates long after the last kill). 20 threads still send 400 messages/s each.
+    workers.env["SEND_CONCURRENCY"] = "20"
     running = [workers.start(), workers.start()]
     submit_campaign(campaign_app, users)
     kills = []

@@ -12,6 +12,7 @@ only a *possible* opt-out.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ _SENTENCE_MEANS: dict[str, tuple[Intent, Scope] | None] = {
     "possible": (Intent.POSSIBLE_OPT_OUT, Scope.ALL),
 }
 BUTTON_INTENTS = (Intent.OPT_OUT, Intent.OPT_IN)
+# A file's sentences are compiled to be checked, then again to be matched: more than re's own
+# cache holds (512), so this one keeps them in between (and for the next book of the same file).
+_compiled = functools.lru_cache(maxsize=4096)(re.compile)
 _LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
 _INNER_SEPARATORS = re.compile(r"[\s\u2010-\u2015_\-]+")
 
@@ -194,7 +198,7 @@ class _Sentences:
         self._anywhere: list[tuple[re.Pattern, str, str]] = []  # sentences whose first word is not plain
         for language, kinds in sentences.items():
             for sentence in kinds.get(kind, []):
-                entry = (re.compile(sentence), language, sentence)
+                entry = (_compiled(sentence), language, sentence)
                 starts = _first_words(sentence)
                 if starts is None:
                     self._anywhere.append(entry)
@@ -240,6 +244,14 @@ def load_keywords(path: str | Path) -> KeywordBook:
         raise KeywordFileError(f"{path}: keyword file is not UTF-8 text") from None
     except ValueError:  # a NUL in the path
         raise KeywordFileError(f"{path!r}: not a usable file name") from None
+    return _book(path, text)
+
+
+@functools.lru_cache(maxsize=8)
+def _book(path: str, text: str) -> KeywordBook:
+    """The book of one file's text. Kept, as a KeywordBook never changes once built: a process that
+    builds the app again from an unchanged file (the test suite, once per test) does not compile its
+    thousands of sentences again. A changed file is other text, and read anew."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as error:
@@ -324,7 +336,7 @@ class _Reader:
                 for sentence, sentence_node in self.strings(listed, f"sentences.{language}.{kind}"):
                     pattern = folded(sentence)
                     try:
-                        if re.compile(pattern).search(""):
+                        if _compiled(pattern).search(""):
                             raise self.fail(sentence_node, f"sentence {sentence!r} matches an empty message")
                     except re.error as error:
                         raise self.fail(sentence_node, f"sentence {sentence!r} is not a regular expression: {error}") from None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from pathlib import Path
 
 import jinja2
@@ -47,6 +48,14 @@ class ReplyTextError(ValueError):
     """A reply text is missing or does not render."""
 
 
+@functools.lru_cache(maxsize=8)
+def _environment(directory: Path) -> jinja2.Environment:
+    """One Jinja environment per directory in a process. It keeps each text compiled (and compiles
+    it again when the file changes), so an app built again, as the tests build one per test, does
+    not compile every reply anew."""
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(directory), undefined=jinja2.StrictUndefined, autoescape=False)
+
+
 class Replies:
     """Renders reply texts with the business name and the keywords of the reply's language."""
 
@@ -54,9 +63,7 @@ class Replies:
         self.directory = Path(directory)
         self.business_name = business_name
         self.keywords = keywords
-        self._env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(self.directory), undefined=jinja2.StrictUndefined, autoescape=False
-        )
+        self._env = _environment(self.directory)
         self._rendered: dict[tuple[Reply, str], str] = {}
 
     def render(self, reply: Reply, language: str) -> str:
