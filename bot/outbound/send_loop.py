@@ -224,6 +224,8 @@ class SendLoop:
                     self._settled += 1
                 if len(self._finished) + self._settled == 1:
                     self._results.notify()
+                if self._stopping and not self._busy:  # the conductor may be waiting, untimed, for the last call to end
+                    self._news.notify()
 
     # -- the recorder --------------------------------------------------------------------
 
