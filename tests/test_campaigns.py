@@ -216,5 +216,5 @@ def test_staff_cannot_pause_a_finished_campaign(app, campaigns):
     campaign_id = start(campaigns)
     reach(app, campaign_id, len(RECIPIENTS))
     with pytest.raises(CampaignRefused, match="is finished"):
-        campaigns.pause_by_staff(campaign_id)
+        campaigns.pause_by_staff(campaign_id, "staff:test")
     assert campaigns.progress(campaign_id).status is Status.FINISHED

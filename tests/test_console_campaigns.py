@@ -227,7 +227,7 @@ def test_pause_and_resume_and_a_finished_campaign_is_not_paused(app):
     paused = client.post(f"{page}/pause", data={"csrf_token": csrf_of(client.get(page))})
     assert paused.status_code == 302
     shown = page_text(client.get(paused.headers["Location"]))
-    assert "The campaign is paused: its queued messages wait." in shown and "Paused: paused by staff" in shown and "Resume" in shown
+    assert "The campaign is paused: its queued messages wait." in shown and f"Paused: paused by staff:{OPERATOR}" in shown and "Resume" in shown
 
     resumed = client.post(f"{page}/resume", data={"csrf_token": csrf_of(client.get(page))})
     assert "The campaign runs again." in page_text(client.get(resumed.headers["Location"]))

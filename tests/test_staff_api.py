@@ -404,7 +404,7 @@ def test_staff_pause_and_resume_a_campaign(client, app):
     opt_in_list(app)
     campaign_id = client.post("/api/v1/campaigns", headers=AUTH, json={"template": SPRING_SALE, "recipients": CAMPAIGN_LIST}).get_json()["campaign_id"]
     paused = client.post(f"/api/v1/campaigns/{campaign_id}/pause", headers=AUTH).get_json()
-    assert (paused["status"], paused["pause_reason"]) == ("paused", "paused by staff")
+    assert (paused["status"], paused["pause_reason"]) == ("paused", "paused by staff:api")
     Queue("bulk", connection=services_of(app).redis).empty()
     resumed = client.post(f"/api/v1/campaigns/{campaign_id}/resume", headers=AUTH).get_json()
     assert (resumed["status"], resumed["pause_reason"]) == ("running", None)

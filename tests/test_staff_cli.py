@@ -199,7 +199,7 @@ def test_campaign_pause_and_resume_and_a_finished_campaign_refuses_a_pause(runne
     campaign_id = campaign_id_of(start_campaign(runner, ledger, tmp_path))
     paused = runner.invoke(args=["campaign", "pause", campaign_id])
     assert (paused.exit_code, paused.output) == (0, f"campaign {campaign_id}: paused, 1 queued\n")
-    assert "state       paused: paused by staff" in runner.invoke(args=["campaign", "status", campaign_id]).output
+    assert "state       paused: paused by staff:cli" in runner.invoke(args=["campaign", "status", campaign_id]).output
     resumed = runner.invoke(args=["campaign", "resume", campaign_id])
     assert (resumed.exit_code, resumed.output) == (0, f"campaign {campaign_id}: running, 1 queued\n")
     send_queued(app)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from flask import Blueprint, Response, abort, jsonify, redirect, request, stream_with_context, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from bot.console.access import requires
+from bot.console.access import requires, signed_in_staff
 from bot.console.opt_out_chart import chart, moments
 from bot.console.rendering import render
 from bot.domain.staff import Role
@@ -54,7 +54,7 @@ def progress(campaign_id: str):
 @bp.post("/<campaign_id>/pause")
 @requires(Role.OPERATOR)
 def pause(campaign_id: str):
-    return _change(campaign_id, _campaigns().pause_by_staff, "paused")
+    return _change(campaign_id, lambda campaign: _campaigns().pause_by_staff(campaign, signed_in_staff().recorded_by), "paused")
 
 
 @bp.post("/<campaign_id>/resume")

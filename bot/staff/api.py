@@ -281,7 +281,7 @@ def pause_campaign(campaign_id: str):
     if _campaigns().progress(campaign_id) is None:
         return api_error(404, "not_found", "no campaign has this id")
     try:
-        return jsonify(_campaigns().pause_by_staff(campaign_id).as_dict())
+        return jsonify(_campaigns().pause_by_staff(campaign_id, _recorded_by()).as_dict())
     except CampaignRefused as refused:  # finished: nothing of it is left to hold back
         return api_error(409, "not_allowed", str(refused))
 

@@ -160,7 +160,7 @@ def campaign_status(campaign_id: str) -> None:
 @with_appcontext
 def campaign_pause(campaign_id: str) -> None:
     """Pause a campaign: its queued messages wait for `flask campaign resume` (refused once it is finished)."""
-    _change(campaign_id, _campaigns().pause_by_staff)
+    _change(campaign_id, lambda campaign: _campaigns().pause_by_staff(campaign, RECORDED_BY))
 
 
 @campaign_cli.command("resume")

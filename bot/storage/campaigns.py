@@ -286,10 +286,11 @@ class Campaigns:
         """Pause one campaign; False when it does not exist or is paused already."""
         return bool(self._pause_where(campaigns.c.id == campaign_id, reason))
 
-    def pause_by_staff(self, campaign_id: str) -> Progress:
-        """Pause a campaign at staff's request. A finished one (nothing of it left queued) is
-        refused: there is nothing to hold back, and a pause would make it look unfinished."""
-        self._pause_where(sa.and_(campaigns.c.id == campaign_id, _WAITING), "paused by staff")
+    def pause_by_staff(self, campaign_id: str, by: str) -> Progress:
+        """Pause a campaign at the request of `by` (`staff:EMAIL`), who the pause reason names. A
+        finished one (nothing of it left queued) is refused: there is nothing to hold back, and a
+        pause would make it look unfinished."""
+        self._pause_where(sa.and_(campaigns.c.id == campaign_id, _WAITING), f"paused by {by}"[:255])
         progress = self.progress(campaign_id)
         assert progress is not None, "callers check that the campaign exists; none is ever deleted"
         if progress.status is Status.FINISHED:
