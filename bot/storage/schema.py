@@ -228,3 +228,66 @@ staff_tokens = sa.Table(
     sa.Column("created_by", sa.String(MAX_ACTOR), nullable=False),
     sa.Index("ix_staff_tokens_email", "email"),
 )
+
+# What people write (SPEC §9), kept for the console for MESSAGE_RETENTION_DAYS: the consent
+# ledger's evidence never depends on it. One row per Meta message id; an edit changes `text`,
+# a revoke sets `revoked_at` (and empties the text). `content`: JSON of what a message holds
+# besides its text (media metadata and Meta's media id, a location, contacts, a reaction, a
+# button reply, the message it quotes).
+inbound_messages = sa.Table(
+    "inbound_messages",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),  # Meta's message id
+    sa.Column("person_id", sa.String(36), nullable=False),  # whose it is, when it came
+    sa.Column("sender", sa.String(MAX_IDENTIFIER), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),  # bot.inbound.events.MessageType
+    sa.Column("text", sa.Text),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("handled_as", sa.String(32)),  # what the bot made of it: a consent keyword's intent, or NULL for conversation
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("edited_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_inbound_messages_person_id_sent_at", "person_id", "sent_at"),
+    sa.Index("ix_inbound_messages_received_at", "received_at"),
+)
+
+# Each person's conversation in the console's inbox: when they last wrote, when staff last read
+# it, and the staff member who took it over (no plug-in or forwarded system answers it meanwhile).
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("person_id", sa.String(36), primary_key=True),
+    sa.Column("last_inbound_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("read_at", sa.DateTime(timezone=True)),
+    sa.Column("handled_by", sa.String(MAX_ACTOR)),  # staff:EMAIL, while a person handles it
+    sa.Column("handled_since", sa.DateTime(timezone=True)),
+    sa.Index("ix_conversations_last_inbound_at", "last_inbound_at"),
+)
+
+# Events for the business's systems (SPEC §9): inbound messages, delivery statuses and consent
+# changes, written in the transaction that recorded them, delivered by the workers in `seq` order
+# per person and destination (FORWARD_URL, or the BOT_HANDLERS plug-ins), retried with back-off.
+FORWARD_PENDING = sa.text("state = 'pending'")
+forwarded_events = sa.Table(
+    "forwarded_events",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(36), nullable=False, unique=True),  # the event's id: the receiver's idempotency key
+    sa.Column("destination", sa.String(16), nullable=False),  # bot.storage.forwarding.Destination
+    sa.Column("person_id", sa.String(36), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),  # message, status, consent
+    sa.Column("body", sa.Text, nullable=False),  # the JSON delivered, exactly
+    sa.Column("state", sa.String(16), nullable=False),  # pending, delivered, failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("last_error", sa.String(255)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Index(
+        "ix_forwarded_events_pending", "destination", "person_id", "seq",
+        sqlite_where=FORWARD_PENDING, postgresql_where=FORWARD_PENDING,
+    ),
+    sa.Index("ix_forwarded_events_state_finished_at", "state", "finished_at"),
+)
