@@ -23,6 +23,7 @@ from bot.inbound.batcher import Combiner
 from bot.inbound.handlers import Context
 from bot.inbound.handlers.dispatch import record_posts
 from bot.outbound.cloud_api import CloudApi
+from bot.outbound.forwarder import wake_forwarders
 from bot.outbound.limiter import RateLimiter
 from bot.outbound.opt_out_marks import OptOutMarks
 from bot.outbound.queues import enqueuer, make_queues
@@ -30,6 +31,7 @@ from bot.outbound.sender import PACING_MARGIN, PAIR_BURST, PAIR_RATE, SLOT_HORIZ
 from bot.settings import INSTANCE, PROJECT_ROOT, ConfigError, Settings, instance_secret
 from bot.storage.campaigns import Campaigns
 from bot.storage.db import make_engine
+from bot.storage.forwarding import Destination, Feed, ForwardQueue
 from bot.storage.integrity import LedgerKey
 from bot.storage.ledger import Ledger
 from bot.storage.outbox import Outbox
@@ -72,6 +74,7 @@ class Services:
     account_sign_ins: RateLimiter  # console sign-in attempts per email address
     network_sign_ins: RateLimiter  # ... and per client network
     handlers: Context  # what the webhook's handlers work with
+    forward_queue: ForwardQueue  # events for the business's systems, to deliver (SPEC §9)
     webhook_intake: Combiner = field(init=False)  # POSTs that wait together are recorded together
 
     def __post_init__(self) -> None:
@@ -99,9 +102,12 @@ def build_services(settings: Settings) -> Services:
         utility=settings.implicit_consent_covers_utility, authentication=settings.implicit_consent_covers_authentication
     )
     templates = TemplateCatalog(engine)
+    destinations = [d for d, wanted in ((Destination.URL, settings.forward_url), (Destination.HANDLERS, settings.bot_handlers)) if wanted]
+    feed = Feed(destinations, wake=wake_forwarders(connection))
+    ledger.feed = feed
     outbox = Outbox(
         engine, ledger, enqueuer(make_queues(connection)), coverage, lease=timedelta(seconds=settings.send_lease_seconds),
-        catalog=templates if settings.whatsapp_business_account_id else None,
+        catalog=templates if settings.whatsapp_business_account_id else None, feed=feed,
     )
     campaigns = Campaigns(
         engine, ledger, outbox, max_opt_out_rate=settings.campaign_max_opt_out_rate,
@@ -131,6 +137,7 @@ def build_services(settings: Settings) -> Services:
         account_sign_ins=_attempts(connection, SIGN_INS_PER_ACCOUNT),
         network_sign_ins=_attempts(connection, SIGN_INS_PER_NETWORK),
         handlers=Context(ledger, outbox, keywords, replies, campaigns, web_opt_ins),
+        forward_queue=ForwardQueue(engine, first_retry=timedelta(seconds=settings.forward_retry_seconds)),
     )
 
 

@@ -158,6 +158,33 @@ def _business_number(env: Mapping[str, str]) -> str | None:
         raise ConfigError(f"WHATSAPP_BUSINESS_NUMBER must be a phone number with its country code, got {raw[:32]!r}") from None
 
 
+def _forward_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("FORWARD_URL", "").strip()
+    if not raw:
+        return None
+    if not _is_http_url(raw):
+        raise ConfigError(f"FORWARD_URL must be an http:// or https:// URL with a host, got {masked_url(raw)!r}")
+    return raw
+
+
+def _forward_secret(env: Mapping[str, str]) -> str | None:
+    """Required with FORWARD_URL: the receiver must be able to tell our events from forgeries."""
+    raw = env.get("FORWARD_SECRET", "").strip() or None
+    if env.get("FORWARD_URL", "").strip() and (raw is None or len(raw) < 16):
+        raise ConfigError("FORWARD_URL is set, so FORWARD_SECRET must be too (at least 16 characters): it signs every event (X-Signature-256)")
+    return raw
+
+
+def _module(env: Mapping[str, str], name: str) -> str | None:
+    """A dotted Python module name (imported later, by whoever runs it)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", raw):
+        raise ConfigError(f"{name} must be a Python module such as mybot.handlers, got {raw[:80]!r}")
+    return raw
+
+
 def _is_http_url(raw: str) -> bool:
     try:
         url = urlsplit(raw)
@@ -203,6 +230,11 @@ class Settings:
     web_threads: int
     sandbox_port: int
     sandbox_url: str
+    forward_url: str | None  # where the business's systems receive events (SPEC §9)
+    forward_secret: str | None  # signs them: X-Signature-256
+    forward_retry_seconds: int  # the first wait after a failed delivery; each next one doubles
+    bot_handlers: str | None  # the module of the business's Python handlers
+    message_retention_days: int  # how long inbound messages are kept for the console
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -242,6 +274,11 @@ class Settings:
             web_threads=_positive_int(env, "WEB_THREADS", 32),
             sandbox_port=sandbox_port,
             sandbox_url=_http_url(env, "SANDBOX_URL", f"http://127.0.0.1:{sandbox_port}"),
+            forward_url=_forward_url(env),
+            forward_secret=_forward_secret(env),
+            forward_retry_seconds=_positive_int(env, "FORWARD_RETRY_SECONDS", 10),
+            bot_handlers=_module(env, "BOT_HANDLERS"),
+            message_retention_days=_positive_int(env, "MESSAGE_RETENTION_DAYS", 90),
         )
 
     @property

@@ -45,6 +45,25 @@ class DeliveryStatus(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class Media:
+    """An image, audio, video, document or sticker: only its metadata and Meta's media id (the
+    file itself is fetched from Meta, by id, by whoever needs it)."""
+
+    id: str
+    mime_type: str | None = None
+    sha256: str | None = None
+    filename: str | None = None
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """An emoji put on a message (`message_id`); an empty emoji takes the reaction back."""
+
+    message_id: str
+    emoji: str
+
+
+@dataclass(frozen=True)
 class InboundMessage:
     """A message a user sent: the start of everything consent-related.
 
@@ -59,6 +78,10 @@ class InboundMessage:
     button_payload: str | None = None  # quick-reply payload, or interactive reply id
     button_title: str | None = None
     quoted_id: str | None = None  # the message it replies to (Meta's `context.id`), when the user quoted one
+    original_id: str | None = None  # the message an edit or a revoke changes
+    media: Media | None = None
+    reaction: Reaction | None = None
+    shared: str | None = None  # JSON of a location or of contact cards, as Meta sent them
 
     @property
     def sender(self) -> str:
@@ -212,18 +235,24 @@ def _message(item: Any, contacts: list[tuple[str, ...]]) -> WebhookEvent:
         if kind == "system":  # Meta telling of the user (a new number, a new identity), not the user writing
             return _system(item)
         message_type = MessageType(kind) if kind in MessageType._value2member_map_ else MessageType.OTHER
-        text = payload = title = None
+        text = payload = title = original = media = reaction = shared = None
         if message_type is MessageType.TEXT:
             text = _str(item["text"]["body"])
         elif message_type is MessageType.EDIT:
-            text = _edited_text(item["edit"]["message"])
+            text, original = _edited_text(item["edit"]["message"]), _optional_id(item["edit"].get("original_message_id"))
+        elif message_type is MessageType.REVOKE:
+            original = _optional_id(_object(item, kind).get("original_message_id"))
+        elif message_type is MessageType.REACTION:
+            reaction = _reaction(_object(item, kind))
+        elif message_type in (MessageType.LOCATION, MessageType.CONTACTS) and item.get(kind) is not None:
+            shared = json.dumps(item[kind], ensure_ascii=False, default=str)[:20_000]
         elif message_type is MessageType.BUTTON:
             payload, title = _str(item["button"].get("payload")), _str(item["button"].get("text"))
         elif message_type is MessageType.INTERACTIVE:
             reply = item["interactive"].get("button_reply") or item["interactive"].get("list_reply") or {}
             payload, title = _str(reply.get("id")), _str(reply.get("title"))
         elif isinstance(item.get(kind), dict):
-            text = _str(item[kind].get("caption"))
+            text, media = _str(item[kind].get("caption")), _media(item[kind])
         identifiers = _with_contacts(_identifiers(item, "from", "from_user_id", "from_parent_user_id"), contacts)
         if message_type is MessageType.CONTACTS:
             identifiers = _with_shared_phone(identifiers, item)
@@ -232,6 +261,7 @@ def _message(item: Any, contacts: list[tuple[str, ...]]) -> WebhookEvent:
         return InboundMessage(
             message_id=_required(item["id"]), identifiers=identifiers, timestamp=_time(item["timestamp"]),
             type=message_type, text=text, button_payload=payload, button_title=title, quoted_id=_quoted(item),
+            original_id=original, media=media, reaction=reaction, shared=shared,
         )
     except _UNREADABLE as error:
         return _unrecognized(f"unreadable message ({type(error).__name__}: {mask_numbers(str(error))[:120]})", item)
@@ -242,6 +272,31 @@ def _quoted(item: dict) -> str | None:
     context = item.get("context")
     quoted = context.get("id") if isinstance(context, dict) else None
     return quoted if isinstance(quoted, str) and quoted.isprintable() and len(quoted) <= 255 else None
+
+
+def _object(item: dict, key: str) -> dict:
+    value = item.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _optional_id(value: object) -> str | None:
+    """A message id that is only ever a link between stored messages: an odd one links nothing."""
+    return value if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 255 else None
+
+
+def _media(item: dict) -> Media | None:
+    """Media metadata, when Meta gave the media's id (a caption alone is just text)."""
+    media_id = _optional_id(item.get("id"))
+    if media_id is None:
+        return None
+    fields = (item.get(key) for key in ("mime_type", "sha256", "filename"))
+    return Media(media_id, *(_str(value)[:255] if isinstance(value, str) else None for value in fields))
+
+
+def _reaction(item: dict) -> Reaction | None:
+    target = _optional_id(item.get("message_id"))
+    emoji = item.get("emoji")
+    return Reaction(target, _str(emoji)[:32] if isinstance(emoji, str) else "") if target else None
 
 
 def _identifiers(item: dict, phone: str, user_id: str, parent_user_id: str) -> tuple[str, ...]:

@@ -24,9 +24,13 @@ from datetime import timedelta
 import redis
 from rq import Queue, SimpleWorker
 
+from bot.outbound.forwarder import Forwarder, listen_for_wakes, post_to, run_handlers
 from bot.outbound.jobs import SendRuntime, use_runtime
+from bot.plugins import HandlersNotFound, load_handlers
 from bot.services import STARTUP_ERRORS, Services, build_services, sync_templates, warn_without_catalog
 from bot.settings import load_settings
+from bot.storage.conversations import forget_before
+from bot.storage.forwarding import Destination
 from bot.storage.integrity import Checkpoint, write_checkpoint
 from bot.storage.ledger import Ledger
 from bot.storage.migrate import require_current
@@ -38,7 +42,9 @@ SWEEPER_LOCK = "whatsapp:sweeper"
 CHECKPOINT_LOCK = "whatsapp:ledger-checkpoint"  # held for a period by the worker that signed the last checkpoint
 CHECKPOINTED_HEAD = "whatsapp:ledger-checkpoint:head"  # the seq and hash it signed
 TEMPLATE_SYNC_LOCK = "whatsapp:template-sync"  # held for a period by the worker that synced the catalog last
-SYNC_RETRY_SECONDS = 30  # after a failed template sync, the next try is this soon
+SYNC_RETRY_SECONDS = 30
+TIDY_LOCK = "whatsapp:tidy"  # held for a period by the worker that removed old messages last
+TIDY_SECONDS = 3600  # after a failed template sync, the next try is this soon
 
 
 def sweep(outbox: Outbox, queues: dict[QueueName, Queue], connection: redis.Redis, every: float) -> int | None:
@@ -95,6 +101,15 @@ def sync_templates_when_due(services: Services, connection: redis.Redis, every: 
         raise
 
 
+def tidy_when_due(services: Services, every: int = TIDY_SECONDS) -> tuple[int, int] | None:
+    """Remove inbound messages past MESSAGE_RETENTION_DAYS and forwarded events delivered long
+    ago, at most once every `every` seconds across all workers: (messages, events) removed."""
+    if not services.redis.set(TIDY_LOCK, "1", nx=True, ex=every):
+        return None
+    cutoff = services.ledger.clock() - timedelta(days=services.settings.message_retention_days)
+    return forget_before(services.engine, cutoff), services.forward_queue.forget_delivered()
+
+
 def _sync_templates(services: Services, force: bool = False) -> None:
     try:
         count = sync_templates_when_due(services, services.redis, services.settings.template_sync_seconds, force)
@@ -122,11 +137,39 @@ def _sweep_forever(send_runtime: SendRuntime, stop: threading.Event) -> None:
         except Exception:  # a database or Redis outage: try again next round
             log.exception("sweep failed")
         try:
+            removed = tidy_when_due(services)
+            if removed is not None and any(removed):
+                log.info("removed %d inbound message(s) past retention and %d delivered event(s)", *removed)
+        except Exception:
+            log.exception("removing old messages failed; the next try is due in %d s", TIDY_SECONDS)
+        try:
             made = checkpoint_when_due(services.ledger, settings.ledger_checkpoints, services.redis, settings.ledger_checkpoint_seconds)
             if made is not None:
                 log.info("signed a ledger checkpoint of seq %d", made.seq)
         except Exception:
             log.exception("ledger checkpoint failed; the next is due in %d s", settings.ledger_checkpoint_seconds)
+
+
+def _forwarders(services: Services) -> list[Forwarder]:
+    """A delivery loop for FORWARD_URL and one for BOT_HANDLERS, where set (SPEC §9)."""
+    settings, queue = services.settings, services.forward_queue
+    forwarders = []
+    if settings.forward_url and settings.forward_secret:
+        forwarders.append(Forwarder(queue, Destination.URL, post_to(settings.forward_url, settings.forward_secret)))
+    if settings.bot_handlers:
+        handlers = load_handlers(settings.bot_handlers)
+        forwarders.append(Forwarder(queue, Destination.HANDLERS, run_handlers(handlers, services.ledger, services.outbox)))
+    return forwarders
+
+
+def _start_forwarders(services: Services, forwarders: list[Forwarder], stop: threading.Event) -> None:
+    if not forwarders:
+        return
+    for forwarder in forwarders:
+        threading.Thread(target=forwarder.run, args=(stop,), name=f"forward-{forwarder.destination.value}", daemon=True).start()
+    # Its own connection: the blocking pop outlasts the services' client's socket timeout.
+    connection = redis.Redis.from_url(services.settings.redis_url)
+    threading.Thread(target=listen_for_wakes, args=(connection, forwarders, stop), name="forward-wakes", daemon=True).start()
 
 
 def _work_through_redis_outages(make_worker: Callable[[], SimpleWorker], stop: threading.Event) -> None:
@@ -158,6 +201,11 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     warn_without_catalog(services.settings)
+    try:
+        forwarders = _forwarders(services)
+    except HandlersNotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     send_runtime = SendRuntime(services)
     use_runtime(send_runtime)
     # The services' objects live as long as the process: left out of garbage collection, a full
@@ -169,6 +217,7 @@ def main() -> int:
     sys.setswitchinterval(0.001)
     stop = threading.Event()
     threading.Thread(target=_sweep_forever, args=(send_runtime, stop), name="sweeper", daemon=True).start()
+    _start_forwarders(services, forwarders, stop)
     queues = [send_runtime.queues[QueueName.REPLIES], send_runtime.queues[QueueName.BULK]]  # replies first
     # Its own connection: RQ's blocking dequeue outlasts the services' client's socket timeout.
     connection = redis.Redis.from_url(services.settings.redis_url)

@@ -26,7 +26,10 @@ from sqlalchemy.engine import Connection
 
 from bot.domain.consent import Action, ConsentState, EventDraft, session_opened
 from bot.domain.identity import phones_first
+from bot.inbound.events import InboundMessage, MessageType
+from bot.storage.conversations import content_of, handled_by, keep, message_row
 from bot.storage.db import WriteConflict, insert_once, writer
+from bot.storage.forwarding import Destination, EventType, person_of
 from bot.storage.ledger import Ledger, as_utc, state_of
 from bot.storage.outbox import Billed, Billing, Message, Outbox, Question, QueueName, Submission, asked_opt_in, submitted, template_key
 from bot.storage.people import Move, Sighting, move, settle
@@ -34,6 +37,7 @@ from bot.storage.schema import account_notices, unread_webhooks
 
 log = logging.getLogger(__name__)
 
+FORWARDED = (None, "possible_opt_out")  # what messages meant that are forwarded: conversation, and words for staff to review
 BILLING_DISCREPANCY = "billing_discrepancy"  # the account notice's field: billed as marketing, decided otherwise
 
 
@@ -58,6 +62,8 @@ class Intake:
         self._billing: dict[str, Billing] = {}  # Meta message id -> what Meta bills it as
         self._opted_out: set[str] = set()  # people with an opt-out in this POST, new or recorded before
         self.opted_out: set[str] = set()  # their identifiers, once the POST is written
+        self._kept: list[tuple[dict, InboundMessage, str | None, dict | None]] = []  # row, message, meaning, consent
+        self.forwarded = False  # whether the POST wrote events for the business's systems
 
     def settle(self, sightings: Iterable[Sighting], moves: Iterable[Move], inbound: Iterable[tuple[str, datetime]]) -> None:
         """Give each identifier seen its person (linking those seen together), move the people
@@ -137,6 +143,20 @@ class Intake:
             self._to_queue.setdefault(queue, []).append(row["id"])
         return self._submitted.setdefault(key, submission)
 
+    def keep_message(self, message: InboundMessage, meaning: str | None) -> None:
+        """Keep a settled sender's message for the console (written at the end) and, where it was
+        no consent keyword (`meaning`), forward it with the person's consent state now."""
+        person = self._people[message.sender]
+        consent = None
+        if message.type is not MessageType.REVOKE:  # a revoke opens no session: its sender's state was not read
+            state = self.state(message.sender)
+            until = state.window_open_until(self.now)
+            consent = {
+                "state": state.state.value, "marketing": state.marketing.value,
+                "window_open_until": until.isoformat() if until else None,
+            }
+        self._kept.append((message_row(message, person, meaning, self.now), message, meaning, consent))
+
     def apply_status(self, meta_message_id: str, status: str, error_code: int | None, billing: Billing | None = None) -> None:
         """A delivery status, applied at the end with the others, with what Meta bills the message as."""
         self._statuses.append((meta_message_id, status, error_code))
@@ -156,6 +176,9 @@ class Intake:
 
     def finish(self) -> dict[QueueName, list[str]]:
         """Write what was gathered; return the message ids to queue once the transaction commits."""
+        if self._kept:
+            keep(self.conn, [(row, message) for row, message, _, _ in self._kept])
+            self._forward_messages()
         if self._statuses:
             self.outbox.apply_statuses_in(self.conn, self._statuses)
         if self._billing:
@@ -169,6 +192,28 @@ class Intake:
                     raise WriteConflict(f"{row['source_ref']} was recorded by another delivery")
         self.opted_out = {i for person in self._opted_out for i in self._identifiers.get(person, ())}
         return self._to_queue
+
+    def _forward_messages(self) -> None:
+        """Messages that were no consent keyword go to the business's systems; a possible
+        opt-out only to FORWARD_URL (staff review it; no handler answers it)."""
+        feed = self.outbox.feed
+        forwarded = [kept for kept in self._kept if kept[2] in FORWARDED]
+        if not feed or not forwarded:
+            return
+        handling = handled_by(self.conn, {row["person_id"] for row, *_ in forwarded})
+        rows = []
+        for row, message, meaning, consent in forwarded:
+            person = row["person_id"]
+            payload = {
+                "message": {"id": message.message_id, "type": message.type.value, "text": message.text, **content_of(message)},
+                "consent": consent, "conversation": {"handled_by": handling.get(person)},
+            }
+            if meaning is not None:
+                payload["review"] = meaning
+            to = None if meaning is None else [Destination.URL]
+            rows += feed.event(EventType.MESSAGE, person, person_of(self._identifiers[person]), row["sent_at"], payload, to)
+        feed.write(self.conn, rows)
+        self.forwarded = True
 
     def _keep_billing_discrepancies(self, billed: list[Billed]) -> None:
         """A message Meta bills as marketing that was not decided on marketing consent is kept
@@ -220,3 +265,5 @@ def record(ledger: Ledger, outbox: Outbox, handle: Callable[[Intake], None]) -> 
     ledger.opted_out(intake.opted_out)  # before the replies and the 200: send threads look there last
     for queue, message_ids in to_queue.items():
         outbox.enqueue(queue, message_ids)
+    if intake.forwarded:
+        outbox.feed.wake()

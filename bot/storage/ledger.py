@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -43,6 +44,9 @@ from bot.storage.db import WriteConflict, as_json_rows, json_rows, reading, stri
 from bot.storage.integrity import Checkpoint, LedgerKey
 from bot.storage.people import KnownLinks, Sighting, find, identifiers_of, settle
 from bot.storage.schema import GENESIS_HASH, consent_events, contacts, identities, ledger_head, merged_people
+
+if TYPE_CHECKING:
+    from bot.storage.forwarding import Feed
 
 _OTHER = identities.alias("other")  # the person's identifiers, beside the one asked about
 
@@ -279,6 +283,7 @@ class Ledger:
         self.clock = clock
         self.opted_out = opted_out
         self.known_links = KnownLinks()
+        self.feed: Feed | None = None  # where consent changes are forwarded (SPEC §9), in the recording transaction
 
     # -- writing -------------------------------------------------------------------------
 
@@ -367,10 +372,18 @@ class Ledger:
 
     def extend_chain(self, conn: Connection, rows: list[dict]) -> list[Mapping]:
         """Append prepared rows after the head, which stays locked until the transaction ends;
-        return the stored rows, one per given row (`to_event` makes events of them).
+        return the stored rows, one per given row (`to_event` makes events of them). The feed
+        gets the consent changes among those added.
 
         A row whose source_ref is recorded already is not added: the stored one stands in for it.
         """
+        stored = self._extend_chain(conn, rows)
+        if self.feed:
+            added = [event for event, row in zip(stored, rows) if event["event_id"] == row["event_id"]]
+            self.feed.write(conn, self.feed.consents_in(conn, added))
+        return stored
+
+    def _extend_chain(self, conn: Connection, rows: list[dict]) -> list[Mapping]:
         if conn.dialect.name != "postgresql":
             return self._extend_row_by_row(conn, rows)
         refs = [row["source_ref"] for row in rows]

@@ -25,6 +25,7 @@ from bot.domain.consent import SERVICE_WINDOW, ConsentState
 from bot.domain.identity import InvalidIdentifier, normalize_identifier
 from bot.domain.policy import Decision, ImplicitCoverage, MessageKind, Refusal, decide
 from bot.storage.db import as_json_rows, json_records, json_rows, one_statement, reading, string_array, writer
+from bot.storage.forwarding import Feed
 from bot.storage.ledger import Ledger, as_utc, utc_now
 from bot.storage.schema import campaigns, early_statuses
 from bot.storage.schema import outbound_messages as messages
@@ -177,11 +178,14 @@ class Outbox:
         lease: timedelta = timedelta(seconds=60),
         clock: Callable[[], datetime] = utc_now,
         catalog: TemplateCatalog | None = None,
+        feed: Feed | None = None,
     ):
         """`lease`: how long a claimed message is a worker's; longer than pacing plus one HTTP timeout.
         `catalog`: Meta's template catalog, which decides template sends when given (SPEC §7);
-        without it a template is decided on the category its sender gave."""
+        without it a template is decided on the category its sender gave. `feed`: where the
+        statuses that move messages on are forwarded (SPEC §9)."""
         self.catalog = catalog
+        self.feed = feed or Feed(())
         self.engine = engine
         self.lease = lease
         self._writer = writer(engine)
@@ -412,23 +416,25 @@ class Outbox:
         now = self.clock()
         if conn.dialect.name == "postgresql":  # one statement per status of a message, mostly just one
             by_message = [list(group) for _, group in itertools.groupby(ordered, key=lambda triple: triple[0])]
-            changed = 0
+            moved: list[sa.RowMapping] = []
             for depth in range(max(map(len, by_message), default=0)):
                 rows = [
                     {"meta_id": meta_id, "status": status, "code": code, "allowed": ",".join(_EARLIER[status])}
                     for meta_id, status, code in (statuses[depth] for statuses in by_message if len(statuses) > depth)
                 ]
                 values = {"rows": as_json_rows(rows), "meta_ids": [row["meta_id"] for row in rows], "now": now}
-                changed += conn.execute(_APPLY_STATUSES, values).one()[0]
-            return changed
-        changed = 0
-        for meta_id, status, code in ordered:
-            values = {"meta_id": meta_id, "status": status, "earlier": list(_EARLIER[status]), "code": code, "now": now}
-            if conn.execute(_APPLY_STATUS, values).rowcount == 1:
-                changed += 1
-            else:
-                conn.execute(_KEEP_EARLY_STATUS, values)
-        return changed
+                moved += conn.execute(_APPLY_STATUSES, values).mappings().all()
+        else:
+            moved = []
+            for meta_id, status, code in ordered:
+                values = {"meta_id": meta_id, "status": status, "earlier": list(_EARLIER[status]), "code": code, "now": now}
+                row = conn.execute(_APPLY_STATUS, values).mappings().first()
+                if row is not None:
+                    moved.append(row)
+                else:
+                    conn.execute(_KEEP_EARLY_STATUS, values)
+        self.feed.write(conn, self.feed.statuses(moved))
+        return len(moved)
 
     def note_billing_in(self, conn: sa.Connection, billing: Mapping[str, Billing]) -> list[Billed]:
         """Note what Meta bills messages as (by Meta message id: a status's `pricing`), from the
@@ -574,6 +580,11 @@ _EARLIER = {
     "read": ("queued", "sent", "delivered"),
     "failed": ("queued", "sent", "delivered"),
 }
+# What a forwarded status tells of the message it moved on (bot.storage.forwarding.Feed.statuses).
+_MOVED_COLUMNS = (
+    messages.c.id, messages.c.meta_message_id, messages.c.recipient, messages.c.sent_to, messages.c.person_id,
+    messages.c.state, messages.c.error_code, messages.c.campaign_id,
+)
 _APPLY_STATUS = (
     messages.update()
     .where(messages.c.meta_message_id == sa.bindparam("meta_id"), messages.c.state.in_(sa.bindparam("earlier", expanding=True)))
@@ -581,6 +592,7 @@ _APPLY_STATUS = (
         state=sa.bindparam("status"), updated_at=sa.bindparam("now"),
         error_code=sa.func.coalesce(sa.bindparam("code", type_=sa.Integer), messages.c.error_code),
     )
+    .returning(*_MOVED_COLUMNS)
 )
 
 
@@ -613,7 +625,7 @@ _MOVED = (
     messages.update()
     .where(messages.c.id == _LOCKED.c.id)
     .values(state=_LOCKED.c.status, updated_at=sa.bindparam("now"), error_code=sa.func.coalesce(_LOCKED.c.code, messages.c.error_code))
-    .returning(messages.c.id)
+    .returning(*_MOVED_COLUMNS)
     .cte("moved")
 )
 _KEPT = (
@@ -627,10 +639,7 @@ _KEPT = (
     .returning(early_statuses.c.meta_message_id)
     .cte("kept")
 )
-_APPLY_STATUSES = sa.select(  # (messages moved on, statuses kept)
-    sa.select(sa.func.count()).select_from(_MOVED).scalar_subquery(),
-    sa.select(sa.func.count()).select_from(_KEPT).scalar_subquery(),
-)
+_APPLY_STATUSES = sa.select(_MOVED).add_cte(_KEPT)  # the messages moved on; statuses of unknown ones are kept
 
 
 @functools.cache

@@ -18,24 +18,33 @@ from bot.storage.web_opt_ins import code_in
 log = logging.getLogger(__name__)
 
 RECORDED_BY = "webhook"
+WEB_OPT_IN = "web_opt_in"  # the message confirmed a request from the opt-in page
+OPT_IN_ANSWER = "opt_in_answer"  # ... answered the bot's opt-in question yes
 
 
 def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
-    """Record what the message means for consent, then answer it (the sender's contact is locked)."""
+    """Record what the message means for consent, answer it (the sender's contact is locked),
+    then keep it for the console and forward it where it is not a consent keyword (SPEC §9)."""
+    intake.keep_message(message, _consent_meaning(ctx, intake, message))
+
+
+def _consent_meaning(ctx: Context, intake: Intake, message: InboundMessage) -> str | None:
+    """Act on the message; what it meant for consent (an Intent's value, "web_opt_in",
+    "opt_in_answer"), or None for conversation."""
     if message.type is MessageType.REVOKE:
-        return  # deleting a message is not writing one: no session, nothing to answer
+        return None  # deleting a message is not writing one: no session, nothing to answer
     intake.inbound(message.sender, message.message_id, message.timestamp, RECORDED_BY)  # R6: a new session is implicit consent
     if _confirms_web_opt_in(ctx, intake, message):
-        return
+        return WEB_OPT_IN
     match = _match(ctx, message)
     if match is not None and match.intent is Intent.POSSIBLE_OPT_OUT and intake.state(message.sender).state is State.OPTED_OUT:
         match = None  # "stop sending me ads" after STOP: nothing left to stop; an ordinary message
     if match is None:
         if _answers_opt_in_question(ctx, intake, message):
-            return
+            return OPT_IN_ANSWER
         if message.type is not MessageType.REACTION:  # an emoji on a message is no conversation to welcome
             _ordinary(ctx, intake, message, intake.state(message.sender))
-        return
+        return None
     said = message.text or message.button_title or message.button_payload or ""
     channel = Channel.WHATSAPP_KEYWORD if message.type in (MessageType.TEXT, MessageType.EDIT) else Channel.WHATSAPP_BUTTON
     evidence = {"message_id": message.message_id, "keyword": match.keyword, "language": match.language}
@@ -59,6 +68,7 @@ def on_message(ctx: Context, intake: Intake, message: InboundMessage) -> None:
     else:  # a possible opt-out: staff review it; the user is told how to stop
         _record(intake, message, Action.POSSIBLE_OPT_OUT, Scope.ALL, channel, said, evidence)
         _reply(ctx, intake, message, Reply.POSSIBLE_OPT_OUT, MessageKind.REPLY, match.language)
+    return match.intent.value
 
 
 def _confirms_web_opt_in(ctx: Context, intake: Intake, message: InboundMessage) -> bool:

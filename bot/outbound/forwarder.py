@@ -1,0 +1,198 @@
+"""Deliver forwarded events (SPEC §9) from the workers: to FORWARD_URL, and to the business's handlers.
+
+Each worker process runs one loop per destination. The loop leases the oldest pending event of
+people nobody else is serving (bot.storage.forwarding.ForwardQueue.claim) and hands each to a
+thread; a person's next event is leased only once the last is done, so each person's events
+arrive in order, while many people's are delivered at once. The loop looks for work when the
+webhook wakes it (a Redis list) and at least every POLL_SECONDS, so a lost wake-up, a Redis
+flush or a restart only delays delivery: what is pending lives in the database.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+import redis
+import requests
+
+from bot.domain.policy import MessageKind
+from bot.plugins import Answer, Consent, Handlers, IncomingMessage, Person
+from bot.storage.conversations import handled_by
+from bot.storage.db import reading
+from bot.storage.forwarding import Destination, ForwardQueue, Pending
+from bot.storage.ledger import Ledger
+from bot.storage.outbox import Message, Outbox, QueueName
+
+log = logging.getLogger(__name__)
+
+WAKE_KEY = "whatsapp:forward:wake"  # the webhook pushes here once it committed events to forward
+POLL_SECONDS = 1.0
+TIMEOUT_SECONDS = 10.0  # for the receiver's answer: then the event is tried again later
+CONCURRENCY = 32  # events in delivery at once, per destination and worker process
+
+
+class HandlerFailed(Exception):
+    """A business handler raised: not tried again (its code would most likely raise again)."""
+
+
+Deliver = Callable[[Pending], None]  # raises on failure: HandlerFailed to stop trying, anything else to retry
+
+
+def wake_forwarders(connection: redis.Redis) -> Callable[[], None]:
+    """What the webhook calls after committing events: one short Redis round trip."""
+
+    def wake() -> None:
+        with connection.pipeline(transaction=False) as pipe:
+            pipe.lpush(WAKE_KEY, "1").ltrim(WAKE_KEY, 0, 0).execute()
+
+    return wake
+
+
+def signature(secret: str, body: bytes) -> str:
+    """X-Signature-256: `sha256=` + hex HMAC-SHA256 of the exact body, keyed with FORWARD_SECRET."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def post_to(url: str, secret: str, concurrency: int = CONCURRENCY) -> Deliver:
+    """Deliver by POSTing the event's body, signed; any answer but 2xx, or none in time, fails it."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=concurrency)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+
+    def deliver(event: Pending) -> None:
+        body = event.body.encode()
+        headers = {"Content-Type": "application/json", "X-Signature-256": signature(secret, body), "User-Agent": "consent-bot-forwarder"}
+        answer = session.post(url, data=body, headers=headers, timeout=TIMEOUT_SECONDS, allow_redirects=False)
+        if not 200 <= answer.status_code < 300:
+            raise RuntimeError(f"the receiver answered {answer.status_code}")
+
+    return deliver
+
+
+def run_handlers(handlers: Handlers, ledger: Ledger, outbox: Outbox) -> Deliver:
+    """Deliver an inbound message to the first of the business's handlers that matches, unless
+    a staff member handles the conversation now. Its replies go through the outbox, once each
+    however often the event is delivered."""
+
+    def deliver(event: Pending) -> None:
+        body = json.loads(event.body)
+        message = _incoming(body)
+        handler = handlers.handler_for(message)
+        if handler is None:
+            return
+        with reading(ledger.engine) as conn:
+            staff = handled_by(conn, [event.person_id]).get(event.person_id)
+        if staff is not None:
+            log.info("no handler answers message %s: %s handles the conversation", message.id, staff)
+            return
+        sender = message.person.wa_id or message.person.user_id
+        assert sender is not None, "a forwarded message names its sender"
+        state = ledger.state(sender)
+        until = state.window_open_until(ledger.clock())
+        consent = Consent(state.state.value, state.marketing.value, until)
+        replies = 0
+
+        def reply(text: str) -> Answer:
+            nonlocal replies
+            replies += 1
+            submission = outbox.submit(
+                Message(sender, MessageKind.FREE_FORM, text=text), f"handler:{event.id}:{replies}",
+                f"handler:{handler.__name__}"[:260], QueueName.REPLIES,
+            )
+            return Answer(submission.queued, submission.reason.value if submission.reason else None)
+
+        try:
+            handler(message, consent, reply)
+        except Exception as error:
+            log.exception("handler %s failed on message %s", handler.__name__, message.id)
+            raise HandlerFailed(f"handler {handler.__name__} raised {type(error).__name__}: {error}") from None
+
+    return deliver
+
+
+def _incoming(body: dict) -> IncomingMessage:
+    message = dict(body["message"])
+    person = Person(body["person"].get("wa_id"), body["person"].get("user_id"))
+    text = message.pop("text") or (message.get("button") or {}).get("title")
+    return IncomingMessage(
+        message.pop("id"), message.pop("type"), person, datetime.fromisoformat(body["occurred_at"]), text, message,
+    )
+
+
+class Forwarder:
+    """One destination's delivery loop in this process."""
+
+    def __init__(self, queue: ForwardQueue, destination: Destination, deliver: Deliver, concurrency: int = CONCURRENCY):
+        self.queue, self.destination, self.deliver, self.concurrency = queue, destination, deliver, concurrency
+        self._busy: set[str] = set()  # people whose event is in delivery here
+        self._lock = threading.Lock()
+        self._work = threading.Event()  # something may be ready: a wake-up, or a delivery that finished
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix=f"forward-{destination.value}")
+
+    def wake(self) -> None:
+        self._work.set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Deliver until `stop`; then let deliveries in flight finish."""
+        try:
+            while not stop.is_set():
+                self._work.clear()
+                claimed = self._claim()
+                if not claimed:
+                    self._work.wait(POLL_SECONDS)
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def _claim(self) -> int:
+        with self._lock:
+            free, busy = self.concurrency - len(self._busy), set(self._busy)
+        if free <= 0:
+            return 0
+        try:
+            events = self.queue.claim(self.destination, free, busy)
+        except Exception:  # the database is away: look again later
+            log.exception("could not claim events to forward")
+            return 0
+        for event in events:
+            with self._lock:
+                self._busy.add(event.person_id)
+            self._pool.submit(self._deliver, event)
+        return len(events)
+
+    def _deliver(self, event: Pending) -> None:
+        try:
+            self.deliver(event)
+            outcome = functools.partial(self.queue.delivered, event)
+        except HandlerFailed as failed:
+            outcome = functools.partial(self.queue.failed, event, str(failed))
+        except Exception as error:
+            reason = str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
+            log.warning("event %s not delivered to %s (try %d): %s", event.id, self.destination.value, event.attempts, reason)
+            outcome = functools.partial(self.queue.not_delivered, event, reason)
+        try:
+            outcome()
+        except Exception:  # the database is away: the lease runs out and the event goes again
+            log.exception("could not record a forwarded event's outcome")
+        finally:
+            with self._lock:
+                self._busy.discard(event.person_id)
+            self._work.set()
+
+
+def listen_for_wakes(connection: redis.Redis, forwarders: list[Forwarder], stop: threading.Event) -> None:
+    """Wake the loops when the webhook says there is work (the loops also look every POLL_SECONDS)."""
+    while not stop.is_set():
+        try:
+            if connection.blpop([WAKE_KEY], timeout=1):
+                for forwarder in forwarders:
+                    forwarder.wake()
+        except redis.RedisError:
+            stop.wait(POLL_SECONDS)

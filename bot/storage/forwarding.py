@@ -1,0 +1,289 @@
+"""Events for the business's own systems (SPEC §9), kept in the database until delivered.
+
+An event is written in the same transaction as what it tells of (the inbound message, the
+status, the consent event), so nothing is forwarded that was not recorded and nothing recorded
+is lost to a restart or a Redis flush. The workers deliver them (bot.outbound.forwarder): per
+person and destination strictly in `seq` order, the oldest pending event first and the next
+only once it is done; an event not delivered is tried again with exponential back-off, and kept
+as failed once it has waited GIVE_UP_AFTER. Its `id` is the receiver's idempotency key:
+delivery is at least once.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from bot.domain.identity import IdentifierKind, kind_of
+from bot.storage.db import one_statement, reading
+from bot.storage.ledger import utc_now
+from bot.storage.people import identifiers_of
+from bot.storage.schema import forwarded_events as events
+
+log = logging.getLogger(__name__)
+
+GIVE_UP_AFTER = timedelta(days=3)
+LONGEST_WAIT = timedelta(hours=1)  # between two tries of one event
+KEEP_DELIVERED = timedelta(days=7)  # delivered events stay this long, for `flask forward status`
+CONSENT_CHANGES = ("opt_in", "opt_out")  # the ledger actions forwarded as consent changes
+
+
+class Destination(str, enum.Enum):
+    URL = "url"  # FORWARD_URL: every kind of event
+    HANDLERS = "handlers"  # BOT_HANDLERS: inbound messages for the business's Python handlers
+
+
+class EventType(str, enum.Enum):
+    MESSAGE = "message"
+    STATUS = "status"
+    CONSENT = "consent"
+
+
+class Delivery(str, enum.Enum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An event claimed for delivery."""
+
+    seq: int
+    id: str
+    destination: Destination
+    person_id: str
+    body: str
+    attempts: int  # counting this one
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One destination's delivery, for `flask forward status` and the console."""
+
+    destination: Destination
+    pending: int
+    failed: int
+    delivered: int  # in the last KEEP_DELIVERED
+    oldest_pending: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+
+
+def person_of(identifiers: Iterable[str]) -> dict[str, str | None]:
+    """The `person` of an event: the person's phone and BSUID (either may be unknown)."""
+    identifiers = list(identifiers)
+    phone = next((i for i in identifiers if kind_of(i) is IdentifierKind.PHONE), None)
+    user_id = next((i for i in identifiers if kind_of(i) is IdentifierKind.USER_ID), None)
+    return {"wa_id": phone, "user_id": user_id}
+
+
+class Feed:
+    """Turns what was recorded into events for the configured destinations, in the caller's
+    transaction. Without destinations it writes nothing."""
+
+    def __init__(
+        self, destinations: Iterable[Destination], clock: Callable[[], datetime] = utc_now,
+        wake: Callable[[], None] = lambda: None,
+    ):
+        """`wake`: tells the workers, once events were committed, that there is work (they also look every second)."""
+        self.destinations = tuple(destinations)
+        self.clock = clock
+        self._wake = wake
+
+    def wake(self) -> None:
+        try:
+            self._wake()
+        except Exception:  # Redis down: the workers' next look finds the events all the same
+            log.warning("could not wake the forwarders; they will find the events within a second")
+
+    def __bool__(self) -> bool:
+        return bool(self.destinations)
+
+    def event(
+        self, type: EventType, person_id: str, person: Mapping[str, str | None], occurred_at: datetime,
+        payload: Mapping[str, object], to: Iterable[Destination] | None = None,
+    ) -> list[dict]:
+        """The rows of one event, one per destination that takes it (`to`: only these)."""
+        now = self.clock()
+        wanted = [d for d in self.destinations if (to is None or d in to) and (d is Destination.URL or type is EventType.MESSAGE)]
+        rows = []
+        for destination in wanted:
+            event_id = str(uuid.uuid4())
+            body = {"id": event_id, "type": type.value, "occurred_at": occurred_at.isoformat(), "person": dict(person), **payload}
+            rows.append({
+                "id": event_id, "destination": destination.value, "person_id": person_id, "type": type.value,
+                "body": json.dumps(body, ensure_ascii=False, separators=(",", ":")), "state": Delivery.PENDING.value,
+                "attempts": 0, "created_at": now, "next_attempt_at": now,
+            })
+        return rows
+
+    def consents_in(self, conn: Connection, recorded: Iterable[Mapping]) -> list[dict]:
+        """The consent changes among ledger rows just recorded."""
+        changes = [row for row in recorded if row["action"] in CONSENT_CHANGES]
+        if not self or not changes:
+            return []
+        known = identifiers_of(conn, {row["person_id"] for row in changes})
+        rows = []
+        for row in changes:
+            consent = {
+                "event_id": row["event_id"], "action": row["action"], "scope": row["scope"], "channel": row["channel"],
+                "recorded_by": row["recorded_by"], "consent_text": row["consent_text"],
+            }
+            person = person_of(known.get(row["person_id"]) or [row["identifier"]])
+            rows += self.event(EventType.CONSENT, row["person_id"], person, row["occurred_at"], {"consent": consent}, [Destination.URL])
+        return rows
+
+    def statuses(self, moved: Iterable[Mapping]) -> list[dict]:
+        """Events for the outbound messages a status moved on (id, recipient, sent_to, person_id, state, ...)."""
+        if Destination.URL not in self.destinations:
+            return []
+        rows = []
+        for message in moved:
+            person = person_of(i for i in (message["sent_to"], message["recipient"]) if i)
+            status = {
+                "id": message["id"], "meta_message_id": message["meta_message_id"], "status": message["state"],
+                "error_code": message["error_code"], "campaign_id": message["campaign_id"],
+            }
+            person_id = message["person_id"] or str(uuid.uuid5(uuid.NAMESPACE_URL, f"whatsapp:{message['recipient']}"))
+            rows += self.event(EventType.STATUS, person_id, person, self.clock(), {"message": status}, [Destination.URL])
+        return rows
+
+    @staticmethod
+    def write(conn: Connection, rows: list[dict]) -> None:
+        if rows:
+            conn.execute(events.insert(), rows)
+
+
+class ForwardQueue:
+    """The delivery side: what the workers claim, and what became of it."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utc_now, first_retry: timedelta = timedelta(seconds=10)):
+        self.engine, self.clock, self.first_retry = engine, clock, first_retry
+
+    def claim(self, destination: Destination, limit: int, busy: Iterable[str] = (), lease: timedelta = timedelta(seconds=60)) -> list[Pending]:
+        """Lease the oldest pending event of up to `limit` people whose oldest is due and not
+        leased (nor, `busy`, in this process's hands)."""
+        now = self.clock()
+        with one_statement(self.engine) as conn:
+            values = {"destination": destination.value, "now": now, "until": now + lease, "limit": limit, "busy": sorted(busy) or [""]}
+            rows = conn.execute(_CLAIM, values).mappings().all()
+        return [
+            Pending(r["seq"], r["id"], destination, r["person_id"], r["body"], r["attempts"], r["created_at"])
+            for r in sorted(rows, key=lambda r: r["seq"])
+        ]
+
+    def delivered(self, event: Pending) -> None:
+        self._finish(event, Delivery.DELIVERED, None)
+
+    def not_delivered(self, event: Pending, error: str) -> bool:
+        """Try again later, or keep it as failed once it has waited GIVE_UP_AFTER; whether it will be tried again."""
+        now = self.clock()
+        if now - event.created_at >= GIVE_UP_AFTER:
+            self._finish(event, Delivery.FAILED, error)
+            return False
+        wait = min(self.first_retry * 2 ** (event.attempts - 1), LONGEST_WAIT)
+        with one_statement(self.engine) as conn:
+            conn.execute(
+                events.update().where(events.c.seq == event.seq, events.c.state == Delivery.PENDING.value)
+                .values(next_attempt_at=min(now + wait, event.created_at + GIVE_UP_AFTER), lease_until=None, last_error=error[:255])
+            )
+        return True
+
+    def failed(self, event: Pending, error: str) -> None:
+        """Kept as failed now, without more tries (a handler that raised)."""
+        self._finish(event, Delivery.FAILED, error)
+
+    def _finish(self, event: Pending, state: Delivery, error: str | None) -> None:
+        with one_statement(self.engine) as conn:
+            conn.execute(
+                events.update().where(events.c.seq == event.seq, events.c.state == Delivery.PENDING.value)
+                .values(state=state.value, finished_at=self.clock(), lease_until=None, last_error=error[:255] if error else None)
+            )
+
+    def retry_failed(self, destination: Destination | None = None) -> int:
+        """Send the failed events again, from now on (`flask forward retry`); how many."""
+        now = self.clock()
+        where = [events.c.state == Delivery.FAILED.value]
+        if destination is not None:
+            where.append(events.c.destination == destination.value)
+        with one_statement(self.engine) as conn:
+            return conn.execute(
+                events.update().where(*where).values(
+                    state=Delivery.PENDING.value, attempts=0, created_at=now, next_attempt_at=now, finished_at=None,
+                )
+            ).rowcount
+
+    def forget_delivered(self) -> int:
+        """Remove events delivered more than KEEP_DELIVERED ago; how many."""
+        with one_statement(self.engine) as conn:
+            return conn.execute(
+                events.delete().where(events.c.state == Delivery.DELIVERED.value, events.c.finished_at < self.clock() - KEEP_DELIVERED)
+            ).rowcount
+
+    def summary(self) -> list[Summary]:
+        """Each destination's pending, failed and recently delivered events, and its last error."""
+        with reading(self.engine) as conn:
+            counts = conn.execute(
+                sa.select(events.c.destination, events.c.state, sa.func.count(), sa.func.min(events.c.created_at))
+                .group_by(events.c.destination, events.c.state)
+            ).tuples().all()
+            errors = conn.execute(
+                sa.select(events.c.destination, events.c.last_error, sa.func.coalesce(events.c.finished_at, events.c.next_attempt_at))
+                .where(events.c.last_error.is_not(None))
+                .order_by(sa.func.coalesce(events.c.finished_at, events.c.next_attempt_at).desc())
+                .limit(50)
+            ).tuples().all()
+        summaries = []
+        for destination in Destination:
+            mine = {state: (count, oldest) for d, state, count, oldest in counts if d == destination.value}
+            error = next(((text, at) for d, text, at in errors if d == destination.value), (None, None))
+            pending = mine.get(Delivery.PENDING.value, (0, None))
+            summaries.append(Summary(
+                destination, pending[0], mine.get(Delivery.FAILED.value, (0, None))[0],
+                mine.get(Delivery.DELIVERED.value, (0, None))[0], pending[1], *error,
+            ))
+        return summaries
+
+    def failures(self, limit: int = 50) -> list[sa.RowMapping]:
+        """The newest failed events."""
+        with reading(self.engine) as conn:
+            return conn.execute(
+                sa.select(events.c.id, events.c.destination, events.c.type, events.c.person_id, events.c.created_at,
+                          events.c.finished_at, events.c.attempts, events.c.last_error)
+                .where(events.c.state == Delivery.FAILED.value).order_by(events.c.seq.desc()).limit(limit)
+            ).mappings().all()
+
+
+# Each person's oldest pending event, when it is due and nobody holds it; leased in one statement.
+# Another worker's claim of the same event at the same moment finds it leased and skips it.
+_HEADS = (
+    sa.select(sa.func.min(events.c.seq))
+    .where(events.c.state == Delivery.PENDING.value, events.c.destination == sa.bindparam("destination"))
+    .group_by(events.c.person_id)
+)
+_DUE = (
+    events.c.state == Delivery.PENDING.value,
+    events.c.next_attempt_at <= sa.bindparam("now"),
+    sa.or_(events.c.lease_until.is_(None), events.c.lease_until < sa.bindparam("now")),
+)
+_CHOSEN = (
+    sa.select(events.c.seq)
+    .where(events.c.seq.in_(_HEADS), *_DUE, events.c.person_id.not_in(sa.bindparam("busy", expanding=True)))
+    .order_by(events.c.seq)
+    .limit(sa.bindparam("limit"))
+)
+_CLAIM = (
+    events.update()
+    .where(events.c.seq.in_(_CHOSEN.scalar_subquery()), *_DUE)
+    .values(lease_until=sa.bindparam("until"), attempts=events.c.attempts + 1)
+    .returning(events.c.seq, events.c.id, events.c.person_id, events.c.body, events.c.attempts, events.c.created_at)
+)
