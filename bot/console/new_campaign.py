@@ -14,7 +14,15 @@ from werkzeug.datastructures import FileStorage
 from bot.console import campaign_drafts
 from bot.console.access import current_staff, requires
 from bot.console.rendering import render
-from bot.console.template_form import TEXT_LINES_FIELD, catalog_components, parameter_fields, part_texts, typed_components
+from bot.console.template_form import (
+    NOT_IN_CATALOG,
+    TEXT_LINES_FIELD,
+    approved,
+    approved_entry,
+    parameter_fields,
+    part_texts,
+    template_body,
+)
 from bot.domain.policy import MessageKind
 from bot.domain.staff import Role
 from bot.services import current_services
@@ -24,7 +32,7 @@ from bot.staff.request_rules import TEMPLATE_KINDS, InvalidField, parameters_fie
 from bot.storage.campaigns import CampaignIdTaken
 from bot.storage.outbox import Template
 from bot.storage.staff import StaffAccount
-from bot.storage.templates import APPROVED, CatalogTemplate
+from bot.storage.templates import CatalogTemplate
 
 bp = Blueprint("new_campaign", __name__, url_prefix="/campaigns")
 
@@ -38,8 +46,7 @@ def choose():
         return _typed_form()
     chosen = request.args.get("template")
     if not chosen:
-        approved = [entry for entry in catalog.all() if entry.status == APPROVED]
-        return render("new_campaign", approved=approved)
+        return render("new_campaign", approved=approved(catalog))
     return _catalog_form(_catalog_entry(chosen))
 
 
@@ -105,23 +112,14 @@ def _draft(draft_id: str) -> campaign_drafts.Draft:
 
 
 def _catalog_entry(chosen: str) -> CatalogTemplate:
-    """The approved catalog template named "name/language"."""
-    name, _, language = chosen.partition("/")
-    catalog = current_services().outbox.catalog
-    entry = catalog.get(name, language) if catalog and name and language else None
-    if entry is None or entry.status != APPROVED:
-        abort(404, "Meta's catalog has no approved template of this name and language. Choose one from the list.")
+    entry = approved_entry(current_services().outbox.catalog, chosen)
+    if entry is None:
+        abort(404, NOT_IN_CATALOG)
     return entry
 
 
 def _template(entry: CatalogTemplate | None) -> tuple[Template, MessageKind]:
-    if entry is not None:
-        components = catalog_components(parameter_fields(entry), request.form)
-        return template_field({"name": entry.name, "language": entry.language, "category": entry.category.lower(), "components": components})
-    return template_field({
-        "name": request.form.get("name", "").strip(), "language": request.form.get("language", "").strip(),
-        "category": request.form.get("category", ""), "components": typed_components(request.form),
-    })
+    return template_field(template_body(entry, request.form))
 
 
 def _entries(upload: FileStorage | None) -> list[str]:

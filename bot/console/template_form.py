@@ -1,5 +1,6 @@
-"""The parameters a campaign's template takes, as form fields, and the send components built
-from what staff typed in them: the same values for every recipient.
+"""A template chosen in a console form (a campaign's, or a reply's outside the 24-hour window):
+the approved templates of Meta's catalog to choose from, the parameters the chosen one takes as
+form fields, and the template as the staff API's body gives it, built from what staff typed.
 
 With Meta's catalog the fields come from the template's own placeholders; without it staff type
 the body's parameters, one a line. Blank fields are left out, so that a wrong count is refused
@@ -10,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bot.storage.templates import CatalogTemplate, placeholders
+from bot.storage.templates import APPROVED, CatalogTemplate, TemplateCatalog, placeholders
 
 LINKED_MEDIA = {"IMAGE", "VIDEO", "DOCUMENT"}  # header formats whose parameter is a link
 UNSUPPORTED = {"LOCATION"}  # a location header takes coordinates: send such templates through the API
 TEXT_LINES_FIELD = "body_lines"  # without a catalog: the body's parameters, one a line
+NOT_IN_CATALOG = "Meta's catalog has no approved template of this name and language. Choose one from the list."
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,30 @@ class ParameterField:
         if self.media:
             return f"Header {self.placeholder.lower()}: its https link"
         return f"{self.part.capitalize()} {{{{{self.placeholder}}}}}"
+
+
+def approved(catalog: TemplateCatalog) -> list[CatalogTemplate]:
+    """The templates Meta lets the account send, to choose from."""
+    return [entry for entry in catalog.all() if entry.status == APPROVED]
+
+
+def approved_entry(catalog: TemplateCatalog | None, chosen: str) -> CatalogTemplate | None:
+    """The approved catalog template a form's choice names ("name/language"); None for any other."""
+    name, _, language = chosen.partition("/")
+    entry = catalog.get(name, language) if catalog and name and language else None
+    return entry if entry is not None and entry.status == APPROVED else None
+
+
+def template_body(entry: CatalogTemplate | None, form: Mapping[str, str]) -> dict:
+    """The template as the staff API's body names it (for request_rules to read): the catalog
+    entry with the parameters typed for it, or, without a catalog, the template typed whole."""
+    if entry is not None:
+        components = catalog_components(parameter_fields(entry), form)
+        return {"name": entry.name, "language": entry.language, "category": entry.category.lower(), "components": components}
+    return {
+        "name": form.get("name", "").strip(), "language": form.get("language", "").strip(),
+        "category": form.get("category", ""), "components": typed_components(form),
+    }
 
 
 def parameter_fields(entry: CatalogTemplate) -> list[ParameterField]:

@@ -19,11 +19,11 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from bot import json_bodies
 from bot.domain.consent import ConsentEvent, EventDraft, InvalidEvent
-from bot.domain.identity import InvalidIdentifier, normalize_identifier
 from bot.domain.policy import MessageKind, Refusal
 from bot.domain.staff import Role
 from bot.services import current_services
 from bot.staff.audit_download import export_response
+from bot.staff.message_sends import stored_differently, submit_to_one
 from bot.staff.openapi import openapi_document
 from bot.staff.request_rules import (
     InvalidField,
@@ -35,7 +35,7 @@ from bot.staff.request_rules import (
 )
 from bot.storage.campaigns import CampaignIdTaken, CampaignRefused, Campaigns
 from bot.storage.ledger import SourceRefConflict, utc_now
-from bot.storage.outbox import Message, Outbox, QueueName, Template
+from bot.storage.outbox import Outbox, Template
 
 bp = Blueprint("staff_api", __name__, url_prefix="/api/v1")
 
@@ -188,13 +188,9 @@ def audit():
 def send_message():
     message = message_request(_json_body(), current_services().replies)
     outbox = current_services().outbox
-    if message.template:
-        parameters_field(message.template, outbox.catalog)
     categories = _categories(outbox, message.template, message.kind) if message.template else {}
-    # One message to one person (an order update, a code): the fast queue, not behind campaigns.
-    submission = outbox.submit(message, _request_key("api"), _recorded_by(), QueueName.REPLIES)
-    kind = MessageKind(categories.get("category", message.kind))
-    if _given_key() and _stored_differently(outbox, submission.message_id, message, kind):
+    submission = submit_to_one(outbox, message, _request_key("api"), _recorded_by())
+    if _given_key() and stored_differently(outbox, submission.message_id, message):
         return api_error(409, "idempotency_key_reused", "this Idempotency-Key was used for a message with another recipient or content")
     if not submission.queued:
         return api_error(
@@ -211,19 +207,6 @@ def _categories(outbox: Outbox, template: Template, claimed: MessageKind) -> dic
     if not isinstance(true_kind, MessageKind):
         return {}
     return {"category": true_kind.value} | ({"category_claimed": claimed.value} if true_kind is not claimed else {})
-
-
-def _stored_differently(outbox: Outbox, message_id: str | None, message: Message, kind: MessageKind) -> bool:
-    """A repeated request must ask for what the first one did, or it is not a repeat: compared
-    as stored ("+1 555 016 6001" is 15550166001)."""
-    stored = outbox.get(message_id) if message_id else None
-    if stored is None:
-        return False
-    try:
-        to = normalize_identifier(message.to)
-    except InvalidIdentifier:
-        return True
-    return (stored.recipient, stored.kind, stored.content) != (to, kind, message.content())
 
 
 @bp.get("/messages/<message_id>")
