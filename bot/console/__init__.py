@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from bot.console import audit, campaigns, catalog, health, home, new_campaign, people, review, sign_in
+from bot.console import audit, campaigns, catalog, health, home, inbox, new_campaign, people, review, sign_in
 from bot.console.access import guard
 from bot.console.rendering import serve_pages
 
@@ -18,6 +18,7 @@ guard(bp)
 serve_pages(bp)
 bp.register_blueprint(sign_in.bp)
 bp.register_blueprint(home.bp)
+bp.register_blueprint(inbox.bp)
 bp.register_blueprint(people.bp)
 bp.register_blueprint(review.bp)
 bp.register_blueprint(catalog.bp)

@@ -4,7 +4,7 @@ and forbid inline scripts and styles (there are none: its CSS is a static file).
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 import redis
@@ -12,9 +12,11 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, make_response, render_template
 from werkzeug.exceptions import HTTPException
 
-from bot.console import wording
+from bot.console import inbound_words, wording
 from bot.console.access import current_staff
 from bot.services import current_services
+from bot.storage.inbox import Inbox
+from bot.storage.ledger import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,10 @@ WORDING = (
     wording.event_summary, wording.shows_consent_text, wording.evidence_items, wording.actor_name, wording.refusal,
     wording.moment, wording.time_left, wording.identifier_kind, wording.state_line,
     wording.marketing_line, wording.message_state, wording.message_content,
+    inbound_words.attachment_line, inbound_words.quote_line, inbound_words.snippet, inbound_words.keyword_meaning, inbound_words.deleted,
 )
 UNAVAILABLE = "The database or Redis is not answering. Please try again in a minute."
+UNREAD_SHOWN = 99  # conversations the Inbox link counts up to: more read "99+"
 
 
 class Section(NamedTuple):
@@ -41,8 +45,12 @@ class Section(NamedTuple):
     blueprints: tuple[str, ...]  # the blueprints whose pages are this section's (marked current in the bar)
 
 
-# The console's sections (SPEC §8), in the navigation bar and on the home page.
+# The console's sections (SPEC §8, §9), in the navigation bar and on the home page.
 SECTIONS = (
+    Section(
+        "Inbox", "Conversations, newest first: read what people wrote, reply, take one over from automated replies.",
+        "console.inbox.inbox", ("console.inbox",),
+    ),
     Section(
         "People", "Find a person by phone or BSUID: consent state, window, history with evidence, messages.", "console.people.search",
         ("console.people",),
@@ -76,12 +84,24 @@ def in_console(path: str) -> bool:
 
 
 def render(page: str, status: int = 200, **context) -> Response:
-    """templates/console/PAGE.html, with who is signed in and the business's name."""
+    """templates/console/PAGE.html, with who is signed in, the business's name and, for the
+    navigation bar, how many conversations wait to be read (not on a page about a failure)."""
+    staff = current_staff()
+    counts = _counts() if staff is not None and not staff.must_change_password and status < 500 else {}
     body = render_template(
-        f"console/{page}.html", staff=current_staff(), business=current_services().settings.business_name, sections=SECTIONS,
-        **context,
+        f"console/{page}.html", staff=staff, business=current_services().settings.business_name, sections=SECTIONS,
+        counts=counts, **context,
     )
     return make_response(body, status)
+
+
+def _counts() -> dict[str, str]:
+    """What the navigation bar shows beside a section's name: the conversations with something unread
+    (those written to within MESSAGE_RETENTION_DAYS, whose messages are kept)."""
+    services = current_services()
+    since = utc_now() - timedelta(days=services.settings.message_retention_days)
+    unread = Inbox(services.engine).unread_conversations(since, UNREAD_SHOWN + 1)
+    return {"Inbox": f"{UNREAD_SHOWN}+" if unread > UNREAD_SHOWN else str(unread)} if unread else {}
 
 
 def moment(at: datetime | None) -> str:

@@ -84,14 +84,17 @@ _EVIDENCE_LABELS = {
 def event_summary(event: ConsentEvent) -> str:
     """What happened and how, such as "Opted out of marketing — by replying “Stop promotions” on WhatsApp"."""
     what = _WHAT.get((event.action, event.scope)) or _OTHER_ACTIONS[event.action]
+    return f"{what} — {event_how(event)}"
+
+
+def event_how(event: ConsentEvent) -> str:
+    """How an event came about: "by replying “STOP” on WhatsApp", "on the website"."""
     said = _SAID.get(event.channel)
     if event.action is Action.OPT_OUT_NOTICE_GIVEN:
-        how = "in our reply on WhatsApp"
-    elif said and event.consent_text:
-        how = said.format(said=f"“{event.consent_text}”")
-    else:
-        how = _HOW.get(event.channel, "on WhatsApp")
-    return f"{what} — {how}"
+        return "in our reply on WhatsApp"
+    if said and event.consent_text:
+        return said.format(said=f"“{event.consent_text}”")
+    return _HOW.get(event.channel, "on WhatsApp")
 
 
 def shows_consent_text(event: ConsentEvent) -> bool:
@@ -132,6 +135,16 @@ def refusal(reason: str | None, error_code: int | None = None) -> str:
     except ValueError:
         code = f" (error {error_code})" if error_code else ""
         return f"Meta did not deliver it{code}." if reason else "No reason was recorded."
+
+
+def refused_reply(reason: str | None, state: ConsentState) -> str:
+    """Why a reply staff just sent was refused, with the opt-out behind it when that is why:
+    Not sent. They had opted out of all messages (by replying “STOP” on WhatsApp, 3 Dec 2026 14:02 UTC)."""
+    behind = {Refusal.OPTED_OUT.value: state.consent_event, Refusal.MARKETING_OPTED_OUT.value: state.opt_out_event}.get(reason or "")
+    why = refusal(reason)
+    if behind is not None:
+        why = f"{why.removesuffix('.')} ({event_how(behind)}, {moment(behind.occurred_at)})."
+    return f"Not sent. {why}"
 
 
 def moment(at: datetime | None) -> str:

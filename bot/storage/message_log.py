@@ -41,6 +41,7 @@ class LoggedMessage:
     reason: str | None  # why it was blocked or failed
     error_code: int | None
     consent_event_id: str | None  # the ledger event that allowed it
+    meta_message_id: str | None  # what the person's reactions and quotes name it by
     campaign_id: str | None
     requested_by: str
     created_at: datetime
@@ -55,7 +56,8 @@ def messages_of(engine: Engine, person_id: str, identifiers: Iterable[str], limi
         LoggedMessage(
             id=row["id"], recipient=row["recipient"], kind=row["kind"], content=json.loads(row["content"]),
             state=MessageState(row["state"]), reason=row["reason"], error_code=row["error_code"],
-            consent_event_id=row["consent_event_id"], campaign_id=row["campaign_id"], requested_by=row["requested_by"],
+            consent_event_id=row["consent_event_id"], meta_message_id=row["meta_message_id"], campaign_id=row["campaign_id"],
+            requested_by=row["requested_by"],
             created_at=as_utc(row["created_at"]), sent_at=as_utc(row["sent_at"]) if row["sent_at"] else None,
         )
         for row in rows
