@@ -24,8 +24,7 @@ import requests
 
 from bot.domain.policy import MessageKind
 from bot.plugins import Answer, Consent, Handlers, IncomingMessage, Person
-from bot.storage.conversations import handled_by
-from bot.storage.db import reading
+from bot.storage.conversations import handler_of
 from bot.storage.forwarding import Destination, ForwardQueue, Pending
 from bot.storage.ledger import Ledger
 from bot.storage.outbox import Message, Outbox, QueueName
@@ -88,8 +87,7 @@ def run_handlers(handlers: Handlers, ledger: Ledger, outbox: Outbox) -> Deliver:
         handler = handlers.handler_for(message)
         if handler is None:
             return
-        with reading(ledger.engine) as conn:
-            staff = handled_by(conn, [event.person_id]).get(event.person_id)
+        staff = handler_of(ledger.engine, event.person_id)
         if staff is not None:
             log.info("no handler answers message %s: %s handles the conversation", message.id, staff)
             return

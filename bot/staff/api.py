@@ -34,6 +34,7 @@ from bot.staff.request_rules import (
     parameters_field,
 )
 from bot.storage.campaigns import CampaignIdTaken, CampaignRefused, Campaigns
+from bot.storage.conversations import HANDLED_BY_STAFF, handler_of
 from bot.storage.ledger import SourceRefConflict, utc_now
 from bot.storage.outbox import Message, Outbox, QueueName, Template
 
@@ -190,6 +191,11 @@ def send_message():
     outbox = current_services().outbox
     if message.template:
         parameters_field(message.template, outbox.catalog)
+    elif (staff := _taken_over_by(message.to)) is not None and staff != _recorded_by():
+        return api_error(
+            409, "not_allowed", f"{staff} handles this conversation in the console: no automated reply until it is released",
+            reason=HANDLED_BY_STAFF,
+        )
     categories = _categories(outbox, message.template, message.kind) if message.template else {}
     # One message to one person (an order update, a code): the fast queue, not behind campaigns.
     submission = outbox.submit(message, _request_key("api"), _recorded_by(), QueueName.REPLIES)
@@ -202,6 +208,15 @@ def send_message():
             reason=submission.reason.value, id=submission.message_id, **categories,
         )
     return jsonify(id=submission.message_id, status="queued", **categories), 202
+
+
+def _taken_over_by(to: str) -> str | None:
+    """The staff member handling the conversation of the person `to` names, if one does (SPEC §9)."""
+    try:
+        person_id = current_services().ledger.state(normalize_identifier(to)).person_id
+    except InvalidIdentifier:
+        return None  # the outbox refuses the recipient itself
+    return handler_of(current_services().engine, person_id) if person_id else None
 
 
 def _categories(outbox: Outbox, template: Template, claimed: MessageKind) -> dict[str, str]:

@@ -17,9 +17,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from bot.inbound.events import InboundMessage, MessageType
-from bot.storage.db import insert_once, one_statement
+from bot.storage.db import insert_once, one_statement, reading
 from bot.storage.schema import conversations, inbound_messages
 
+HANDLED_BY_STAFF = "handled_by_staff"  # why an automated reply is refused while staff handle the conversation
 _CHANGES = (MessageType.EDIT, MessageType.REVOKE)  # messages that change another
 
 
@@ -89,7 +90,13 @@ def handled_by(conn: Connection, person_ids: Iterable[str]) -> dict[str, str]:
         sa.select(conversations.c.person_id, conversations.c.handled_by)
         .where(conversations.c.person_id.in_(set(person_ids)), conversations.c.handled_by.is_not(None))
     )
-    return dict(rows.tuples().all())
+    return {person: staff for person, staff in rows}
+
+
+def handler_of(engine: Engine, person_id: str) -> str | None:
+    """The staff member handling this person's conversation, if one does."""
+    with reading(engine) as conn:
+        return handled_by(conn, [person_id]).get(person_id)
 
 
 def forget_before(engine: Engine, cutoff: datetime, batch: int = 5000) -> int:

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from bot.domain.identity import IdentifierKind, kind_of
 from bot.storage.db import one_statement, reading
-from bot.storage.ledger import utc_now
+from bot.storage.ledger import as_utc, utc_now
 from bot.storage.people import identifiers_of
 from bot.storage.schema import forwarded_events as events
 
@@ -174,10 +174,10 @@ class ForwardQueue:
         leased (nor, `busy`, in this process's hands)."""
         now = self.clock()
         with one_statement(self.engine) as conn:
-            values = {"destination": destination.value, "now": now, "until": now + lease, "limit": limit, "busy": sorted(busy) or [""]}
+            values = {"for_destination": destination.value, "now": now, "until": now + lease, "limit": limit, "busy": sorted(busy) or [""]}
             rows = conn.execute(_CLAIM, values).mappings().all()
         return [
-            Pending(r["seq"], r["id"], destination, r["person_id"], r["body"], r["attempts"], r["created_at"])
+            Pending(r["seq"], r["id"], destination, r["person_id"], r["body"], r["attempts"], as_utc(r["created_at"]))
             for r in sorted(rows, key=lambda r: r["seq"])
         ]
 
@@ -190,7 +190,7 @@ class ForwardQueue:
         if now - event.created_at >= GIVE_UP_AFTER:
             self._finish(event, Delivery.FAILED, error)
             return False
-        wait = min(self.first_retry * 2 ** (event.attempts - 1), LONGEST_WAIT)
+        wait = min(self.first_retry * 2 ** min(event.attempts - 1, 30), LONGEST_WAIT)  # the cap before the power overflows
         with one_statement(self.engine) as conn:
             conn.execute(
                 events.update().where(events.c.seq == event.seq, events.c.state == Delivery.PENDING.value)
@@ -235,17 +235,17 @@ class ForwardQueue:
             counts = conn.execute(
                 sa.select(events.c.destination, events.c.state, sa.func.count(), sa.func.min(events.c.created_at))
                 .group_by(events.c.destination, events.c.state)
-            ).tuples().all()
+            ).all()
             errors = conn.execute(
                 sa.select(events.c.destination, events.c.last_error, sa.func.coalesce(events.c.finished_at, events.c.next_attempt_at))
                 .where(events.c.last_error.is_not(None))
                 .order_by(sa.func.coalesce(events.c.finished_at, events.c.next_attempt_at).desc())
                 .limit(50)
-            ).tuples().all()
+            ).all()
         summaries = []
         for destination in Destination:
-            mine = {state: (count, oldest) for d, state, count, oldest in counts if d == destination.value}
-            error = next(((text, at) for d, text, at in errors if d == destination.value), (None, None))
+            mine = {state: (count, oldest and as_utc(oldest)) for d, state, count, oldest in counts if d == destination.value}
+            error = next(((text, as_utc(at)) for d, text, at in errors if d == destination.value), (None, None))
             pending = mine.get(Delivery.PENDING.value, (0, None))
             summaries.append(Summary(
                 destination, pending[0], mine.get(Delivery.FAILED.value, (0, None))[0],
@@ -267,7 +267,7 @@ class ForwardQueue:
 # Another worker's claim of the same event at the same moment finds it leased and skips it.
 _HEADS = (
     sa.select(sa.func.min(events.c.seq))
-    .where(events.c.state == Delivery.PENDING.value, events.c.destination == sa.bindparam("destination"))
+    .where(events.c.state == Delivery.PENDING.value, events.c.destination == sa.bindparam("for_destination"))
     .group_by(events.c.person_id)
 )
 _DUE = (
