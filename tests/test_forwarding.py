@@ -12,6 +12,7 @@ import time
 import uuid
 from datetime import timedelta
 
+import jsonschema_rs
 import pytest
 import redis
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from bot import create_app
 from bot.outbound.worker import _forwarders, _start_forwarders
 from bot.services import services_of
+from bot.staff.openapi import openapi_document
 from bot.storage.conversations import forget_before
 from bot.storage.forwarding import Destination, EventType, Feed, ForwardQueue
 from bot.storage.ledger import as_utc
@@ -27,7 +29,7 @@ from examples.opening_hours import HOURS
 from tests.conftest import ADMIN_TOKEN, FakeClock, app_config
 from tests.helpers import OTHER_USER, USER
 from tests.receiver import SECRET, Receiver
-from tests.test_webhook import message_body, payload, post
+from tests.test_webhook import message_body, payload, post, sent_message, status_body
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -53,9 +55,11 @@ def app(database_url, redis_url, graph, receiver):
 def forwarders(app):
     """The worker's delivery loops, running in this process until the test ends."""
     stop = threading.Event()
-    _start_forwarders(services_of(app), _forwarders(services_of(app)), stop)
+    threads = _start_forwarders(services_of(app), _forwarders(services_of(app)), stop)
     yield
     stop.set()
+    for thread in threads:
+        thread.join()
 
 
 def say(client, text: str, sender: str = USER) -> str:
@@ -115,6 +119,27 @@ def test_stop_is_forwarded_as_a_consent_change_and_nothing_reaches_the_user_afte
     answer = client.post("/api/v1/messages", headers=AUTH, json={"to": USER, "template": template})
     assert (answer.status_code, answer.get_json()["reason"]) == (409, "opted_out")
     assert [r["handled_as"] for r in rows(app, inbound_messages, inbound_messages.c.id == stop_id)] == ["opt_out"]
+
+
+def test_statuses_and_consent_changes_from_every_channel_are_forwarded_as_documented(app, client, receiver, forwarders):
+    say(client, "hello")
+    body, meta_id = status_body("status_delivered.json")
+    message_id = sent_message(app, meta_id)  # also records an opt-in from the website
+    post(client, body)
+    post(client, body)  # Meta delivers it again: it moves nothing, so it is not forwarded again
+
+    [status] = receiver.wait_for(1, "status")
+    assert status["message"] | {"meta_message_id": None} == {
+        "id": message_id, "meta_message_id": None, "status": "delivered", "error_code": None, "campaign_id": None,
+    }
+    [opt_in] = receiver.wait_for(1, "consent")
+    assert (opt_in["consent"]["action"], opt_in["consent"]["channel"], opt_in["person"]["wa_id"]) == ("opt_in", "web", USER)
+    time.sleep(0.3)
+    assert len(receiver.accepted("status")) == 1
+    document = openapi_document()
+    for event in receiver.accepted():
+        schema = {"$ref": f"#/components/schemas/Forwarded{event['type'].title()}", "components": document["components"]}
+        jsonschema_rs.Draft202012Validator(schema).validate(event)
 
 
 def test_a_receiver_down_for_a_while_then_up_gets_every_event_once_in_order(app, client, receiver, forwarders):
@@ -219,3 +244,26 @@ def test_an_event_undelivered_for_three_days_is_kept_as_failed_then_retried(data
     assert runner.invoke(args=["forward", "retry"]).output.strip() == "1 failed event(s) pending again"
     assert [e.attempts for e in queue.claim(Destination.URL, 10)] == [1]
     services_of(app).dispose()
+
+
+def test_odd_messages_are_kept_and_forwarded_without_losing_the_stop_beside_them(app, client):
+    body = message_body(id="wamid.NUL", type="text", text={"body": "hi\u0000 there"})
+    value = body["entry"][0]["changes"][0]["value"]
+    place = {"latitude": 1.5, "longitude": 2.5, "name": "NAME-MARK"}
+    value["messages"] += [
+        {**value["messages"][0], "id": "wamid.PLACE", "type": "location", "location": place, "text": None},
+        {**value["messages"][0], "id": "wamid.BIG", "type": "location", "location": {**place, "address": "x" * 30_000}, "text": None},
+        {**value["messages"][0], "id": "wamid.STOP", "type": "text", "text": {"body": "STOP"}},
+    ]
+    raw = json.dumps(body).replace("NAME-MARK\"", "\\ud800 caf\\u00e9\"", 1).encode()  # a lone surrogate, as JSON may carry
+    assert post(client, raw).status_code == 200
+
+    assert services_of(app).ledger.state(USER).state.value == "opted_out"
+    kept = {r["id"]: r for r in rows(app, inbound_messages)}
+    assert kept["wamid.NUL"]["text"] == "hi\ufffd there"
+    assert json.loads(kept["wamid.PLACE"]["content"])["location"]["name"] == "\ud800 caf\u00e9"
+    assert kept["wamid.BIG"]["type"] == "location" and "location" not in json.loads(kept["wamid.BIG"]["content"])  # too big to keep
+    assert kept["wamid.STOP"]["handled_as"] == "opt_out"
+    forwarded = [json.loads(r["body"]) for r in rows(app, forwarded_events, forwarded_events.c.destination == "url")]
+    assert sorted(e["message"]["id"] for e in forwarded if e["type"] == "message") == ["wamid.BIG", "wamid.NUL", "wamid.PLACE"]
+    assert [e["consent"]["action"] for e in forwarded if e["type"] == "consent"] == ["opt_out"]

@@ -5,6 +5,7 @@ import click
 from flask.cli import with_appcontext
 
 from bot.services import current_services
+from bot.settings import masked_url
 from bot.staff.cli_group import DatabaseCommands
 from bot.staff.tables import echo_table
 from bot.storage.forwarding import Destination
@@ -31,7 +32,7 @@ def status() -> None:
         oldest = summary.oldest_pending.strftime("%Y-%m-%d %H:%M:%S") if summary.oldest_pending else "-"
         error = f"{summary.last_error} ({summary.last_error_at:%Y-%m-%d %H:%M})" if summary.last_error and summary.last_error_at else "-"
         counts = (str(summary.pending), oldest, str(summary.failed), str(summary.delivered))
-        rows.append((WHERE[summary.destination], where or "(not set)", *counts, error))
+        rows.append((WHERE[summary.destination], masked_url(where) if where else "(not set)", *counts, error))
     if not rows:
         click.echo("nothing is forwarded: set FORWARD_URL (and FORWARD_SECRET) or BOT_HANDLERS")
         return

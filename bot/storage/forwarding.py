@@ -121,7 +121,8 @@ class Feed:
             body = {"id": event_id, "type": type.value, "occurred_at": occurred_at.isoformat(), "person": dict(person), **payload}
             rows.append({
                 "id": event_id, "destination": destination.value, "person_id": person_id, "type": type.value,
-                "body": json.dumps(body, ensure_ascii=False, separators=(",", ":")), "state": Delivery.PENDING.value,
+                "body": json.dumps(body, separators=(",", ":")),  # ASCII (escapes): always storable
+                "state": Delivery.PENDING.value,
                 "attempts": 0, "created_at": now, "next_attempt_at": now,
             })
         return rows
@@ -203,11 +204,10 @@ class ForwardQueue:
         self._finish(event, Delivery.FAILED, error)
 
     def _finish(self, event: Pending, state: Delivery, error: str | None) -> None:
+        """An event delivered keeps the error of its last failed try, for `flask forward status`."""
+        values = {"state": state.value, "finished_at": self.clock(), "lease_until": None} | ({"last_error": error[:255]} if error else {})
         with one_statement(self.engine) as conn:
-            conn.execute(
-                events.update().where(events.c.seq == event.seq, events.c.state == Delivery.PENDING.value)
-                .values(state=state.value, finished_at=self.clock(), lease_until=None, last_error=error[:255] if error else None)
-            )
+            conn.execute(events.update().where(events.c.seq == event.seq, events.c.state == Delivery.PENDING.value).values(**values))
 
     def retry_failed(self, destination: Destination | None = None) -> int:
         """Send the failed events again, from now on (`flask forward retry`); how many."""
