@@ -18,6 +18,7 @@ import redis
 import sqlalchemy as sa
 
 from bot import create_app
+from bot.domain.staff import Role
 from bot.outbound.worker import _forwarders, _start_forwarders
 from bot.services import services_of
 from bot.staff.openapi import openapi_document
@@ -29,6 +30,8 @@ from examples.opening_hours import HOURS
 from tests.conftest import ADMIN_TOKEN, FakeClock, app_config
 from tests.helpers import OTHER_USER, USER
 from tests.receiver import SECRET, Receiver
+from tests.test_console_auth import page_text, post_form, sign_in
+from tests.test_staff_accounts import add_staff
 from tests.test_webhook import message_body, payload, post, sent_message, status_body
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -267,3 +270,28 @@ def test_odd_messages_are_kept_and_forwarded_without_losing_the_stop_beside_them
     forwarded = [json.loads(r["body"]) for r in rows(app, forwarded_events, forwarded_events.c.destination == "url")]
     assert sorted(e["message"]["id"] for e in forwarded if e["type"] == "message") == ["wamid.BIG", "wamid.NUL", "wamid.PLACE"]
     assert [e["consent"]["action"] for e in forwarded if e["type"] == "consent"] == ["opt_out"]
+
+
+def test_the_console_shows_what_is_pending_and_failed_and_an_operator_sends_failures_again(app, client):
+    queue = services_of(app).forward_queue
+    say(client, "hello")  # one message event for each destination, pending
+    clock = FakeClock(services_of(app).ledger.clock())
+    [for_url] = ForwardQueue(services_of(app).engine, clock).claim(Destination.URL, 10)
+    clock.advance(days=3)
+    ForwardQueue(services_of(app).engine, clock).not_delivered(for_url, "the receiver answered 502")
+    add_staff(app, "viewer@example.com", Role.VIEWER)
+    add_staff(app, "operator@example.com", Role.OPERATOR)
+
+    viewer = app.test_client()
+    sign_in(viewer, "viewer@example.com")
+    shown = page_text(viewer.get("/console/health"))
+    assert "FORWARD_URL" in shown and "BOT_HANDLERS examples.opening_hours Pending 1" in shown
+    assert "Failed 1" in shown and "the receiver answered 502" in shown and "Deliver failed events again" not in shown
+    assert post_form(viewer, "/console/health", "/console/health/forwarding/retry").status_code == 403
+
+    operator = app.test_client()
+    sign_in(operator, "operator@example.com")
+    answer = post_form(operator, "/console/health", "/console/health/forwarding/retry")
+    assert answer.status_code == 302
+    assert "1 failed event(s) will be delivered again" in page_text(operator.get(answer.location))
+    assert [s.pending for s in queue.summary()] == [1, 1]

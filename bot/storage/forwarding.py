@@ -253,14 +253,15 @@ class ForwardQueue:
             ))
         return summaries
 
-    def failures(self, limit: int = 50) -> list[sa.RowMapping]:
-        """The newest failed events."""
+    def failures(self, limit: int = 50) -> list[dict]:
+        """The newest failed events: id, destination, type, person_id, created_at, finished_at, attempts, last_error."""
         with reading(self.engine) as conn:
-            return conn.execute(
+            found = conn.execute(
                 sa.select(events.c.id, events.c.destination, events.c.type, events.c.person_id, events.c.created_at,
                           events.c.finished_at, events.c.attempts, events.c.last_error)
                 .where(events.c.state == Delivery.FAILED.value).order_by(events.c.seq.desc()).limit(limit)
             ).mappings().all()
+        return [{**row, "created_at": as_utc(row["created_at"]), "finished_at": as_utc(row["finished_at"])} for row in found]
 
 
 # Each person's oldest pending event, when it is due and nobody holds it; leased in one statement.
