@@ -607,7 +607,7 @@ def verdict(phases: dict[str, Phase]) -> str:
     return (
         f"verdict: webhook p99 on {ms(on)} ms vs off {ms(off)} ms ({on - off:+.1f} ms, {(on - off) / off:+.0%}); "
         f"forwarding lag p99 {ms(percentile(forwarding.lag_ms, 0.99))} ms; lost {forwarding.lost} of {forwarding.acked}; "
-        f"doubled {forwarding.doubled}"
+        f"doubled {forwarding.doubled} (web CPU per message on {phases['on'].web_cpu_ms:.2f} ms vs off {phases['off'].web_cpu_ms:.2f} ms)"
     )
 
 
