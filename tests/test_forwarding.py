@@ -131,14 +131,15 @@ def test_statuses_and_consent_changes_from_every_channel_are_forwarded_as_docume
     post(client, body)
     post(client, body)  # Meta delivers it again: it moves nothing, so it is not forwarded again
 
-    [status] = receiver.wait_for(1, "status")
-    assert status["message"] | {"meta_message_id": None} == {
-        "id": message_id, "meta_message_id": None, "status": "delivered", "error_code": None, "campaign_id": None,
+    sent, delivered = receiver.wait_for(2, "status")
+    assert delivered["message"] == {
+        "id": message_id, "meta_message_id": meta_id, "status": "delivered", "reason": None, "error_code": None, "campaign_id": None,
     }
+    assert sent["message"]["status"] == "sent"  # when Meta took it: the send's answer
     [opt_in] = receiver.wait_for(1, "consent")
     assert (opt_in["consent"]["action"], opt_in["consent"]["channel"], opt_in["person"]["wa_id"]) == ("opt_in", "web", USER)
     time.sleep(0.3)
-    assert len(receiver.accepted("status")) == 1
+    assert len(receiver.accepted("status")) == 2
     document = openapi_document()
     for event in receiver.accepted():
         schema = {"$ref": f"#/components/schemas/Forwarded{event['type'].title()}", "components": document["components"]}

@@ -111,3 +111,17 @@ def test_every_event_arrives_once_in_order_after_an_outage_a_redis_flush_and_a_r
     runner = app.test_cli_runner()
     status = runner.invoke(args=["forward", "status"]).output
     assert "FORWARD_URL" in status and "the receiver answered 503" in status
+
+
+def test_a_reply_queued_before_a_stop_is_blocked_and_the_system_is_told(app, client, receiver, workers):
+    say(client, "can I change my order?", sender=PEOPLE[1])
+    queued = client.post("/api/v1/messages", headers=AUTH, json={"to": PEOPLE[1], "text": "Sure, what would you like?"})
+    assert queued.status_code == 202
+    say(client, "STOP", sender=PEOPLE[1])
+    workers.start()
+
+    deadline = time.monotonic() + 20
+    while not (ours := [s for s in receiver.accepted("status") if s["message"]["id"] == queued.get_json()["id"]]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [(s["message"]["status"], s["message"]["reason"]) for s in ours] == [("blocked", "opted_out")]
+    assert [c["consent"]["action"] for c in receiver.accepted("consent")] == ["opt_out"]

@@ -108,6 +108,10 @@ class Feed:
     def __bool__(self) -> bool:
         return bool(self.destinations)
 
+    @property
+    def forwards_statuses(self) -> bool:
+        return Destination.URL in self.destinations
+
     def event(
         self, type: EventType, person_id: str, person: Mapping[str, str | None], occurred_at: datetime,
         payload: Mapping[str, object], to: Iterable[Destination] | None = None,
@@ -144,15 +148,15 @@ class Feed:
         return rows
 
     def statuses(self, moved: Iterable[Mapping]) -> list[dict]:
-        """Events for the outbound messages a status moved on (id, recipient, sent_to, person_id, state, ...)."""
-        if Destination.URL not in self.destinations:
+        """Events for outbound messages that moved on (id, recipient, sent_to, person_id, state, ...)."""
+        if not self.forwards_statuses:
             return []
         rows = []
         for message in moved:
             person = person_of(i for i in (message["sent_to"], message["recipient"]) if i)
             status = {
                 "id": message["id"], "meta_message_id": message["meta_message_id"], "status": message["state"],
-                "error_code": message["error_code"], "campaign_id": message["campaign_id"],
+                "reason": message["reason"], "error_code": message["error_code"], "campaign_id": message["campaign_id"],
             }
             person_id = message["person_id"] or str(uuid.uuid5(uuid.NAMESPACE_URL, f"whatsapp:{message['recipient']}"))
             rows += self.event(EventType.STATUS, person_id, person, self.clock(), {"message": status}, [Destination.URL])
