@@ -49,7 +49,9 @@ def wake_forwarders(connection: redis.Redis) -> Callable[[], None]:
 
     def wake() -> None:
         with connection.pipeline(transaction=False) as pipe:
-            pipe.lpush(WAKE_KEY, "1").ltrim(WAKE_KEY, 0, 0).execute()
+            pipe.lpush(WAKE_KEY, "1")
+            pipe.ltrim(WAKE_KEY, 0, 0)
+            pipe.execute()
 
     return wake
 
@@ -166,6 +168,7 @@ class Forwarder:
         return len(events)
 
     def _deliver(self, event: Pending) -> None:
+        outcome: Callable[[], object]
         try:
             self.deliver(event)
             outcome = functools.partial(self.queue.delivered, event)
