@@ -23,7 +23,7 @@ from bot.outbound.worker import _forwarders, _start_forwarders
 from bot.services import services_of
 from bot.staff.openapi import openapi_document
 from bot.storage.conversations import forget_before
-from bot.storage.forwarding import Destination, EventType, Feed, ForwardQueue
+from bot.storage.forwarding import FRONT, Destination, EventType, Feed, ForwardQueue
 from bot.storage.ledger import as_utc
 from bot.storage.schema import conversations, forwarded_events, inbound_messages, outbound_messages
 from examples.opening_hours import HOURS
@@ -296,3 +296,20 @@ def test_the_console_shows_what_is_pending_and_failed_and_an_operator_sends_fail
     assert answer.status_code == 302
     assert "1 failed event(s) will be delivered again" in page_text(operator.get(answer.location))
     assert [s.pending for s in queue.summary()] == [1, 1]
+
+
+def test_one_person_waiting_for_a_retry_never_holds_up_everyone_behind_them(database_url, redis_url, graph):
+    app = create_app(app_config(database_url, redis_url, graph))
+    clock = FakeClock(services_of(app).ledger.clock())
+    queue = ForwardQueue(services_of(app).engine, clock)
+    feed = Feed([Destination.URL], clock)
+    stuck = [feed.event(EventType.MESSAGE, "stuck", {"wa_id": USER, "user_id": None}, clock.now, {"n": n})[0] for n in range(FRONT + 1)]
+    with services_of(app).engine.begin() as conn:
+        feed.write(conn, stuck)
+        feed.write(conn, feed.event(EventType.MESSAGE, "behind", {"wa_id": OTHER_USER, "user_id": None}, clock.now, {"n": 0}))
+    [head] = queue.claim(Destination.URL, 1)
+    assert head.person_id == "stuck"
+    queue.not_delivered(head, "the receiver answered 400")  # its retry is 10 s away; 5,000 more of theirs wait behind it
+
+    assert [event.person_id for event in queue.claim(Destination.URL, 10)] == ["behind"]
+    services_of(app).dispose()
