@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
         ensure_virtualenv("requirements-dev.txt")
         for script in (
             "bench/keyword_score.py", "bench/ledger.py", "bench/send_throughput.py", "bench/webhook_load.py", "bench/slow_clients.py",
-            "bench/export_memory.py", "bench/soak.py",
+            "bench/export_memory.py", "bench/soak.py", "bench/forwarding.py",
         ):
             subprocess.run([str(PYTHON), script, "--quick"], check=True)
         return 0

@@ -19,6 +19,7 @@ from bot.services import build_services, register
 from bot.settings import INSTANCE, PROJECT_ROOT, Settings, instance_secret, load_settings
 from bot.staff import api, pages
 from bot.staff.cli import consent_cli, db_cli, keywords_cli
+from bot.staff.forward_cli import forward_cli
 from bot.staff.send_cli import campaign_cli, send_cli
 from bot.staff.staff_cli import staff_cli
 from bot.staff.templates_cli import templates_cli
@@ -54,7 +55,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(sa.exc.DataError, _unstorable)
     app.register_error_handler(sa.exc.SQLAlchemyError, _unavailable)
     app.register_error_handler(redis.RedisError, _unavailable)
-    for group in (consent_cli, keywords_cli, send_cli, campaign_cli, templates_cli, staff_cli, db_cli):
+    for group in (consent_cli, keywords_cli, send_cli, campaign_cli, templates_cli, staff_cli, forward_cli, db_cli):
         app.cli.add_command(group)
     return app
 

@@ -41,6 +41,7 @@ from devstack.processes import Child, Supervisor
 SANDBOX_PHONE_NUMBER_ID = "100000000000001"
 SANDBOX_BUSINESS_ACCOUNT_ID = "100000000000002"
 LOCAL_ADMIN = "admin@example.com"  # the console account a local run makes when there is none
+EXAMPLE_HANDLERS = "examples.opening_hours"  # the handlers a sandboxed local run loads when BOT_HANDLERS is not set
 READY_TIMEOUT = 90.0  # seconds; a first start on a busy 2-core machine takes a while
 STOP_TIMEOUT = 20.0  # seconds each process gets to finish what it is doing
 
@@ -133,6 +134,7 @@ def _run(
             WHATSAPP_PHONE_NUMBER_ID=SANDBOX_PHONE_NUMBER_ID, WHATSAPP_APP_SECRET=secrets.token_hex(32),
             WHATSAPP_BUSINESS_ACCOUNT_ID=SANDBOX_BUSINESS_ACCOUNT_ID,  # sends are decided on the sandbox's template catalog
         )
+        env.setdefault("BOT_HANDLERS", EXAMPLE_HANDLERS)  # never against Meta: real customers would get the example's answers
         supervisor.start("sandbox", [sys.executable, "-m", "sandbox", "serve", "--port", str(sandbox_port), "--bot-url", web_url], env)
     other = run_settings.record({name: env.get(name) for name in _setting_names()})
     if other is not None:
@@ -207,6 +209,10 @@ def _banner(env: Mapping[str, str], web_url: str, sandbox_url: str | None, embed
         lines.append(f"            sign in as {email} with the one-time password {one_time} (shown this once; you choose your own)")
     else:
         lines.append("            its accounts: python3 dev.py flask staff list; another: python3 dev.py flask staff add EMAIL --role admin")
+    if env.get("BOT_HANDLERS"):
+        lines.append(f"  handlers  {env['BOT_HANDLERS']}   (BOT_HANDLERS: ask the sandbox \"are you open on Sunday?\")")
+    if env.get("FORWARD_URL"):
+        lines.append(f"  forward   {masked_url(env['FORWARD_URL'])}   (python3 dev.py flask forward status)")
     lines += [
         "  worker    python -m bot.outbound.worker",
         f"  redis     {redis_url}" + ("   (embedded, stops with the bot)" if embedded else ""),

@@ -20,8 +20,8 @@ POSTGRES_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://post
 # "gw0", "gw1", ... in a pytest-xdist worker (`python3 dev.py test` runs two); None in a plain run.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 # Redis databases a worker never takes unless told to: `python3 dev.py start`'s default (0) and
-# the benchmarks' (bench/*.py: 5, 12, 14), which empty theirs as the tests do.
-RESERVED_REDIS_DBS = frozenset({0, 5, 12, 14})
+# the benchmarks' (bench/*.py: 5, 10, 12, 14), which empty theirs as the tests do.
+RESERVED_REDIS_DBS = frozenset({0, 5, 10, 12, 14})
 
 
 def postgres_schema_of_worker(schema: str, worker: str | None) -> str:

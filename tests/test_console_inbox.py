@@ -286,6 +286,19 @@ def test_taking_over_holds_automated_replies_until_released(app, operator):
     assert listed(operator, show="mine") == []
 
 
+def test_while_one_operator_handles_it_the_others_texts_are_refused(app, operator):
+    written(app)
+    operator.post(f"/console/inbox/{USER}/take", data={"csrf_token": csrf_of(operator.get(f"/console/inbox/{USER}"))})
+    other = signed_in(app, "bo@example.com", Role.OPERATOR)
+    page = page_text(other.get(f"/console/inbox/{USER}"))
+    assert f"{OPERATOR} handles this conversation: a text from you is refused until you take it over." in page
+    assert f"Take over from {OPERATOR}" in page
+    refused = reply(other, USER, text="Hi, Bo here")
+    assert refused.status_code == 409 and f"Not sent. {OPERATOR} handles this conversation: take it over to reply." in page_text(refused)
+    assert "staff:bo@example.com" not in [row.requested_by for row in outbound(app)]
+    assert reply(operator, USER, text="Hi, Ana here").status_code == 302  # the one who handles it replies
+
+
 def test_a_person_who_never_wrote_has_no_conversation_to_take_over(app, operator):
     services_of(app).ledger.append(web_opt_in(THIRD_USER))
     page = operator.get(f"/console/inbox/{THIRD_USER}")

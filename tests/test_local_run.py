@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from bot.settings import PROJECT_ROOT
 from devstack import run_settings
+from examples.opening_hours import HOURS
 from sandbox.cli import simulate
 from tests.conftest import APP_SECRET, PHONE_NUMBER_ID
 from tests.local_run import ADMIN_TOKEN, RunningBot, SandboxUser, running_bot, still_running
@@ -84,6 +85,9 @@ def test_a_conversation_through_the_sandbox_then_ctrl_c_stops_everything(tmp_pat
 
         (welcome,) = user.say("hello")
         assert "Acme Bakery" in welcome and "reply STOP" in welcome
+
+        with subtests.test("the example handler the local run loads answers a question about opening hours"):
+            assert user.say("are you open on Sunday?") == [HOURS]
 
         assert user.say("STOP") == [
             "You are unsubscribed from Acme Bakery on WhatsApp and will get no more messages from us. Reply START to subscribe again."

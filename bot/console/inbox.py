@@ -17,12 +17,12 @@ from bot.console import template_form
 from bot.console.access import requires, signed_in_staff
 from bot.console.inbound_words import said_by_id
 from bot.console.rendering import render
-from bot.console.wording import refused_reply
+from bot.console.wording import actor_name, refused_reply
 from bot.domain.consent import Action, ConsentEvent, ConsentState
 from bot.domain.identity import InvalidIdentifier, normalize_identifier
 from bot.domain.staff import Role
 from bot.services import current_services
-from bot.staff.message_sends import stored_differently, submit_to_one
+from bot.staff.message_sends import handled_by_another, stored_differently, submit_to_one
 from bot.staff.request_rules import TEMPLATE_KINDS, InvalidField, message_request
 from bot.storage.inbox import THREAD, Cursor, Inbox
 from bot.storage.ledger import utc_now
@@ -73,10 +73,14 @@ def reply(identifier: str) -> BaseResponse:
         nonce = uuid.UUID(request.form.get("request", ""))
     except ValueError:
         abort(400, "This form is incomplete. Go back, reload the page and try again.")
-    outbox = current_services().outbox
+    outbox, sender = current_services().outbox, signed_in_staff().recorded_by
     try:
         message = message_request(_reply_body(state.address), current_services().replies)
-        submission = submit_to_one(outbox, message, f"console:{nonce}", signed_in_staff().recorded_by)
+        handler = handled_by_another(outbox, message, sender)
+        if handler is not None:
+            error = f"Not sent. {actor_name(handler)} handles this conversation: take it over to reply."
+            return _conversation_page(state, person, 409, error=error, form=request.form)
+        submission = submit_to_one(outbox, message, f"console:{nonce}", sender)
     except InvalidField as invalid:
         error = f"{FIELD_LABELS.get(invalid.field, invalid.field)}: {invalid.problem}."
         return _conversation_page(state, person, 422, error=error, form=request.form)

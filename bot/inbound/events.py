@@ -245,7 +245,7 @@ def _message(item: Any, contacts: list[tuple[str, ...]]) -> WebhookEvent:
         elif message_type is MessageType.REACTION:
             reaction = _reaction(_object(item, kind))
         elif message_type in (MessageType.LOCATION, MessageType.CONTACTS) and item.get(kind) is not None:
-            shared = json.dumps(item[kind], ensure_ascii=False, default=str)[:20_000]
+            shared = _shared(item[kind])
         elif message_type is MessageType.BUTTON:
             payload, title = _str(item["button"].get("payload")), _str(item["button"].get("text"))
         elif message_type is MessageType.INTERACTIVE:
@@ -272,6 +272,13 @@ def _quoted(item: dict) -> str | None:
     context = item.get("context")
     quoted = context.get("id") if isinstance(context, dict) else None
     return quoted if isinstance(quoted, str) and quoted.isprintable() and len(quoted) <= 255 else None
+
+
+def _shared(value: object) -> str | None:
+    """A location or contact cards as JSON, when they are of a size a person shares (never cut:
+    cut JSON could not be read back)."""
+    shared = json.dumps(value, default=str)
+    return shared if len(shared) <= 20_000 else None
 
 
 def _object(item: dict, key: str) -> dict:

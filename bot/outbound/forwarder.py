@@ -24,8 +24,7 @@ import requests
 
 from bot.domain.policy import MessageKind
 from bot.plugins import Answer, Consent, Handlers, IncomingMessage, Person
-from bot.storage.conversations import handled_by
-from bot.storage.db import reading
+from bot.storage.conversations import handler_of
 from bot.storage.forwarding import Destination, ForwardQueue, Pending
 from bot.storage.ledger import Ledger
 from bot.storage.outbox import Message, Outbox, QueueName
@@ -50,7 +49,9 @@ def wake_forwarders(connection: redis.Redis) -> Callable[[], None]:
 
     def wake() -> None:
         with connection.pipeline(transaction=False) as pipe:
-            pipe.lpush(WAKE_KEY, "1").ltrim(WAKE_KEY, 0, 0).execute()
+            pipe.lpush(WAKE_KEY, "1")
+            pipe.ltrim(WAKE_KEY, 0, 0)
+            pipe.execute()
 
     return wake
 
@@ -88,8 +89,7 @@ def run_handlers(handlers: Handlers, ledger: Ledger, outbox: Outbox) -> Deliver:
         handler = handlers.handler_for(message)
         if handler is None:
             return
-        with reading(ledger.engine) as conn:
-            staff = handled_by(conn, [event.person_id]).get(event.person_id)
+        staff = handler_of(ledger.engine, event.person_id)
         if staff is not None:
             log.info("no handler answers message %s: %s handles the conversation", message.id, staff)
             return
@@ -168,6 +168,7 @@ class Forwarder:
         return len(events)
 
     def _deliver(self, event: Pending) -> None:
+        outcome: Callable[[], object]
         try:
             self.deliver(event)
             outcome = functools.partial(self.queue.delivered, event)

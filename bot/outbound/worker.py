@@ -162,14 +162,17 @@ def _forwarders(services: Services) -> list[Forwarder]:
     return forwarders
 
 
-def _start_forwarders(services: Services, forwarders: list[Forwarder], stop: threading.Event) -> None:
+def _start_forwarders(services: Services, forwarders: list[Forwarder], stop: threading.Event) -> list[threading.Thread]:
+    """Start the delivery loops; their threads, to wait for at shutdown (deliveries in flight finish)."""
     if not forwarders:
-        return
-    for forwarder in forwarders:
-        threading.Thread(target=forwarder.run, args=(stop,), name=f"forward-{forwarder.destination.value}", daemon=True).start()
+        return []
+    threads = [threading.Thread(target=f.run, args=(stop,), name=f"forward-{f.destination.value}") for f in forwarders]
+    for thread in threads:
+        thread.start()
     # Its own connection: the blocking pop outlasts the services' client's socket timeout.
     connection = redis.Redis.from_url(services.settings.redis_url)
     threading.Thread(target=listen_for_wakes, args=(connection, forwarders, stop), name="forward-wakes", daemon=True).start()
+    return threads
 
 
 def _work_through_redis_outages(make_worker: Callable[[], SimpleWorker], stop: threading.Event) -> None:
@@ -217,7 +220,7 @@ def main() -> int:
     sys.setswitchinterval(0.001)
     stop = threading.Event()
     threading.Thread(target=_sweep_forever, args=(send_runtime, stop), name="sweeper", daemon=True).start()
-    _start_forwarders(services, forwarders, stop)
+    forwarding = _start_forwarders(services, forwarders, stop)
     queues = [send_runtime.queues[QueueName.REPLIES], send_runtime.queues[QueueName.BULK]]  # replies first
     # Its own connection: RQ's blocking dequeue outlasts the services' client's socket timeout.
     connection = redis.Redis.from_url(services.settings.redis_url)
@@ -226,6 +229,8 @@ def main() -> int:
     finally:
         stop.set()
         send_runtime.shutdown()  # let sends in flight finish and record their outcome
+        for thread in forwarding:  # ... and deliveries
+            thread.join()
     return 0
 
 

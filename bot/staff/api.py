@@ -23,7 +23,7 @@ from bot.domain.policy import MessageKind, Refusal
 from bot.domain.staff import Role
 from bot.services import current_services
 from bot.staff.audit_download import export_response
-from bot.staff.message_sends import stored_differently, submit_to_one
+from bot.staff.message_sends import handled_by_another, stored_differently, submit_to_one
 from bot.staff.openapi import openapi_document
 from bot.staff.request_rules import (
     InvalidField,
@@ -34,6 +34,7 @@ from bot.staff.request_rules import (
     parameters_field,
 )
 from bot.storage.campaigns import CampaignIdTaken, CampaignRefused, Campaigns
+from bot.storage.conversations import HANDLED_BY_STAFF
 from bot.storage.ledger import SourceRefConflict, utc_now
 from bot.storage.outbox import Outbox, Template
 
@@ -188,6 +189,12 @@ def audit():
 def send_message():
     message = message_request(_json_body(), current_services().replies)
     outbox = current_services().outbox
+    staff = handled_by_another(outbox, message, _recorded_by())
+    if staff is not None:
+        return api_error(
+            409, "not_allowed", f"{staff} handles this conversation in the console: no automated reply until it is released",
+            reason=HANDLED_BY_STAFF,
+        )
     categories = _categories(outbox, message.template, message.kind) if message.template else {}
     submission = submit_to_one(outbox, message, _request_key("api"), _recorded_by())
     if _given_key() and stored_differently(outbox, submission.message_id, message):

@@ -7,7 +7,22 @@ from __future__ import annotations
 from bot.domain.identity import InvalidIdentifier, normalize_identifier
 from bot.domain.policy import MessageKind
 from bot.staff.request_rules import parameters_field
+from bot.storage.conversations import handler_of
 from bot.storage.outbox import Message, Outbox, QueueName, Submission
+
+
+def handled_by_another(outbox: Outbox, message: Message, requested_by: str) -> str | None:
+    """The staff member (`staff:EMAIL`) who handles the conversation a text would answer, when it
+    is not whoever sends it: until they release it, no one else's text goes (SPEC §9). Templates,
+    such as an order update, are not held."""
+    if message.template is not None:
+        return None
+    try:
+        person_id = outbox.ledger.state(normalize_identifier(message.to)).person_id
+    except InvalidIdentifier:
+        return None  # the outbox refuses the recipient itself
+    staff = handler_of(outbox.engine, person_id) if person_id else None
+    return staff if staff != requested_by else None
 
 
 def submit_to_one(outbox: Outbox, message: Message, idempotency_key: str, requested_by: str) -> Submission:

@@ -17,9 +17,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from bot.inbound.events import InboundMessage, MessageType
-from bot.storage.db import insert_once, one_statement
+from bot.storage.db import insert_once, one_statement, reading
 from bot.storage.schema import conversations, inbound_messages
 
+HANDLED_BY_STAFF = "handled_by_staff"  # why an automated reply is refused while staff handle the conversation
 _CHANGES = (MessageType.EDIT, MessageType.REVOKE)  # messages that change another
 
 
@@ -27,10 +28,17 @@ def message_row(message: InboundMessage, person_id: str, handled_as: str | None,
     """The row that keeps an inbound message (not written yet)."""
     return {
         "id": message.message_id, "person_id": person_id, "sender": message.sender, "type": message.type.value,
-        "text": message.text, "content": json.dumps(content_of(message), ensure_ascii=False, sort_keys=True),
+        "text": storable(message.text), "content": json.dumps(content_of(message), sort_keys=True),
         "handled_as": handled_as, "sent_at": min(message.timestamp, now), "received_at": now,
         "edited_at": None, "revoked_at": None,
     }
+
+
+def storable(text: str | None) -> str | None:
+    """Text as PostgreSQL can hold it (no NUL): a message that cannot be kept must never stop
+    the STOP in it from being recorded, in the same transaction. JSON columns are kept ASCII
+    (escapes) for the same reason: a lone surrogate in a location's name stays an escape."""
+    return text.replace("\x00", "\ufffd") if text else text
 
 
 def content_of(message: InboundMessage) -> dict:
@@ -58,7 +66,7 @@ def keep(conn: Connection, kept: list[tuple[dict, InboundMessage]]) -> None:
         conn.execute(insert_once(conn, inbound_messages, ["id"]), rows)
     for row, change in changes:
         values = (
-            {"text": change.text, "edited_at": row["sent_at"]} if change.type is MessageType.EDIT
+            {"text": storable(change.text), "edited_at": row["sent_at"]} if change.type is MessageType.EDIT
             else {"text": None, "content": "{}", "revoked_at": row["sent_at"]}
         )
         target = inbound_messages.c.id == change.original_id
@@ -89,7 +97,13 @@ def handled_by(conn: Connection, person_ids: Iterable[str]) -> dict[str, str]:
         sa.select(conversations.c.person_id, conversations.c.handled_by)
         .where(conversations.c.person_id.in_(set(person_ids)), conversations.c.handled_by.is_not(None))
     )
-    return dict(rows.tuples().all())
+    return {person: staff for person, staff in rows}
+
+
+def handler_of(engine: Engine, person_id: str) -> str | None:
+    """The staff member handling this person's conversation, if one does."""
+    with reading(engine) as conn:
+        return handled_by(conn, [person_id]).get(person_id)
 
 
 def forget_before(engine: Engine, cutoff: datetime, batch: int = 5000) -> int:

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from bot.domain.identity import IdentifierKind, kind_of
 from bot.storage.db import one_statement, reading
-from bot.storage.ledger import utc_now
+from bot.storage.ledger import as_utc, utc_now
 from bot.storage.people import identifiers_of
 from bot.storage.schema import forwarded_events as events
 
@@ -108,6 +108,10 @@ class Feed:
     def __bool__(self) -> bool:
         return bool(self.destinations)
 
+    @property
+    def forwards_statuses(self) -> bool:
+        return Destination.URL in self.destinations
+
     def event(
         self, type: EventType, person_id: str, person: Mapping[str, str | None], occurred_at: datetime,
         payload: Mapping[str, object], to: Iterable[Destination] | None = None,
@@ -121,7 +125,8 @@ class Feed:
             body = {"id": event_id, "type": type.value, "occurred_at": occurred_at.isoformat(), "person": dict(person), **payload}
             rows.append({
                 "id": event_id, "destination": destination.value, "person_id": person_id, "type": type.value,
-                "body": json.dumps(body, ensure_ascii=False, separators=(",", ":")), "state": Delivery.PENDING.value,
+                "body": json.dumps(body, separators=(",", ":")),  # ASCII (escapes): always storable
+                "state": Delivery.PENDING.value,
                 "attempts": 0, "created_at": now, "next_attempt_at": now,
             })
         return rows
@@ -143,15 +148,15 @@ class Feed:
         return rows
 
     def statuses(self, moved: Iterable[Mapping]) -> list[dict]:
-        """Events for the outbound messages a status moved on (id, recipient, sent_to, person_id, state, ...)."""
-        if Destination.URL not in self.destinations:
+        """Events for outbound messages that moved on (id, recipient, sent_to, person_id, state, ...)."""
+        if not self.forwards_statuses:
             return []
         rows = []
         for message in moved:
             person = person_of(i for i in (message["sent_to"], message["recipient"]) if i)
             status = {
                 "id": message["id"], "meta_message_id": message["meta_message_id"], "status": message["state"],
-                "error_code": message["error_code"], "campaign_id": message["campaign_id"],
+                "reason": message["reason"], "error_code": message["error_code"], "campaign_id": message["campaign_id"],
             }
             person_id = message["person_id"] or str(uuid.uuid5(uuid.NAMESPACE_URL, f"whatsapp:{message['recipient']}"))
             rows += self.event(EventType.STATUS, person_id, person, self.clock(), {"message": status}, [Destination.URL])
@@ -173,11 +178,15 @@ class ForwardQueue:
         """Lease the oldest pending event of up to `limit` people whose oldest is due and not
         leased (nor, `busy`, in this process's hands)."""
         now = self.clock()
+        values = {"for_destination": destination.value, "now": now, "until": now + lease, "limit": limit, "busy": sorted(busy) or [""]}
         with one_statement(self.engine) as conn:
-            values = {"destination": destination.value, "now": now, "until": now + lease, "limit": limit, "busy": sorted(busy) or [""]}
-            rows = conn.execute(_CLAIM, values).mappings().all()
+            rows = conn.execute(_CLAIM_FROM_FRONT, values).mappings().all()
+        if len(rows) < limit:
+            with one_statement(self.engine) as conn:
+                if conn.execute(_FRONT_FULL, values).first() is not None:
+                    rows += conn.execute(_CLAIM_FROM_ALL, values | {"limit": limit - len(rows)}).mappings().all()
         return [
-            Pending(r["seq"], r["id"], destination, r["person_id"], r["body"], r["attempts"], r["created_at"])
+            Pending(r["seq"], r["id"], destination, r["person_id"], r["body"], r["attempts"], as_utc(r["created_at"]))
             for r in sorted(rows, key=lambda r: r["seq"])
         ]
 
@@ -190,7 +199,7 @@ class ForwardQueue:
         if now - event.created_at >= GIVE_UP_AFTER:
             self._finish(event, Delivery.FAILED, error)
             return False
-        wait = min(self.first_retry * 2 ** (event.attempts - 1), LONGEST_WAIT)
+        wait = min(self.first_retry * 2 ** min(event.attempts - 1, 30), LONGEST_WAIT)  # the cap before the power overflows
         with one_statement(self.engine) as conn:
             conn.execute(
                 events.update().where(events.c.seq == event.seq, events.c.state == Delivery.PENDING.value)
@@ -203,11 +212,10 @@ class ForwardQueue:
         self._finish(event, Delivery.FAILED, error)
 
     def _finish(self, event: Pending, state: Delivery, error: str | None) -> None:
+        """An event delivered keeps the error of its last failed try, for `flask forward status`."""
+        values = {"state": state.value, "finished_at": self.clock(), "lease_until": None} | ({"last_error": error[:255]} if error else {})
         with one_statement(self.engine) as conn:
-            conn.execute(
-                events.update().where(events.c.seq == event.seq, events.c.state == Delivery.PENDING.value)
-                .values(state=state.value, finished_at=self.clock(), lease_until=None, last_error=error[:255] if error else None)
-            )
+            conn.execute(events.update().where(events.c.seq == event.seq, events.c.state == Delivery.PENDING.value).values(**values))
 
     def retry_failed(self, destination: Destination | None = None) -> int:
         """Send the failed events again, from now on (`flask forward retry`); how many."""
@@ -235,17 +243,17 @@ class ForwardQueue:
             counts = conn.execute(
                 sa.select(events.c.destination, events.c.state, sa.func.count(), sa.func.min(events.c.created_at))
                 .group_by(events.c.destination, events.c.state)
-            ).tuples().all()
+            ).all()
             errors = conn.execute(
                 sa.select(events.c.destination, events.c.last_error, sa.func.coalesce(events.c.finished_at, events.c.next_attempt_at))
                 .where(events.c.last_error.is_not(None))
                 .order_by(sa.func.coalesce(events.c.finished_at, events.c.next_attempt_at).desc())
                 .limit(50)
-            ).tuples().all()
+            ).all()
         summaries = []
         for destination in Destination:
-            mine = {state: (count, oldest) for d, state, count, oldest in counts if d == destination.value}
-            error = next(((text, at) for d, text, at in errors if d == destination.value), (None, None))
+            mine = {state: (count, oldest and as_utc(oldest)) for d, state, count, oldest in counts if d == destination.value}
+            error = next(((text, as_utc(at)) for d, text, at in errors if d == destination.value), (None, None))
             pending = mine.get(Delivery.PENDING.value, (0, None))
             summaries.append(Summary(
                 destination, pending[0], mine.get(Delivery.FAILED.value, (0, None))[0],
@@ -253,37 +261,48 @@ class ForwardQueue:
             ))
         return summaries
 
-    def failures(self, limit: int = 50) -> list[sa.RowMapping]:
-        """The newest failed events."""
+    def failures(self, limit: int = 50) -> list[dict]:
+        """The newest failed events: id, destination, type, person_id, created_at, finished_at, attempts, last_error."""
         with reading(self.engine) as conn:
-            return conn.execute(
+            found = conn.execute(
                 sa.select(events.c.id, events.c.destination, events.c.type, events.c.person_id, events.c.created_at,
                           events.c.finished_at, events.c.attempts, events.c.last_error)
                 .where(events.c.state == Delivery.FAILED.value).order_by(events.c.seq.desc()).limit(limit)
             ).mappings().all()
+        return [{**row, "created_at": as_utc(row["created_at"]), "finished_at": as_utc(row["finished_at"])} for row in found]
 
 
 # Each person's oldest pending event, when it is due and nobody holds it; leased in one statement.
 # Another worker's claim of the same event at the same moment finds it leased and skips it.
-_HEADS = (
-    sa.select(sa.func.min(events.c.seq))
-    .where(events.c.state == Delivery.PENDING.value, events.c.destination == sa.bindparam("destination"))
-    .group_by(events.c.person_id)
-)
+# The quick way looks only at the FRONT oldest pending events: the oldest of a person there is
+# their oldest of all, as the front holds every pending event before it. Only when the front is
+# full and offers too few (people there wait for a retry, and those behind them are due) does a
+# claim look at every pending event.
+FRONT = 5000
+_PENDING = (events.c.state == Delivery.PENDING.value, events.c.destination == sa.bindparam("for_destination"))
 _DUE = (
     events.c.state == Delivery.PENDING.value,
     events.c.next_attempt_at <= sa.bindparam("now"),
     sa.or_(events.c.lease_until.is_(None), events.c.lease_until < sa.bindparam("now")),
 )
-_CHOSEN = (
-    sa.select(events.c.seq)
-    .where(events.c.seq.in_(_HEADS), *_DUE, events.c.person_id.not_in(sa.bindparam("busy", expanding=True)))
-    .order_by(events.c.seq)
-    .limit(sa.bindparam("limit"))
-)
-_CLAIM = (
-    events.update()
-    .where(events.c.seq.in_(_CHOSEN.scalar_subquery()), *_DUE)
-    .values(lease_until=sa.bindparam("until"), attempts=events.c.attempts + 1)
-    .returning(events.c.seq, events.c.id, events.c.person_id, events.c.body, events.c.attempts, events.c.created_at)
-)
+_FRONT = sa.select(events.c.seq, events.c.person_id).where(*_PENDING).order_by(events.c.seq).limit(FRONT).subquery("front")
+_FRONT_FULL = sa.select(events.c.seq).where(*_PENDING).order_by(events.c.seq).offset(FRONT - 1).limit(1)
+
+
+def _claim(heads: sa.Select) -> sa.Update:
+    chosen = (
+        sa.select(events.c.seq)
+        .where(events.c.seq.in_(heads), *_DUE, events.c.person_id.not_in(sa.bindparam("busy", expanding=True)))
+        .order_by(events.c.seq)
+        .limit(sa.bindparam("limit"))
+    )
+    return (
+        events.update()
+        .where(events.c.seq.in_(chosen.scalar_subquery()), *_DUE)
+        .values(lease_until=sa.bindparam("until"), attempts=events.c.attempts + 1)
+        .returning(events.c.seq, events.c.id, events.c.person_id, events.c.body, events.c.attempts, events.c.created_at)
+    )
+
+
+_CLAIM_FROM_FRONT = _claim(sa.select(sa.func.min(_FRONT.c.seq)).group_by(_FRONT.c.person_id))
+_CLAIM_FROM_ALL = _claim(sa.select(sa.func.min(events.c.seq)).where(*_PENDING).group_by(events.c.person_id))

@@ -204,7 +204,7 @@ class Intake:
         rows = []
         for row, message, meaning, consent in forwarded:
             person = row["person_id"]
-            payload = {
+            payload: dict[str, object] = {
                 "message": {"id": message.message_id, "type": message.type.value, "text": message.text, **content_of(message)},
                 "consent": consent, "conversation": {"handled_by": handling.get(person)},
             }

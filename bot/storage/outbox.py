@@ -376,11 +376,18 @@ class Outbox:
                     for message_id, meta_id, event_id, sent_to in sends
                 ]
                 conn.execute(_MARK_ALL_SENT, {"rows": as_json_rows(rows), "ids": [row["id"] for row in rows], "now": now})
-                return
-            conn.execute(_MARK_SENT, [
-                {"message_id": message_id, "meta_id": meta_id, "consent_event_id": consent_event_id, "sent_to": sent_to, "now": now}
-                for message_id, meta_id, consent_event_id, sent_to in sends
-            ])
+            else:
+                conn.execute(_MARK_SENT, [
+                    {"message_id": message_id, "meta_id": meta_id, "consent_event_id": consent_event_id, "sent_to": sent_to, "now": now}
+                    for message_id, meta_id, consent_event_id, sent_to in sends
+                ])
+            self._forward_states(conn, [message_id for message_id, *_ in sends])
+
+    def _forward_states(self, conn: sa.Connection, message_ids: list[str]) -> None:
+        """Forward the states these messages were just moved to (sent, failed, blocked at send time)."""
+        if self.feed.forwards_statuses:
+            moved = conn.execute(sa.select(*_MOVED_COLUMNS).where(messages.c.id.in_(message_ids))).mappings().all()
+            self.feed.write(conn, self.feed.statuses(moved))
 
     def decided_as(self, message_id: str, kind: MessageKind) -> None:
         """Note the kind a message was allowed as at send time, when Meta's catalog moved its
@@ -388,13 +395,19 @@ class Outbox:
         self._update(message_id, kind=kind.value)
 
     def mark_blocked(self, message_id: str, reason: Refusal) -> None:
-        self._update(message_id, state=MessageState.BLOCKED.value, reason=reason.value, lease_until=None)
+        self._end(message_id, state=MessageState.BLOCKED.value, reason=reason.value, lease_until=None)
 
     def mark_failed(self, message_id: str, reason: str, code: int | None, detail: str | None) -> None:
-        self._update(
-            message_id, state=MessageState.FAILED.value, reason=reason, error_code=code,
-            error_detail=detail, lease_until=None,
-        )
+        self._end(message_id, state=MessageState.FAILED.value, reason=reason, error_code=code, error_detail=detail, lease_until=None)
+
+    def _end(self, message_id: str, **values: Any) -> None:
+        """A final state reached at send time, forwarded with it."""
+        if not self.feed.forwards_statuses:
+            return self._update(message_id, **values)
+        values["updated_at"] = self.clock()
+        with self._writer.begin() as conn:
+            conn.execute(_update_by_id(frozenset(values)), {"message_id": message_id, **{f"new_{k}": v for k, v in values.items()}})
+            self._forward_states(conn, [message_id])
 
     def release(self, message_id: str, retry_at: datetime, code: int | None = None, detail: str | None = None) -> None:
         """Give a claimed message back to the queue, due again at `retry_at`."""
@@ -583,7 +596,7 @@ _EARLIER = {
 # What a forwarded status tells of the message it moved on (bot.storage.forwarding.Feed.statuses).
 _MOVED_COLUMNS = (
     messages.c.id, messages.c.meta_message_id, messages.c.recipient, messages.c.sent_to, messages.c.person_id,
-    messages.c.state, messages.c.error_code, messages.c.campaign_id,
+    messages.c.state, messages.c.reason, messages.c.error_code, messages.c.campaign_id,
 )
 _APPLY_STATUS = (
     messages.update()

@@ -286,7 +286,7 @@ forwarded_events = sa.Table(
     sa.Column("last_error", sa.String(255)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Index(
-        "ix_forwarded_events_pending", "destination", "person_id", "seq",
+        "ix_forwarded_events_pending", "destination", "seq",
         sqlite_where=FORWARD_PENDING, postgresql_where=FORWARD_PENDING,
     ),
     sa.Index("ix_forwarded_events_state_finished_at", "state", "finished_at"),

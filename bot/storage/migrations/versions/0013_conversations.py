@@ -59,7 +59,7 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True)),
     )
     op.create_index(
-        "ix_forwarded_events_pending", "forwarded_events", ["destination", "person_id", "seq"],
+        "ix_forwarded_events_pending", "forwarded_events", ["destination", "seq"],
         sqlite_where=PENDING, postgresql_where=PENDING,
     )
     op.create_index("ix_forwarded_events_state_finished_at", "forwarded_events", ["state", "finished_at"])
