@@ -179,7 +179,7 @@ class Forwarder:
         except HandlerFailed as failed:
             outcome = functools.partial(self.queue.failed, event, str(failed))
         except Exception as error:
-            reason = str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
+            reason = _reason(error)
             log.warning("event %s not delivered to %s (try %d): %s", event.id, self.destination.value, event.attempts, reason)
             outcome = functools.partial(self.queue.not_delivered, event, reason)
         try:
@@ -190,6 +190,15 @@ class Forwarder:
             with self._lock:
                 self._busy.discard(event.person_id)
             self._work.set()
+
+
+def _reason(error: Exception) -> str:
+    """Why a delivery failed, in one line without the URL (it may carry a token)."""
+    if isinstance(error, requests.Timeout):
+        return f"no answer within {TIMEOUT_SECONDS:.0f} s ({type(error).__name__})"
+    if isinstance(error, requests.RequestException):
+        return f"the receiver could not be reached ({type(error).__name__})"
+    return str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
 
 
 def listen_for_wakes(connection: redis.Redis, forwarders: list[Forwarder], stop: threading.Event) -> None:
