@@ -28,7 +28,7 @@ from bot.storage.ledger import as_utc
 from bot.storage.schema import conversations, forwarded_events, inbound_messages, outbound_messages
 from examples.opening_hours import HOURS
 from tests.conftest import ADMIN_TOKEN, FakeClock, app_config
-from tests.helpers import OTHER_USER, USER
+from tests.helpers import OTHER_USER, USER, reconfigure
 from tests.receiver import SECRET, Receiver
 from tests.test_console_auth import page_text, post_form, sign_in
 from tests.test_staff_accounts import add_staff
@@ -313,3 +313,17 @@ def test_one_person_waiting_for_a_retry_never_holds_up_everyone_behind_them(data
 
     assert [event.person_id for event in queue.claim(Destination.URL, 10)] == ["behind"]
     services_of(app).dispose()
+
+
+def test_a_receiver_that_cannot_be_reached_is_tried_again_and_the_reason_keeps_its_url_secret(app, client):
+    reconfigure(app, forward_url="http://127.0.0.1:1/events?token=hush", forward_secret=SECRET)
+    stop = threading.Event()
+    threads = _start_forwarders(services_of(app), _forwarders(services_of(app)), stop)
+    say(client, "anyone there?")
+    try:
+        [event] = wait_for_rows(app, forwarded_events, forwarded_events.c.destination == "url", forwarded_events.c.last_error.is_not(None))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert (event["state"], event["last_error"]) == ("pending", "the receiver could not be reached (ConnectionError)")

@@ -35,6 +35,7 @@ WAKE_KEY = "whatsapp:forward:wake"  # the webhook pushes here once it committed 
 POLL_SECONDS = 1.0
 TIMEOUT_SECONDS = 10.0  # for the receiver's answer: then the event is tried again later
 CONCURRENCY = 32  # events in delivery at once, per destination and worker process
+ANSWER_READ = 64 * 1024  # of a receiver's answer
 
 
 class HandlerFailed(Exception):
@@ -71,9 +72,12 @@ def post_to(url: str, secret: str, concurrency: int = CONCURRENCY) -> Deliver:
     def deliver(event: Pending) -> None:
         body = event.body.encode()
         headers = {"Content-Type": "application/json", "X-Signature-256": signature(secret, body), "User-Agent": "consent-bot-forwarder"}
-        answer = session.post(url, data=body, headers=headers, timeout=TIMEOUT_SECONDS, allow_redirects=False)
-        if not 200 <= answer.status_code < 300:
-            raise RuntimeError(f"the receiver answered {answer.status_code}")
+        # Only the status counts. A short answer is read, so that the connection serves the next
+        # event; the rest of a long one is never read (nor held in memory): that connection closes.
+        with session.post(url, data=body, headers=headers, timeout=TIMEOUT_SECONDS, allow_redirects=False, stream=True) as answer:
+            answer.raw.read(ANSWER_READ)
+            if not 200 <= answer.status_code < 300:
+                raise RuntimeError(f"the receiver answered {answer.status_code}")
 
     return deliver
 
@@ -175,7 +179,7 @@ class Forwarder:
         except HandlerFailed as failed:
             outcome = functools.partial(self.queue.failed, event, str(failed))
         except Exception as error:
-            reason = str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
+            reason = _reason(error)
             log.warning("event %s not delivered to %s (try %d): %s", event.id, self.destination.value, event.attempts, reason)
             outcome = functools.partial(self.queue.not_delivered, event, reason)
         try:
@@ -186,6 +190,15 @@ class Forwarder:
             with self._lock:
                 self._busy.discard(event.person_id)
             self._work.set()
+
+
+def _reason(error: Exception) -> str:
+    """Why a delivery failed, in one line without the URL (it may carry a token)."""
+    if isinstance(error, requests.Timeout):
+        return f"no answer within {TIMEOUT_SECONDS:.0f} s ({type(error).__name__})"
+    if isinstance(error, requests.RequestException):
+        return f"the receiver could not be reached ({type(error).__name__})"
+    return str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
 
 
 def listen_for_wakes(connection: redis.Redis, forwarders: list[Forwarder], stop: threading.Event) -> None:
