@@ -180,7 +180,7 @@ class ForwardQueue:
         now = self.clock()
         values = {"for_destination": destination.value, "now": now, "until": now + lease, "limit": limit, "busy": sorted(busy) or [""]}
         with one_statement(self.engine) as conn:
-            rows = conn.execute(_CLAIM_FROM_FRONT, values).mappings().all()
+            rows = list(conn.execute(_CLAIM_FROM_FRONT, values).mappings())
         if len(rows) < limit:
             with one_statement(self.engine) as conn:
                 if conn.execute(_FRONT_FULL, values).first() is not None:
