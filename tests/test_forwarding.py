@@ -7,6 +7,7 @@ The app records webhooks in this process; the forwarders run as a worker process
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -20,7 +21,9 @@ import sqlalchemy as sa
 from bot import create_app
 from bot.domain.staff import Role
 from bot.outbound.worker import _forwarders, _start_forwarders
+from bot.plugins import HandlersNotFound
 from bot.services import services_of
+from bot.settings import ConfigError
 from bot.staff.openapi import openapi_document
 from bot.storage.conversations import forget_before
 from bot.storage.forwarding import FRONT, Destination, EventType, Feed, ForwardQueue
@@ -326,4 +329,37 @@ def test_a_receiver_that_cannot_be_reached_is_tried_again_and_the_reason_keeps_i
         stop.set()
         for thread in threads:
             thread.join()
-    assert (event["state"], event["last_error"]) == ("pending", "the receiver could not be reached (ConnectionError)")
+    assert (event["state"], event["last_error"]) == ("pending", "the receiver could not be reached (ConnectionRefusedError)")
+
+
+def test_a_handler_that_raises_fails_once_and_the_others_go_on(database_url, redis_url, graph, receiver):
+    app = create_app(app_config(
+        database_url, redis_url, graph, FORWARD_URL=receiver.url, FORWARD_SECRET=SECRET, BOT_HANDLERS="tests.failing_handlers",
+    ))
+    stop = threading.Event()
+    threads = _start_forwarders(services_of(app), _forwarders(services_of(app)), stop)
+    client = app.test_client()
+    try:
+        say(client, "what is the price of rye bread?")
+        post(client, payload("image_message.json"))
+        [thanks] = wait_for_rows(app, outbound_messages, outbound_messages.c.requested_by == "handler:thank_for_photo")
+        [failed] = wait_for_rows(app, forwarded_events, forwarded_events.c.state == "failed")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert json.loads(thanks["content"]) == {"text": "Thanks for the photo!"}
+    assert (failed["destination"], failed["attempts"]) == ("handlers", 1)
+    assert failed["last_error"] == "handler quote_price raised ValueError: no price list loaded"
+    assert "handler quote_price raised ValueError" in app.test_cli_runner().invoke(args=["forward", "status"]).output
+    services_of(app).dispose()
+
+
+def test_bot_handlers_naming_no_handlers_stops_the_worker_with_one_line(database_url, redis_url, graph):
+    for module, reason in (("tests.no_such_module", "cannot be imported (ModuleNotFoundError"), ("tests.helpers", "has no `handlers")):
+        app = create_app(app_config(database_url, redis_url, graph, BOT_HANDLERS=module))
+        with pytest.raises(HandlersNotFound, match=re.escape(reason)):
+            _forwarders(services_of(app))
+        services_of(app).dispose()
+    with pytest.raises(ConfigError, match="FORWARD_SECRET must be too"):
+        create_app(app_config(database_url, redis_url, graph, FORWARD_URL="https://crm.example.com/whatsapp"))

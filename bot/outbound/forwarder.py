@@ -9,18 +9,21 @@ flush or a restart only delays delivery: what is pending lives in the database.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
+import http.client
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from queue import SimpleQueue
+from urllib.parse import urlsplit
 
 import redis
-import requests
+from requests.certs import where as ca_bundle  # type: ignore[attr-defined]  # certifi's, as the Cloud API's client uses
 
 from bot.domain.policy import MessageKind
 from bot.plugins import Answer, Consent, Handlers, IncomingMessage, Person
@@ -62,24 +65,62 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def post_to(url: str, secret: str, concurrency: int = CONCURRENCY) -> Deliver:
+def post_to(url: str, secret: str) -> Deliver:
     """Deliver by POSTing the event's body, signed; any answer but 2xx, or none in time, fails it."""
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=concurrency)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
+    receiver = _Receiver(url)
 
     def deliver(event: Pending) -> None:
         body = event.body.encode()
-        headers = {"Content-Type": "application/json", "X-Signature-256": signature(secret, body), "User-Agent": "consent-bot-forwarder"}
-        # Only the status counts. A short answer is read, so that the connection serves the next
-        # event; the rest of a long one is never read (nor held in memory): that connection closes.
-        with session.post(url, data=body, headers=headers, timeout=TIMEOUT_SECONDS, allow_redirects=False, stream=True) as answer:
-            answer.raw.read(ANSWER_READ)
-            if not 200 <= answer.status_code < 300:
-                raise RuntimeError(f"the receiver answered {answer.status_code}")
+        status = receiver.post(body, {"Content-Type": "application/json", "X-Signature-256": signature(secret, body)})
+        if not 200 <= status < 300:
+            raise RuntimeError(f"the receiver answered {status}")
 
     return deliver
+
+
+class _Receiver:
+    """FORWARD_URL's host, over one kept-alive HTTP/1.1 connection per delivering thread
+    (http.client: the CPU of a pooled client library per event is what a busy worker spends most on)."""
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        self._tls = ssl.create_default_context(cafile=ca_bundle()) if parts.scheme == "https" else None
+        self._host, self._port = parts.hostname or "", parts.port or (443 if self._tls else 80)
+        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._local = threading.local()
+
+    def post(self, body: bytes, headers: dict[str, str]) -> int:
+        """The answer's status. Only a short answer is read, so that the connection serves the
+        next event; a long one closes it. A kept connection the receiver closed while idle is
+        replaced once (the event's id makes a repeat harmless)."""
+        headers = {**headers, "User-Agent": "consent-bot-forwarder", "Content-Length": str(len(body))}
+        for fresh in (False, True):
+            connection = self._connection(fresh)
+            try:
+                connection.request("POST", self._target, body, headers)
+                answer = connection.getresponse()
+                read = answer.read(ANSWER_READ)
+            except (OSError, http.client.HTTPException) as error:
+                connection.close()
+                self._local.connection = None
+                if fresh or isinstance(error, TimeoutError):
+                    raise
+                continue
+            if answer.will_close or len(read) == ANSWER_READ:
+                connection.close()
+                self._local.connection = None
+            return answer.status
+        raise AssertionError("unreachable: the fresh connection's attempt returns or raises")
+
+    def _connection(self, fresh: bool) -> http.client.HTTPConnection:
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        if connection is None or fresh:
+            if self._tls:
+                connection = http.client.HTTPSConnection(self._host, self._port, timeout=TIMEOUT_SECONDS, context=self._tls)
+            else:
+                connection = http.client.HTTPConnection(self._host, self._port, timeout=TIMEOUT_SECONDS)
+            self._local.connection = connection
+        return connection
 
 
 def run_handlers(handlers: Handlers, ledger: Ledger, outbox: Outbox) -> Deliver:
@@ -132,12 +173,16 @@ def _incoming(body: dict) -> IncomingMessage:
 
 
 class Forwarder:
-    """One destination's delivery loop in this process."""
+    """One destination's delivery loop in this process.
+
+    The loop's own thread claims events and records what became of them, many in one statement:
+    the threads of its pool only deliver, so the database is asked a few times per round of
+    deliveries, not a few times per event."""
 
     def __init__(self, queue: ForwardQueue, destination: Destination, deliver: Deliver, concurrency: int = CONCURRENCY):
         self.queue, self.destination, self.deliver, self.concurrency = queue, destination, deliver, concurrency
-        self._busy: set[str] = set()  # people whose event is in delivery here
-        self._lock = threading.Lock()
+        self._busy: set[str] = set()  # people whose event is in delivery here, until its outcome is recorded
+        self._outcomes: SimpleQueue[tuple[Pending, Exception | None]] = SimpleQueue()
         self._work = threading.Event()  # something may be ready: a wake-up, or a delivery that finished
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix=f"forward-{destination.value}")
 
@@ -145,58 +190,68 @@ class Forwarder:
         self._work.set()
 
     def run(self, stop: threading.Event) -> None:
-        """Deliver until `stop`; then let deliveries in flight finish."""
+        """Deliver until `stop`; then let deliveries in flight finish and record them."""
         try:
             while not stop.is_set():
                 self._work.clear()
-                claimed = self._claim()
-                if not claimed:
+                recorded = self._record()
+                if not self._claim() and not recorded:
                     self._work.wait(POLL_SECONDS)
         finally:
             self._pool.shutdown(wait=True)
+            self._record()
 
     def _claim(self) -> int:
-        with self._lock:
-            free, busy = self.concurrency - len(self._busy), set(self._busy)
+        free = self.concurrency - len(self._busy)
         if free <= 0:
             return 0
         try:
-            events = self.queue.claim(self.destination, free, busy)
+            events = self.queue.claim(self.destination, free, self._busy)
         except Exception:  # the database is away: look again later
             log.exception("could not claim events to forward")
             return 0
         for event in events:
-            with self._lock:
-                self._busy.add(event.person_id)
+            self._busy.add(event.person_id)
             self._pool.submit(self._deliver, event)
         return len(events)
 
     def _deliver(self, event: Pending) -> None:
-        outcome: Callable[[], object]
         try:
             self.deliver(event)
-            outcome = functools.partial(self.queue.delivered, event)
-        except HandlerFailed as failed:
-            outcome = functools.partial(self.queue.failed, event, str(failed))
+            self._outcomes.put((event, None))
         except Exception as error:
-            reason = _reason(error)
-            log.warning("event %s not delivered to %s (try %d): %s", event.id, self.destination.value, event.attempts, reason)
-            outcome = functools.partial(self.queue.not_delivered, event, reason)
-        try:
-            outcome()
-        except Exception:  # the database is away: the lease runs out and the event goes again
-            log.exception("could not record a forwarded event's outcome")
+            self._outcomes.put((event, error))
         finally:
-            with self._lock:
-                self._busy.discard(event.person_id)
             self._work.set()
+
+    def _record(self) -> int:
+        """Record the outcomes of the deliveries that finished; how many. One that cannot be
+        recorded (the database is away) is delivered again once its lease runs out."""
+        finished = []
+        while not self._outcomes.empty():
+            finished.append(self._outcomes.get())
+        delivered = [event for event, error in finished if error is None]
+        try:
+            if delivered:
+                self.queue.delivered(delivered)
+            for event, error in finished:
+                if isinstance(error, HandlerFailed):
+                    self.queue.failed(event, str(error))
+                elif error is not None:
+                    reason = _reason(error)
+                    log.warning("event %s not delivered to %s (try %d): %s", event.id, self.destination.value, event.attempts, reason)
+                    self.queue.not_delivered(event, reason)
+        except Exception:
+            log.exception("could not record what became of %d forwarded event(s)", len(finished))
+        self._busy.difference_update(event.person_id for event, _ in finished)
+        return len(finished)
 
 
 def _reason(error: Exception) -> str:
     """Why a delivery failed, in one line without the URL (it may carry a token)."""
-    if isinstance(error, requests.Timeout):
-        return f"no answer within {TIMEOUT_SECONDS:.0f} s ({type(error).__name__})"
-    if isinstance(error, requests.RequestException):
+    if isinstance(error, TimeoutError):
+        return f"no answer within {TIMEOUT_SECONDS:.0f} s"
+    if isinstance(error, (OSError, http.client.HTTPException)):
         return f"the receiver could not be reached ({type(error).__name__})"
     return str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
 

@@ -2,8 +2,8 @@
 
 Written inside the webhook's transaction (bot.storage.intake), apart from the consent ledger:
 the ledger's evidence never depends on these rows, which the sweeper removes after
-MESSAGE_RETENTION_DAYS. An edit changes the stored message's text and a revoke empties it;
-both change nothing when the message they name is not kept (anymore).
+MESSAGE_RETENTION_DAYS. An edit changes the stored message's text and a revoke empties it,
+when the message they name is kept and is the same person's; otherwise they are kept themselves.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def keep(conn: Connection, kept: list[tuple[dict, InboundMessage]]) -> None:
             {"text": storable(change.text), "edited_at": row["sent_at"]} if change.type is MessageType.EDIT
             else {"text": None, "content": "{}", "revoked_at": row["sent_at"]}
         )
-        target = inbound_messages.c.id == change.original_id
+        target = (inbound_messages.c.id == change.original_id) & (inbound_messages.c.person_id == row["person_id"])
         if conn.execute(inbound_messages.update().where(target).values(**values)).rowcount == 0:
             conn.execute(insert_once(conn, inbound_messages, ["id"]), [row])
     latest: dict[str, datetime] = {}

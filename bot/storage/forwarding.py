@@ -190,14 +190,19 @@ class ForwardQueue:
             for r in sorted(rows, key=lambda r: r["seq"])
         ]
 
-    def delivered(self, event: Pending) -> None:
-        self._finish(event, Delivery.DELIVERED, None)
+    def delivered(self, delivered: list[Pending]) -> None:
+        """These were delivered: one statement for all."""
+        with one_statement(self.engine) as conn:
+            conn.execute(
+                events.update().where(events.c.seq.in_([e.seq for e in delivered]), events.c.state == Delivery.PENDING.value)
+                .values(state=Delivery.DELIVERED.value, finished_at=self.clock(), lease_until=None)
+            )
 
     def not_delivered(self, event: Pending, error: str) -> bool:
         """Try again later, or keep it as failed once it has waited GIVE_UP_AFTER; whether it will be tried again."""
         now = self.clock()
         if now - event.created_at >= GIVE_UP_AFTER:
-            self._finish(event, Delivery.FAILED, error)
+            self.failed(event, error)
             return False
         wait = min(self.first_retry * 2 ** min(event.attempts - 1, 30), LONGEST_WAIT)  # the cap before the power overflows
         with one_statement(self.engine) as conn:
@@ -208,14 +213,12 @@ class ForwardQueue:
         return True
 
     def failed(self, event: Pending, error: str) -> None:
-        """Kept as failed now, without more tries (a handler that raised)."""
-        self._finish(event, Delivery.FAILED, error)
-
-    def _finish(self, event: Pending, state: Delivery, error: str | None) -> None:
-        """An event delivered keeps the error of its last failed try, for `flask forward status`."""
-        values = {"state": state.value, "finished_at": self.clock(), "lease_until": None} | ({"last_error": error[:255]} if error else {})
+        """Kept as failed now, without more tries (given up on, or a handler that raised)."""
         with one_statement(self.engine) as conn:
-            conn.execute(events.update().where(events.c.seq == event.seq, events.c.state == Delivery.PENDING.value).values(**values))
+            conn.execute(
+                events.update().where(events.c.seq == event.seq, events.c.state == Delivery.PENDING.value)
+                .values(state=Delivery.FAILED.value, finished_at=self.clock(), lease_until=None, last_error=error[:255])
+            )
 
     def retry_failed(self, destination: Destination | None = None) -> int:
         """Send the failed events again, from now on (`flask forward retry`); how many."""
