@@ -16,6 +16,7 @@ import json
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -27,7 +28,6 @@ from requests.certs import where as ca_bundle  # type: ignore[attr-defined]  # c
 
 from bot.domain.policy import MessageKind
 from bot.plugins import Answer, Consent, Handlers, IncomingMessage, Person
-from bot.storage.conversations import handler_of
 from bot.storage.forwarding import Destination, ForwardQueue, Pending
 from bot.storage.ledger import Ledger
 from bot.storage.outbox import Message, Outbox, QueueName
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 WAKE_KEY = "whatsapp:forward:wake"  # the webhook pushes here once it committed events to forward
 POLL_SECONDS = 1.0
+ROUND_SECONDS = 0.02  # at most one round of claiming and recording per this long, per loop
 TIMEOUT_SECONDS = 10.0  # for the receiver's answer: then the event is tried again later
 CONCURRENCY = 32  # events in delivery at once, per destination and worker process
 ANSWER_READ = 64 * 1024  # of a receiver's answer
@@ -70,7 +71,7 @@ def post_to(url: str, secret: str) -> Deliver:
     receiver = _Receiver(url)
 
     def deliver(event: Pending) -> None:
-        body = event.body.encode()
+        body = event.delivered_body().encode()
         status = receiver.post(body, {"Content-Type": "application/json", "X-Signature-256": signature(secret, body)})
         if not 200 <= status < 300:
             raise RuntimeError(f"the receiver answered {status}")
@@ -134,9 +135,8 @@ def run_handlers(handlers: Handlers, ledger: Ledger, outbox: Outbox) -> Deliver:
         handler = handlers.handler_for(message)
         if handler is None:
             return
-        staff = handler_of(ledger.engine, event.person_id)
-        if staff is not None:
-            log.info("no handler answers message %s: %s handles the conversation", message.id, staff)
+        if event.handled_by is not None:
+            log.info("no handler answers message %s: %s handles the conversation", message.id, event.handled_by)
             return
         sender = message.person.wa_id or message.person.user_id
         assert sender is not None, "a forwarded message names its sender"
@@ -193,10 +193,14 @@ class Forwarder:
         """Deliver until `stop`; then let deliveries in flight finish and record them."""
         try:
             while not stop.is_set():
+                started = time.monotonic()
                 self._work.clear()
                 recorded = self._record()
                 if not self._claim() and not recorded:
                     self._work.wait(POLL_SECONDS)
+                # What finishes or comes in meanwhile waits for the next round: under load, a
+                # round's few statements serve many events, not one each.
+                time.sleep(max(0.0, started + ROUND_SECONDS - time.monotonic()))
         finally:
             self._pool.shutdown(wait=True)
             self._record()

@@ -25,6 +25,7 @@ from bot.domain.identity import IdentifierKind, kind_of
 from bot.storage.db import one_statement, reading
 from bot.storage.ledger import as_utc, utc_now
 from bot.storage.people import identifiers_of
+from bot.storage.schema import conversations
 from bot.storage.schema import forwarded_events as events
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,18 @@ class Pending:
     id: str
     destination: Destination
     person_id: str
+    type: EventType
     body: str
     attempts: int  # counting this one
     created_at: datetime
+    handled_by: str | None  # the staff member handling the person's conversation now, if one does
+
+    def delivered_body(self) -> str:
+        """The body as delivered: a message event says who handles the conversation now (its
+        stored body ends with its last field; the JSON is compact)."""
+        if self.type is not EventType.MESSAGE:
+            return self.body
+        return f'{self.body[:-1]},"conversation":{json.dumps({"handled_by": self.handled_by})}}}'
 
 
 @dataclass(frozen=True)
@@ -173,6 +183,7 @@ class ForwardQueue:
 
     def __init__(self, engine: Engine, clock: Callable[[], datetime] = utc_now, first_retry: timedelta = timedelta(seconds=10)):
         self.engine, self.clock, self.first_retry = engine, clock, first_retry
+        self._front_short_until: dict[Destination, datetime] = {}  # until then, the front held every pending event
 
     def claim(self, destination: Destination, limit: int, busy: Iterable[str] = (), lease: timedelta = timedelta(seconds=60)) -> list[Pending]:
         """Lease the oldest pending event of up to `limit` people whose oldest is due and not
@@ -181,12 +192,16 @@ class ForwardQueue:
         values = {"for_destination": destination.value, "now": now, "until": now + lease, "limit": limit, "busy": sorted(busy) or [""]}
         with one_statement(self.engine) as conn:
             rows = list(conn.execute(_CLAIM_FROM_FRONT, values).mappings())
-        if len(rows) < limit:
-            with one_statement(self.engine) as conn:
-                if conn.execute(_FRONT_FULL, values).first() is not None:
+            if len(rows) < limit and now >= self._front_short_until.get(destination, now):
+                if conn.execute(_FRONT_FULL, values).first() is None:
+                    self._front_short_until[destination] = now + FRONT_LOOK_AGAIN  # everything pending was looked at
+                else:
                     rows += conn.execute(_CLAIM_FROM_ALL, values | {"limit": limit - len(rows)}).mappings().all()
         return [
-            Pending(r["seq"], r["id"], destination, r["person_id"], r["body"], r["attempts"], as_utc(r["created_at"]))
+            Pending(
+                r["seq"], r["id"], destination, r["person_id"], EventType(r["type"]), r["body"], r["attempts"],
+                as_utc(r["created_at"]), r["handled_by"],
+            )
             for r in sorted(rows, key=lambda r: r["seq"])
         ]
 
@@ -282,6 +297,7 @@ class ForwardQueue:
 # full and offers too few (people there wait for a retry, and those behind them are due) does a
 # claim look at every pending event.
 FRONT = 5000
+FRONT_LOOK_AGAIN = timedelta(seconds=1)  # after finding fewer pending events than FRONT
 _PENDING = (events.c.state == Delivery.PENDING.value, events.c.destination == sa.bindparam("for_destination"))
 _DUE = (
     events.c.state == Delivery.PENDING.value,
@@ -290,6 +306,9 @@ _DUE = (
 )
 _FRONT = sa.select(events.c.seq, events.c.person_id).where(*_PENDING).order_by(events.c.seq).limit(FRONT).subquery("front")
 _FRONT_FULL = sa.select(events.c.seq).where(*_PENDING).order_by(events.c.seq).offset(FRONT - 1).limit(1)
+
+
+_HANDLED_BY = sa.select(conversations.c.handled_by).where(conversations.c.person_id == events.c.person_id).scalar_subquery()
 
 
 def _claim(heads: sa.Select) -> sa.Update:
@@ -303,7 +322,10 @@ def _claim(heads: sa.Select) -> sa.Update:
         events.update()
         .where(events.c.seq.in_(chosen.scalar_subquery()), *_DUE)
         .values(lease_until=sa.bindparam("until"), attempts=events.c.attempts + 1)
-        .returning(events.c.seq, events.c.id, events.c.person_id, events.c.body, events.c.attempts, events.c.created_at)
+        .returning(
+            events.c.seq, events.c.id, events.c.person_id, events.c.type, events.c.body, events.c.attempts, events.c.created_at,
+            _HANDLED_BY.label("handled_by"),
+        )
     )
 
 

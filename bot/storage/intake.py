@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from bot.domain.consent import Action, ConsentState, EventDraft, session_opened
 from bot.domain.identity import phones_first
 from bot.inbound.events import InboundMessage, MessageType
-from bot.storage.conversations import content_of, handled_by, keep, message_row
+from bot.storage.conversations import content_of, keep, message_row
 from bot.storage.db import WriteConflict, insert_once, writer
 from bot.storage.forwarding import Destination, EventType, person_of
 from bot.storage.ledger import Ledger, as_utc, state_of
@@ -200,13 +200,12 @@ class Intake:
         forwarded = [kept for kept in self._kept if kept[2] in FORWARDED]
         if not feed or not forwarded:
             return
-        handling = handled_by(self.conn, {row["person_id"] for row, *_ in forwarded})
         rows = []
         for row, message, meaning, consent in forwarded:
             person = row["person_id"]
             payload: dict[str, object] = {
                 "message": {"id": message.message_id, "type": message.type.value, "text": message.text, **content_of(message)},
-                "consent": consent, "conversation": {"handled_by": handling.get(person)},
+                "consent": consent,  # and `conversation`, as it is when delivered (bot.outbound.forwarder)
             }
             if meaning is not None:
                 payload["review"] = meaning
