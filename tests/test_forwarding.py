@@ -363,3 +363,15 @@ def test_bot_handlers_naming_no_handlers_stops_the_worker_with_one_line(database
         services_of(app).dispose()
     with pytest.raises(ConfigError, match="FORWARD_SECRET must be too"):
         create_app(app_config(database_url, redis_url, graph, FORWARD_URL="https://crm.example.com/whatsapp"))
+
+
+def test_a_message_meta_delivers_again_is_forwarded_once(app, client, receiver, forwarders):
+    body = message_body(id="wamid.TWICE", type="text", text={"body": "do you deliver to Leiden?"})
+    for _ in range(3):
+        assert post(client, body).status_code == 200
+
+    receiver.wait_for(1, "message")
+    time.sleep(0.5)
+    assert [e["message"]["id"] for e in receiver.accepted("message")] == ["wamid.TWICE"]
+    assert len(rows(app, forwarded_events, forwarded_events.c.destination == "handlers")) == 1
+    assert len(rows(app, inbound_messages)) == 1

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from bot.domain.identity import IdentifierKind, kind_of
-from bot.storage.db import one_statement, reading
+from bot.storage.db import insert_once, one_statement, reading
 from bot.storage.ledger import as_utc, utc_now
 from bot.storage.people import identifiers_of
 from bot.storage.schema import conversations
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 GIVE_UP_AFTER = timedelta(days=3)
 LONGEST_WAIT = timedelta(hours=1)  # between two tries of one event
 KEEP_DELIVERED = timedelta(days=7)  # delivered events stay this long, for `flask forward status`
-CONSENT_CHANGES = ("opt_in", "opt_out")  # the ledger actions forwarded as consent changes
+CONSENT_CHANGES = ("opt_in", "opt_out")
+_EVENT_IDS = uuid.UUID("6f1d7c2e-5b1a-4c8e-9a57-3f2b8d0e4a61")  # the namespace of ids made from what Meta sent  # the ledger actions forwarded as consent changes
 
 
 class Destination(str, enum.Enum):
@@ -124,14 +125,16 @@ class Feed:
 
     def event(
         self, type: EventType, person_id: str, person: Mapping[str, str | None], occurred_at: datetime,
-        payload: Mapping[str, object], to: Iterable[Destination] | None = None,
+        payload: Mapping[str, object], to: Iterable[Destination] | None = None, once_per: str | None = None,
     ) -> list[dict]:
-        """The rows of one event, one per destination that takes it (`to`: only these)."""
+        """The rows of one event, one per destination that takes it (`to`: only these). With
+        `once_per` (what Meta sent it for: a message id), its id is made from it, so that the
+        same message delivered by Meta again is not an event again."""
         now = self.clock()
         wanted = [d for d in self.destinations if (to is None or d in to) and (d is Destination.URL or type is EventType.MESSAGE)]
         rows = []
         for destination in wanted:
-            event_id = str(uuid.uuid4())
+            event_id = str(uuid.uuid5(_EVENT_IDS, f"{destination.value}:{once_per}") if once_per else uuid.uuid4())
             body = {"id": event_id, "type": type.value, "occurred_at": occurred_at.isoformat(), "person": dict(person), **payload}
             rows.append({
                 "id": event_id, "destination": destination.value, "person_id": person_id, "type": type.value,
@@ -174,8 +177,9 @@ class Feed:
 
     @staticmethod
     def write(conn: Connection, rows: list[dict]) -> None:
+        """Add the events, but those already there (by id)."""
         if rows:
-            conn.execute(events.insert(), rows)
+            conn.execute(insert_once(conn, events, ["id"]), rows)
 
 
 class ForwardQueue:

@@ -210,7 +210,9 @@ class Intake:
             if meaning is not None:
                 payload["review"] = meaning
             to = None if meaning is None else [Destination.URL]
-            rows += feed.event(EventType.MESSAGE, person, person_of(self._identifiers[person]), row["sent_at"], payload, to)
+            rows += feed.event(
+                EventType.MESSAGE, person, person_of(self._identifiers[person]), row["sent_at"], payload, to, f"message:{message.message_id}",
+            )
         feed.write(self.conn, rows)
         self.forwarded = True
 
