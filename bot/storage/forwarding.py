@@ -120,7 +120,8 @@ class Feed:
         return bool(self.destinations)
 
     @property
-    def forwards_statuses(self) -> bool:
+    def reaches_url(self) -> bool:
+        """Whether FORWARD_URL is set: statuses and consent changes go there only."""
         return Destination.URL in self.destinations
 
     def event(
@@ -147,7 +148,7 @@ class Feed:
     def consents_in(self, conn: Connection, recorded: Iterable[Mapping]) -> list[dict]:
         """The consent changes among ledger rows just recorded."""
         changes = [row for row in recorded if row["action"] in CONSENT_CHANGES]
-        if not self or not changes:
+        if not self.reaches_url or not changes:
             return []
         known = identifiers_of(conn, {row["person_id"] for row in changes})
         rows = []
@@ -162,7 +163,7 @@ class Feed:
 
     def statuses(self, moved: Iterable[Mapping]) -> list[dict]:
         """Events for outbound messages that moved on (id, recipient, sent_to, person_id, state, ...)."""
-        if not self.forwards_statuses:
+        if not self.reaches_url:
             return []
         rows = []
         for message in moved:

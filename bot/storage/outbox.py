@@ -385,7 +385,7 @@ class Outbox:
 
     def _forward_states(self, conn: sa.Connection, message_ids: list[str]) -> None:
         """Forward the states these messages were just moved to (sent, failed, blocked at send time)."""
-        if self.feed.forwards_statuses:
+        if self.feed.reaches_url:
             moved = conn.execute(sa.select(*_MOVED_COLUMNS).where(messages.c.id.in_(message_ids))).mappings().all()
             self.feed.write(conn, self.feed.statuses(moved))
 
@@ -402,7 +402,7 @@ class Outbox:
 
     def _end(self, message_id: str, **values: Any) -> None:
         """A final state reached at send time, forwarded with it."""
-        if not self.feed.forwards_statuses:
+        if not self.feed.reaches_url:
             return self._update(message_id, **values)
         values["updated_at"] = self.clock()
         with self._writer.begin() as conn:
