@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from bot import create_app
 from bot.domain.staff import Role
-from bot.outbound.worker import _forwarders, _start_forwarders
+from bot.outbound.worker import _forwarders, _start_forwarders, tidy_when_due
 from bot.plugins import HandlersNotFound
 from bot.services import services_of
 from bot.settings import ConfigError
@@ -375,3 +375,16 @@ def test_a_message_meta_delivers_again_is_forwarded_once(app, client, receiver, 
     assert [e["message"]["id"] for e in receiver.accepted("message")] == ["wamid.TWICE"]
     assert len(rows(app, forwarded_events, forwarded_events.c.destination == "handlers")) == 1
     assert len(rows(app, inbound_messages)) == 1
+
+
+def test_the_sweeper_removes_old_messages_and_delivered_events_once_an_hour_across_workers(app, client):
+    say(client, "hello")
+    services = services_of(app)
+    with services.engine.begin() as conn:
+        conn.execute(inbound_messages.update().values(received_at=services.ledger.clock() - timedelta(days=91)))
+        conn.execute(forwarded_events.update().values(state="delivered", finished_at=services.ledger.clock() - timedelta(days=8)))
+
+    assert tidy_when_due(services) == (1, 2)  # the message; its events for FORWARD_URL and the handlers
+    assert tidy_when_due(services) is None  # another worker's round, within the hour: nothing
+    assert rows(app, inbound_messages) == [] and rows(app, forwarded_events) == []
+    assert services.ledger.state(USER).state.value == "implicit"
