@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 WAKE_KEY = "whatsapp:forward:wake"  # the webhook pushes here once it committed events to forward
 POLL_SECONDS = 1.0
-ROUND_SECONDS = 0.02  # at most one round of claiming and recording per this long, per loop
+ROUND_SECONDS = 0.05  # at most one round of claiming and recording per this long, per loop
 TIMEOUT_SECONDS = 10.0  # for the receiver's answer: then the event is tried again later
 CONCURRENCY = 32  # events in delivery at once, per destination and worker process
 ANSWER_READ = 64 * 1024  # of a receiver's answer
@@ -267,5 +267,6 @@ def listen_for_wakes(connection: redis.Redis, forwarders: list[Forwarder], stop:
             if connection.blpop([WAKE_KEY], timeout=1):
                 for forwarder in forwarders:
                     forwarder.wake()
+                stop.wait(ROUND_SECONDS)  # the wake-ups meanwhile are one (the list keeps one), for the next round
         except redis.RedisError:
             stop.wait(POLL_SECONDS)

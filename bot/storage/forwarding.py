@@ -213,10 +213,7 @@ class ForwardQueue:
     def delivered(self, delivered: list[Pending]) -> None:
         """These were delivered: one statement for all."""
         with one_statement(self.engine) as conn:
-            conn.execute(
-                events.update().where(events.c.seq.in_([e.seq for e in delivered]), events.c.state == Delivery.PENDING.value)
-                .values(state=Delivery.DELIVERED.value, finished_at=self.clock(), lease_until=None)
-            )
+            conn.execute(_DELIVERED, {"seqs": [event.seq for event in delivered], "now": self.clock()})
 
     def not_delivered(self, event: Pending, error: str) -> bool:
         """Try again later, or keep it as failed once it has waited GIVE_UP_AFTER; whether it will be tried again."""
@@ -336,3 +333,8 @@ def _claim(heads: sa.Select) -> sa.Update:
 
 _CLAIM_FROM_FRONT = _claim(sa.select(sa.func.min(_FRONT.c.seq)).group_by(_FRONT.c.person_id))
 _CLAIM_FROM_ALL = _claim(sa.select(sa.func.min(events.c.seq)).where(*_PENDING).group_by(events.c.person_id))
+_DELIVERED = (
+    events.update()
+    .where(events.c.seq.in_(sa.bindparam("seqs", expanding=True)), events.c.state == Delivery.PENDING.value)
+    .values(state=Delivery.DELIVERED.value, finished_at=sa.bindparam("now"), lease_until=None)
+)
