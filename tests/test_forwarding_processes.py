@@ -11,12 +11,16 @@ import pytest
 import redis
 
 from bot import create_app
+from bot.domain.staff import Role
 from bot.services import services_of
 from examples.opening_hours import HOURS
 from tests.conftest import app_config, fresh_postgres_url
 from tests.local_services import migrated
 from tests.receiver import SECRET, Receiver
+from tests.test_console_auth import sign_in
+from tests.test_console_inbox import reply
 from tests.test_forwarding import AUTH, say
+from tests.test_staff_accounts import add_staff
 from tests.test_worker import Workers
 
 pytestmark = [pytest.mark.processes, pytest.mark.postgres]
@@ -68,7 +72,7 @@ def wait_for_text(graph, to: str, text: str, timeout: float = 20) -> list[str]:
     return sent
 
 
-def test_a_question_reaches_the_system_and_both_answers_reach_the_user(app, client, graph, receiver, workers):
+def test_a_question_reaches_the_system_and_every_answer_reaches_the_user(app, client, graph, receiver, workers):
     workers.start()
     message_id = say(client, "hi, are you open on Sunday?", sender=PEOPLE[0])
 
@@ -80,6 +84,12 @@ def test_a_question_reaches_the_system_and_both_answers_reach_the_user(app, clie
     assert "Yes, 10:00 to 14:00 this Sunday!" in wait_for_text(graph, PEOPLE[0], "Yes, 10:00 to 14:00 this Sunday!")
     statuses = receiver.wait_for(1, "status", timeout=20)
     assert {s["message"]["status"] for s in statuses} <= {"sent", "delivered", "read"}
+
+    add_staff(app, "ana@example.com", Role.OPERATOR)
+    staff = app.test_client()
+    sign_in(staff, "ana@example.com")
+    assert reply(staff, PEOPLE[0], text="See you on Sunday, Ana").status_code == 302
+    assert "See you on Sunday, Ana" in wait_for_text(graph, PEOPLE[0], "See you on Sunday, Ana")  # from the inbox, by the worker
 
 
 def test_every_event_arrives_once_in_order_after_an_outage_a_redis_flush_and_a_restart(app, client, receiver, workers, tmp_path):
