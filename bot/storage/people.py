@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 from bot.domain.consent import Action, Channel, EventDraft
 from bot.domain.identity import kind_of, new_person_id, phones_first
 from bot.storage.db import WriteConflict, insert_once, string_array
-from bot.storage.schema import contacts, identities, merged_people
+from bot.storage.schema import contacts, conversations, forwarded_events, identities, inbound_messages, merged_people
 
 RECORDED_BY = "webhook"
 
@@ -237,7 +237,34 @@ def _merge(conn: Connection, person: str, other: str, tie: str, sighting: Sighti
     if last is not None:
         conn.execute(insert_once(conn, contacts, ["person_id"]).values(person_id=person, last_inbound_at=last))
         conn.execute(contacts.update().where(contacts.c.person_id == person).values(last_inbound_at=last))
+    _merge_conversations(conn, person, other)
     return _event(Action.PEOPLE_MERGED, tie, person, sighting.evidence_id, sighting.at, absorbed_person_id=other)
+
+
+def _merge_conversations(conn: Connection, person: str, other: str) -> None:
+    """What `other` wrote and what staff knew of their conversation become `person`'s: their
+    messages, events still to forward (in their order), and one conversation that is unread
+    where either was and handled by whoever handled either."""
+    conn.execute(inbound_messages.update().where(inbound_messages.c.person_id == other).values(person_id=person))
+    conn.execute(forwarded_events.update().where(forwarded_events.c.person_id == other).values(person_id=person))
+    both = conversations.c.person_id.in_([person, other])
+    merged = conn.execute(
+        sa.select(
+            sa.func.max(conversations.c.last_inbound_at).label("last_inbound_at"),
+            sa.case((sa.func.count(conversations.c.read_at) < sa.func.count(), sa.null()), else_=sa.func.min(conversations.c.read_at)).label("read_at"),
+        ).where(both)
+    ).one()
+    if merged.last_inbound_at is None:
+        return
+    handling = conn.execute(
+        sa.select(conversations.c.handled_by, conversations.c.handled_since)
+        .where(both, conversations.c.handled_by.is_not(None)).order_by(conversations.c.person_id != person).limit(1)
+    ).first()
+    conn.execute(conversations.delete().where(both))
+    conn.execute(conversations.insert().values(
+        person_id=person, last_inbound_at=merged.last_inbound_at, read_at=merged.read_at,
+        handled_by=handling.handled_by if handling else None, handled_since=handling.handled_since if handling else None,
+    ))
 
 
 def _event(action: Action, identifier: str, person: str, evidence_id: str, at: datetime, **evidence: Any) -> EventDraft:
