@@ -11,7 +11,8 @@ import re
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jsonschema_rs
 import pytest
@@ -20,13 +21,14 @@ import sqlalchemy as sa
 
 from bot import create_app
 from bot.domain.staff import Role
+from bot.outbound.forwarder import post_to
 from bot.outbound.worker import _forwarders, _start_forwarders, tidy_when_due
 from bot.plugins import HandlersNotFound
 from bot.services import services_of
 from bot.settings import ConfigError
 from bot.staff.openapi import openapi_document
 from bot.storage.conversations import forget_before
-from bot.storage.forwarding import FRONT, Destination, EventType, Feed, ForwardQueue
+from bot.storage.forwarding import FRONT, Destination, EventType, Feed, ForwardQueue, Pending
 from bot.storage.ledger import as_utc
 from bot.storage.schema import conversations, forwarded_events, inbound_messages, outbound_messages
 from examples.opening_hours import HOURS
@@ -388,3 +390,38 @@ def test_the_sweeper_removes_old_messages_and_delivered_events_once_an_hour_acro
     assert tidy_when_due(services) is None  # another worker's round, within the hour: nothing
     assert rows(app, inbound_messages) == [] and rows(app, forwarded_events) == []
     assert services.ledger.state(USER).state.value == "implicit"
+
+
+def test_a_kept_connection_the_receiver_closed_meanwhile_is_replaced_without_a_failure():
+    """A receiver that answers as HTTP/1.1 (keep-alive) and then drops the connection, as one
+    does after its idle timeout: the next event goes over a new connection, not into a retry."""
+    got: list[bytes] = []
+
+    class Closing(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            got.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self.close_connection = True  # without saying so: the client finds out on its next request
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Closing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        deliver = post_to(f"http://127.0.0.1:{server.server_port}/events", SECRET)
+        events = [
+            Pending(n, f"event-{n}", Destination.URL, "person-1", EventType.STATUS, f'{{"n":{n}}}', 1, datetime.now(UTC), None)
+            for n in range(3)
+        ]
+        for event in events:
+            time.sleep(0.05)  # the server has closed the last connection by now
+            deliver(event)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert got == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
