@@ -8,7 +8,6 @@ when the message they name is kept and is the same person's; otherwise they are 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import datetime
 
@@ -91,19 +90,10 @@ def _touch(conn: Connection, latest: dict[str, datetime]) -> None:
     conn.execute(statement, [{"person_id": person, "last_inbound_at": at} for person, at in sorted(latest.items())])
 
 
-def handled_by(conn: Connection, person_ids: Iterable[str]) -> dict[str, str]:
-    """The staff member handling each of these people's conversations, where one is."""
-    rows = conn.execute(
-        sa.select(conversations.c.person_id, conversations.c.handled_by)
-        .where(conversations.c.person_id.in_(set(person_ids)), conversations.c.handled_by.is_not(None))
-    )
-    return {person: staff for person, staff in rows}
-
-
 def handler_of(engine: Engine, person_id: str) -> str | None:
     """The staff member handling this person's conversation, if one does."""
     with reading(engine) as conn:
-        return handled_by(conn, [person_id]).get(person_id)
+        return conn.execute(sa.select(conversations.c.handled_by).where(conversations.c.person_id == person_id)).scalar()
 
 
 def forget_before(engine: Engine, cutoff: datetime, batch: int = 5000) -> int:

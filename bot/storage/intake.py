@@ -144,18 +144,17 @@ class Intake:
         return self._submitted.setdefault(key, submission)
 
     def keep_message(self, message: InboundMessage, meaning: str | None) -> None:
-        """Keep a settled sender's message for the console (written at the end) and, where it was
-        no consent keyword (`meaning`), forward it with the person's consent state now."""
-        person = self._people[message.sender]
+        """Keep a settled sender's message for the console (written at the end) and, where it is
+        forwarded, the person's consent state now, to go with it."""
         consent = None
-        if message.type is not MessageType.REVOKE:  # a revoke opens no session: its sender's state was not read
+        if self.outbox.feed and meaning in FORWARDED and message.type is not MessageType.REVOKE:  # a revoke's sender's state was not read
             state = self.state(message.sender)
             until = state.window_open_until(self.now)
             consent = {
                 "state": state.state.value, "marketing": state.marketing.value,
                 "window_open_until": until.isoformat() if until else None,
             }
-        self._kept.append((message_row(message, person, meaning, self.now), message, meaning, consent))
+        self._kept.append((message_row(message, self._people[message.sender], meaning, self.now), message, meaning, consent))
 
     def apply_status(self, meta_message_id: str, status: str, error_code: int | None, billing: Billing | None = None) -> None:
         """A delivery status, applied at the end with the others, with what Meta bills the message as."""
