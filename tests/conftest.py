@@ -22,7 +22,7 @@ from tests.local_services import (
     redis_url_of_worker,
 )
 
-pytest_plugins = ("tests.browser",)  # the headless Chromium fixtures, for page tests
+pytest_plugins = ("tests.browser", "tests.receiver")  # the headless Chromium fixtures, for page tests; a forwarding receiver
 
 BUSINESS = "Acme Bakery"
 # Two checkouts can run their suites at once on one machine by giving each its own of these; the

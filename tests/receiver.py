@@ -1,5 +1,6 @@
 """A business's own system receiving forwarded events (SPEC §9): a real local HTTP server that
-keeps every POST and answers what the test says (200, or 503 while it is "down")."""
+keeps every POST and answers what the test says (200, or 503 while it is "down"); the `receiver`
+fixture (a pytest plugin of conftest)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +10,8 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
 
 SECRET = "receiver-secret-0123456789"
 
@@ -69,3 +72,11 @@ class Receiver:
         while len(found := self.accepted(type)) < count and time.monotonic() < deadline:
             time.sleep(0.05)
         return found
+
+
+@pytest.fixture
+def receiver():
+    """A running receiver, stopped when the test ends."""
+    running = Receiver().start()
+    yield running
+    running.stop()

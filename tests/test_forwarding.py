@@ -34,19 +34,12 @@ from bot.storage.schema import conversations, forwarded_events, inbound_messages
 from examples.opening_hours import HOURS
 from tests.conftest import ADMIN_TOKEN, FakeClock, app_config
 from tests.helpers import OTHER_USER, USER, reconfigure
-from tests.receiver import SECRET, Receiver
+from tests.receiver import SECRET
 from tests.test_console_auth import page_text, post_form, sign_in
 from tests.test_staff_accounts import add_staff
 from tests.test_webhook import message_body, payload, post, sent_message, status_body
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-@pytest.fixture
-def receiver():
-    running = Receiver().start()
-    yield running
-    running.stop()
 
 
 @pytest.fixture

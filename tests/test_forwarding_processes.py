@@ -3,7 +3,6 @@ them) on PostgreSQL and Redis: the business's system down for a while, a Redis f
 worker restart meanwhile, and replies that reach the Graph API imitation."""
 from __future__ import annotations
 
-import os
 import signal
 import time
 
@@ -16,23 +15,16 @@ from bot.services import services_of
 from examples.opening_hours import HOURS
 from tests.conftest import app_config, fresh_postgres_url
 from tests.local_services import migrated
-from tests.receiver import SECRET, Receiver
+from tests.receiver import SECRET
 from tests.test_console_auth import sign_in
 from tests.test_console_inbox import reply
 from tests.test_forwarding import AUTH, say
 from tests.test_staff_accounts import add_staff
-from tests.test_worker import Workers
+from tests.test_worker import Workers, worker_env
 
 pytestmark = [pytest.mark.processes, pytest.mark.postgres]
 
 PEOPLE = [f"1555020{n:04d}" for n in range(3)]
-
-
-@pytest.fixture
-def receiver():
-    running = Receiver().start()
-    yield running
-    running.stop()
 
 
 @pytest.fixture
@@ -49,13 +41,10 @@ def app(redis_url, graph, receiver):
 @pytest.fixture
 def workers(app, tmp_path):
     settings = services_of(app).settings
-    env = {
-        "PATH": os.environ.get("PATH", ""), "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-        "GRAPH_API_URL": settings.graph_api_url, "WHATSAPP_TOKEN": "test-token",
-        "WHATSAPP_PHONE_NUMBER_ID": settings.whatsapp_phone_number_id, "LEDGER_SIGNING_KEY": settings.ledger_signing_key or "",
-        "FORWARD_URL": settings.forward_url or "", "FORWARD_SECRET": SECRET, "FORWARD_RETRY_SECONDS": "1",
-        "BOT_HANDLERS": "examples.opening_hours", "SWEEP_INTERVAL_SECONDS": "1", "LEDGER_CHECKPOINTS": settings.ledger_checkpoints,
-    }
+    env = worker_env(
+        app, LEDGER_SIGNING_KEY=settings.ledger_signing_key or "", LEDGER_CHECKPOINTS=settings.ledger_checkpoints,
+        FORWARD_URL=settings.forward_url or "", FORWARD_SECRET=SECRET, FORWARD_RETRY_SECONDS="1", BOT_HANDLERS="examples.opening_hours",
+    )
     pool = Workers(env, tmp_path)
     yield pool
     pool.stop_all()

@@ -62,15 +62,19 @@ def campaign_app(request, redis_url, graph):
     services_of(app).dispose()
 
 
-@pytest.fixture
-def workers(campaign_app, tmp_path):
-    settings = services_of(campaign_app).settings
-    env = {
+def worker_env(app, **extra: str) -> dict[str, str]:
+    """The environment of worker processes for `app`: its database, Redis and Graph API, and `extra`."""
+    settings = services_of(app).settings
+    return {
         "PATH": os.environ.get("PATH", ""), "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
         "GRAPH_API_URL": settings.graph_api_url, "WHATSAPP_TOKEN": "test-token",
-        "WHATSAPP_PHONE_NUMBER_ID": settings.whatsapp_phone_number_id, "SEND_RATE_LIMIT": str(settings.send_rate_limit),
-        "SEND_LEASE_SECONDS": "3", "SWEEP_INTERVAL_SECONDS": "1",
+        "WHATSAPP_PHONE_NUMBER_ID": settings.whatsapp_phone_number_id or "", "SWEEP_INTERVAL_SECONDS": "1", **extra,
     }
+
+
+@pytest.fixture
+def workers(campaign_app, tmp_path):
+    env = worker_env(campaign_app, SEND_RATE_LIMIT=str(services_of(campaign_app).settings.send_rate_limit), SEND_LEASE_SECONDS="3")
     pool = Workers(env, tmp_path)
     yield pool
     pool.stop_all()
